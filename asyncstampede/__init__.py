@@ -1,0 +1,36 @@
+"""asyncstampede: one compute per key across every process, no polling."""
+
+from __future__ import annotations
+
+from ._core import Stampede as Stampede
+from ._exceptions import BackendError as BackendError
+from ._exceptions import ClosedError as ClosedError
+from ._exceptions import SerializationError as SerializationError
+from ._exceptions import StampedeError as StampedeError
+from ._exceptions import ValueTooLargeError as ValueTooLargeError
+from ._exceptions import WaitTimeoutError as WaitTimeoutError
+from ._stats import Statistics as Statistics
+
+__all__ = [
+    "BackendError",
+    "ClosedError",
+    "SerializationError",
+    "Stampede",
+    "StampedeError",
+    "Statistics",
+    "ValueTooLargeError",
+    "WaitTimeoutError",
+    "__version__",
+]
+
+for _name in __all__[:-1]:
+    globals()[_name].__module__ = __name__
+del _name
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("asyncstampede")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,58 @@
+"""Key layout: a cache key's value, lock and channel share one hash slot.
+
+Every name is ``<namespace>:{<escaped key>}:<suffix>``. Redis Cluster hashes
+only the text between the first ``{`` and the next ``}``; the three names share
+the prefix up to and including that ``}``, so they always land in one slot and
+the commit script may touch all three. Braces and ``%`` inside the user's key
+are percent-escaped, so the tag is never empty and never cut short, and two
+distinct keys never map to one name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import final
+
+__all__ = ["KeyNames", "make_names", "validate_namespace"]
+
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class KeyNames:
+    """The Redis names behind one cache key."""
+
+    value: bytes
+    lock: bytes
+    channel: bytes
+
+
+def validate_namespace(namespace: object) -> str:
+    """Return *namespace* if it can prefix keys, else raise.
+
+    Raises:
+        TypeError: *namespace* is not a ``str``.
+        ValueError: it is empty or contains a brace (which would move the hash tag).
+    """
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    if not namespace or "{" in namespace or "}" in namespace:
+        raise ValueError(f"namespace must be non-empty and brace-free, got {namespace!r}")
+    return namespace
+
+
+def make_names(namespace: str, key: object) -> KeyNames:
+    """Build the value, lock and channel names for *key*.
+
+    Raises:
+        TypeError: *key* is not a ``str``.
+        ValueError: *key* is empty.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+    if not key:
+        raise ValueError("cache keys must not be empty")
+    # surrogatepass: a lone surrogate is still a distinct, storable key.
+    base = f"{namespace}:{{{key.translate(_ESCAPES)}}}:".encode("utf-8", "surrogatepass")
+    return KeyNames(value=base + b"v", lock=base + b"l", channel=base + b"c")

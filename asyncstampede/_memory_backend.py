@@ -1,0 +1,117 @@
+"""The embedded backend: an in-process store with the same semantics as Redis."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import final
+
+from ._backend import ACQUIRED, MSG_DONE, MSG_FAILED, MSG_VALUE, Acquired, Held, Hit
+from ._keys import KeyNames
+from ._listener import Listener
+
+__all__ = ["MemoryBackend"]
+
+
+@final
+class MemoryBackend:
+    """`Backend` for one process: a bounded LRU of envelopes, locks with expiry."""
+
+    def __init__(self, *, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        self._values: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._locks: dict[bytes, tuple[bytes, float]] = {}
+        self.listener = Listener()
+
+    def _get(self, name: bytes) -> bytes | None:
+        item = self._values.get(name)
+        if item is None:
+            return None
+        if item[1] <= time.monotonic():
+            del self._values[name]
+            return None
+        self._values.move_to_end(name)
+        return item[0]
+
+    def _lock_holder(self, name: bytes) -> tuple[bytes, float] | None:
+        item = self._locks.get(name)
+        if item is not None and item[1] <= time.monotonic():
+            del self._locks[name]
+            return None
+        return item
+
+    def _put(self, name: bytes, payload: bytes, ttl_ms: int) -> None:
+        self._values[name] = (payload, time.monotonic() + ttl_ms / 1000)
+        self._values.move_to_end(name)
+        while len(self._values) > self._max_entries:
+            self._values.popitem(last=False)
+
+    async def acquire(
+        self, names: KeyNames, token: bytes, lock_ms: int, *, read: bool
+    ) -> Hit | Acquired | Held:
+        """See `Backend.acquire`."""
+        if read:
+            payload = self._get(names.value)
+            if payload is not None:
+                return Hit(payload)
+        holder = self._lock_holder(names.lock)
+        if holder is None or holder[0] == token:
+            self._locks[names.lock] = (token, time.monotonic() + lock_ms / 1000)
+            return ACQUIRED
+        return Held(max(0, int((holder[1] - time.monotonic()) * 1000)))
+
+    async def read(self, names: KeyNames) -> bytes | None:
+        """See `Backend.read`."""
+        return self._get(names.value)
+
+    async def commit(
+        self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int, *, publish_value: bool
+    ) -> bool:
+        """See `Backend.commit`."""
+        holder = self._lock_holder(names.lock)
+        if holder is None or holder[0] != token:
+            return False
+        self._put(names.value, payload, ttl_ms)
+        del self._locks[names.lock]
+        self.listener.deliver(names.channel, MSG_VALUE + payload if publish_value else MSG_DONE)
+        return True
+
+    async def release(self, names: KeyNames, token: bytes) -> bool:
+        """See `Backend.release`."""
+        holder = self._lock_holder(names.lock)
+        if holder is None or holder[0] != token:
+            return False
+        del self._locks[names.lock]
+        self.listener.deliver(names.channel, MSG_FAILED)
+        return True
+
+    async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:
+        """See `Backend.extend`."""
+        holder = self._lock_holder(names.lock)
+        if holder is None or holder[0] != token:
+            return False
+        self._locks[names.lock] = (token, time.monotonic() + lock_ms / 1000)
+        return True
+
+    async def write_if_absent(
+        self, names: KeyNames, payload: bytes, ttl_ms: int, *, publish_value: bool
+    ) -> bool:
+        """See `Backend.write_if_absent`."""
+        if self._get(names.value) is not None:
+            return False
+        self._put(names.value, payload, ttl_ms)
+        self.listener.deliver(names.channel, MSG_VALUE + payload if publish_value else MSG_DONE)
+        return True
+
+    async def invalidate(self, names: KeyNames) -> None:
+        """See `Backend.invalidate`."""
+        self._values.pop(names.value, None)
+        if self._locks.pop(names.lock, None) is not None:
+            self.listener.deliver(names.channel, MSG_FAILED)
+
+    async def aclose(self) -> None:
+        """Drop every entry."""
+        self._values.clear()
+        self._locks.clear()

@@ -1,0 +1,132 @@
+"""The Redis backend: every command asyncstampede sends, and the error boundary.
+
+All Redis and socket errors are mapped to `BackendError` here and nowhere
+else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any, TypeVar, final
+
+import anyio
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from . import _scripts
+from ._backend import ACQUIRED, Acquired, Held, Hit
+from ._exceptions import BackendError
+from ._keys import KeyNames
+from ._listener import RedisListener
+
+__all__ = ["RedisBackend"]
+
+T = TypeVar("T")
+
+
+@final
+class RedisBackend:
+    """`Backend` over one ``redis.asyncio.Redis`` client."""
+
+    def __init__(self, client: Redis, *, owns_client: bool) -> None:
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        if kwargs.get("decode_responses"):
+            raise ValueError(
+                "asyncstampede stores binary envelopes: pass a Redis client created "
+                "with decode_responses=False (the default)"
+            )
+        self._client = client
+        self._owns_client = owns_client
+        # A plain ConnectionPool raises once max_connections are in use; bound
+        # our own concurrency below that so a burst never fails on it.
+        self._gate: AbstractAsyncContextManager[Any]
+        if isinstance(pool, BlockingConnectionPool):
+            self._gate = nullcontext()
+        else:
+            limit = max(1, int(getattr(pool, "max_connections", 100)) - 2)
+            self._gate = anyio.Semaphore(limit)
+        self._acquire = client.register_script(_scripts.ACQUIRE)
+        self._commit = client.register_script(_scripts.COMMIT)
+        self._release = client.register_script(_scripts.RELEASE)
+        self._extend = client.register_script(_scripts.EXTEND)
+        self._write_if_absent = client.register_script(_scripts.WRITE_IF_ABSENT)
+        self._invalidate = client.register_script(_scripts.INVALIDATE)
+        self.listener = RedisListener(pool.connection_class, kwargs)
+
+    @property
+    def client(self) -> Redis:
+        """The redis-py client in use."""
+        return self._client
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        try:
+            async with self._gate:
+                return await fn(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"Redis failed: {exc!r}") from exc
+
+    async def acquire(
+        self, names: KeyNames, token: bytes, lock_ms: int, *, read: bool
+    ) -> Hit | Acquired | Held:
+        """See `Backend.acquire`."""
+        reply = await self._call(
+            self._acquire,
+            keys=[names.value, names.lock],
+            args=[token, lock_ms, b"1" if read else b"0"],
+        )
+        kind = int(reply[0])
+        if kind == 0:
+            return Hit(bytes(reply[1]))
+        if kind == 1:
+            return ACQUIRED
+        return Held(int(reply[1]))
+
+    async def read(self, names: KeyNames) -> bytes | None:
+        """See `Backend.read`."""
+        data = await self._call(self._client.get, names.value)
+        return None if data is None else bytes(data)
+
+    async def commit(
+        self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int, *, publish_value: bool
+    ) -> bool:
+        """See `Backend.commit`."""
+        reply = await self._call(
+            self._commit,
+            keys=[names.value, names.lock, names.channel],
+            args=[token, payload, ttl_ms, b"1" if publish_value else b"0"],
+        )
+        return int(reply) != 0
+
+    async def release(self, names: KeyNames, token: bytes) -> bool:
+        """See `Backend.release`."""
+        reply = await self._call(self._release, keys=[names.lock, names.channel], args=[token])
+        return int(reply) == 1
+
+    async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:
+        """See `Backend.extend`."""
+        reply = await self._call(self._extend, keys=[names.lock], args=[token, lock_ms])
+        return int(reply) == 1
+
+    async def write_if_absent(
+        self, names: KeyNames, payload: bytes, ttl_ms: int, *, publish_value: bool
+    ) -> bool:
+        """See `Backend.write_if_absent`."""
+        reply = await self._call(
+            self._write_if_absent,
+            keys=[names.value, names.channel],
+            args=[payload, ttl_ms, b"1" if publish_value else b"0"],
+        )
+        return int(reply) == 1
+
+    async def invalidate(self, names: KeyNames) -> None:
+        """See `Backend.invalidate`."""
+        await self._call(
+            self._invalidate, keys=[names.value, names.lock, names.channel], args=[]
+        )
+
+    async def aclose(self) -> None:
+        """Close the client if this backend created it."""
+        if self._owns_client:
+            await self._client.aclose()

@@ -1,0 +1,103 @@
+"""Counters of what a `Stampede` did, and the frozen record handed to users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import final
+
+__all__ = ["Counters", "Statistics"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """A snapshot of one `Stampede`'s counters since it was created.
+
+    Attributes:
+        hits: Resolutions served from the store without waiting.
+        misses: Resolutions that found no usable value in the store.
+        computes: Calls of a compute function made by this instance.
+        compute_errors: Computes that raised (their error reached the callers).
+        coalesced: Callers that joined a resolution already in flight in this
+            process instead of starting their own.
+        remote_waits: Resolutions that waited for another holder of the lock.
+        wakeups: Waits ended by a message from the holder (not by a timer).
+        takeovers: Locks taken after the previous holder's lock expired
+            while others waited (the holder died or stalled).
+        decode_errors: Stored or published bytes that were not a valid envelope
+            (treated as a miss).
+        lock_lost: Computes whose lock expired or was invalidated before commit,
+            so their value was not written.
+        wait_timeouts: Waits that reached ``wait_timeout`` and computed locally.
+        backend_errors: Redis failures met on the request path.
+        reconnects: Times the pub/sub connection was re-established.
+        in_flight: Keys being resolved right now.
+    """
+
+    hits: int
+    misses: int
+    computes: int
+    compute_errors: int
+    coalesced: int
+    remote_waits: int
+    wakeups: int
+    takeovers: int
+    decode_errors: int
+    lock_lost: int
+    wait_timeouts: int
+    backend_errors: int
+    reconnects: int
+    in_flight: int
+
+
+@final
+class Counters:
+    """Mutable counters owned by one `Stampede` (no locking: one event loop)."""
+
+    __slots__ = (
+        "backend_errors",
+        "coalesced",
+        "compute_errors",
+        "computes",
+        "decode_errors",
+        "hits",
+        "lock_lost",
+        "misses",
+        "remote_waits",
+        "takeovers",
+        "wait_timeouts",
+        "wakeups",
+    )
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.computes = 0
+        self.compute_errors = 0
+        self.coalesced = 0
+        self.remote_waits = 0
+        self.wakeups = 0
+        self.takeovers = 0
+        self.decode_errors = 0
+        self.lock_lost = 0
+        self.wait_timeouts = 0
+        self.backend_errors = 0
+
+    def snapshot(self, *, reconnects: int, in_flight: int) -> Statistics:
+        """Freeze the counters into a `Statistics` record."""
+        return Statistics(
+            hits=self.hits,
+            misses=self.misses,
+            computes=self.computes,
+            compute_errors=self.compute_errors,
+            coalesced=self.coalesced,
+            remote_waits=self.remote_waits,
+            wakeups=self.wakeups,
+            takeovers=self.takeovers,
+            decode_errors=self.decode_errors,
+            lock_lost=self.lock_lost,
+            wait_timeouts=self.wait_timeouts,
+            backend_errors=self.backend_errors,
+            reconnects=reconnects,
+            in_flight=in_flight,
+        )
