@@ -160,7 +160,7 @@ class Stampede:
             socket_connect_timeout=min(socket_timeout, 2.0),
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 2),
         )
-        return cls(Redis(connection_pool=pool), _owns_client=True, **settings)
+        return cls(Redis.from_pool(pool), _owns_client=True, **settings)
 
     @property
     def namespace(self) -> str:
@@ -171,9 +171,11 @@ class Stampede:
         if self._closed or self._stack is not None:
             raise ClosedError("a Stampede can be entered only once")
         async with AsyncExitStack() as stack:
+            # Registered first so it runs last, once the task group (whose
+            # cancel scope the caller's task is inside) has exited.
+            stack.push_async_callback(self._backend.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(self._backend.listener.run)
-            stack.push_async_callback(self._backend.aclose)
             self._tg = tg
             self._stack = stack.pop_all()
         return self

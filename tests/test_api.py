@@ -1,0 +1,76 @@
+"""The public surface: names, reprs, frozen records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import asyncstampede
+from asyncstampede import Stampede, StampedeError
+
+pytestmark = pytest.mark.anyio
+
+
+def test_all_names_exist_and_are_sorted() -> None:
+    """Every name in __all__ is importable and the list is sorted."""
+    for name in asyncstampede.__all__:
+        assert getattr(asyncstampede, name) is not None
+    assert asyncstampede.__all__ == sorted(asyncstampede.__all__)
+
+
+def test_public_classes_report_the_package_as_module() -> None:
+    """Reprs and docs show asyncstampede.X, not the private module."""
+    for name in asyncstampede.__all__:
+        obj = getattr(asyncstampede, name)
+        if isinstance(obj, type):
+            assert obj.__module__ == "asyncstampede", name
+
+
+def test_version_comes_from_metadata() -> None:
+    """__version__ is the installed distribution's version."""
+    assert asyncstampede.__version__.count(".") >= 2
+
+
+def test_exceptions_share_one_root() -> None:
+    """Every exception class the package exports derives from StampedeError."""
+    for name in asyncstampede.__all__:
+        obj = getattr(asyncstampede, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, StampedeError), name
+
+
+async def test_statistics_is_a_frozen_record() -> None:
+    """statistics() returns an immutable snapshot."""
+    async with Stampede() as cache:
+        stats = cache.statistics()
+    assert dataclasses.is_dataclass(stats)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.hits = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"namespace": ""}, ValueError),
+        ({"namespace": "a{b}"}, ValueError),
+        ({"namespace": 3}, TypeError),
+        ({"lock_ttl": 0}, ValueError),
+        ({"wait_timeout": -1}, ValueError),
+        ({"on_wait_timeout": "sleep"}, ValueError),
+        ({"max_value_bytes": -1}, ValueError),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs: dict[str, object], error: type[Exception]) -> None:
+    """Invalid constructor arguments raise at once with a clear type."""
+    with pytest.raises(error):
+        Stampede(**kwargs)  # type: ignore[arg-type]
+
+
+def test_decode_responses_client_is_rejected() -> None:
+    """A client that decodes replies to str cannot carry binary envelopes."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis(decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses"):
+        Stampede(client)

@@ -1,0 +1,257 @@
+"""In-process behaviour, on Redis and in embedded mode alike."""
+
+from __future__ import annotations
+
+import gc
+
+import anyio
+import pytest
+
+from asyncstampede import ClosedError, Stampede
+
+pytestmark = pytest.mark.anyio
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_concurrent_callers_share_one_compute(any_cache: Stampede) -> None:
+    """100 concurrent callers of one missing key run the compute once."""
+    calls = 0
+
+    async def compute() -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.05)
+        return {"n": calls}
+
+    results: list[object] = []
+
+    async def one() -> None:
+        results.append(await any_cache.get_or_compute("k", compute, ttl=30))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(100):
+            tg.start_soon(one)
+    assert calls == 1
+    assert results == [{"n": 1}] * 100
+    stats = any_cache.statistics()
+    assert (stats.computes, stats.coalesced, stats.in_flight) == (1, 99, 0)
+    assert await any_cache.get_or_compute("k", compute, ttl=30) == {"n": 1}
+    assert any_cache.statistics().hits == 1
+
+
+async def test_error_reaches_every_local_caller_and_nothing_is_stored(
+    any_cache: Stampede,
+) -> None:
+    """A compute's exception is raised to all callers; the next call computes again."""
+
+    async def fail() -> int:
+        await anyio.sleep(0.02)
+        raise Boom("db down")
+
+    errors: list[BaseException] = []
+
+    async def one() -> None:
+        try:
+            await any_cache.get_or_compute("k", fail, ttl=30)
+        except Boom as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(one)
+    assert len(errors) == 20
+    assert any_cache.statistics().compute_errors == 1
+
+    async def ok() -> int:
+        return 7
+
+    assert await any_cache.get_or_compute("k", ok, ttl=30) == 7
+
+
+async def test_cancelled_caller_does_not_cancel_the_shared_compute(any_cache: Stampede) -> None:
+    """The first caller is cancelled mid-compute; the others still get the value."""
+    started = anyio.Event()
+
+    async def compute() -> str:
+        started.set()
+        await anyio.sleep(0.1)
+        return "done"
+
+    got: list[str] = []
+
+    async def second() -> None:
+        got.append(await any_cache.get_or_compute("k", compute, ttl=30))
+
+    async with anyio.create_task_group() as tg:
+        with anyio.move_on_after(10) as first_scope:
+            tg.start_soon(second)
+
+            async def first() -> None:
+                with anyio.CancelScope() as scope:
+                    first_scope_holder.append(scope)
+                    await any_cache.get_or_compute("k", compute, ttl=30)
+
+            first_scope_holder: list[anyio.CancelScope] = []
+            tg.start_soon(first)
+            await started.wait()
+            first_scope_holder[0].cancel()
+    assert not first_scope.cancelled_caught
+    assert got == ["done"]
+    assert any_cache.statistics().computes == 1
+
+
+async def test_every_caller_cancelled_still_fills_the_cache(any_cache: Stampede) -> None:
+    """Work already started is finished and stored even if nobody waits any more."""
+    calls = 0
+
+    async def compute() -> int:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.05)
+        return 5
+
+    with anyio.move_on_after(0.01):
+        await any_cache.get_or_compute("k", compute, ttl=30)
+    await anyio.sleep(0.2)
+    assert await any_cache.get_or_compute("k", compute, ttl=30) == 5
+    assert calls == 1
+
+
+async def test_flight_table_is_empty_after_many_distinct_keys(any_cache: Stampede) -> None:
+    """Nothing is kept per key once its flight ends (no leak)."""
+
+    async def compute() -> int:
+        return 1
+
+    limiter = anyio.Semaphore(200)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            await any_cache.get_or_compute(f"key-{i}", compute, ttl=5)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5_000):
+            tg.start_soon(one, i)
+    stats = any_cache.statistics()
+    assert stats.in_flight == 0
+    assert stats.computes == 5_000
+    assert any_cache._flights == {}
+    gc.collect()
+
+
+async def test_tuple_comes_back_as_list_every_time(any_cache: Stampede) -> None:
+    """The first caller sees the stored form too, not the object fn returned."""
+
+    async def compute() -> tuple[int, int]:
+        return (1, 2)
+
+    assert await any_cache.get_or_compute("k", compute, ttl=30) == [1, 2]
+    assert await any_cache.get_or_compute("k", compute, ttl=30) == [1, 2]
+
+
+async def test_values_expire_after_ttl(any_cache: Stampede) -> None:
+    """After its TTL the value is computed again."""
+    calls = 0
+
+    async def compute() -> int:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    assert await any_cache.get_or_compute("k", compute, ttl=0.05) == 1
+    await anyio.sleep(0.15)
+    assert await any_cache.get_or_compute("k", compute, ttl=0.05) == 2
+
+
+async def test_invalidate_forces_a_recompute(any_cache: Stampede) -> None:
+    """invalidate() deletes the value."""
+    calls = 0
+
+    async def compute() -> int:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    assert await any_cache.get_or_compute("k", compute, ttl=30) == 1
+    await any_cache.invalidate("k")
+    assert await any_cache.get_or_compute("k", compute, ttl=30) == 2
+
+
+async def test_invalidate_during_compute_prevents_stale_write(any_cache: Stampede) -> None:
+    """A compute that began before an invalidation does not store its result."""
+    started = anyio.Event()
+
+    async def slow_old() -> str:
+        started.set()
+        await anyio.sleep(0.1)
+        return "old"
+
+    async def new() -> str:
+        return "new"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(any_cache.get_or_compute, "k", slow_old, 30)
+        await started.wait()
+        await any_cache.invalidate("k")
+    assert any_cache.statistics().lock_lost == 1
+    assert await any_cache.get_or_compute("k", new, ttl=30) == "new"
+
+
+async def test_use_outside_async_with_raises_closed_error() -> None:
+    """Calls before entering or after closing raise ClosedError."""
+
+    async def compute() -> int:
+        return 1
+
+    cache = Stampede()
+    with pytest.raises(ClosedError):
+        await cache.get_or_compute("k", compute, ttl=1)
+    async with cache:
+        assert await cache.get_or_compute("k", compute, ttl=1) == 1
+    with pytest.raises(ClosedError):
+        await cache.get_or_compute("k", compute, ttl=1)
+
+
+async def test_closing_ends_waiters_with_closed_error(redis_url: str, namespace: str) -> None:
+    """Callers waiting on a flight when the instance closes get ClosedError, not a hang."""
+
+    async def forever() -> int:
+        await anyio.sleep(3600)
+        return 0
+
+    outcome: list[BaseException] = []
+    cache = Stampede.from_url(redis_url, namespace=namespace)
+    async with anyio.create_task_group() as tg:
+        await cache.__aenter__()
+
+        async def one() -> None:
+            try:
+                await cache.get_or_compute("k", forever, ttl=30)
+            except ClosedError as exc:
+                outcome.append(exc)
+
+        for _ in range(3):
+            tg.start_soon(one)
+        await anyio.sleep(0.1)
+        await cache.aclose()
+    assert len(outcome) == 3
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("inf"), float("nan")])
+async def test_bad_ttl_raises_value_error(any_cache: Stampede, ttl: float) -> None:
+    """TTL must be a positive finite number of seconds."""
+
+    async def compute() -> int:
+        return 1
+
+    with pytest.raises(ValueError, match="ttl"):
+        await any_cache.get_or_compute("k", compute, ttl=ttl)
+
+
+async def test_non_callable_fn_raises_type_error(any_cache: Stampede) -> None:
+    """fn must be callable."""
+    with pytest.raises(TypeError, match="fn"):
+        await any_cache.get_or_compute("k", 42, ttl=1)  # type: ignore[arg-type]

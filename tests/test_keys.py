@@ -1,0 +1,37 @@
+"""Key layout: one hash slot per cache key, no collisions."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from asyncstampede._keys import make_names
+
+
+@given(st.text(min_size=1))
+def test_value_lock_and_channel_share_a_slot(key: str) -> None:
+    """Whatever the key holds (braces included), its three names hash alike."""
+    names = make_names("ns", key)
+    assert key_slot(names.value) == key_slot(names.lock) == key_slot(names.channel)
+
+
+@given(st.text(min_size=1), st.text(min_size=1))
+def test_distinct_keys_get_distinct_names(a: str, b: str) -> None:
+    """Escaping is injective: two keys never share a Redis name."""
+    if a != b:
+        assert make_names("ns", a).value != make_names("ns", b).value
+
+
+@pytest.mark.parametrize("key", [b"bytes", 42, None, ("t",)])
+def test_non_str_keys_raise_type_error(key: object) -> None:
+    """Only str keys are accepted."""
+    with pytest.raises(TypeError, match="must be str"):
+        make_names("ns", key)
+
+
+def test_empty_key_raises_value_error() -> None:
+    """An empty key would give an empty hash tag (whole-name hashing)."""
+    with pytest.raises(ValueError, match="empty"):
+        make_names("ns", "")
