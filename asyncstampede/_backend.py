@@ -61,6 +61,10 @@ class Backend(Protocol):
 
     listener: Listener
 
+    async def prepare(self) -> None:
+        """Get ready for the first request (best effort, never raises)."""
+        ...
+
     async def acquire(
         self, names: KeyNames, token: bytes, lock_ms: int, *, read: bool
     ) -> Hit | Acquired | Held:

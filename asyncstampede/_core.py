@@ -176,6 +176,7 @@ class Stampede:
             stack.push_async_callback(self._backend.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(self._backend.listener.run)
+            await self._backend.prepare()
             self._tg = tg
             self._stack = stack.pop_all()
         return self
@@ -438,7 +439,7 @@ class Stampede:
             try:
                 if not await self._backend.extend(names, token, self._lock_ms):
                     return  # lost (expired or invalidated): commit will notice
-            except BackendError:
+            except Exception:  # noqa: BLE001 - must not end the compute it guards
                 self._counters.backend_errors += 1
 
     async def _wait(

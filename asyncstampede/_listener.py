@@ -111,6 +111,8 @@ class Listener:
             state.acked = True
             for interest in state.interests:
                 interest.push(RECHECK)
+            if channel in self._idle:
+                self._flush_idle_soon()
 
     @property
     def subscribed_channels(self) -> int:
@@ -153,8 +155,8 @@ class RedisListener(Listener):
         connection_kwargs: dict[str, Any],
         *,
         read_timeout: float = 1.0,
-        ping_after: float = 3.0,
-        dead_after: float = 6.0,
+        ping_after: float = 5.0,
+        dead_after: float = 10.0,
     ) -> None:
         super().__init__()
         kwargs = dict(connection_kwargs)
@@ -169,7 +171,7 @@ class RedisListener(Listener):
         self._read_timeout = read_timeout
         self._ping_after = ping_after
         self._dead_after = dead_after
-        self._wake_reader: anyio.Event | None = None
+        self._idle_event = anyio.Event()
         self.connected = anyio.Event()
 
     async def _subscribe(self, channel: bytes) -> None:
@@ -179,14 +181,39 @@ class RedisListener(Listener):
         try:
             async with self._write_lock:
                 await conn.send_command("SUBSCRIBE", channel, check_health=False)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the reader owns the connection's fate
+            # Best effort: a write can race the reader tearing the connection
+            # down; the reconnect resubscribes every registered channel.
             log.debug("SUBSCRIBE failed, the reader will reconnect: %r", exc)
 
     def _flush_idle_soon(self) -> None:
-        pass  # the reader sends one batched UNSUBSCRIBE on its next turn
+        self._idle_event.set()
+
+    async def _unsubscriber(self) -> None:
+        """Send one batched UNSUBSCRIBE shortly after channels fall idle."""
+        while True:
+            await self._idle_event.wait()
+            self._idle_event = anyio.Event()
+            await anyio.sleep(0.005)  # let channels idled by the same wake-up join the batch
+            conn = self._conn
+            if conn is None:
+                continue  # the reconnect drops idle channels by itself
+            idle = self._take_idle()
+            if not idle:
+                continue
+            try:
+                async with self._write_lock:
+                    await conn.send_command("UNSUBSCRIBE", *idle, check_health=False)
+            except Exception as exc:  # noqa: BLE001 - see _subscribe
+                log.debug("UNSUBSCRIBE failed, the reader will reconnect: %r", exc)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Read pub/sub messages until cancelled, reconnecting with backoff."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._unsubscriber)
+            await self._connect_and_read(task_status)
+
+    async def _connect_and_read(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         backoff = 0.05
         started = False
         while True:
@@ -212,6 +239,10 @@ class RedisListener(Listener):
                 await self._read_loop(conn)
             except (RedisError, OSError) as exc:
                 log.warning("asyncstampede pub/sub connection lost: %r", exc)
+            except Exception:
+                # Never let the reader die: that would leave waiters on timers
+                # alone. Log loudly and start over on a new connection.
+                log.exception("asyncstampede pub/sub reader failed; reconnecting")
             finally:
                 self._conn = None
                 self.connected = anyio.Event()
@@ -231,10 +262,6 @@ class RedisListener(Listener):
         last_heard = now()
         ping_sent = False
         while True:
-            idle = self._take_idle()
-            if idle:
-                async with self._write_lock:
-                    await conn.send_command("UNSUBSCRIBE", *idle, check_health=False)
             response = await conn.read_response(
                 timeout=self._read_timeout, disconnect_on_error=False
             )

@@ -48,6 +48,9 @@ class MemoryBackend:
         while len(self._values) > self._max_entries:
             self._values.popitem(last=False)
 
+    async def prepare(self) -> None:
+        """Nothing to prepare in memory."""
+
     async def acquire(
         self, names: KeyNames, token: bytes, lock_ms: int, *, read: bool
     ) -> Hit | Acquired | Held:

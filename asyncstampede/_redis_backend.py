@@ -55,6 +55,23 @@ class RedisBackend:
         self._invalidate = client.register_script(_scripts.INVALIDATE)
         self.listener = RedisListener(pool.connection_class, kwargs)
 
+    async def prepare(self) -> None:
+        """Load every script once, so no request pays a NOSCRIPT round trip.
+
+        Best effort: if Redis is down now, each script is loaded on first use.
+        """
+        scripts = [
+            self._acquire, self._commit, self._release,
+            self._extend, self._write_if_absent, self._invalidate,
+        ]  # fmt: skip
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script in scripts:
+                    pipe.script_load(script.script)
+                await pipe.execute()
+        except (RedisError, OSError):
+            pass
+
     @property
     def client(self) -> Redis:
         """The redis-py client in use."""

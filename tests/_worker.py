@@ -1,0 +1,77 @@
+"""A separate process for multi-process tests; driven over stdin/stdout.
+
+Usage: python _worker.py URL NAMESPACE KEY CONCURRENCY COMPUTE_MS LOCK_TTL [hold]
+
+It connects, prints ``ready``, waits for a ``go`` line, then runs CONCURRENCY
+concurrent ``get_or_compute(KEY)`` calls whose compute sleeps COMPUTE_MS. With
+``hold`` the compute prints ``computing`` and never returns (the test kills the
+process). When the calls end it waits for pending unsubscribes to flush, prints
+one JSON line (results, wall-clock finish times, statistics) and waits for
+``exit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import anyio
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from asyncstampede import Stampede
+
+
+async def main() -> None:
+    url, namespace, key, concurrency, compute_ms, lock_ttl, *mode = sys.argv[1:]
+    hold = mode == ["hold"]
+    # Every connection of this process is named after its pid, so the test can
+    # attribute the commands it sees (CLIENT LIST maps addresses to names).
+    pool = BlockingConnectionPool.from_url(url, client_name=f"worker-{os.getpid()}")
+    client = Redis.from_pool(pool)
+    async with Stampede(client, namespace=namespace, lock_ttl=float(lock_ttl)) as cache:
+        await client.ping()
+        print("ready", flush=True)
+        line = await anyio.to_thread.run_sync(sys.stdin.readline)
+        assert line.strip() == "go", line
+
+        async def compute() -> dict[str, object]:
+            if hold:
+                print("computing", flush=True)
+                await anyio.sleep(3600)
+            await anyio.sleep(int(compute_ms) / 1000)
+            return {"by": os.getpid(), "payload": "x" * 100}
+
+        results: list[object] = []
+        finished: list[float] = []
+        errors: list[str] = []
+
+        async def one() -> None:
+            try:
+                results.append(await cache.get_or_compute(key, compute, ttl=60))
+            except Exception as exc:
+                errors.append(repr(exc))
+            finished.append(time.time())
+
+        started = time.time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(int(concurrency)):
+                tg.start_soon(one)
+        await anyio.sleep(0.3)  # let the listener send its batched UNSUBSCRIBE
+        report = {
+            "pid": os.getpid(),
+            "started": started,
+            "finished": finished,
+            "results": results,
+            "errors": errors,
+            "stats": dataclasses.asdict(cache.statistics()),
+        }
+        print(json.dumps(report), flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+    await client.aclose()
+
+
+if __name__ == "__main__":
+    anyio.run(main)

@@ -1,0 +1,233 @@
+"""Redis down, slow, or dropping the pub/sub connection: nobody hangs, nothing crashes."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import redis
+import redis.asyncio
+
+from asyncstampede import BackendError, Stampede, WaitTimeoutError
+from asyncstampede.testing import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_redis_down_computes_locally_when_fail_open(own_server: RedisServer) -> None:
+    """With Redis gone, calls still coalesce in-process and return computed values."""
+    calls = 0
+
+    async def compute() -> int:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.05)
+        return 3
+
+    async with Stampede.from_url(own_server.url, socket_timeout=0.5) as cache:
+        own_server.stop()
+        results: list[int] = []
+
+        async def one() -> None:
+            results.append(await cache.get_or_compute("k", compute, ttl=5))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(one)
+        assert results == [3] * 20
+        assert calls == 1
+        assert cache.statistics().backend_errors >= 1
+
+
+async def test_redis_down_raises_backend_error_when_not_fail_open(
+    own_server: RedisServer,
+) -> None:
+    """fail_open=False turns a Redis failure into BackendError for every caller."""
+
+    async def compute() -> int:
+        return 3
+
+    async with Stampede.from_url(own_server.url, socket_timeout=0.5, fail_open=False) as cache:
+        own_server.stop()
+        with pytest.raises(BackendError):
+            await cache.get_or_compute("k", compute, ttl=5)
+        with pytest.raises(BackendError):
+            await cache.invalidate("k")
+
+
+async def test_start_with_redis_unreachable_does_not_block(own_server: RedisServer) -> None:
+    """Entering while Redis is down returns at once; calls fail open."""
+    url = own_server.url
+    own_server.stop()
+
+    async def compute() -> str:
+        return "v"
+
+    with anyio.fail_after(10):
+        async with Stampede.from_url(url, socket_timeout=0.5) as cache:
+            assert await cache.get_or_compute("k", compute, ttl=5) == "v"
+
+
+async def test_slow_redis_fails_open_within_socket_timeout(own_server: RedisServer) -> None:
+    """A paused server makes commands time out; the caller still gets a value."""
+
+    async def compute() -> str:
+        return "v"
+
+    async with Stampede.from_url(own_server.url, socket_timeout=0.3) as cache:
+        own_server.command("CLIENT", "PAUSE", "3000", "ALL")
+        with anyio.fail_after(2.9):
+            assert await cache.get_or_compute("k", compute, ttl=5) == "v"
+        assert cache.statistics().backend_errors >= 1
+
+
+async def test_waiters_recheck_after_pubsub_reconnect(redis_url: str, namespace: str) -> None:
+    """A message lost while pub/sub was down is made up for by the re-check on reconnect."""
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "value"
+
+    async def never() -> str:
+        raise AssertionError("the waiter must not compute")
+
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60) as leader,
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60, wait_timeout=60) as waiter,
+    ):
+        got: list[str] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader.get_or_compute, "k", slow, 30)
+            await started.wait()
+
+            async def wait() -> None:
+                got.append(await waiter.get_or_compute("k", never, ttl=30))
+
+            tg.start_soon(wait)
+            await anyio.sleep(0.2)  # the waiter is subscribed and waiting
+            # Drop every pub/sub connection, then commit while they are down.
+            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            release.set()
+            with anyio.fail_after(10):  # far below lock_ttl and wait_timeout
+                while not got:
+                    await anyio.sleep(0.01)
+        assert got == ["value"]
+        assert waiter.statistics().reconnects >= 1
+        assert waiter.statistics().computes == 0
+    await admin.aclose()
+
+
+async def test_wait_timeout_raise_policy(redis_url: str, namespace: str) -> None:
+    """on_wait_timeout='raise' raises WaitTimeoutError instead of computing."""
+    started = anyio.Event()
+
+    async def forever() -> str:
+        started.set()
+        await anyio.sleep(3600)
+        return ""
+
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=30) as leader,
+        Stampede.from_url(
+            redis_url, namespace=namespace, wait_timeout=0.3, on_wait_timeout="raise"
+        ) as waiter,
+    ):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader.get_or_compute, "k", forever, 30)
+            await started.wait()
+            with pytest.raises(WaitTimeoutError):
+                await waiter.get_or_compute("k", forever, ttl=30)
+            tg.cancel_scope.cancel()
+
+
+async def test_wait_timeout_compute_policy_never_overwrites(
+    redis_url: str, namespace: str
+) -> None:
+    """After wait_timeout a waiter computes itself; the holder's later commit still wins."""
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "holder"
+
+    async def impatient() -> str:
+        return "waiter"
+
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=30) as leader,
+        Stampede.from_url(redis_url, namespace=namespace, wait_timeout=0.2) as waiter,
+    ):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader.get_or_compute, "k", slow, 30)
+            await started.wait()
+            assert await waiter.get_or_compute("k", impatient, ttl=30) == "waiter"
+            assert waiter.statistics().wait_timeouts == 1
+            release.set()
+        # The waiter wrote only because no value was there; the holder then
+        # still owned the lock and committed its own value over it.
+        assert await waiter.get_or_compute("k", impatient, ttl=30) == "holder"
+
+
+async def test_failed_compute_wakes_remote_waiters_at_once(
+    redis_url: str, namespace: str
+) -> None:
+    """A holder whose compute raises releases the lock; a waiter takes over immediately."""
+    started = anyio.Event()
+
+    async def fail() -> str:
+        started.set()
+        await anyio.sleep(0.05)
+        raise RuntimeError("db down")
+
+    async def ok() -> str:
+        return "second try"
+
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=30) as leader,
+        Stampede.from_url(redis_url, namespace=namespace, wait_timeout=30) as waiter,
+    ):
+        result: list[str] = []
+        async with anyio.create_task_group() as tg:
+
+            async def lead() -> None:
+                with pytest.raises(RuntimeError):
+                    await leader.get_or_compute("k", fail, ttl=30)
+
+            tg.start_soon(lead)
+            await started.wait()
+            with anyio.fail_after(5):  # far below lock_ttl: woken by the failure message
+                result.append(await waiter.get_or_compute("k", ok, ttl=30))
+        assert result == ["second try"]
+        stats = waiter.statistics()
+        assert (stats.wakeups, stats.takeovers, stats.computes) == (1, 0, 1)
+
+
+async def test_burst_never_fails_on_a_small_plain_pool(redis_url: str, namespace: str) -> None:
+    """3000 concurrent calls on distinct keys through a 20-connection raising pool."""
+    pool = redis.asyncio.ConnectionPool.from_url(redis_url, max_connections=20)
+    client = redis.asyncio.Redis.from_pool(pool)
+
+    async def compute() -> int:
+        await anyio.sleep(0.01)
+        return 1
+
+    errors: list[BaseException] = []
+    async with Stampede(client, namespace=namespace, fail_open=False) as cache:
+
+        async def one(i: int) -> None:
+            try:
+                await cache.get_or_compute(f"k{i}", compute, ttl=5)
+            except Exception as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3000):
+                tg.start_soon(one, i)
+        assert errors == []
+        assert cache.statistics().computes == 3000
+    await client.aclose()
