@@ -59,7 +59,10 @@ ACQUIRED = Acquired()
 class Backend(Protocol):
     """Atomic operations on one key's value, lock and channel."""
 
-    listener: Listener
+    @property
+    def listener(self) -> Listener:
+        """Where waiters register for a key's channel."""
+        ...
 
     async def prepare(self) -> None:
         """Get ready for the first request (best effort, never raises)."""

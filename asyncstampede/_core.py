@@ -83,6 +83,7 @@ class Stampede:
         publish_value_max: Values up to this size travel inside the wake-up
             message, so woken waiters need no extra GET.
         max_entries: Capacity of the embedded store (LRU); unused with Redis.
+
     """
 
     def __init__(
@@ -116,7 +117,9 @@ class Stampede:
         self._wait_timeout = float(wait_timeout)
         self._fail_open = fail_open
         if on_wait_timeout not in ("compute", "raise"):
-            raise ValueError(f"on_wait_timeout must be 'compute' or 'raise', got {on_wait_timeout!r}")
+            raise ValueError(
+                f"on_wait_timeout must be 'compute' or 'raise', got {on_wait_timeout!r}"
+            )
         self._on_wait_timeout = on_wait_timeout
         self._compress_threshold = compress_threshold
         self._max_value_bytes = max_value_bytes
@@ -152,6 +155,7 @@ class Stampede:
             max_connections: Size of the connection pool.
             socket_timeout: Seconds before a Redis command is deemed failed.
             **settings: Any keyword argument of `Stampede`.
+
         """
         pool = BlockingConnectionPool.from_url(
             url,
@@ -219,14 +223,13 @@ class Stampede:
         Raises:
             TypeError: *key* is not a ``str``.
             BackendError: Redis failed.
+
         """
         names = make_names(self._namespace, key)
         self._task_group()
         await self._backend.invalidate(names)
 
-    async def get_or_compute(
-        self, key: str, fn: Callable[[], Awaitable[T]], ttl: float
-    ) -> T:
+    async def get_or_compute(self, key: str, fn: Callable[[], Awaitable[T]], ttl: float) -> T:
         """Return the cached value of *key*, computing it with *fn* at most once.
 
         Concurrent callers of one key share one resolution in this process and,
@@ -251,6 +254,7 @@ class Stampede:
             WaitTimeoutError: waiting passed ``wait_timeout`` and ``on_wait_timeout="raise"``.
             ClosedError: the instance is not entered or is closed.
             Exception: whatever *fn* raised.
+
         """
         names = make_names(self._namespace, key)
         if not callable(fn):
@@ -335,22 +339,23 @@ class Stampede:
         token: bytes,
         fn: Callable[[], Awaitable[Any]],
         ttl_ms: int,
-        state: Acquired | Held | BackendError | None,
+        first: Acquired | Held | BackendError | None,
     ) -> Any:
         self._counters.misses += 1
-        if state is None:  # a corrupt value is there: skip the read, go for the lock
+        state: Hit | Acquired | Held | BackendError
+        if first is None:  # a corrupt value is there: skip the read, go for the lock
             state = await self._try_acquire(names, token, read=False)
-        if isinstance(state, Hit):  # pragma: no cover - read=False never hits
-            raise AssertionError("unreachable")
+        else:
+            state = first
+        if isinstance(state, Hit):  # read=False never hits; decoding it is still right
+            return decode(state.payload, max_value_bytes=self._max_value_bytes).value
         if isinstance(state, BackendError):
             return await self._on_backend_error(state, fn)
         if isinstance(state, Acquired):
             return await self._lead(names, token, fn, ttl_ms)
         return await self._wait(names, token, fn, ttl_ms, state)
 
-    async def _on_backend_error(
-        self, exc: BackendError, fn: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def _on_backend_error(self, exc: BackendError, fn: Callable[[], Awaitable[Any]]) -> Any:
         self._counters.backend_errors += 1
         if not self._fail_open:
             raise exc
@@ -439,7 +444,7 @@ class Stampede:
             try:
                 if not await self._backend.extend(names, token, self._lock_ms):
                     return  # lost (expired or invalidated): commit will notice
-            except Exception:  # noqa: BLE001 - must not end the compute it guards
+            except Exception:
                 self._counters.backend_errors += 1
 
     async def _wait(

@@ -1,8 +1,8 @@
-"""The envelope: what asyncstampede stores in Redis for one value.
+r"""The envelope: what asyncstampede stores in Redis for one value.
 
 Layout (big-endian), then the payload::
 
-    magic      2 bytes  b"\\xa5\\x5a"
+    magic      2 bytes  b"\xa5\x5a"
     version    1 byte   1
     flags      1 byte   bit 0: payload is raw bytes (else orjson)
                         bit 1: payload is lz4 block-compressed
@@ -74,6 +74,7 @@ def encode(
     Raises:
         SerializationError: orjson cannot serialize *value*.
         ValueTooLargeError: the serialized payload exceeds *max_value_bytes*.
+
     """
     flags = 0
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -114,6 +115,7 @@ def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
     Raises:
         DecodeError: the bytes are not an envelope this version understands, the
             declared size is over *max_value_bytes*, or the payload is corrupt.
+
     """
     if len(data) < HEADER_SIZE:
         raise DecodeError(f"{len(data)} bytes is shorter than the header")

@@ -34,6 +34,7 @@ def validate_namespace(namespace: object) -> str:
     Raises:
         TypeError: *namespace* is not a ``str``.
         ValueError: it is empty or contains a brace (which would move the hash tag).
+
     """
     if not isinstance(namespace, str):
         raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
@@ -48,6 +49,7 @@ def make_names(namespace: str, key: object) -> KeyNames:
     Raises:
         TypeError: *key* is not a ``str``.
         ValueError: *key* is empty.
+
     """
     if not isinstance(key, str):
         raise TypeError(f"cache keys must be str, not {type(key).__name__}")

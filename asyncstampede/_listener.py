@@ -49,10 +49,10 @@ class Interest:
             self._pending = message
         self._event.set()
 
-    async def wait(self, timeout: float) -> bytes | None:
-        """Return the next message, or None when *timeout* seconds pass first."""
+    async def wait(self, within: float) -> bytes | None:
+        """Return the next message, or None when *within* seconds pass first."""
         if self._pending is None:
-            with anyio.move_on_after(max(timeout, 0.0)):
+            with anyio.move_on_after(max(within, 0.0)):
                 await self._event.wait()
         message, self._pending = self._pending, None
         if message is not None:
@@ -181,7 +181,7 @@ class RedisListener(Listener):
         try:
             async with self._write_lock:
                 await conn.send_command("SUBSCRIBE", channel, check_health=False)
-        except Exception as exc:  # noqa: BLE001 - the reader owns the connection's fate
+        except Exception as exc:
             # Best effort: a write can race the reader tearing the connection
             # down; the reconnect resubscribes every registered channel.
             log.debug("SUBSCRIBE failed, the reader will reconnect: %r", exc)
@@ -204,7 +204,7 @@ class RedisListener(Listener):
             try:
                 async with self._write_lock:
                     await conn.send_command("UNSUBSCRIBE", *idle, check_health=False)
-            except Exception as exc:  # noqa: BLE001 - see _subscribe
+            except Exception as exc:
                 log.debug("UNSUBSCRIBE failed, the reader will reconnect: %r", exc)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -219,7 +219,7 @@ class RedisListener(Listener):
         while True:
             conn = self._connection_class(**self._connection_kwargs)
             try:
-                await conn.connect()
+                await conn.connect()  # type: ignore[no-untyped-call]
                 # A fresh connection has no subscriptions and no acks in
                 # flight: drop idle channels, resubscribe the rest.
                 for channel in [c for c in self._idle if not self._channels[c].interests]:
@@ -286,5 +286,3 @@ class RedisListener(Listener):
             self.deliver(response[1], response[2])
         elif kind == b"subscribe":
             self._confirm(response[1])
-
-

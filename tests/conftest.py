@@ -48,9 +48,12 @@ def own_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     """A namespace no other test uses, so tests never see each other's keys."""
-    return f"t{next(_counter)}-{os.getpid()}-{request.node.name[:40]}".replace("[", "_").replace(
-        "]", "_"
-    ).replace("{", "_").replace("}", "_")
+    return (
+        f"t{next(_counter)}-{os.getpid()}-{request.node.name[:40]}".replace("[", "_")
+        .replace("]", "_")
+        .replace("{", "_")
+        .replace("}", "_")
+    )
 
 
 @pytest.fixture
@@ -79,4 +82,3 @@ async def any_cache(
         stampede = Stampede(namespace=namespace)
     async with stampede:
         yield stampede
-

@@ -119,9 +119,7 @@ async def test_value_over_max_value_bytes_is_refused(
     assert sync_redis.exists(names.value, names.lock) == 0
 
 
-async def test_oversized_stored_value_is_not_decompressed(
-    redis_url: str, namespace: str
-) -> None:
+async def test_oversized_stored_value_is_not_decompressed(redis_url: str, namespace: str) -> None:
     """A stored value declaring more than max_value_bytes is a miss, not an allocation."""
 
     async def big() -> str:

@@ -148,8 +148,9 @@ async def test_tuple_comes_back_as_list_every_time(any_cache: Stampede) -> None:
     async def compute() -> tuple[int, int]:
         return (1, 2)
 
-    assert await any_cache.get_or_compute("k", compute, ttl=30) == [1, 2]
-    assert await any_cache.get_or_compute("k", compute, ttl=30) == [1, 2]
+    first: object = await any_cache.get_or_compute("k", compute, ttl=30)
+    second: object = await any_cache.get_or_compute("k", compute, ttl=30)
+    assert first == second == [1, 2]
 
 
 async def test_values_expire_after_ttl(any_cache: Stampede) -> None:

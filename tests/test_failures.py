@@ -109,7 +109,7 @@ async def test_waiters_recheck_after_pubsub_reconnect(redis_url: str, namespace:
             tg.start_soon(wait)
             await anyio.sleep(0.2)  # the waiter is subscribed and waiting
             # Drop every pub/sub connection, then commit while they are down.
-            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
             release.set()
             with anyio.fail_after(10):  # far below lock_ttl and wait_timeout
                 while not got:
@@ -134,18 +134,16 @@ async def test_wait_timeout_raise_policy(redis_url: str, namespace: str) -> None
         Stampede.from_url(
             redis_url, namespace=namespace, wait_timeout=0.3, on_wait_timeout="raise"
         ) as waiter,
+        anyio.create_task_group() as tg,
     ):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(leader.get_or_compute, "k", forever, 30)
-            await started.wait()
-            with pytest.raises(WaitTimeoutError):
-                await waiter.get_or_compute("k", forever, ttl=30)
-            tg.cancel_scope.cancel()
+        tg.start_soon(leader.get_or_compute, "k", forever, 30)
+        await started.wait()
+        with pytest.raises(WaitTimeoutError):
+            await waiter.get_or_compute("k", forever, ttl=30)
+        tg.cancel_scope.cancel()
 
 
-async def test_wait_timeout_compute_policy_never_overwrites(
-    redis_url: str, namespace: str
-) -> None:
+async def test_wait_timeout_compute_policy_never_overwrites(redis_url: str, namespace: str) -> None:
     """After wait_timeout a waiter computes itself; the holder's later commit still wins."""
     release = anyio.Event()
     started = anyio.Event()
@@ -173,9 +171,7 @@ async def test_wait_timeout_compute_policy_never_overwrites(
         assert await waiter.get_or_compute("k", impatient, ttl=30) == "holder"
 
 
-async def test_failed_compute_wakes_remote_waiters_at_once(
-    redis_url: str, namespace: str
-) -> None:
+async def test_failed_compute_wakes_remote_waiters_at_once(redis_url: str, namespace: str) -> None:
     """A holder whose compute raises releases the lock; a waiter takes over immediately."""
     started = anyio.Event()
 

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import Counter
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,11 +93,15 @@ class CommandLog:
         self._stats_before = self._commandstats()
 
     def _commandstats(self) -> int:
-        stats: dict[str, dict[str, int]] = self._control.info("commandstats")  # type: ignore[assignment]
-        return sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_echo", "cmdstat_monitor"))
+        stats: dict[str, dict[str, int]] = self._control.info("commandstats")
+        return sum(
+            v["calls"]
+            for k, v in stats.items()
+            if k not in ("cmdstat_info", "cmdstat_echo", "cmdstat_monitor")
+        )
 
     def _run(self) -> None:
-        with self._client.monitor() as monitor:
+        with self._client.monitor() as monitor:  # type: ignore[no-untyped-call]
             self._ready.set()
             for entry in monitor.listen():
                 command = str(entry["command"])
