@@ -1,4 +1,4 @@
-"""Automation: ``nox -s tests``, ``nox -s lint``, ``nox -s bench``."""
+"""Automation: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s bench``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs-material + mkdocstrings) into site/."""
+    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("mkdocs", "build", "--strict")
 
 
 @nox.session

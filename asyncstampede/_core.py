@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, final
 
@@ -41,6 +42,13 @@ __all__ = ["Stampede"]
 T = TypeVar("T")
 
 _MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Again:
+    """Ask Redis (again) before deciding: after a cancellation, or a corrupt value."""
+
+    read: bool
 
 
 class _Flight:
@@ -130,6 +138,8 @@ class Stampede:
         else:
             self._backend = RedisBackend(redis, owns_client=_owns_client)
         self._flights: dict[str, _Flight] = {}
+        self._held: dict[bytes, KeyNames] = {}  # token -> names of locks being computed under
+        self._held_changed = anyio.Event()
         self._counters = Counters()
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -180,6 +190,7 @@ class Stampede:
             stack.push_async_callback(self._backend.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(self._backend.listener.run)
+            tg.start_soon(self._keep_locks)
             await self._backend.prepare()
             self._tg = tg
             self._stack = stack.pop_all()
@@ -269,27 +280,34 @@ class Stampede:
         token = os.urandom(16)
         try:
             # The first read runs inline in the caller's task, so a hit costs
-            # no task switch. It is shielded: a lock taken on the server must
-            # never be dropped by a cancellation in between.
-            first: Hit | Acquired | Held | BackendError | None
-            with anyio.CancelScope(shield=True):
-                try:
-                    first = await self._backend.acquire(names, token, self._lock_ms, read=True)
-                except BackendError as exc:
-                    first = exc
+            # no task switch.
+            first: Hit | Acquired | Held | BackendError | _Again
+            try:
+                first = await self._backend.acquire(names, token, self._lock_ms, read=True)
+            except BackendError as exc:
+                first = exc
+            except anyio.get_cancelled_exc_class():
+                # The lock may have been taken on the server just before the
+                # cancellation. Hand the flight to a task that asks again with
+                # the same token: ACQUIRE recognises its own lock, so it is
+                # used (and released or committed), never left to expire.
+                tg.start_soon(self._resolve, key, names, token, flight, fn, ttl_ms, _Again(True))
+                raise
             if isinstance(first, Hit):
                 try:
                     envelope = decode(first.payload, max_value_bytes=self._max_value_bytes)
                 except DecodeError:
                     self._counters.decode_errors += 1
-                    first = None
+                    first = _Again(read=False)  # skip the corrupt value, go for the lock
                 else:
                     self._counters.hits += 1
                     self._finish(key, flight, value=envelope.value)
                     return envelope.value  # type: ignore[no-any-return]
             tg.start_soon(self._resolve, key, names, token, flight, fn, ttl_ms, first)
         except BaseException as exc:
-            if not flight.done.is_set():
+            if not flight.done.is_set() and not isinstance(
+                exc, anyio.get_cancelled_exc_class()
+            ):
                 self._finish(key, flight, error=exc)
             raise
         return await _outcome(flight)  # type: ignore[no-any-return]
@@ -297,6 +315,8 @@ class Stampede:
     def _finish(
         self, key: str, flight: _Flight, *, value: Any = None, error: BaseException | None = None
     ) -> None:
+        if flight.done.is_set():
+            return  # already resolved straight from the pub/sub reader
         if self._flights.get(key) is flight:
             del self._flights[key]
         flight.value = value
@@ -311,10 +331,10 @@ class Stampede:
         flight: _Flight,
         fn: Callable[[], Awaitable[Any]],
         ttl_ms: int,
-        first: Acquired | Held | BackendError | None,
+        first: Acquired | Held | BackendError | _Again,
     ) -> None:
         try:
-            value = await self._resolve_miss(names, token, fn, ttl_ms, first)
+            value = await self._resolve_miss(key, flight, names, token, fn, ttl_ms, first)
         except anyio.get_cancelled_exc_class():
             self._finish(key, flight, error=ClosedError("the Stampede closed during the call"))
             raise
@@ -335,25 +355,36 @@ class Stampede:
 
     async def _resolve_miss(
         self,
+        key: str,
+        flight: _Flight,
         names: KeyNames,
         token: bytes,
         fn: Callable[[], Awaitable[Any]],
         ttl_ms: int,
-        first: Acquired | Held | BackendError | None,
+        first: Acquired | Held | BackendError | _Again,
     ) -> Any:
-        self._counters.misses += 1
         state: Hit | Acquired | Held | BackendError
-        if first is None:  # a corrupt value is there: skip the read, go for the lock
-            state = await self._try_acquire(names, token, read=False)
+        if isinstance(first, _Again):
+            state = await self._try_acquire(names, token, read=first.read)
+            if isinstance(state, Hit):
+                try:
+                    envelope = decode(state.payload, max_value_bytes=self._max_value_bytes)
+                except DecodeError:
+                    self._counters.decode_errors += 1
+                    state = await self._try_acquire(names, token, read=False)
+                else:
+                    self._counters.hits += 1
+                    return envelope.value
         else:
             state = first
+        self._counters.misses += 1
         if isinstance(state, Hit):  # read=False never hits; decoding it is still right
             return decode(state.payload, max_value_bytes=self._max_value_bytes).value
         if isinstance(state, BackendError):
             return await self._on_backend_error(state, fn)
         if isinstance(state, Acquired):
             return await self._lead(names, token, fn, ttl_ms)
-        return await self._wait(names, token, fn, ttl_ms, state)
+        return await self._wait(key, flight, names, token, fn, ttl_ms, state)
 
     async def _on_backend_error(self, exc: BackendError, fn: Callable[[], Awaitable[Any]]) -> Any:
         self._counters.backend_errors += 1
@@ -394,23 +425,20 @@ class Stampede:
     ) -> Any:
         """Compute as the lock holder, then commit and wake every waiter."""
         failure: Exception | None = None
-        value: Any = None
-        delta_ms = 0
+        self._held[token] = names
+        self._held_changed.set()
         try:
-            async with anyio.create_task_group() as keeper:
-                keeper.start_soon(self._keep_lock, names, token)
-                try:
-                    value, delta_ms, _ = await self._run_compute(fn)
-                    payload = self._encode(value, delta_ms=delta_ms, ttl_ms=ttl_ms)
-                except Exception as exc:  # fn failed, or its value cannot be stored
-                    failure = exc
-                finally:
-                    keeper.cancel_scope.cancel()
+            value, delta_ms, _ = await self._run_compute(fn)
+            payload = self._encode(value, delta_ms=delta_ms, ttl_ms=ttl_ms)
+        except Exception as exc:  # fn failed, or its value cannot be stored
+            failure = exc
         except BaseException:
             # Closing: let the next holder go at once rather than at lock expiry.
+            self._held.pop(token, None)
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                 await self._release_quietly(names, token)
             raise
+        self._held.pop(token, None)
         if failure is not None:
             await self._release_quietly(names, token)
             raise failure
@@ -436,19 +464,31 @@ class Stampede:
         except BackendError:
             self._counters.backend_errors += 1  # the lock expires by itself
 
-    async def _keep_lock(self, names: KeyNames, token: bytes) -> None:
-        """Extend the lock every third of its TTL while the compute runs."""
+    async def _keep_locks(self) -> None:
+        """Extend every lock held by a running compute, each third of ``lock_ttl``.
+
+        One task serves every compute of this instance, so starting and ending
+        a compute costs no task of its own (that would sit on the commit path).
+        A lock taken just after a round is extended at the next one, so no
+        lock goes longer than a third of its TTL without extension.
+        """
         interval = self._lock_ms / 3000
         while True:
+            if not self._held:
+                self._held_changed = anyio.Event()
+                await self._held_changed.wait()
             await anyio.sleep(interval)
-            try:
-                if not await self._backend.extend(names, token, self._lock_ms):
-                    return  # lost (expired or invalidated): commit will notice
-            except Exception:
-                self._counters.backend_errors += 1
+            for token, names in list(self._held.items()):
+                try:
+                    if not await self._backend.extend(names, token, self._lock_ms):
+                        self._held.pop(token, None)  # lost: commit will notice
+                except Exception:
+                    self._counters.backend_errors += 1
 
     async def _wait(
         self,
+        key: str,
+        flight: _Flight,
         names: KeyNames,
         token: bytes,
         fn: Callable[[], Awaitable[Any]],
@@ -461,7 +501,19 @@ class Stampede:
         deadline = now() + self._wait_timeout
         timer = _takeover_delay(held.pttl_ms)
         read = True
+        max_value_bytes = self._max_value_bytes
+
+        def on_value(message: bytes) -> bool:
+            try:
+                envelope = decode(message[1:], max_value_bytes=max_value_bytes)
+            except DecodeError:
+                return False  # the waiting task counts it and re-checks
+            self._counters.wakeups += 1
+            self._finish(key, flight, value=envelope.value)
+            return True
+
         async with self._backend.listener.interest(names.channel) as interest:
+            interest.on_value = on_value
             while True:
                 remaining = deadline - now()
                 if remaining <= 0:
@@ -472,6 +524,8 @@ class Stampede:
                         )
                     return await self._compute_unlocked(names, fn, ttl_ms)
                 message = await interest.wait(min(timer, remaining))
+                if interest.resolved:
+                    return flight.value
                 if message is not None and message != RECHECK:
                     self._counters.wakeups += 1
                     if message[:1] == MSG_VALUE:

@@ -227,3 +227,42 @@ async def test_burst_never_fails_on_a_small_plain_pool(redis_url: str, namespace
         assert errors == []
         assert cache.statistics().computes == 3000
     await client.aclose()
+
+
+async def test_leader_cancelled_during_first_read_hands_the_flight_over(
+    own_server: RedisServer,
+) -> None:
+    """Cancelling the first caller mid-read neither fails the others nor strands a lock."""
+    calls = 0
+
+    async def compute() -> str:
+        nonlocal calls
+        calls += 1
+        return "v"
+
+    async with Stampede.from_url(own_server.url, lock_ttl=30, wait_timeout=60) as cache:
+        own_server.command("CLIENT", "PAUSE", "400", "ALL")  # the first read hangs
+        got: list[str] = []
+        scopes: list[anyio.CancelScope] = []
+
+        async def first() -> None:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                await cache.get_or_compute("k", compute, ttl=30)
+
+        async def second() -> None:
+            got.append(await cache.get_or_compute("k", compute, ttl=30))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await anyio.sleep(0.05)
+            tg.start_soon(second)
+            await anyio.sleep(0.05)
+            scopes[0].cancel()
+            with anyio.fail_after(10):  # far below lock_ttl: no stranded lock to wait out
+                while not got:
+                    await anyio.sleep(0.01)
+        assert got == ["v"]
+        assert calls == 1
+        assert cache.statistics().coalesced == 1
+

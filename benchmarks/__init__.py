@@ -1,0 +1,1 @@
+"""The asyncstampede benchmark harness: ``python -m benchmarks`` (or ``nox -s bench``)."""

@@ -1,0 +1,185 @@
+"""The caching strategies the harness compares, each as its documentation shows it.
+
+Every strategy offers ``get(key, compute, ttl)``: return the cached value of
+*key*, calling ``compute()`` on a miss. Values are JSON-able dicts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import anyio
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from asyncstampede import Stampede
+
+Compute = Callable[[], Awaitable[Any]]
+
+
+class Strategy(Protocol):
+    name: str
+
+    async def start(self, url: str, namespace: str) -> None: ...
+    async def get(self, key: str, compute: Compute, ttl: float) -> Any: ...
+    async def stop(self) -> None: ...
+
+
+def _pool(url: str) -> Redis:
+    # Every strategy gets the same kind of client: a blocking pool, so none
+    # fails on pool exhaustion and the comparison is about the algorithm.
+    return Redis.from_pool(BlockingConnectionPool.from_url(url, max_connections=64))
+
+
+class Naive:
+    """GET; on a miss compute and SET. No protection at all."""
+
+    name = "naive"
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.r = _pool(url)
+        self.ns = namespace
+
+    async def get(self, key: str, compute: Compute, ttl: float) -> Any:
+        k = f"{self.ns}:{key}"
+        raw = await self.r.get(k)
+        if raw is not None:
+            return orjson.loads(raw)
+        value = await compute()
+        await self.r.set(k, orjson.dumps(value), px=int(ttl * 1000))
+        return value
+
+    async def stop(self) -> None:
+        await self.r.aclose()
+
+
+class SleepPoll(Naive):
+    """The textbook fix: a SET NX lock; losers sleep 100 ms and re-GET, up to 5 s."""
+
+    name = "sleep-poll"
+
+    async def get(self, key: str, compute: Compute, ttl: float) -> Any:
+        k = f"{self.ns}:{key}"
+        raw = await self.r.get(k)
+        if raw is not None:
+            return orjson.loads(raw)
+        token = os.urandom(8).hex()
+        deadline = time.monotonic() + 5.0
+        while True:
+            if await self.r.set(f"{k}:lock", token, nx=True, px=5000):
+                try:
+                    value = await compute()
+                    await self.r.set(k, orjson.dumps(value), px=int(ttl * 1000))
+                    return value
+                finally:
+                    await self.r.delete(f"{k}:lock")
+            await anyio.sleep(0.1)
+            raw = await self.r.get(k)
+            if raw is not None:
+                return orjson.loads(raw)
+            if time.monotonic() > deadline:
+                return await compute()
+
+
+class Cashews:
+    """cashews' ``@cache(ttl=..., lock=True)`` decorator."""
+
+    name = "cashews"
+
+    async def start(self, url: str, namespace: str) -> None:
+        from cashews import Cache
+
+        self.cache = Cache()
+        self.cache.setup(url, max_connections=64)
+        self.ns = namespace
+        self._current: dict[str, Compute] = {}
+        self._decorated: dict[float, Callable[[str], Awaitable[Any]]] = {}
+
+    async def get(self, key: str, compute: Compute, ttl: float) -> Any:
+        load = self._decorated.get(ttl)
+        if load is None:
+            computes = self._current
+
+            @self.cache(ttl=ttl, key=self.ns + ":{key}", lock=True)
+            async def load(key: str) -> Any:
+                return await computes[key]()
+
+            self._decorated[ttl] = load
+        self._current[key] = compute
+        return await load(key)
+
+    async def stop(self) -> None:
+        await self.cache.close()
+
+
+class AiocacheRedLock:
+    """aiocache's ``RedLock`` pattern, as in its documentation."""
+
+    name = "aiocache"
+
+    async def start(self, url: str, namespace: str) -> None:
+        from aiocache import RedisCache
+        from aiocache.serializers import JsonSerializer
+
+        parsed = urlsplit(url)
+        self.cache = RedisCache(
+            endpoint=parsed.hostname,
+            port=parsed.port,
+            namespace=namespace,
+            serializer=JsonSerializer(),
+            pool_max_size=64,
+            connection_pool_class=BlockingConnectionPool,
+        )
+
+    async def get(self, key: str, compute: Compute, ttl: float) -> Any:
+        from aiocache.lock import RedLock
+
+        value = await self.cache.get(key)
+        if value is not None:
+            return value
+        async with RedLock(self.cache, key, lease=5):
+            value = await self.cache.get(key)
+            if value is not None:
+                return value
+            value = await compute()
+            await self.cache.set(key, value, ttl=ttl)
+            return value
+
+    async def stop(self) -> None:
+        await self.cache.close()
+
+
+class AsyncStampede:
+    """asyncstampede on Redis."""
+
+    name = "asyncstampede"
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.s = Stampede.from_url(url, namespace=namespace)
+        await self.s.__aenter__()
+
+    async def get(self, key: str, compute: Compute, ttl: float) -> Any:
+        return await self.s.get_or_compute(key, compute, ttl)
+
+    async def stop(self) -> None:
+        await self.s.aclose()
+
+
+class Embedded(AsyncStampede):
+    """asyncstampede without Redis: coalesces within each process only."""
+
+    name = "embedded"
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.s = Stampede(namespace=namespace)
+        await self.s.__aenter__()
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s  # type: ignore[misc]
+    for s in (Naive, SleepPoll, Cashews, AiocacheRedLock, AsyncStampede, Embedded)
+}

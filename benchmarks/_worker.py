@@ -1,0 +1,230 @@
+"""One benchmark process. The harness drives it with one command per line.
+
+    python -m benchmarks._worker STRATEGY URL NAMESPACE
+
+Commands (each answered by one line, ``ready`` first of all):
+
+- ``herd START KEY CONCURRENCY COMPUTE_MS``: at wall-clock START, CONCURRENCY
+  concurrent gets of KEY; answers a JSON report.
+- ``hold KEY``: one get of KEY whose compute blocks; answers ``computing``
+  once the compute runs. ``release`` lets it return ``{"t": <wall clock>}``.
+- ``wait KEY``: one get of KEY in the background; answers ``waiting``, then,
+  when it returns, a JSON line with the wall clock at which it resumed.
+- ``hits KEY SECONDS CONCURRENCY`` and ``bare KEY SECONDS CONCURRENCY``: a hit
+  loop through the strategy, or through a bare redis-py GET; JSON report.
+- ``churn SECONDS CONCURRENCY KEYS ZIPF COMPUTE_MS TTL``: Zipf-distributed
+  keys; JSON report.
+- ``exit``.
+
+Redis commands sent are counted where redis-py packs them, so a pipeline of
+ten counts ten and the pub/sub connection counts too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from bisect import bisect_left
+from functools import partial
+from itertools import accumulate
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+
+from ._strategies import STRATEGIES
+
+SENT = [0]
+_pack = AbstractConnection.pack_command
+
+
+def _counting_pack(self: AbstractConnection, *args: Any) -> Any:
+    SENT[0] += 1
+    return _pack(self, *args)
+
+
+AbstractConnection.pack_command = _counting_pack  # type: ignore[method-assign]
+
+
+def say(obj: object) -> None:
+    print(obj if isinstance(obj, str) else json.dumps(obj), flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main() -> None:
+    strategy_name, url, namespace = sys.argv[1:4]
+    strategy = STRATEGIES[strategy_name]()
+    await strategy.start(url, namespace)
+    computes = [0]
+    release = anyio.Event()
+
+    async def compute_for(ms: int) -> dict[str, Any]:
+        computes[0] += 1
+        await anyio.sleep(ms / 1000)
+        return {"t": time.time(), "payload": "x" * 200}
+
+    async with anyio.create_task_group() as tg:
+        say("ready")
+        while True:
+            line = await anyio.to_thread.run_sync(sys.stdin.readline)
+            cmd, *args = line.split() or ["exit"]
+            if cmd == "exit":
+                tg.cancel_scope.cancel()
+                break
+            if cmd == "herd":
+                start, key, conc, ms = float(args[0]), args[1], int(args[2]), int(args[3])
+                say(await herd(strategy, start, key, conc, ms, computes, compute_for))
+            elif cmd == "hold":
+
+                async def blocked(gate: anyio.Event = release) -> dict[str, Any]:
+                    computes[0] += 1
+                    say("computing")
+                    await gate.wait()
+                    return {"t": time.time()}
+
+                tg.start_soon(strategy.get, args[0], blocked, 60.0)
+            elif cmd == "release":
+                release.set()
+                release = anyio.Event()
+                say("released")
+            elif cmd == "wait":
+                key = args[0]
+
+                async def waiter(key: str = key) -> None:
+                    value = await strategy.get(key, lambda: compute_for(0), 60.0)
+                    resumed = time.time()
+                    say({"resumed": resumed, "value_t": value["t"], "computes": computes[0]})
+
+                tg.start_soon(waiter)
+                say("waiting")
+            elif cmd in ("hits", "bare"):
+                key, seconds, conc = args[0], float(args[1]), int(args[2])
+                if cmd == "hits":
+                    say(await loop(partial(hit, strategy, key, compute_for), seconds, conc))
+                else:
+                    bare = Redis.from_url(url)
+                    raw_key = args[3] if len(args) > 3 else key
+                    say(await loop(partial(bare.get, raw_key), seconds, conc))
+                    await bare.aclose()
+            elif cmd == "churn":
+                seconds, conc, nkeys = float(args[0]), int(args[1]), int(args[2])
+                zipf, ms, ttl = float(args[3]), int(args[4]), float(args[5])
+                say(
+                    await churn(
+                        strategy, seconds, conc, nkeys, zipf, ms, ttl, computes, compute_for
+                    )
+                )
+    await strategy.stop()
+
+
+async def hit(strategy: Any, key: str, compute_for: Any) -> Any:
+    return await strategy.get(key, partial(compute_for, 0), 600)
+
+
+async def herd(
+    strategy: Any, start: float, key: str, conc: int, ms: int, computes: list[int], compute_for: Any
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    computes_before, sent_before = computes[0], SENT[0]
+    await anyio.sleep(max(0.0, start - time.time()))
+
+    async def one() -> None:
+        try:
+            await strategy.get(key, lambda: compute_for(ms), 60.0)
+        except Exception as exc:  # reported, never hidden
+            errors.append(repr(exc))
+        latencies.append(time.time() - start)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(conc):
+            tg.start_soon(one)
+    await anyio.sleep(0.3)  # batched UNSUBSCRIBEs and the like belong to this herd
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "computes": computes[0] - computes_before,
+        "sent": SENT[0] - sent_before,
+    }
+
+
+async def loop(call: Any, seconds: float, conc: int) -> dict[str, Any]:
+    done = [0]
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t0)
+            done[0] += 1
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(conc):
+            tg.start_soon(worker)
+    elapsed = time.perf_counter() - start
+    return {
+        "requests": done[0],
+        "seconds": elapsed,
+        "p50": percentile(latencies, 0.5),
+        "p99": percentile(latencies, 0.99),
+    }
+
+
+async def churn(
+    strategy: Any,
+    seconds: float,
+    conc: int,
+    nkeys: int,
+    zipf: float,
+    ms: int,
+    ttl: float,
+    computes: list[int],
+    compute_for: Any,
+) -> dict[str, Any]:
+    weights = list(accumulate(1 / (i + 1) ** zipf for i in range(nkeys)))
+    total = weights[-1]
+    rng = random.Random()
+    computes_before, sent_before = computes[0], SENT[0]
+    latencies: list[float] = []
+    errors = [0]
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            key = f"churn:{bisect_left(weights, rng.random() * total)}"
+            t0 = time.perf_counter()
+            try:
+                await strategy.get(key, lambda: compute_for(ms), ttl)
+            except Exception:
+                errors[0] += 1
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(conc):
+            tg.start_soon(worker)
+    return {
+        "requests": len(latencies),
+        "seconds": time.perf_counter() - start,
+        "computes": computes[0] - computes_before,
+        "sent": SENT[0] - sent_before,
+        "errors": errors[0],
+        "p50": percentile(latencies, 0.5),
+        "p99": percentile(latencies, 0.99),
+    }
+
+
+if __name__ == "__main__":
+    anyio.run(main)
