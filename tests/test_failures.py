@@ -265,4 +265,3 @@ async def test_leader_cancelled_during_first_read_hands_the_flight_over(
         assert got == ["v"]
         assert calls == 1
         assert cache.statistics().coalesced == 1
-
