@@ -13,14 +13,19 @@ __all__ = ["ACQUIRE", "COMMIT", "EXTEND", "INVALIDATE", "RELEASE", "WRITE_IF_ABS
 # KEYS: value, lock. ARGV: token, lock ms, read ("1" or "0").
 # Returns {0, value} when the value exists and read was asked for; {1} when the
 # lock is ours (a retried call finds its own token); {2, pttl} when another
-# holder has it. One round trip serves both the read and the lock attempt.
+# holder has it. One round trip serves both the read and the lock attempt, and
+# a waiter learns exactly when the holder's lock runs out (its takeover timer).
 ACQUIRE = """
 if ARGV[3] == '1' then
   local v = redis.call('GET', KEYS[1])
   if v then return {0, v} end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end
-if redis.call('GET', KEYS[2]) == ARGV[1] then return {1} end
+local holder = redis.call('GET', KEYS[2])
+if not holder then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {1}
+end
+if holder == ARGV[1] then return {1} end
 local pttl = redis.call('PTTL', KEYS[2])
 if pttl < 0 then pttl = tonumber(ARGV[2]) end
 return {2, pttl}
