@@ -20,8 +20,7 @@ for anyone who can write to Redis.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, NamedTuple
 
 import lz4.block
 import orjson
@@ -45,9 +44,7 @@ class DecodeError(Exception):
     """Stored bytes are not a valid envelope (internal: counted, never raised to users)."""
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """A decoded value and the metadata stored with it."""
 
     value: Any
@@ -135,17 +132,17 @@ def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
         except lz4.block.LZ4BlockError as exc:
             raise DecodeError(f"corrupt lz4 payload: {exc}") from exc
     else:
-        payload = bytes(body)
+        payload = body
     if len(payload) != size:
         raise DecodeError(f"payload is {len(payload)} bytes, header says {size}")
     if flags & FLAG_RAW:
-        value: Any = payload
+        value: Any = bytes(payload)
     else:
         try:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"corrupt JSON payload: {exc}") from exc
-    return Envelope(value=value, created_ms=created, delta_ms=delta, fresh_until_ms=fresh)
+    return Envelope(value, created, delta, fresh)
 
 
 def _clamp(n: int, top: int) -> int:

@@ -10,17 +10,14 @@ distinct keys never map to one name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import final
+from typing import NamedTuple
 
 __all__ = ["KeyNames", "make_names", "validate_namespace"]
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class KeyNames:
+class KeyNames(NamedTuple):
     """The Redis names behind one cache key."""
 
     value: bytes
@@ -51,10 +48,14 @@ def make_names(namespace: str, key: object) -> KeyNames:
         ValueError: *key* is empty.
 
     """
-    if not isinstance(key, str):
-        raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+    if type(key) is not str:
+        if not isinstance(key, str):
+            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+        key = str(key)  # a str subclass: use its plain text
     if not key:
         raise ValueError("cache keys must not be empty")
+    if "{" in key or "}" in key or "%" in key:
+        key = key.translate(_ESCAPES)
     # surrogatepass: a lone surrogate is still a distinct, storable key.
-    base = f"{namespace}:{{{key.translate(_ESCAPES)}}}:".encode("utf-8", "surrogatepass")
-    return KeyNames(value=base + b"v", lock=base + b"l", channel=base + b"c")
+    base = f"{namespace}:{{{key}}}:".encode("utf-8", "surrogatepass")
+    return KeyNames(base + b"v", base + b"l", base + b"c")

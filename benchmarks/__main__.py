@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import platform
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -57,8 +59,17 @@ class Worker:
         if line != word:
             raise RuntimeError(f"expected {word!r}, got {line!r}")
 
-    def report(self) -> dict[str, Any]:
+    def report(self, timeout: float | None = None) -> dict[str, Any]:
+        if timeout is not None:
+            assert self.proc.stdout is not None
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                raise TimeoutError(f"no report within {timeout} s")
         return dict(json.loads(self.read()))
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -207,7 +218,191 @@ def scenario_wakeup(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     ]
 
 
-SCENARIOS = {"herd": scenario_herd, "wakeup": scenario_wakeup}
+def scenario_hits(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Requests per second on hot cached keys, as a ratio to a bare GET loop.
+
+    P processes x C coroutines loop for a few seconds, coroutine i on its own
+    hot key (no coalescing can help: every request pays its round trip). Each
+    round is paired with a bare redis-py GET loop on a value of the same size
+    in the same processes just before it; the ratio of the two is the figure,
+    so the machine's speed cancels out. ``same_key_ratio`` is the same with all
+    coroutines on one key, where in-process coalescing may serve many callers
+    with one read.
+    """
+    client = redis.Redis.from_url(url)
+    client.set("bare-ref", json.dumps({"t": time.time(), "payload": "x" * 200}))
+    rows: list[dict[str, Any]] = []
+    strategies = [s for s in args.strategies if s != "naive"] + ["naive"]
+    bar = progress(len(strategies) * args.hit_rounds * 2, "hits")
+    for strategy in strategies:
+        workers: list[Worker] = []
+        try:
+            ns = f"bench-{uuid.uuid4().hex[:8]}"
+            workers.extend(Worker(strategy, url, ns) for _ in range(args.processes))
+            key, c = "hot", args.hit_concurrency
+            # Fill the hot keys (one short pass computes each once).
+            _loop_all(workers[:1], f"hitsd {key} 0.2 {c}")
+            _loop_all(workers[:1], f"hits {key} 0.1 {c}")
+            ratios, same_ratios, rps, bare_rps, p99 = [], [], [], [], []
+            for _ in range(args.hit_rounds):
+                b = _loop_all(workers, f"bare bare-ref {args.hit_seconds} {c}")
+                h = _loop_all(workers, f"hitsd {key} {args.hit_seconds} {c}")
+                same = _loop_all(workers, f"hits {key} {args.hit_seconds} {c}")
+                bar.update(2)
+                bare_rps.append(b["rps"])
+                rps.append(h["rps"])
+                ratios.append(h["rps"] / b["rps"])
+                same_ratios.append(same["rps"] / b["rps"])
+                p99.append(h["p99_ms"])
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "rps": sum(rps) / len(rps),
+                    "bare_rps": sum(bare_rps) / len(bare_rps),
+                    "ratio_to_bare_get": sum(ratios) / len(ratios),
+                    "same_key_ratio": sum(same_ratios) / len(same_ratios),
+                    "p99_ms": max(p99),
+                    "note": "no network (in-process)" if strategy == "embedded" else "",
+                }
+            )
+        except Exception as exc:
+            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
+            rows.append({"strategy": strategy, "failed": repr(exc)})
+        finally:
+            for w in workers:
+                w.close()
+    bar.close()
+    client.close()
+    return rows
+
+
+def _loop_all(workers: list[Worker], command: str) -> dict[str, float]:
+    for w in workers:
+        w.send(command)
+    reports = [w.report() for w in workers]
+    seconds = max(r["seconds"] for r in reports)
+    return {
+        "rps": sum(r["requests"] for r in reports) / seconds,
+        "p99_ms": max(r["p99"] for r in reports) * 1000,
+    }
+
+
+def scenario_churn(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A small ``maxmemory`` with ``allkeys-lru``, Zipf-distributed keys, TTLs.
+
+    Always on a throwaway server of its own (it needs ``--maxmemory``, which is
+    never set on a server the harness did not start), one fresh server per
+    strategy so none inherits another's cache.
+    """
+    rows: list[dict[str, Any]] = []
+    strategies = [s for s in args.strategies if s != "embedded"]
+    bar = progress(len(strategies), "churn")
+    for strategy in strategies:
+        workers: list[Worker] = []
+        try:
+            with RedisServer(
+                "--maxmemory", args.churn_maxmemory, "--maxmemory-policy", "allkeys-lru"
+            ) as server:
+                workers.extend(Worker(strategy, server.url, "churn") for _ in range(args.processes))
+                info = redis.Redis.from_url(server.url)
+                command = (
+                    f"churn {args.churn_seconds} {args.churn_concurrency} {args.churn_keys} "
+                    f"{args.churn_zipf} {args.churn_compute_ms} {args.churn_ttl}"
+                )
+                for w in workers:
+                    w.send(command)
+                reports = [w.report() for w in workers]
+                evicted = int(info.info("stats")["evicted_keys"])
+                info.close()
+            requests = sum(r["requests"] for r in reports)
+            computes = sum(r["computes"] for r in reports)
+            seconds = max(r["seconds"] for r in reports)
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "requests": requests,
+                    "computes_per_s": computes / seconds,
+                    "hit_ratio": 1 - computes / requests if requests else float("nan"),
+                    "p50_ms": max(r["p50"] for r in reports) * 1000,
+                    "p99_ms": max(r["p99"] for r in reports) * 1000,
+                    "evicted": evicted,
+                    "errors": sum(r["errors"] for r in reports),
+                }
+            )
+        except Exception as exc:
+            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
+            rows.append({"strategy": strategy, "failed": repr(exc)})
+        finally:
+            for w in workers:
+                w.close()
+            bar.update()
+    bar.close()
+    return rows
+
+
+def scenario_crash(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The computing process is SIGKILLed while others wait for its value."""
+    rows: list[dict[str, Any]] = []
+    strategies = [s for s in args.strategies if s not in ("naive", "embedded")]
+    bar = progress(len(strategies), "crash")
+    for strategy in strategies:
+        ns = f"bench-{uuid.uuid4().hex[:8]}"
+        workers: list[Worker] = []
+        try:
+            holder = Worker(strategy, url, ns)
+            workers.append(holder)
+            waiters = [Worker(strategy, url, ns) for _ in range(args.processes - 1)]
+            workers.extend(waiters)
+            holder.send("hold crash")
+            holder.expect("computing")
+            start = time.time() + 0.1
+            for w in waiters:
+                w.send(f"herd {start} crash {args.crash_concurrency} 10")
+            time.sleep(0.5)  # everyone is waiting on the holder now
+            killed_at = time.time()
+            holder.kill()
+            row: dict[str, Any] = {
+                "strategy": strategy,
+                "waiting": len(waiters) * args.crash_concurrency,
+            }
+            try:
+                reports = [w.report(timeout=args.crash_cap) for w in waiters]
+            except TimeoutError:
+                row.update(
+                    value_after_s=float("inf"),
+                    extra_computes="?",
+                    note=f"stuck > {args.crash_cap:.0f} s",
+                )
+            else:
+                done = [t for r in reports for t in r["done_at"]]
+                row.update(
+                    value_after_s=max(done) - killed_at,
+                    first_value_after_s=min(done) - killed_at,
+                    extra_computes=sum(r["computes"] for r in reports),
+                    errors=sum(len(r["errors"]) for r in reports),
+                    note="",
+                )
+            rows.append(row)
+        except Exception as exc:
+            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
+            rows.append({"strategy": strategy, "failed": repr(exc)})
+        finally:
+            for w in workers:
+                if w.proc.poll() is None:
+                    w.proc.kill()
+                    w.proc.wait()
+            bar.update()
+    bar.close()
+    return rows
+
+
+SCENARIOS = {
+    "herd": scenario_herd,
+    "hits": scenario_hits,
+    "churn": scenario_churn,
+    "crash": scenario_crash,
+    "wakeup": scenario_wakeup,
+}
 
 
 # ---------------------------------------------------------------- output
@@ -238,6 +433,26 @@ COLUMNS = {
         "errors",
     ],
     "wakeup": ["path", "runs", "p50_ms", "p90_ms", "p99_ms", "max_ms"],
+    "hits": [
+        "strategy",
+        "rps",
+        "bare_rps",
+        "ratio_to_bare_get",
+        "same_key_ratio",
+        "p99_ms",
+        "note",
+    ],
+    "churn": [
+        "strategy",
+        "requests",
+        "computes_per_s",
+        "hit_ratio",
+        "p50_ms",
+        "p99_ms",
+        "evicted",
+        "errors",
+    ],
+    "crash": ["strategy", "waiting", "value_after_s", "extra_computes", "note"],
 }
 
 
@@ -290,13 +505,28 @@ def main() -> None:
     parser.add_argument("--durations", default="10,100,1000", help="compute durations, ms")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--wakeups", type=int, default=500)
+    parser.add_argument("--hit-seconds", type=float, default=2.0)
+    parser.add_argument("--hit-rounds", type=int, default=3)
+    parser.add_argument("--hit-concurrency", type=int, default=16)
+    parser.add_argument("--churn-seconds", type=float, default=10.0)
+    parser.add_argument("--churn-concurrency", type=int, default=16)
+    parser.add_argument("--churn-keys", type=int, default=20000)
+    parser.add_argument("--churn-zipf", type=float, default=1.0)
+    parser.add_argument("--churn-compute-ms", type=int, default=5)
+    parser.add_argument("--churn-ttl", type=float, default=5.0)
+    parser.add_argument("--churn-maxmemory", default="3mb")
+    parser.add_argument("--crash-concurrency", type=int, default=50)
+    parser.add_argument(
+        "--crash-cap", type=float, default=15.0, help="seconds before waiters count as stuck"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke run")
     args = parser.parse_args()
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.durations = [int(x) for x in args.durations.split(",")]
     if args.quick:
-        args.repeat, args.wakeups = 1, 50
+        args.repeat, args.wakeups, args.hit_rounds = 1, 50, 1
+        args.hit_seconds, args.churn_seconds = 1.0, 3.0
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in SCENARIOS] + [
         s for s in args.strategies if s not in ALL_STRATEGIES

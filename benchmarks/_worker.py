@@ -78,8 +78,9 @@ async def main() -> None:
     # Commands arrive on a non-blocking pipe read by the event loop itself: a
     # reader thread would contend for the GIL on the measured paths.
     stdin = asyncio.StreamReader()
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin
+    )
     async with anyio.create_task_group() as tg:
         say("ready")
         while True:
@@ -128,15 +129,23 @@ async def main() -> None:
             elif cmd == "publish":
                 await publisher.publish(args[0], repr(time.time()))
                 say("published")
-            elif cmd in ("hits", "bare"):
+            elif cmd in ("hits", "hitsd", "bare"):
                 key, seconds, conc = args[0], float(args[1]), int(args[2])
-                if cmd == "hits":
-                    say(await loop(partial(hit, strategy, key, compute_for), seconds, conc))
-                else:
+                if cmd == "bare":
                     bare = Redis.from_url(url)
-                    raw_key = args[3] if len(args) > 3 else key
-                    say(await loop(partial(bare.get, raw_key), seconds, conc))
+
+                    async def bare_get(i: int, client: Redis = bare, raw: str = key) -> Any:
+                        return await client.get(raw)
+
+                    say(await run_loop(bare_get, seconds, conc))
                     await bare.aclose()
+                else:
+                    # hits: every coroutine reads one hot key (a process may
+                    # coalesce concurrent reads); hitsd: coroutine i reads its
+                    # own hot key KEY-i, so each request pays its own round trip.
+                    distinct = cmd == "hitsd"
+                    call = partial(hit, strategy, key, compute_for, distinct)
+                    say(await run_loop(call, seconds, conc))
             elif cmd == "churn":
                 seconds, conc, nkeys = float(args[0]), int(args[1]), int(args[2])
                 zipf, ms, ttl = float(args[3]), int(args[4]), float(args[5])
@@ -165,8 +174,8 @@ async def raw_subscriber(url: str, channel: str, ready: anyio.Event) -> None:
         await pool.aclose()
 
 
-async def hit(strategy: Any, key: str, compute_for: Any) -> Any:
-    return await strategy.get(key, partial(compute_for, 0), 600)
+async def hit(strategy: Any, key: str, compute_for: Any, distinct: bool, i: int) -> Any:
+    return await strategy.get(f"{key}-{i}" if distinct else key, partial(compute_for, 0), 600)
 
 
 async def herd(
@@ -181,6 +190,8 @@ async def herd(
     while time.time() < start:
         pass
 
+    done_at: list[float] = []
+
     async def one() -> None:
         issued = time.perf_counter()
         try:
@@ -188,6 +199,7 @@ async def herd(
         except Exception as exc:  # reported, never hidden
             errors.append(repr(exc))
         latencies.append(time.perf_counter() - issued)
+        done_at.append(time.time())
 
     async with anyio.create_task_group() as tg:
         for _ in range(conc):
@@ -195,28 +207,29 @@ async def herd(
     await anyio.sleep(0.3)  # batched UNSUBSCRIBEs and the like belong to this herd
     return {
         "latencies": latencies,
+        "done_at": done_at,
         "errors": errors,
         "computes": computes[0] - computes_before,
         "sent": SENT[0] - sent_before,
     }
 
 
-async def loop(call: Any, seconds: float, conc: int) -> dict[str, Any]:
+async def run_loop(call: Any, seconds: float, conc: int) -> dict[str, Any]:
     done = [0]
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
+    async def worker(i: int) -> None:
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            await call()
+            await call(i)
             latencies.append(time.perf_counter() - t0)
             done[0] += 1
 
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
-        for _ in range(conc):
-            tg.start_soon(worker)
+        for i in range(conc):
+            tg.start_soon(worker, i)
     elapsed = time.perf_counter() - start
     return {
         "requests": done[0],

@@ -265,3 +265,21 @@ async def test_leader_cancelled_during_first_read_hands_the_flight_over(
         assert got == ["v"]
         assert calls == 1
         assert cache.statistics().coalesced == 1
+
+
+async def test_hit_survives_connections_closed_by_the_server(
+    redis_url: str, namespace: str
+) -> None:
+    """Pooled connections killed server-side are replaced; the hit is still a hit."""
+    admin = redis.asyncio.Redis.from_url(redis_url)
+
+    async def compute() -> str:
+        return "v"
+
+    async with Stampede.from_url(redis_url, namespace=namespace, fail_open=False) as cache:
+        assert await cache.get_or_compute("k", compute, ttl=30) == "v"
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[no-untyped-call]
+        assert await cache.get_or_compute("k", compute, ttl=30) == "v"
+        stats = cache.statistics()
+        assert (stats.hits, stats.computes, stats.backend_errors) == (1, 1, 0)
+    await admin.aclose()

@@ -202,7 +202,8 @@ def test_waiting_sends_the_same_commands_for_a_long_compute(
     # waiting; everything else must be identical, command for command.
     waiting_long, waiting_short = long.waiting(reports), short.waiting(short_reports)
     assert Counter(waiting_long) == Counter(waiting_short), (waiting_long, waiting_short)
-    assert len(waiting_long) <= 4 * 3  # a small constant per waiting process
+    # GET, EVALSHA (lock attempt), SUBSCRIBE, EVALSHA (re-check), UNSUBSCRIBE
+    assert len(waiting_long) <= 5 * 3
     assert 0 not in long.by_process, long.by_process[0]  # every command was attributed
     assert long.commands.count("PING") <= 4 * 2
 
