@@ -306,8 +306,9 @@ def scenario_churn(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 workers.extend(Worker(strategy, server.url, "churn") for _ in range(args.processes))
                 info = redis.Redis.from_url(server.url)
                 command = (
-                    f"churn {args.churn_seconds} {args.churn_concurrency} {args.churn_keys} "
-                    f"{args.churn_zipf} {args.churn_compute_ms} {args.churn_ttl}"
+                    f"churn {args.churn_seconds} {args.churn_rate} {args.churn_keys} "
+                    f"{args.churn_zipf} {args.churn_compute_ms} {args.churn_ttl} "
+                    f"{args.churn_value_bytes}"
                 )
                 for w in workers:
                     w.send(command)
@@ -321,7 +322,9 @@ def scenario_churn(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 {
                     "strategy": strategy,
                     "requests": requests,
+                    "shed": sum(r["shed"] for r in reports),
                     "computes_per_s": computes / seconds,
+                    "computes_per_1k": 1000 * computes / requests if requests else float("nan"),
                     "hit_ratio": 1 - computes / requests if requests else float("nan"),
                     "p50_ms": max(r["p50"] for r in reports) * 1000,
                     "p99_ms": max(r["p99"] for r in reports) * 1000,
@@ -445,7 +448,9 @@ COLUMNS = {
     "churn": [
         "strategy",
         "requests",
+        "shed",
         "computes_per_s",
+        "computes_per_1k",
         "hit_ratio",
         "p50_ms",
         "p99_ms",
@@ -457,6 +462,7 @@ COLUMNS = {
 
 
 def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+    """Write one PNG: the herd sweep on top, hits, churn and crash below."""
     try:
         import matplotlib
 
@@ -465,39 +471,69 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> bool:
     except ImportError:
         return False
     herd = [r for r in results.get("herd", []) if "failed" not in r]
-    if not herd:
-        return False
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    strategies = sorted({r["strategy"] for r in herd}, key=ALL_STRATEGIES.index)
-    c_max = max(r["concurrency"] for r in herd)
-    for s in strategies:
-        rows = sorted(
-            (r for r in herd if r["strategy"] == s and r["concurrency"] == c_max),
-            key=lambda r: r["compute_ms"],
-        )
-        xs = [r["compute_ms"] for r in rows]
-        axes[0].plot(xs, [r["computes_per_herd"] for r in rows], marker="o", label=s)
-        axes[1].plot(xs, [r["p99_ms"] - r["compute_ms"] for r in rows], marker="o", label=s)
-        axes[2].plot(xs, [r["server_per_request"] for r in rows], marker="o", label=s)
-    titles = ["computes per herd", "p99 latency minus compute (ms)", "Redis commands per request"]
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1)
-        ax.set_xlabel("compute duration (ms)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"herd: {herd[0]['processes']} processes x {c_max} coroutines, one missing key")
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    if herd:
+        strategies = sorted({r["strategy"] for r in herd}, key=ALL_STRATEGIES.index)
+        c_max = max(r["concurrency"] for r in herd)
+        for s in strategies:
+            rows = sorted(
+                (r for r in herd if r["strategy"] == s and r["concurrency"] == c_max),
+                key=lambda r: r["compute_ms"],
+            )
+            xs = [r["compute_ms"] for r in rows]
+            axes[0][0].plot(xs, [r["computes_per_herd"] for r in rows], marker="o", label=s)
+            axes[0][1].plot(xs, [r["p99_ms"] - r["compute_ms"] for r in rows], marker="o", label=s)
+            axes[0][2].plot(xs, [r["server_per_request"] for r in rows], marker="o", label=s)
+        titles = [
+            f"herd ({herd[0]['processes']} x {c_max}): computes per herd",
+            "herd: p99 latency minus compute (ms)",
+            "herd: Redis commands per request (commandstats)",
+        ]
+        for ax, title in zip(axes[0], titles, strict=True):
+            ax.set_xscale("log")
+            ax.set_yscale("symlog", linthresh=1)
+            ax.set_xlabel("compute duration (ms)")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend()
+    _bars(axes[1][0], results.get("hits", []), "ratio_to_bare_get", "hits: throughput / bare GET")
+    axes[1][0].axhline(1.0, color="grey", lw=0.8)
+    _bars(
+        axes[1][1], results.get("churn", []), "computes_per_s", "churn: backend computes per second"
+    )
+    _bars(
+        axes[1][2], results.get("crash", []), "value_after_s", "crash: seconds from kill to value"
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return True
+
+
+def _bars(ax: Any, rows: list[dict[str, Any]], field: str, title: str) -> None:
+    rows = [r for r in rows if "failed" not in r and r.get(field) is not None]
+    names = [r["strategy"] for r in rows]
+    values = [r[field] if r[field] != float("inf") else 0 for r in rows]
+    bars = ax.bar(names, values, color=[f"C{ALL_STRATEGIES.index(n)}" for n in names])
+    for bar, r in zip(bars, rows, strict=True):
+        label = "stuck" if r[field] == float("inf") else f"{r[field]:.2f}"
+        ax.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    ax.grid(alpha=0.3, axis="y")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--url", help="a Redis to use instead of a throwaway one (loopback only)")
     parser.add_argument(
-        "--scenarios", default="herd,wakeup", help="comma-separated: " + ",".join(SCENARIOS)
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS)
     )
     parser.add_argument("--strategies", default=",".join(ALL_STRATEGIES))
     parser.add_argument("--processes", type=int, default=4)
@@ -508,13 +544,14 @@ def main() -> None:
     parser.add_argument("--hit-seconds", type=float, default=2.0)
     parser.add_argument("--hit-rounds", type=int, default=3)
     parser.add_argument("--hit-concurrency", type=int, default=16)
-    parser.add_argument("--churn-seconds", type=float, default=10.0)
-    parser.add_argument("--churn-concurrency", type=int, default=16)
-    parser.add_argument("--churn-keys", type=int, default=20000)
-    parser.add_argument("--churn-zipf", type=float, default=1.0)
-    parser.add_argument("--churn-compute-ms", type=int, default=5)
+    parser.add_argument("--churn-seconds", type=float, default=15.0)
+    parser.add_argument("--churn-rate", type=float, default=500, help="requests/s per process")
+    parser.add_argument("--churn-keys", type=int, default=50000)
+    parser.add_argument("--churn-zipf", type=float, default=1.1)
+    parser.add_argument("--churn-compute-ms", type=int, default=50)
     parser.add_argument("--churn-ttl", type=float, default=5.0)
-    parser.add_argument("--churn-maxmemory", default="3mb")
+    parser.add_argument("--churn-value-bytes", type=int, default=8000)
+    parser.add_argument("--churn-maxmemory", default="16mb")
     parser.add_argument("--crash-concurrency", type=int, default=50)
     parser.add_argument(
         "--crash-cap", type=float, default=15.0, help="seconds before waiters count as stuck"

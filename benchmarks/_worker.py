@@ -13,8 +13,8 @@ Commands (each answered by one line, ``ready`` first of all):
   when it returns, a JSON line with the wall clock at which it resumed.
 - ``hits KEY SECONDS CONCURRENCY`` and ``bare KEY SECONDS CONCURRENCY``: a hit
   loop through the strategy, or through a bare redis-py GET; JSON report.
-- ``churn SECONDS CONCURRENCY KEYS ZIPF COMPUTE_MS TTL``: Zipf-distributed
-  keys; JSON report.
+- ``churn SECONDS RATE KEYS ZIPF COMPUTE_MS TTL SIZE``: an open-loop stream of
+  RATE requests per second on Zipf-distributed keys, values of SIZE bytes.
 - ``exit``.
 
 Redis commands sent are counted where redis-py packs them, so a pipeline of
@@ -24,6 +24,7 @@ ten counts ten and the pub/sub connection counts too.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import sys
@@ -51,6 +52,20 @@ def _counting_pack(self: AbstractConnection, *args: Any) -> Any:
 AbstractConnection.pack_command = _counting_pack  # type: ignore[method-assign]
 
 
+_PAYLOADS: dict[int, list[str]] = {}
+
+
+def payload(size: int) -> str:
+    """Random text of *size* characters: incompressible, like most real values."""
+    pool = _PAYLOADS.get(size)
+    if pool is None:
+        rng = random.Random(size)
+        pool = _PAYLOADS[size] = [
+            base64.b64encode(rng.randbytes(size))[:size].decode() for _ in range(64)
+        ]
+    return random.choice(pool)
+
+
 def say(obj: object) -> None:
     print(obj if isinstance(obj, str) else json.dumps(obj), flush=True)
 
@@ -70,10 +85,10 @@ async def main() -> None:
     release = anyio.Event()
     publisher = Redis.from_url(url)
 
-    async def compute_for(ms: int) -> dict[str, Any]:
+    async def compute_for(ms: int, size: int = 200) -> dict[str, Any]:
         computes[0] += 1
         await anyio.sleep(ms / 1000)
-        return {"t": time.time(), "payload": "x" * 200}
+        return {"t": time.time(), "payload": payload(size)}
 
     # Commands arrive on a non-blocking pipe read by the event loop itself: a
     # reader thread would contend for the GIL on the measured paths.
@@ -147,11 +162,11 @@ async def main() -> None:
                     call = partial(hit, strategy, key, compute_for, distinct)
                     say(await run_loop(call, seconds, conc))
             elif cmd == "churn":
-                seconds, conc, nkeys = float(args[0]), int(args[1]), int(args[2])
-                zipf, ms, ttl = float(args[3]), int(args[4]), float(args[5])
+                seconds, rate, nkeys = float(args[0]), float(args[1]), int(args[2])
+                zipf, ms, ttl, size = float(args[3]), int(args[4]), float(args[5]), int(args[6])
                 say(
                     await churn(
-                        strategy, seconds, conc, nkeys, zipf, ms, ttl, computes, compute_for
+                        strategy, seconds, rate, nkeys, zipf, ms, ttl, size, computes, compute_for
                     )
                 )
     await strategy.stop()
@@ -184,11 +199,9 @@ async def herd(
     latencies: list[float] = []
     errors: list[str] = []
     computes_before, sent_before = computes[0], SENT[0]
-    # Sleep to just before the start, then spin: a timer wake-up can be a few
-    # milliseconds late on a loaded machine, and that is not the strategy's.
-    await anyio.sleep(max(0.0, start - time.time() - 0.005))
-    while time.time() < start:
-        pass
+    # Each call's latency runs from its own issue, so a process whose timer
+    # fires a little late is not charged for it.
+    await anyio.sleep(max(0.0, start - time.time()))
 
     done_at: list[float] = []
 
@@ -242,38 +255,55 @@ async def run_loop(call: Any, seconds: float, conc: int) -> dict[str, Any]:
 async def churn(
     strategy: Any,
     seconds: float,
-    conc: int,
+    rate: float,
     nkeys: int,
     zipf: float,
     ms: int,
     ttl: float,
+    size: int,
     computes: list[int],
     compute_for: Any,
 ) -> dict[str, Any]:
+    """Open loop: RATE requests per second whatever the strategy's speed.
+
+    Every strategy gets the same request stream, so their backend computes
+    compare directly. Requests beyond 512 in flight are shed (counted).
+    """
     weights = list(accumulate(1 / (i + 1) ** zipf for i in range(nkeys)))
     total = weights[-1]
     rng = random.Random()
     computes_before, sent_before = computes[0], SENT[0]
     latencies: list[float] = []
     errors = [0]
-    deadline = time.perf_counter() + seconds
+    shed = 0
+    in_flight = [0]
 
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            key = f"churn:{bisect_left(weights, rng.random() * total)}"
-            t0 = time.perf_counter()
-            try:
-                await strategy.get(key, lambda: compute_for(ms), ttl)
-            except Exception:
-                errors[0] += 1
-            latencies.append(time.perf_counter() - t0)
+    async def one(key: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            await strategy.get(key, lambda: compute_for(ms, size), ttl)
+        except Exception:
+            errors[0] += 1
+        latencies.append(time.perf_counter() - t0)
+        in_flight[0] -= 1
 
     start = time.perf_counter()
+    issued = 0
     async with anyio.create_task_group() as tg:
-        for _ in range(conc):
-            tg.start_soon(worker)
+        while (now := time.perf_counter() - start) < seconds:
+            due = int(now * rate) + 1
+            while issued < due:
+                issued += 1
+                if in_flight[0] >= 512:
+                    shed += 1
+                    continue
+                in_flight[0] += 1
+                key = f"churn:{bisect_left(weights, rng.random() * total)}"
+                tg.start_soon(one, key)
+            await anyio.sleep(0.002)
     return {
         "requests": len(latencies),
+        "shed": shed,
         "seconds": time.perf_counter() - start,
         "computes": computes[0] - computes_before,
         "sent": SENT[0] - sent_before,
