@@ -42,6 +42,7 @@ __all__ = ["Stampede"]
 T = TypeVar("T")
 
 _MiB = 1024 * 1024
+_NAMES_CACHED = 4096  # keys whose Redis names are kept ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,7 @@ class Stampede:
         else:
             self._backend = RedisBackend(redis, owns_client=_owns_client)
         self._flights: dict[str, _Flight] = {}
+        self._names: dict[str, KeyNames] = {}
         self._held: dict[bytes, KeyNames] = {}  # token -> names of locks being computed under
         self._held_changed = anyio.Event()
         self._counters = Counters()
@@ -289,7 +291,9 @@ class Stampede:
             Exception: whatever *fn* raised.
 
         """
-        names = make_names(self._namespace, key)
+        names = self._names.get(key) if type(key) is str else None
+        if names is None:
+            names = self._names_for(key)
         if not callable(fn):
             raise TypeError(f"fn must be a zero-argument async callable, not {type(fn).__name__}")
         ttl_ms = _ttl_ms(ttl)
@@ -329,6 +333,14 @@ class Stampede:
                 self._finish(key, flight, error=exc)
             raise
         return await flight.outcome()  # type: ignore[no-any-return]
+
+    def _names_for(self, key: object) -> KeyNames:
+        """Build (and remember, for hot keys) the Redis names of *key*."""
+        names = make_names(self._namespace, key)
+        if len(self._names) >= _NAMES_CACHED:
+            self._names.clear()  # crude but O(1); hot keys are back in one call
+        self._names[key] = names  # type: ignore[index]  # make_names checked it is a str
+        return names
 
     def _finish(
         self, key: str, flight: _Flight, *, value: Any = None, error: BaseException | None = None
@@ -587,6 +599,8 @@ class Stampede:
 
 
 def _ttl_ms(ttl: object) -> int:
+    if type(ttl) is int and 0 < ttl < 10**12:
+        return ttl * 1000
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
     if not (ttl > 0 and math.isfinite(ttl)):
