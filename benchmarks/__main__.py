@@ -226,9 +226,9 @@ def scenario_hits(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     hot key (no coalescing can help: every request pays its round trip). Each
     round is paired with a bare redis-py GET loop on a value of the same size
     in the same processes just before it; the median of the rounds' ratios is
-    the figure, so the machine's speed (and its drift) cancels out. ``same_key_ratio`` is the same with all
-    coroutines on one key, where in-process coalescing may serve many callers
-    with one read.
+    the figure, so the machine's speed (and its drift) cancels out.
+    ``same_key_ratio`` is the same with all coroutines on one key, where
+    in-process coalescing may serve many callers with one read.
     """
     client = redis.Redis.from_url(url)
     client.set("bare-ref", json.dumps({"t": time.time(), "payload": "x" * 200}))
