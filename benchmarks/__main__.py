@@ -493,18 +493,18 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> bool:
         for ax, title in zip(axes[0], titles, strict=True):
             ax.set_xscale("log")
             ax.set_yscale("symlog", linthresh=1)
+            ax.set_ylim(bottom=0)
             ax.set_xlabel("compute duration (ms)")
             ax.set_title(title)
             ax.grid(alpha=0.3)
         axes[0][0].legend()
-    _bars(axes[1][0], results.get("hits", []), "ratio_to_bare_get", "hits: throughput / bare GET")
+    hits = [r for r in results.get("hits", []) if r.get("strategy") != "embedded"]
+    _bars(axes[1][0], hits, "ratio_to_bare_get", "hits: throughput / bare GET (distinct keys)")
     axes[1][0].axhline(1.0, color="grey", lw=0.8)
-    _bars(
-        axes[1][1], results.get("churn", []), "computes_per_s", "churn: backend computes per second"
-    )
-    _bars(
-        axes[1][2], results.get("crash", []), "value_after_s", "crash: seconds from kill to value"
-    )
+    churn = results.get("churn", [])
+    _bars(axes[1][1], churn, "computes_per_1k", "churn: computes per 1000 requests")
+    crash = results.get("crash", [])
+    _bars(axes[1][2], crash, "value_after_s", "crash: seconds from kill to value (<0: no wait)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
