@@ -602,6 +602,15 @@ def main() -> None:
     wrote_png = plot(results, png)
     print(f"\nraw results: {out}" + (f"\nplot: {png}" if wrote_png else ""))
     print(f"machine: {machine}")
+    failed = [
+        f"{name}: {row['strategy']}"
+        for name, rows in results.items()
+        for row in rows
+        if "failed" in row
+    ]
+    if failed:
+        print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
