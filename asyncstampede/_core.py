@@ -29,8 +29,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ._backend import MSG_VALUE, Acquired, Backend, Held, Hit
-from ._envelope import DecodeError, decode, encode
-from ._exceptions import BackendError, ClosedError, WaitTimeoutError
+from ._envelope import DecodeError, Envelope, decode, encode
+from ._exceptions import BackendError, ClosedError, ComputeTimeoutError, WaitTimeoutError
 from ._keys import KeyNames, make_names, validate_namespace
 from ._listener import RECHECK
 from ._memory_backend import MemoryBackend
@@ -50,6 +50,86 @@ class _Again:
     """Ask Redis (again) before deciding: after a cancellation, or a corrupt value."""
 
     read: bool
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    """Freshness settings, resolved once per instance and per overriding call."""
+
+    beta: float = 1.0
+    swr_ms: int = 0
+    sie_ms: int = 0
+    soft_timeout: float | None = None
+    hard_timeout: float | None = None
+    ttl_jitter: float = 0.0
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        beta: float,
+        stale_while_revalidate: float,
+        stale_if_error: float,
+        soft_timeout: float | None,
+        hard_timeout: float | None,
+        ttl_jitter: float,
+    ) -> _Policy:
+        """Validate and convert user-facing seconds."""
+        return cls(
+            beta=_non_negative("beta", beta),
+            swr_ms=round(_non_negative("stale_while_revalidate", stale_while_revalidate) * 1000),
+            sie_ms=round(_non_negative("stale_if_error", stale_if_error) * 1000),
+            soft_timeout=None if soft_timeout is None else _positive("soft_timeout", soft_timeout),
+            hard_timeout=None if hard_timeout is None else _positive("hard_timeout", hard_timeout),
+            ttl_jitter=_non_negative("ttl_jitter", ttl_jitter),
+        )
+
+    def override(
+        self,
+        *,
+        beta: float | None,
+        stale_while_revalidate: float | None,
+        stale_if_error: float | None,
+        soft_timeout: float | None,
+        hard_timeout: float | None,
+        ttl_jitter: float | None,
+    ) -> _Policy:
+        """Return this policy with the call's arguments (those not None) applied."""
+        return _Policy.build(
+            beta=self.beta if beta is None else beta,
+            stale_while_revalidate=(
+                self.swr_ms / 1000 if stale_while_revalidate is None else stale_while_revalidate
+            ),
+            stale_if_error=self.sie_ms / 1000 if stale_if_error is None else stale_if_error,
+            soft_timeout=self.soft_timeout if soft_timeout is None else soft_timeout,
+            hard_timeout=self.hard_timeout if hard_timeout is None else hard_timeout,
+            ttl_jitter=self.ttl_jitter if ttl_jitter is None else ttl_jitter,
+        )
+
+
+class _Request:
+    """Everything one resolution needs, passed down the request path."""
+
+    __slots__ = ("flight", "fn", "key", "names", "policy", "stale", "ttl_ms")
+
+    def __init__(
+        self,
+        key: str,
+        names: KeyNames,
+        flight: _Flight,
+        fn: Callable[[], Awaitable[Any]],
+        ttl_ms: int,
+        policy: _Policy,
+    ) -> None:
+        self.key = key
+        self.names = names
+        self.flight = flight
+        self.fn = fn
+        self.ttl_ms = ttl_ms
+        self.policy = policy
+        # A stored value past serving but within stale_if_error: the fallback.
+        self.stale: Envelope | None = None
 
 
 class _Flight:
@@ -110,6 +190,21 @@ class Stampede:
         publish_value_max: Values up to this size travel inside the wake-up
             message, so woken waiters need no extra GET.
         max_entries: Capacity of the embedded store (LRU); unused with Redis.
+        beta: XFetch strength (Vattani et al., VLDB 2015): a fresh value is
+            refreshed early, in the background, with a probability that grows
+            as its expiry nears, scaled by how long its compute took. ``0``
+            turns it off. Exactly one process refreshes (the lock decides).
+        stale_while_revalidate: Seconds past freshness during which a value is
+            served at once while one background refresh runs (RFC 5861).
+        stale_if_error: Seconds past freshness during which a value is served
+            when the compute fails, times out, or Redis fails (RFC 5861).
+        fail_safe_throttle: After a failed compute, the stale value is served
+            as fresh for this many seconds before the compute is tried again.
+        soft_timeout: Seconds after which callers get the stale value (if any)
+            while the compute goes on and still fills the cache.
+        hard_timeout: Seconds after which the compute is cancelled and
+            `ComputeTimeoutError` raised (or a stale value served).
+        ttl_jitter: Fraction of the TTL added at random to each write.
 
     """
 
@@ -122,6 +217,13 @@ class Stampede:
         wait_timeout: float = 30.0,
         fail_open: bool = True,
         on_wait_timeout: Literal["compute", "raise"] = "compute",
+        beta: float = 1.0,
+        stale_while_revalidate: float = 0.0,
+        stale_if_error: float = 0.0,
+        fail_safe_throttle: float = 5.0,
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        ttl_jitter: float = 0.0,
         compress_threshold: int = 4096,
         max_value_bytes: int = 64 * _MiB,
         publish_value_max: int = 64 * 1024,
@@ -148,6 +250,18 @@ class Stampede:
                 f"on_wait_timeout must be 'compute' or 'raise', got {on_wait_timeout!r}"
             )
         self._on_wait_timeout = on_wait_timeout
+        self._policy = _Policy.build(
+            beta=beta,
+            stale_while_revalidate=stale_while_revalidate,
+            stale_if_error=stale_if_error,
+            soft_timeout=soft_timeout,
+            hard_timeout=hard_timeout,
+            ttl_jitter=ttl_jitter,
+        )
+        self._fail_safe_throttle_ms = round(
+            _positive("fail_safe_throttle", fail_safe_throttle) * 1000
+        )
+        self._refreshing: set[str] = set()
         self._compress_threshold = compress_threshold
         self._max_value_bytes = max_value_bytes
         self._publish_value_max = publish_value_max
@@ -264,12 +378,26 @@ class Stampede:
         self._task_group()
         await self._backend.invalidate(names)
 
-    async def get_or_compute(self, key: str, fn: Callable[[], Awaitable[T]], ttl: float) -> T:
+    async def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[[], Awaitable[T]],
+        ttl: float,
+        *,
+        beta: float | None = None,
+        stale_while_revalidate: float | None = None,
+        stale_if_error: float | None = None,
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        ttl_jitter: float | None = None,
+    ) -> T:
         """Return the cached value of *key*, computing it with *fn* at most once.
 
         Concurrent callers of one key share one resolution in this process and,
         through the Redis lock, across every process using the same Redis and
-        namespace. The value is stored for *ttl* seconds.
+        namespace. The value is fresh for *ttl* seconds; the freshness
+        arguments override the instance's settings for this call (see
+        `Stampede`).
 
         The result is the value as stored: it went through the codec (``bytes``
         raw, anything else JSON via orjson), so a tuple comes back as a list on
@@ -278,17 +406,29 @@ class Stampede:
         Args:
             key: The cache key.
             fn: A zero-argument callable returning an awaitable of the value.
-            ttl: Seconds the value lives in the cache.
+            ttl: Seconds the value stays fresh.
+            beta: XFetch early-refresh strength for this call (0 turns it off).
+            stale_while_revalidate: Seconds past freshness a value is still
+                served at once while one refresh runs.
+            stale_if_error: Seconds past freshness a value is served when the
+                compute fails or times out.
+            soft_timeout: Seconds after which a stale value (if any) is served
+                while the compute goes on and still fills the cache.
+            hard_timeout: Seconds after which the compute is cancelled.
+            ttl_jitter: Fraction of *ttl* added at random, so keys written
+                together do not expire together.
 
         Raises:
             TypeError: *key* is not a ``str`` or *fn* is not callable.
-            ValueError: *ttl* is not a positive number, or *key* is empty.
+            ValueError: a duration is not a positive number, or *key* is empty.
             SerializationError: the computed value cannot be serialized.
             ValueTooLargeError: the serialized value is over ``max_value_bytes``.
+            ComputeTimeoutError: *hard_timeout* passed and no stale value could
+                be served.
             BackendError: Redis failed and ``fail_open`` is off.
             WaitTimeoutError: waiting passed ``wait_timeout`` and ``on_wait_timeout="raise"``.
             ClosedError: the instance is not entered or is closed.
-            Exception: whatever *fn* raised.
+            Exception: whatever *fn* raised, when no stale value could be served.
 
         """
         names = self._names.get(key) if type(key) is str else None
@@ -297,12 +437,30 @@ class Stampede:
         if not callable(fn):
             raise TypeError(f"fn must be a zero-argument async callable, not {type(fn).__name__}")
         ttl_ms = _ttl_ms(ttl)
+        policy = self._policy
+        if (
+            beta is not None
+            or stale_while_revalidate is not None
+            or stale_if_error is not None
+            or soft_timeout is not None
+            or hard_timeout is not None
+            or ttl_jitter is not None
+        ):
+            policy = policy.override(
+                beta=beta,
+                stale_while_revalidate=stale_while_revalidate,
+                stale_if_error=stale_if_error,
+                soft_timeout=soft_timeout,
+                hard_timeout=hard_timeout,
+                ttl_jitter=ttl_jitter,
+            )
         tg = self._task_group()
         flight = self._flights.get(key)
         if flight is not None:
             self._counters.coalesced += 1
             return await flight.outcome()  # type: ignore[no-any-return]
         flight = self._flights[key] = _Flight()
+        req = _Request(key, names, flight, fn, ttl_ms, policy)
         try:
             # The first read is a plain GET in the caller's own task: a hit
             # costs one round trip and no task switch. A miss hands the rest
@@ -314,7 +472,7 @@ class Stampede:
                 first = exc
             except anyio.get_cancelled_exc_class():
                 # Others of this process may be waiting on this flight.
-                tg.start_soon(self._resolve, key, names, flight, fn, ttl_ms, _Again(read=True))
+                tg.start_soon(self._resolve, req, _Again(read=True))
                 raise
             else:
                 if payload is not None:
@@ -324,15 +482,68 @@ class Stampede:
                         self._counters.decode_errors += 1
                         first = _Again(read=False)  # skip the corrupt value, go for the lock
                     else:
-                        self._counters.hits += 1
-                        self._finish(key, flight, value=envelope.value)
-                        return envelope.value  # type: ignore[no-any-return]
-            tg.start_soon(self._resolve, key, names, flight, fn, ttl_ms, first)
+                        if self._serve(req, envelope):
+                            self._finish(key, flight, value=envelope.value)
+                            return envelope.value  # type: ignore[no-any-return]
+                        first = _Again(read=False)  # too stale to serve: go for the lock
+            tg.start_soon(self._resolve, req, first)
         except BaseException as exc:
             if not flight.done and not isinstance(exc, anyio.get_cancelled_exc_class()):
                 self._finish(key, flight, error=exc)
             raise
         return await flight.outcome()  # type: ignore[no-any-return]
+
+    def _serve(self, req: _Request, envelope: Envelope) -> bool:
+        """Decide about a stored value: serve it now (and maybe refresh it), or not.
+
+        Fresh values are served; XFetch may start one early refresh. Values
+        within ``stale_while_revalidate`` are served while one refresh runs.
+        Older ones are not served now but kept as the fallback of the
+        resolution that follows, while within ``stale_if_error``.
+        """
+        now_ms = _now_ms()
+        policy = req.policy
+        if now_ms < envelope.fresh_until_ms:
+            self._counters.hits += 1
+            if (
+                policy.beta
+                and envelope.delta_ms
+                and now_ms - envelope.delta_ms * policy.beta * math.log(1.0 - random.random())
+                >= envelope.fresh_until_ms
+            ):
+                self._counters.early_refreshes += 1
+                self._refresh_soon(req, envelope)
+            return True
+        if now_ms < envelope.fresh_until_ms + policy.swr_ms:
+            self._counters.stale_served += 1
+            self._refresh_soon(req, envelope)
+            return True
+        if now_ms < envelope.fresh_until_ms + policy.sie_ms:
+            req.stale = envelope
+        return False
+
+    def _refresh_soon(self, req: _Request, envelope: Envelope) -> None:
+        """Start one background refresh of *req*'s key (one per key per process)."""
+        if req.key in self._refreshing or self._tg is None:
+            return
+        self._refreshing.add(req.key)
+        refresh = _Request(req.key, req.names, _Flight(), req.fn, req.ttl_ms, req.policy)
+        refresh.stale = envelope
+        self._tg.start_soon(self._refresh, refresh)
+
+    async def _refresh(self, req: _Request) -> None:
+        """Recompute a served value in the background, if the lock picks us."""
+        token = os.urandom(16)
+        try:
+            state = await self._try_acquire(req.names, token, read=False)
+            if isinstance(state, Acquired):
+                await self._lead(req, token)
+            # Held: another process is refreshing it. BackendError: Redis is
+            # down, and the value being served is the best there is.
+        except Exception:  # a background refresh has no caller to tell
+            self._counters.refresh_errors += 1
+        finally:
+            self._refreshing.discard(req.key)
 
     def _names_for(self, key: object) -> KeyNames:
         """Build (and remember, for hot keys) the Redis names of *key*."""
@@ -351,27 +562,21 @@ class Stampede:
             del self._flights[key]
         flight.settle(value, error)
 
-    async def _resolve(
-        self,
-        key: str,
-        names: KeyNames,
-        flight: _Flight,
-        fn: Callable[[], Awaitable[Any]],
-        ttl_ms: int,
-        first: Acquired | Held | BackendError | _Again,
-    ) -> None:
+    async def _resolve(self, req: _Request, first: Acquired | Held | BackendError | _Again) -> None:
         token = os.urandom(16)  # identifies this resolution's lock
         try:
-            value = await self._resolve_miss(key, flight, names, token, fn, ttl_ms, first)
+            value = await self._resolve_miss(req, token, first)
         except anyio.get_cancelled_exc_class():
-            self._finish(key, flight, error=ClosedError("the Stampede closed during the call"))
+            self._finish(
+                req.key, req.flight, error=ClosedError("the Stampede closed during the call")
+            )
             raise
         except BaseException as exc:
-            self._finish(key, flight, error=exc)
+            self._finish(req.key, req.flight, error=exc)
             if not isinstance(exc, Exception):
                 raise
         else:
-            self._finish(key, flight, value=value)
+            self._finish(req.key, req.flight, value=value)
 
     async def _try_acquire(
         self, names: KeyNames, token: bytes, *, read: bool
@@ -382,83 +587,124 @@ class Stampede:
             return exc
 
     async def _resolve_miss(
-        self,
-        key: str,
-        flight: _Flight,
-        names: KeyNames,
-        token: bytes,
-        fn: Callable[[], Awaitable[Any]],
-        ttl_ms: int,
-        first: Acquired | Held | BackendError | _Again,
+        self, req: _Request, token: bytes, first: Acquired | Held | BackendError | _Again
     ) -> Any:
         state: Hit | Acquired | Held | BackendError
         if isinstance(first, _Again):
-            state = await self._try_acquire(names, token, read=first.read)
+            state = await self._try_acquire(req.names, token, read=first.read)
             if isinstance(state, Hit):
                 try:
                     envelope = decode(state.payload, max_value_bytes=self._max_value_bytes)
                 except DecodeError:
                     self._counters.decode_errors += 1
-                    state = await self._try_acquire(names, token, read=False)
+                    state = await self._try_acquire(req.names, token, read=False)
                 else:
-                    self._counters.hits += 1
-                    return envelope.value
+                    if self._serve(req, envelope):
+                        return envelope.value
+                    state = await self._try_acquire(req.names, token, read=False)
         else:
             state = first
         self._counters.misses += 1
         if isinstance(state, Hit):  # read=False never hits; decoding it is still right
             return decode(state.payload, max_value_bytes=self._max_value_bytes).value
         if isinstance(state, BackendError):
-            return await self._on_backend_error(state, fn)
+            return await self._on_backend_error(state, req)
         if isinstance(state, Acquired):
-            return await self._lead(names, token, fn, ttl_ms)
-        return await self._wait(key, flight, names, token, fn, ttl_ms, state)
+            return await self._lead(req, token)
+        return await self._wait(req, token, state)
 
-    async def _on_backend_error(self, exc: BackendError, fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def _on_backend_error(self, exc: BackendError, req: _Request) -> Any:
         self._counters.backend_errors += 1
+        if req.stale is not None:
+            self._counters.fail_safe += 1
+            return req.stale.value
         if not self._fail_open:
             raise exc
         # Redis is unavailable: still coalesced in this process, but nothing
         # is shared or stored. The value goes through the codec all the same,
         # so callers see the same types as with a working Redis.
-        value, _, _ = await self._run_compute(fn)
-        payload = self._encode(value, delta_ms=0, ttl_ms=1)
+        value, _ = await self._run_compute(req)
+        payload, _ = self._encode(value, delta_ms=0, req=req)
         return decode(payload, max_value_bytes=self._max_value_bytes).value
 
-    async def _run_compute(self, fn: Callable[[], Awaitable[Any]]) -> tuple[Any, int, int]:
-        """Call *fn*; return its value, the compute time and the wall clock after."""
+    async def _run_compute(self, req: _Request) -> tuple[Any, int]:
+        """Call the compute function under the hard timeout; return value and duration."""
         self._counters.computes += 1
         start = time.perf_counter()
         try:
-            value = await fn()
+            if req.policy.hard_timeout is None:
+                value = await req.fn()
+            else:
+                with anyio.fail_after(req.policy.hard_timeout):
+                    value = await req.fn()
+        except TimeoutError as exc:
+            self._counters.compute_errors += 1
+            raise ComputeTimeoutError(
+                f"computing {req.key!r} took over hard_timeout={req.policy.hard_timeout}s"
+            ) from exc
         except Exception:
             self._counters.compute_errors += 1
             raise
-        delta_ms = math.ceil((time.perf_counter() - start) * 1000)
-        return value, delta_ms, int(time.time() * 1000)
+        return value, math.ceil((time.perf_counter() - start) * 1000)
 
-    def _encode(self, value: Any, *, delta_ms: int, ttl_ms: int) -> bytes:
-        now_ms = int(time.time() * 1000)
-        return encode(
+    def _encode(self, value: Any, *, delta_ms: int, req: _Request) -> tuple[bytes, int]:
+        """Encode a fresh value; return it with the Redis TTL it is stored for."""
+        now_ms = _now_ms()
+        fresh_ms = req.ttl_ms
+        if req.policy.ttl_jitter:
+            fresh_ms += int(fresh_ms * req.policy.ttl_jitter * random.random())
+        payload = encode(
             value,
             created_ms=now_ms,
             delta_ms=delta_ms,
-            fresh_until_ms=now_ms + ttl_ms,
+            fresh_until_ms=now_ms + fresh_ms,
             compress_threshold=self._compress_threshold,
             max_value_bytes=self._max_value_bytes,
         )
+        # Kept past its freshness for as long as it may be served stale.
+        return payload, fresh_ms + max(req.policy.swr_ms, req.policy.sie_ms)
 
-    async def _lead(
-        self, names: KeyNames, token: bytes, fn: Callable[[], Awaitable[Any]], ttl_ms: int
-    ) -> Any:
-        """Compute as the lock holder, then commit and wake every waiter."""
+    async def _lead(self, req: _Request, token: bytes) -> Any:
+        """Compute as the lock holder, commit, and wake every waiter.
+
+        With a stale fallback and a ``soft_timeout``, callers get the stale
+        value once the soft timeout passes, while the compute goes on here and
+        still commits its value.
+        """
+        soft = req.policy.soft_timeout
+        if soft is None or req.stale is None:
+            return await self._compute_and_commit(req, token)
+        done = anyio.Event()
+        outcome: list[Any] = []
+
+        async def run() -> None:
+            try:
+                outcome.append((True, await self._compute_and_commit(req, token)))
+            except Exception as exc:  # handed to the caller below, or dropped
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        self._task_group().start_soon(run)
+        with anyio.move_on_after(soft):
+            await done.wait()
+        if not outcome:
+            self._counters.soft_timeouts += 1
+            return req.stale.value
+        ok, result = outcome[0]
+        if ok:
+            return result
+        raise result
+
+    async def _compute_and_commit(self, req: _Request, token: bytes) -> Any:
+        names = req.names
         failure: Exception | None = None
         self._held[token] = names
         self._held_changed.set()
         try:
-            value, delta_ms, _ = await self._run_compute(fn)
-            payload = self._encode(value, delta_ms=delta_ms, ttl_ms=ttl_ms)
-        except Exception as exc:  # fn failed, or its value cannot be stored
+            value, delta_ms = await self._run_compute(req)
+            payload, px_ms = self._encode(value, delta_ms=delta_ms, req=req)
+        except Exception as exc:  # fn failed or timed out, or its value cannot be stored
             failure = exc
         except BaseException:
             # Closing: let the next holder go at once rather than at lock expiry.
@@ -468,6 +714,8 @@ class Stampede:
             raise
         self._held.pop(token, None)
         if failure is not None:
+            if req.stale is not None and _now_ms() < req.stale.fresh_until_ms + req.policy.sie_ms:
+                return await self._fail_safe(req, token)
             await self._release_quietly(names, token)
             raise failure
         try:
@@ -475,7 +723,7 @@ class Stampede:
                 names,
                 token,
                 payload,
-                ttl_ms,
+                px_ms,
                 publish_value=len(payload) <= self._publish_value_max,
             )
         except BackendError:
@@ -485,6 +733,38 @@ class Stampede:
         if not committed:
             self._counters.lock_lost += 1
         return decode(payload, max_value_bytes=self._max_value_bytes).value
+
+    async def _fail_safe(self, req: _Request, token: bytes) -> Any:
+        """Serve the stale value after a failed compute, and keep serving it a while.
+
+        The stale envelope is written back as fresh for ``fail_safe_throttle``
+        seconds (never past its stale-if-error window: the Redis TTL is kept),
+        so a failing backend is retried once per throttle period, not by
+        every request; waiters are woken with it.
+        """
+        stale = req.stale
+        assert stale is not None
+        self._counters.fail_safe += 1
+        limit = stale.fresh_until_ms + req.policy.sie_ms
+        payload = encode(
+            stale.value,
+            created_ms=stale.created_ms,
+            delta_ms=stale.delta_ms,
+            fresh_until_ms=min(_now_ms() + self._fail_safe_throttle_ms, limit),
+            compress_threshold=self._compress_threshold,
+            max_value_bytes=self._max_value_bytes,
+        )
+        try:
+            await self._backend.commit(
+                req.names,
+                token,
+                payload,
+                0,  # keep the value's Redis TTL: the stale window stays anchored
+                publish_value=len(payload) <= self._publish_value_max,
+            )
+        except BackendError:
+            self._counters.backend_errors += 1
+        return stale.value
 
     async def _release_quietly(self, names: KeyNames, token: bytes) -> None:
         try:
@@ -513,23 +793,17 @@ class Stampede:
                 except Exception:
                     self._counters.backend_errors += 1
 
-    async def _wait(
-        self,
-        key: str,
-        flight: _Flight,
-        names: KeyNames,
-        token: bytes,
-        fn: Callable[[], Awaitable[Any]],
-        ttl_ms: int,
-        held: Held,
-    ) -> Any:
+    async def _wait(self, req: _Request, token: bytes, held: Held) -> Any:
         """Wait for another holder's commit: message, takeover timer, or bound."""
         self._counters.remote_waits += 1
         now = anyio.current_time
-        deadline = now() + self._wait_timeout
+        started = now()
+        deadline = started + self._wait_timeout
+        soft = req.policy.soft_timeout if req.stale is not None else None
         timer = _takeover_delay(held.pttl_ms)
         read = True
         max_value_bytes = self._max_value_bytes
+        key, flight = req.key, req.flight
 
         def on_value(message: bytes) -> bool:
             try:
@@ -540,18 +814,26 @@ class Stampede:
             self._finish(key, flight, value=envelope.value)
             return True
 
-        async with self._backend.listener.interest(names.channel) as interest:
+        async with self._backend.listener.interest(req.names.channel) as interest:
             interest.on_value = on_value
             while True:
+                if soft is not None and now() - started >= soft and req.stale is not None:
+                    self._counters.soft_timeouts += 1
+                    return req.stale.value
                 remaining = deadline - now()
                 if remaining <= 0:
                     self._counters.wait_timeouts += 1
+                    if req.stale is not None:
+                        return req.stale.value
                     if self._on_wait_timeout == "raise":
                         raise WaitTimeoutError(
                             f"no value after waiting {self._wait_timeout}s for another holder"
                         )
-                    return await self._compute_unlocked(names, fn, ttl_ms)
-                message = await interest.wait(min(timer, remaining))
+                    return await self._compute_unlocked(req)
+                within = min(timer, remaining)
+                if soft is not None:
+                    within = min(within, max(0.0, started + soft - now()))
+                message = await interest.wait(within)
                 if interest.resolved:
                     return flight.value
                 if message is not None and message != RECHECK:
@@ -565,37 +847,47 @@ class Stampede:
                             return envelope.value
                 if message is None and now() >= deadline:
                     continue
-                state = await self._try_acquire(names, token, read=read)
+                state = await self._try_acquire(req.names, token, read=read)
                 read = True
                 if isinstance(state, BackendError):
-                    return await self._on_backend_error(state, fn)
+                    return await self._on_backend_error(state, req)
                 if isinstance(state, Hit):
+                    found: Envelope | None
                     try:
-                        return decode(state.payload, max_value_bytes=self._max_value_bytes).value
+                        found = decode(state.payload, max_value_bytes=self._max_value_bytes)
                     except DecodeError:
                         self._counters.decode_errors += 1
-                        read = False
-                        timer = 0.0
-                        continue
+                        found = None
+                    if found is not None and (
+                        req.stale is None or found.created_ms != req.stale.created_ms
+                    ):
+                        return found.value
+                    # Corrupt, or still the stale value we started from: ask
+                    # about the lock alone, right away.
+                    read = False
+                    timer = 0.0
+                    continue
                 if isinstance(state, Acquired):
                     if message is None:
                         self._counters.takeovers += 1
-                    return await self._lead(names, token, fn, ttl_ms)
+                    return await self._lead(req, token)
                 timer = _takeover_delay(state.pttl_ms)
 
-    async def _compute_unlocked(
-        self, names: KeyNames, fn: Callable[[], Awaitable[Any]], ttl_ms: int
-    ) -> Any:
+    async def _compute_unlocked(self, req: _Request) -> Any:
         """Compute without the lock (the wait bound passed); never replace a value."""
-        value, delta_ms, _ = await self._run_compute(fn)
-        payload = self._encode(value, delta_ms=delta_ms, ttl_ms=ttl_ms)
+        value, delta_ms = await self._run_compute(req)
+        payload, px_ms = self._encode(value, delta_ms=delta_ms, req=req)
         try:
             await self._backend.write_if_absent(
-                names, payload, ttl_ms, publish_value=len(payload) <= self._publish_value_max
+                req.names, payload, px_ms, publish_value=len(payload) <= self._publish_value_max
             )
         except BackendError:
             self._counters.backend_errors += 1
         return decode(payload, max_value_bytes=self._max_value_bytes).value
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _ttl_ms(ttl: object) -> int:
@@ -606,6 +898,20 @@ def _ttl_ms(ttl: object) -> int:
     if not (ttl > 0 and math.isfinite(ttl)):
         raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
     return max(1, round(ttl * 1000))
+
+
+def _non_negative(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _positive(name: str, value: object) -> float:
+    if _non_negative(name, value) <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def _takeover_delay(pttl_ms: int) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "ClosedError",
+    "ComputeTimeoutError",
     "SerializationError",
     "StampedeError",
     "ValueTooLargeError",
@@ -34,3 +35,7 @@ class WaitTimeoutError(StampedeError, TimeoutError):
 
 class ClosedError(StampedeError, RuntimeError):
     """Raised when a `Stampede` is used before ``__aenter__`` or after it closed."""
+
+
+class ComputeTimeoutError(StampedeError, TimeoutError):
+    """Raised when a compute runs past ``hard_timeout`` and no stale value can be served."""

@@ -43,7 +43,11 @@ class MemoryBackend:
         return item
 
     def _put(self, name: bytes, payload: bytes, ttl_ms: int) -> None:
-        self._values[name] = (payload, time.monotonic() + ttl_ms / 1000)
+        if ttl_ms == 0 and name in self._values:  # keep the current expiry
+            expires = self._values[name][1]
+        else:
+            expires = time.monotonic() + max(ttl_ms, 1) / 1000
+        self._values[name] = (payload, expires)
         self._values.move_to_end(name)
         while len(self._values) > self._max_entries:
             self._values.popitem(last=False)

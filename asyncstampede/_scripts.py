@@ -31,7 +31,8 @@ if pttl < 0 then pttl = tonumber(ARGV[2]) end
 return {2, pttl}
 """
 
-# KEYS: value, lock, channel. ARGV: token, envelope, ttl ms, publish value ("1"/"0").
+# KEYS: value, lock, channel. ARGV: token, envelope, ttl ms ("0": keep the
+# value's TTL, for fail-safe re-stamps), publish value ("1"/"0").
 # Writes only while the lock is still ours, so a holder whose lock expired or
 # was taken over never overwrites a newer value. The message is published
 # inside the script, after the write: a woken waiter always finds the value.
@@ -39,7 +40,11 @@ return {2, pttl}
 # when the lock was lost.
 COMMIT = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if ARGV[3] == '0' then
+    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
   redis.call('DEL', KEYS[2])
   if ARGV[4] == '1' then
     redis.call('PUBLISH', KEYS[3], 'v' .. ARGV[2])

@@ -48,6 +48,11 @@ class Statistics:
     wait_timeouts: int
     backend_errors: int
     reconnects: int
+    early_refreshes: int
+    stale_served: int
+    fail_safe: int
+    soft_timeouts: int
+    refresh_errors: int
     in_flight: int
 
 
@@ -61,10 +66,15 @@ class Counters:
         "compute_errors",
         "computes",
         "decode_errors",
+        "early_refreshes",
+        "fail_safe",
         "hits",
         "lock_lost",
         "misses",
+        "refresh_errors",
         "remote_waits",
+        "soft_timeouts",
+        "stale_served",
         "takeovers",
         "wait_timeouts",
         "wakeups",
@@ -83,6 +93,11 @@ class Counters:
         self.lock_lost = 0
         self.wait_timeouts = 0
         self.backend_errors = 0
+        self.early_refreshes = 0
+        self.stale_served = 0
+        self.fail_safe = 0
+        self.soft_timeouts = 0
+        self.refresh_errors = 0
 
     def snapshot(self, *, reconnects: int, in_flight: int) -> Statistics:
         """Freeze the counters into a `Statistics` record."""
@@ -100,5 +115,10 @@ class Counters:
             wait_timeouts=self.wait_timeouts,
             backend_errors=self.backend_errors,
             reconnects=reconnects,
+            early_refreshes=self.early_refreshes,
+            stale_served=self.stale_served,
+            fail_safe=self.fail_safe,
+            soft_timeouts=self.soft_timeouts,
+            refresh_errors=self.refresh_errors,
             in_flight=in_flight,
         )
