@@ -1,0 +1,255 @@
+"""Freshness policies: XFetch, stale-while-revalidate, stale-if-error, timeouts, jitter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import redis
+
+from asyncstampede import ComputeTimeoutError, Stampede
+from asyncstampede._keys import make_names
+
+pytestmark = pytest.mark.anyio
+
+MakeCache = Callable[..., AbstractAsyncContextManager[Stampede]]
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def make_cache(request: pytest.FixtureRequest, redis_url: str, namespace: str) -> MakeCache:
+    """Build a Stampede with the given settings, on Redis or embedded."""
+
+    @asynccontextmanager
+    async def make(**settings: Any) -> AsyncIterator[Stampede]:
+        if request.param == "redis":
+            cache = Stampede.from_url(redis_url, namespace=namespace, **settings)
+        else:
+            cache = Stampede(namespace=namespace, **settings)
+        async with cache:
+            yield cache
+
+    return make
+
+
+class Source:
+    """A compute function that counts calls and returns v1, v2, ..."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.delay = delay
+        self.fail = False
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        n = self.calls
+        await anyio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("backend down")
+        return f"v{n}"
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    with anyio.fail_after(within):
+        while not check():
+            await anyio.sleep(0.01)
+
+
+async def test_xfetch_refreshes_early_in_the_background(make_cache: MakeCache) -> None:
+    """With a strong beta, a hit returns the current value and starts one refresh."""
+    source = Source(delay=0.05)
+    async with make_cache(beta=1e9) as cache:
+        assert await cache.get_or_compute("k", source, ttl=30) == "v1"
+        assert await cache.get_or_compute("k", source, ttl=30) == "v1"  # served at once
+        await eventually(lambda: source.calls == 2)
+        await eventually(lambda: cache.statistics().in_flight == 0 and not cache._refreshing)
+        assert await cache.get_or_compute("k", source, ttl=30, beta=0) == "v2"
+        assert cache.statistics().early_refreshes >= 1
+
+
+async def test_beta_zero_turns_xfetch_off(make_cache: MakeCache) -> None:
+    """beta=0 (per call here) never refreshes a fresh value early."""
+    source = Source(delay=0.05)
+    async with make_cache(beta=1e9) as cache:
+        await cache.get_or_compute("k", source, ttl=30)
+        for _ in range(20):
+            assert await cache.get_or_compute("k", source, ttl=30, beta=0) == "v1"
+        await anyio.sleep(0.1)
+        assert source.calls == 1
+        assert cache.statistics().early_refreshes == 0
+
+
+async def test_one_refresher_across_instances(redis_url: str, namespace: str) -> None:
+    """Two instances (as two processes would) trigger XFetch at once: one refresh runs."""
+    source = Source(delay=0.2)
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, beta=1e9) as a,
+        Stampede.from_url(redis_url, namespace=namespace, beta=1e9) as b,
+    ):
+        assert await a.get_or_compute("k", source, ttl=30, beta=0) == "v1"
+        async with anyio.create_task_group() as tg:
+            for cache in (a, b) * 10:
+                tg.start_soon(cache.get_or_compute, "k", source, 30)
+        await eventually(lambda: not a._refreshing and not b._refreshing)
+        assert source.calls == 2  # the first compute and exactly one refresh
+        assert a.statistics().early_refreshes >= 1
+        assert b.statistics().early_refreshes >= 1
+
+
+async def test_stale_while_revalidate_serves_stale_then_refreshes(make_cache: MakeCache) -> None:
+    """Past its TTL but within the window, the old value is served while one refresh runs."""
+    source = Source(delay=0.1)
+    async with make_cache(beta=0, stale_while_revalidate=30) as cache:
+        assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        await anyio.sleep(0.1)
+        with anyio.fail_after(0.09):  # well below the compute: nobody waited for it
+            assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        assert cache.statistics().stale_served == 1
+        await eventually(lambda: source.calls == 2 and not cache._refreshing)
+        assert await cache.get_or_compute("k", source, ttl=30) == "v2"
+
+
+async def test_past_the_window_callers_wait_for_the_compute(make_cache: MakeCache) -> None:
+    """Beyond stale-while-revalidate the old value is not served; the new one is."""
+    source = Source()
+    async with make_cache(beta=0, stale_while_revalidate=0.05, stale_if_error=30) as cache:
+        assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        await anyio.sleep(0.15)
+        assert await cache.get_or_compute("k", source, ttl=0.05) == "v2"
+
+
+async def test_stale_if_error_and_fail_safe_throttle(make_cache: MakeCache) -> None:
+    """A failing compute serves the stale value, and is not retried until the throttle ends."""
+    source = Source()
+    async with make_cache(beta=0, stale_if_error=30, fail_safe_throttle=0.3) as cache:
+        assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        await anyio.sleep(0.1)
+        source.fail = True
+        assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        assert (source.calls, cache.statistics().fail_safe) == (2, 1)
+        for _ in range(10):  # within the throttle: no new attempt
+            assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        assert source.calls == 2
+        await anyio.sleep(0.35)
+        source.fail = False
+        assert await cache.get_or_compute("k", source, ttl=30) == "v3"
+
+
+async def test_failure_without_stale_value_raises(make_cache: MakeCache) -> None:
+    """stale_if_error only helps when there is a stale value."""
+    source = Source()
+    source.fail = True
+    async with make_cache(stale_if_error=30) as cache:
+        with pytest.raises(RuntimeError, match="backend down"):
+            await cache.get_or_compute("k", source, ttl=1)
+
+
+async def test_soft_timeout_serves_stale_and_the_compute_still_fills(
+    make_cache: MakeCache,
+) -> None:
+    """After soft_timeout callers get the stale value; the compute goes on and is stored."""
+    source = Source(delay=0.4)
+    async with make_cache(beta=0, stale_if_error=30, soft_timeout=0.05) as cache:
+        source.delay = 0
+        assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        source.delay = 0.4
+        await anyio.sleep(0.1)
+        with anyio.fail_after(0.3):  # long before the compute ends
+            assert await cache.get_or_compute("k", source, ttl=30) == "v1"
+        assert cache.statistics().soft_timeouts == 1
+        await eventually(lambda: cache.statistics().in_flight == 0 and source.calls == 2)
+        await anyio.sleep(0.45)
+        assert await cache.get_or_compute("k", source, ttl=30) == "v2"
+
+
+async def test_hard_timeout_cancels_and_raises(make_cache: MakeCache) -> None:
+    """Past hard_timeout the compute is cancelled and ComputeTimeoutError raised."""
+    cancelled = anyio.Event()
+
+    async def slow() -> str:
+        try:
+            await anyio.sleep(10)
+        finally:
+            cancelled.set()
+        return "never"
+
+    async with make_cache(hard_timeout=0.1) as cache:
+        with anyio.fail_after(5), pytest.raises(ComputeTimeoutError) as info:
+            await cache.get_or_compute("k", slow, ttl=30)
+        assert isinstance(info.value, TimeoutError)
+        assert cancelled.is_set()
+
+        async def quick() -> str:
+            return "ok"
+
+        assert await cache.get_or_compute("k", quick, ttl=30) == "ok"  # lock was released
+
+
+async def test_hard_timeout_with_stale_value_serves_it(make_cache: MakeCache) -> None:
+    """A hard timeout counts as an error for stale-if-error."""
+    source = Source()
+    async with make_cache(beta=0, stale_if_error=30, hard_timeout=0.1) as cache:
+        assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        await anyio.sleep(0.1)
+        source.delay = 5
+        with anyio.fail_after(3):
+            assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        assert cache.statistics().fail_safe == 1
+
+
+async def test_ttl_jitter_spreads_expiry(
+    redis_url: str, namespace: str, sync_redis: redis.Redis
+) -> None:
+    """Keys written together with jitter get different TTLs within ttl x (1 + jitter)."""
+
+    async def compute() -> int:
+        return 1
+
+    async with Stampede.from_url(redis_url, namespace=namespace, ttl_jitter=0.5) as cache:
+        for i in range(40):
+            await cache.get_or_compute(f"k{i}", compute, ttl=100)
+    ttls = [int(sync_redis.pttl(make_names(namespace, f"k{i}").value)) for i in range(40)]
+    assert all(99_000 <= t <= 150_000 for t in ttls), ttls
+    assert max(ttls) - min(ttls) > 10_000  # spread, not one instant
+    async with Stampede.from_url(redis_url, namespace=namespace + "-b") as plain:
+        for i in range(5):
+            await plain.get_or_compute(f"k{i}", compute, ttl=100)
+    plain_ttls = [
+        int(sync_redis.pttl(make_names(namespace + "-b", f"k{i}").value)) for i in range(5)
+    ]
+    assert all(99_000 <= t <= 100_000 for t in plain_ttls)
+
+
+async def test_stale_window_keeps_value_in_redis(
+    redis_url: str, namespace: str, sync_redis: redis.Redis
+) -> None:
+    """The Redis TTL covers freshness plus the longest stale window."""
+
+    async def compute() -> int:
+        return 1
+
+    async with Stampede.from_url(
+        redis_url, namespace=namespace, stale_while_revalidate=20, stale_if_error=50
+    ) as cache:
+        await cache.get_or_compute("k", compute, ttl=10)
+    assert 59_000 <= int(sync_redis.pttl(make_names(namespace, "k").value)) <= 60_000
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"beta": -1},
+        {"stale_while_revalidate": -1},
+        {"stale_if_error": float("inf")},
+        {"soft_timeout": 0},
+        {"hard_timeout": -2},
+        {"ttl_jitter": -0.1},
+        {"fail_safe_throttle": 0},
+    ],
+)
+def test_bad_freshness_settings_are_rejected(settings: dict[str, float]) -> None:
+    """Negative, zero (where it must be positive) or infinite durations raise ValueError."""
+    with pytest.raises(ValueError):
+        Stampede(**settings)  # type: ignore[arg-type]
