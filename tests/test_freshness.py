@@ -251,5 +251,5 @@ async def test_stale_window_keeps_value_in_redis(
 )
 def test_bad_freshness_settings_are_rejected(settings: dict[str, float]) -> None:
     """Negative, zero (where it must be positive) or infinite durations raise ValueError."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(settings))):
         Stampede(**settings)  # type: ignore[arg-type]
