@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._core import Stampede as Stampede
 from ._exceptions import BackendError as BackendError
 from ._exceptions import ClosedError as ClosedError
+from ._exceptions import ComputeFailedError as ComputeFailedError
 from ._exceptions import ComputeTimeoutError as ComputeTimeoutError
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import StampedeError as StampedeError
@@ -15,6 +16,7 @@ from ._stats import Statistics as Statistics
 __all__ = [
     "BackendError",
     "ClosedError",
+    "ComputeFailedError",
     "ComputeTimeoutError",
     "SerializationError",
     "Stampede",

@@ -29,8 +29,16 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ._backend import MSG_VALUE, Acquired, Backend, Held, Hit
-from ._envelope import DecodeError, Envelope, decode, encode
-from ._exceptions import BackendError, ClosedError, ComputeTimeoutError, WaitTimeoutError
+from ._envelope import DecodeError, Envelope, decode, encode, encode_failure
+from ._exceptions import (
+    BackendError,
+    ClosedError,
+    ComputeFailedError,
+    ComputeTimeoutError,
+    SerializationError,
+    ValueTooLargeError,
+    WaitTimeoutError,
+)
 from ._keys import KeyNames, make_names, validate_namespace
 from ._listener import RECHECK
 from ._memory_backend import MemoryBackend
@@ -63,6 +71,7 @@ class _Policy:
     soft_timeout: float | None = None
     hard_timeout: float | None = None
     ttl_jitter: float = 0.0
+    negative_ms: int = 0
 
     @classmethod
     def build(
@@ -74,6 +83,7 @@ class _Policy:
         soft_timeout: float | None,
         hard_timeout: float | None,
         ttl_jitter: float,
+        negative_ttl: float | None,
     ) -> _Policy:
         """Validate and convert user-facing seconds."""
         return cls(
@@ -83,6 +93,9 @@ class _Policy:
             soft_timeout=None if soft_timeout is None else _positive("soft_timeout", soft_timeout),
             hard_timeout=None if hard_timeout is None else _positive("hard_timeout", hard_timeout),
             ttl_jitter=_non_negative("ttl_jitter", ttl_jitter),
+            negative_ms=0
+            if negative_ttl is None
+            else round(_positive("negative_ttl", negative_ttl) * 1000),
         )
 
     def override(
@@ -94,6 +107,7 @@ class _Policy:
         soft_timeout: float | None,
         hard_timeout: float | None,
         ttl_jitter: float | None,
+        negative_ttl: float | None,
     ) -> _Policy:
         """Return this policy with the call's arguments (those not None) applied."""
         return _Policy.build(
@@ -105,6 +119,9 @@ class _Policy:
             soft_timeout=self.soft_timeout if soft_timeout is None else soft_timeout,
             hard_timeout=self.hard_timeout if hard_timeout is None else hard_timeout,
             ttl_jitter=self.ttl_jitter if ttl_jitter is None else ttl_jitter,
+            negative_ttl=(self.negative_ms / 1000 or None)
+            if negative_ttl is None
+            else negative_ttl,
         )
 
 
@@ -205,6 +222,10 @@ class Stampede:
         hard_timeout: Seconds after which the compute is cancelled and
             `ComputeTimeoutError` raised (or a stale value served).
         ttl_jitter: Fraction of the TTL added at random to each write.
+        negative_ttl: Opt-in negative caching: a compute that returns ``None``
+            is stored for this many seconds (instead of the TTL), and one that
+            raises (with no stale value to serve) is remembered for as long:
+            callers then get `ComputeFailedError` without a new compute.
 
     """
 
@@ -224,6 +245,7 @@ class Stampede:
         soft_timeout: float | None = None,
         hard_timeout: float | None = None,
         ttl_jitter: float = 0.0,
+        negative_ttl: float | None = None,
         compress_threshold: int = 4096,
         max_value_bytes: int = 64 * _MiB,
         publish_value_max: int = 64 * 1024,
@@ -257,6 +279,7 @@ class Stampede:
             soft_timeout=soft_timeout,
             hard_timeout=hard_timeout,
             ttl_jitter=ttl_jitter,
+            negative_ttl=negative_ttl,
         )
         self._fail_safe_throttle_ms = round(
             _positive("fail_safe_throttle", fail_safe_throttle) * 1000
@@ -390,6 +413,7 @@ class Stampede:
         soft_timeout: float | None = None,
         hard_timeout: float | None = None,
         ttl_jitter: float | None = None,
+        negative_ttl: float | None = None,
     ) -> T:
         """Return the cached value of *key*, computing it with *fn* at most once.
 
@@ -417,6 +441,7 @@ class Stampede:
             hard_timeout: Seconds after which the compute is cancelled.
             ttl_jitter: Fraction of *ttl* added at random, so keys written
                 together do not expire together.
+            negative_ttl: Seconds to remember a ``None`` result or a failure.
 
         Raises:
             TypeError: *key* is not a ``str`` or *fn* is not callable.
@@ -425,6 +450,7 @@ class Stampede:
             ValueTooLargeError: the serialized value is over ``max_value_bytes``.
             ComputeTimeoutError: *hard_timeout* passed and no stale value could
                 be served.
+            ComputeFailedError: the compute failed less than *negative_ttl* ago.
             BackendError: Redis failed and ``fail_open`` is off.
             WaitTimeoutError: waiting passed ``wait_timeout`` and ``on_wait_timeout="raise"``.
             ClosedError: the instance is not entered or is closed.
@@ -445,6 +471,7 @@ class Stampede:
             or soft_timeout is not None
             or hard_timeout is not None
             or ttl_jitter is not None
+            or negative_ttl is not None
         ):
             policy = policy.override(
                 beta=beta,
@@ -453,6 +480,7 @@ class Stampede:
                 soft_timeout=soft_timeout,
                 hard_timeout=hard_timeout,
                 ttl_jitter=ttl_jitter,
+                negative_ttl=negative_ttl,
             )
         tg = self._task_group()
         flight = self._flights.get(key)
@@ -483,8 +511,9 @@ class Stampede:
                         first = _Again(read=False)  # skip the corrupt value, go for the lock
                     else:
                         if self._serve(req, envelope):
-                            self._finish(key, flight, value=envelope.value)
-                            return envelope.value  # type: ignore[no-any-return]
+                            value = _value_of(envelope)
+                            self._finish(key, flight, value=value)
+                            return value  # type: ignore[no-any-return]
                         first = _Again(read=False)  # too stale to serve: go for the lock
             tg.start_soon(self._resolve, req, first)
         except BaseException as exc:
@@ -503,6 +532,8 @@ class Stampede:
         """
         now_ms = _now_ms()
         policy = req.policy
+        if envelope.failed:  # a cached failure: served (raised) while fresh, never stale
+            return now_ms < envelope.fresh_until_ms
         if now_ms < envelope.fresh_until_ms:
             self._counters.hits += 1
             if (
@@ -600,7 +631,7 @@ class Stampede:
                     state = await self._try_acquire(req.names, token, read=False)
                 else:
                     if self._serve(req, envelope):
-                        return envelope.value
+                        return _value_of(envelope)
                     state = await self._try_acquire(req.names, token, read=False)
         else:
             state = first
@@ -651,6 +682,8 @@ class Stampede:
         """Encode a fresh value; return it with the Redis TTL it is stored for."""
         now_ms = _now_ms()
         fresh_ms = req.ttl_ms
+        if value is None and req.policy.negative_ms:
+            fresh_ms = req.policy.negative_ms
         if req.policy.ttl_jitter:
             fresh_ms += int(fresh_ms * req.policy.ttl_jitter * random.random())
         payload = encode(
@@ -716,7 +749,12 @@ class Stampede:
         if failure is not None:
             if req.stale is not None and _now_ms() < req.stale.fresh_until_ms + req.policy.sie_ms:
                 return await self._fail_safe(req, token)
-            await self._release_quietly(names, token)
+            if req.policy.negative_ms and not isinstance(
+                failure, (SerializationError, ValueTooLargeError)
+            ):
+                await self._remember_failure(req, token, failure)
+            else:
+                await self._release_quietly(names, token)
             raise failure
         try:
             committed = await self._backend.commit(
@@ -750,7 +788,11 @@ class Stampede:
             stale.value,
             created_ms=stale.created_ms,
             delta_ms=stale.delta_ms,
-            fresh_until_ms=min(_now_ms() + self._fail_safe_throttle_ms, limit),
+            # Never earlier than it was (a failed early refresh of a fresh
+            # value must not cut its freshness short), never past the window.
+            fresh_until_ms=max(
+                stale.fresh_until_ms, min(_now_ms() + self._fail_safe_throttle_ms, limit)
+            ),
             compress_threshold=self._compress_threshold,
             max_value_bytes=self._max_value_bytes,
         )
@@ -765,6 +807,21 @@ class Stampede:
         except BackendError:
             self._counters.backend_errors += 1
         return stale.value
+
+    async def _remember_failure(self, req: _Request, token: bytes, failure: Exception) -> None:
+        """Store a failure marker for ``negative_ttl`` and wake waiters with it."""
+        now_ms = _now_ms()
+        payload = encode_failure(
+            f"{type(failure).__name__}: {failure}",
+            created_ms=now_ms,
+            fresh_until_ms=now_ms + req.policy.negative_ms,
+        )
+        try:
+            await self._backend.commit(
+                req.names, token, payload, req.policy.negative_ms, publish_value=True
+            )
+        except BackendError:
+            self._counters.backend_errors += 1
 
     async def _release_quietly(self, names: KeyNames, token: bytes) -> None:
         try:
@@ -811,7 +868,10 @@ class Stampede:
             except DecodeError:
                 return False  # the waiting task counts it and re-checks
             self._counters.wakeups += 1
-            self._finish(key, flight, value=envelope.value)
+            if envelope.failed:
+                self._finish(key, flight, error=_failure(envelope))
+            else:
+                self._finish(key, flight, value=envelope.value)
             return True
 
         async with self._backend.listener.interest(req.names.channel) as interest:
@@ -835,7 +895,7 @@ class Stampede:
                     within = min(within, max(0.0, started + soft - now()))
                 message = await interest.wait(within)
                 if interest.resolved:
-                    return flight.value
+                    return await flight.outcome()
                 if message is not None and message != RECHECK:
                     self._counters.wakeups += 1
                     if message[:1] == MSG_VALUE:
@@ -844,7 +904,7 @@ class Stampede:
                         except DecodeError:
                             self._counters.decode_errors += 1
                         else:
-                            return envelope.value
+                            return _value_of(envelope)
                 if message is None and now() >= deadline:
                     continue
                 state = await self._try_acquire(req.names, token, read=read)
@@ -861,7 +921,7 @@ class Stampede:
                     if found is not None and (
                         req.stale is None or found.created_ms != req.stale.created_ms
                     ):
-                        return found.value
+                        return _value_of(found)
                     # Corrupt, or still the stale value we started from: ask
                     # about the lock alone, right away.
                     read = False
@@ -884,6 +944,19 @@ class Stampede:
         except BackendError:
             self._counters.backend_errors += 1
         return decode(payload, max_value_bytes=self._max_value_bytes).value
+
+
+def _value_of(envelope: Envelope) -> Any:
+    """Return a stored value, or raise the cached failure it stands for."""
+    if envelope.failed:
+        raise _failure(envelope)
+    return envelope.value
+
+
+def _failure(envelope: Envelope) -> ComputeFailedError:
+    left = max(0, envelope.fresh_until_ms - _now_ms()) / 1000
+    text = bytes(envelope.value).decode("utf-8", "replace")
+    return ComputeFailedError(f"cached failure ({left:.1f}s left): {text}")
 
 
 def _now_ms() -> int:

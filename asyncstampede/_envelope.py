@@ -6,6 +6,7 @@ Layout (big-endian), then the payload::
     version    1 byte   1
     flags      1 byte   bit 0: payload is raw bytes (else orjson)
                         bit 1: payload is lz4 block-compressed
+                        bit 2: a cached failure (payload: the error's text)
     created    8 bytes  unix time of the write, milliseconds
     delta      4 bytes  duration of the compute that made it, milliseconds
     fresh      8 bytes  unix time until which the value is fresh, milliseconds
@@ -27,7 +28,7 @@ import orjson
 
 from ._exceptions import SerializationError, ValueTooLargeError
 
-__all__ = ["DecodeError", "Envelope", "decode", "encode"]
+__all__ = ["DecodeError", "Envelope", "decode", "encode", "encode_failure"]
 
 MAGIC = b"\xa5\x5a"
 VERSION = 1
@@ -35,7 +36,8 @@ _HEADER = struct.Struct(">2sBBQIQI")
 HEADER_SIZE = _HEADER.size
 FLAG_RAW = 0x01
 FLAG_LZ4 = 0x02
-_KNOWN_FLAGS = FLAG_RAW | FLAG_LZ4
+FLAG_FAILURE = 0x04
+_KNOWN_FLAGS = FLAG_RAW | FLAG_LZ4 | FLAG_FAILURE
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
 
@@ -51,6 +53,7 @@ class Envelope(NamedTuple):
     created_ms: int
     delta_ms: int
     fresh_until_ms: int
+    failed: bool = False
 
 
 def encode(
@@ -142,7 +145,22 @@ def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"corrupt JSON payload: {exc}") from exc
-    return Envelope(value, created, delta, fresh)
+    return Envelope(value, created, delta, fresh, bool(flags & FLAG_FAILURE))
+
+
+def encode_failure(message: str, *, created_ms: int, fresh_until_ms: int) -> bytes:
+    """Encode a cached failure: *message* describes the error (negative caching)."""
+    payload = message.encode("utf-8", "replace")[:4096]
+    header = _HEADER.pack(
+        MAGIC,
+        VERSION,
+        FLAG_RAW | FLAG_FAILURE,
+        _clamp(created_ms, _U64_MAX),
+        0,
+        _clamp(fresh_until_ms, _U64_MAX),
+        len(payload),
+    )
+    return header + payload
 
 
 def _clamp(n: int, top: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "ClosedError",
+    "ComputeFailedError",
     "ComputeTimeoutError",
     "SerializationError",
     "StampedeError",
@@ -39,3 +40,7 @@ class ClosedError(StampedeError, RuntimeError):
 
 class ComputeTimeoutError(StampedeError, TimeoutError):
     """Raised when a compute runs past ``hard_timeout`` and no stale value can be served."""
+
+
+class ComputeFailedError(StampedeError):
+    """Raised for a key whose compute failed less than ``negative_ttl`` ago (a cached failure)."""

@@ -10,7 +10,7 @@ import anyio
 import pytest
 import redis
 
-from asyncstampede import ComputeTimeoutError, Stampede
+from asyncstampede import ComputeFailedError, ComputeTimeoutError, Stampede
 from asyncstampede._keys import make_names
 
 pytestmark = pytest.mark.anyio
@@ -253,3 +253,87 @@ def test_bad_freshness_settings_are_rejected(settings: dict[str, float]) -> None
     """Negative, zero (where it must be positive) or infinite durations raise ValueError."""
     with pytest.raises(ValueError, match=next(iter(settings))):
         Stampede(**settings)  # type: ignore[arg-type]
+
+
+async def test_negative_caching_remembers_none(make_cache: MakeCache) -> None:
+    """With negative_ttl, a None result is kept for negative_ttl, not for the TTL."""
+    calls = 0
+
+    async def missing() -> str | None:
+        nonlocal calls
+        calls += 1
+        return None
+
+    async with make_cache(negative_ttl=0.1) as cache:
+        assert await cache.get_or_compute("k", missing, ttl=30) is None
+        assert await cache.get_or_compute("k", missing, ttl=30) is None
+        assert calls == 1
+        await anyio.sleep(0.15)
+        assert await cache.get_or_compute("k", missing, ttl=30) is None
+        assert calls == 2
+
+
+async def test_negative_caching_remembers_failures(make_cache: MakeCache) -> None:
+    """A failure is remembered for negative_ttl: callers get ComputeFailedError, no compute."""
+    source = Source()
+    source.fail = True
+    async with make_cache(negative_ttl=0.2) as cache:
+        with pytest.raises(RuntimeError):
+            await cache.get_or_compute("k", source, ttl=30)
+        with pytest.raises(ComputeFailedError, match="RuntimeError: backend down"):
+            await cache.get_or_compute("k", source, ttl=30)
+        assert source.calls == 1
+        await anyio.sleep(0.25)
+        source.fail = False
+        assert await cache.get_or_compute("k", source, ttl=30) == "v2"
+
+
+async def test_without_negative_ttl_failures_are_not_cached(make_cache: MakeCache) -> None:
+    """By default every call after a failure computes again."""
+    source = Source()
+    source.fail = True
+    async with make_cache() as cache:
+        for _ in range(3):
+            with pytest.raises(RuntimeError):
+                await cache.get_or_compute("k", source, ttl=30)
+        assert source.calls == 3
+
+
+async def test_cached_failure_reaches_waiters_in_another_instance(
+    redis_url: str, namespace: str
+) -> None:
+    """Waiters of a compute that fails get the cached failure, without computing."""
+    started = anyio.Event()
+
+    async def fail() -> str:
+        started.set()
+        await anyio.sleep(0.1)
+        raise RuntimeError("db down")
+
+    async def never() -> str:
+        raise AssertionError("the waiter must not compute")
+
+    async def lead(leader: Stampede) -> None:
+        with pytest.raises(RuntimeError):
+            await leader.get_or_compute("k", fail, ttl=30)
+
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, negative_ttl=5) as leader,
+        Stampede.from_url(redis_url, namespace=namespace, negative_ttl=5) as waiter,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(lead, leader)
+        await started.wait()
+        with pytest.raises(ComputeFailedError):
+            await waiter.get_or_compute("k", never, ttl=30)
+
+
+async def test_failed_early_refresh_keeps_the_fresh_value(make_cache: MakeCache) -> None:
+    """An XFetch refresh that fails leaves the current value served, and fresh."""
+    source = Source()
+    async with make_cache(beta=1e9, stale_if_error=30) as cache:
+        assert await cache.get_or_compute("k", source, ttl=30) == "v1"
+        source.fail = True
+        assert await cache.get_or_compute("k", source, ttl=30) == "v1"
+        await eventually(lambda: not cache._refreshing)
+        assert await cache.get_or_compute("k", source, ttl=30, beta=0) == "v1"
