@@ -400,11 +400,63 @@ def scenario_crash(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+STEADY_STRATEGIES = ["asyncstampede", "asyncstampede-swr", "asyncstampede-plain", "sleep-poll"]
+
+
+def scenario_steady(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """4 processes keep reading one key (TTL 1 s, compute 100 ms) for 20 s.
+
+    With XFetch or stale-while-revalidate no request after warm-up should wait
+    for a compute; without them one herd of requests waits once per TTL.
+    ``slow`` counts requests that took over half the compute time.
+    """
+    rows: list[dict[str, Any]] = []
+    strategies = [
+        s for s in STEADY_STRATEGIES if s in args.strategies or s.startswith("asyncstampede")
+    ]
+    bar = progress(len(strategies), "steady")
+    for strategy in strategies:
+        ns = f"bench-{uuid.uuid4().hex[:8]}"
+        workers: list[Worker] = []
+        try:
+            workers.extend(Worker(strategy, url, ns) for _ in range(args.processes))
+            command = (
+                f"steady hot {args.steady_seconds} {args.steady_concurrency} "
+                f"{args.steady_compute_ms} {args.steady_ttl} 2.0"
+            )
+            for w in workers:
+                w.send(command)
+            reports = [w.report(timeout=args.steady_seconds + 60) for w in workers]
+            computes = sum(r["computes"] for r in reports)
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "requests": sum(r["requests"] for r in reports),
+                    "p50_ms": max(r["p50"] for r in reports) * 1000,
+                    "p99_ms": max(r["p99"] for r in reports) * 1000,
+                    "max_ms": max(r["max"] for r in reports) * 1000,
+                    "slow": sum(r["slow"] for r in reports),
+                    "computes": computes,
+                    "computes_per_ttl": computes / (args.steady_seconds / args.steady_ttl),
+                }
+            )
+        except Exception as exc:
+            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
+            rows.append({"strategy": strategy, "failed": repr(exc)})
+        finally:
+            for w in workers:
+                w.close()
+            bar.update()
+    bar.close()
+    return rows
+
+
 SCENARIOS = {
     "herd": scenario_herd,
     "hits": scenario_hits,
     "churn": scenario_churn,
     "crash": scenario_crash,
+    "steady": scenario_steady,
     "wakeup": scenario_wakeup,
 }
 
@@ -459,6 +511,16 @@ COLUMNS = {
         "errors",
     ],
     "crash": ["strategy", "waiting", "value_after_s", "extra_computes", "note"],
+    "steady": [
+        "strategy",
+        "requests",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "slow",
+        "computes",
+        "computes_per_ttl",
+    ],
 }
 
 
@@ -557,6 +619,10 @@ def main() -> None:
     parser.add_argument(
         "--crash-cap", type=float, default=15.0, help="seconds before waiters count as stuck"
     )
+    parser.add_argument("--steady-seconds", type=float, default=20.0)
+    parser.add_argument("--steady-concurrency", type=int, default=4)
+    parser.add_argument("--steady-compute-ms", type=int, default=100)
+    parser.add_argument("--steady-ttl", type=float, default=1.0)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke run")
     args = parser.parse_args()
     args.strategies = [s for s in args.strategies.split(",") if s]
@@ -564,7 +630,7 @@ def main() -> None:
     args.durations = [int(x) for x in args.durations.split(",")]
     if args.quick:
         args.repeat, args.wakeups, args.hit_rounds = 1, 50, 1
-        args.hit_seconds, args.churn_seconds = 1.0, 3.0
+        args.hit_seconds, args.churn_seconds, args.steady_seconds = 1.0, 3.0, 6.0
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in SCENARIOS] + [
         s for s in args.strategies if s not in ALL_STRATEGIES

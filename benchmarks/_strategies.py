@@ -154,7 +154,7 @@ class AiocacheRedLock:
 
 
 class AsyncStampede:
-    """asyncstampede on Redis."""
+    """asyncstampede on Redis, default settings (XFetch on, beta 1)."""
 
     name = "asyncstampede"
 
@@ -169,6 +169,26 @@ class AsyncStampede:
         await self.s.aclose()
 
 
+class AsyncStampedeSWR(AsyncStampede):
+    """asyncstampede with XFetch off and stale-while-revalidate on (one TTL long)."""
+
+    name = "asyncstampede-swr"
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.s = Stampede.from_url(url, namespace=namespace, beta=0, stale_while_revalidate=1.0)
+        await self.s.__aenter__()
+
+
+class AsyncStampedePlain(AsyncStampede):
+    """asyncstampede with every freshness policy off: recompute at expiry."""
+
+    name = "asyncstampede-plain"
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.s = Stampede.from_url(url, namespace=namespace, beta=0)
+        await self.s.__aenter__()
+
+
 class Embedded(AsyncStampede):
     """asyncstampede without Redis: coalesces within each process only."""
 
@@ -181,5 +201,14 @@ class Embedded(AsyncStampede):
 
 STRATEGIES: dict[str, type[Strategy]] = {
     s.name: s  # type: ignore[misc]
-    for s in (Naive, SleepPoll, Cashews, AiocacheRedLock, AsyncStampede, Embedded)
+    for s in (
+        Naive,
+        SleepPoll,
+        Cashews,
+        AiocacheRedLock,
+        AsyncStampede,
+        Embedded,
+        AsyncStampedeSWR,
+        AsyncStampedePlain,
+    )
 }

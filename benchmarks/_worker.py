@@ -15,6 +15,8 @@ Commands (each answered by one line, ``ready`` first of all):
   loop through the strategy, or through a bare redis-py GET; JSON report.
 - ``churn SECONDS RATE KEYS ZIPF COMPUTE_MS TTL SIZE``: an open-loop stream of
   RATE requests per second on Zipf-distributed keys, values of SIZE bytes.
+- ``steady KEY SECONDS CONCURRENCY COMPUTE_MS TTL WARMUP``: readers of one hot
+  key for SECONDS; JSON report of the latencies after WARMUP.
 - ``exit``.
 
 Redis commands sent are counted where redis-py packs them, so a pipeline of
@@ -161,6 +163,14 @@ async def main() -> None:
                     distinct = cmd == "hitsd"
                     call = partial(hit, strategy, key, compute_for, distinct)
                     say(await run_loop(call, seconds, conc))
+            elif cmd == "steady":
+                key, seconds, conc = args[0], float(args[1]), int(args[2])
+                ms, ttl, warmup = int(args[3]), float(args[4]), float(args[5])
+                say(
+                    await steady(
+                        strategy, key, seconds, conc, ms, ttl, warmup, computes, compute_for
+                    )
+                )
             elif cmd == "churn":
                 seconds, rate, nkeys = float(args[0]), float(args[1]), int(args[2])
                 zipf, ms, ttl, size = float(args[3]), int(args[4]), float(args[5]), int(args[6])
@@ -249,6 +259,43 @@ async def run_loop(call: Any, seconds: float, conc: int) -> dict[str, Any]:
         "seconds": elapsed,
         "p50": percentile(latencies, 0.5),
         "p99": percentile(latencies, 0.99),
+    }
+
+
+async def steady(
+    strategy: Any,
+    key: str,
+    seconds: float,
+    conc: int,
+    ms: int,
+    ttl: float,
+    warmup: float,
+    computes: list[int],
+    compute_for: Any,
+) -> dict[str, Any]:
+    """CONC coroutines read one key every 10 ms; latencies after WARMUP count."""
+    computes_before = computes[0]
+    latencies: list[float] = []
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def reader() -> None:
+        while (now := time.perf_counter()) < deadline:
+            await strategy.get(key, lambda: compute_for(ms), ttl)
+            if now - start >= warmup:
+                latencies.append(time.perf_counter() - now)
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(conc):
+            tg.start_soon(reader)
+    return {
+        "requests": len(latencies),
+        "computes": computes[0] - computes_before,
+        "p50": percentile(latencies, 0.5),
+        "p99": percentile(latencies, 0.99),
+        "max": max(latencies, default=float("nan")),
+        "slow": sum(1 for x in latencies if x >= ms / 1000 / 2),
     }
 
 

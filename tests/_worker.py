@@ -27,6 +27,9 @@ from asyncstampede import Stampede
 async def main() -> None:
     url, namespace, key, concurrency, compute_ms, lock_ttl, *mode = sys.argv[1:]
     hold = mode == ["hold"]
+    if mode == ["refresh"]:
+        await refresh_loop(url, namespace, key, int(concurrency), int(compute_ms))
+        return
     # Every connection of this process is named after its pid, so the test can
     # attribute the commands it sees (CLIENT LIST maps addresses to names).
     pool = BlockingConnectionPool.from_url(url, client_name=f"worker-{os.getpid()}")
@@ -71,6 +74,52 @@ async def main() -> None:
         print(json.dumps(report), flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
     await client.aclose()
+
+
+async def refresh_loop(url: str, namespace: str, key: str, readers: int, compute_ms: int) -> None:
+    """Read KEY for 2 s with XFetch always due (beta huge); report computes."""
+    computes = 0
+
+    async def compute() -> dict[str, object]:
+        nonlocal computes
+        computes += 1
+        await anyio.sleep(compute_ms / 1000)
+        return {"by": os.getpid()}
+
+    async with Stampede.from_url(url, namespace=namespace, beta=1e9) as cache:
+        await cache.get_or_compute(key, compute, ttl=60, beta=0)  # fill (or read) it
+        computes_before = computes
+        print("ready", flush=True)
+        line = await anyio.to_thread.run_sync(sys.stdin.readline)
+        assert line.strip() == "go", line
+        reads = 0
+
+        async def reader() -> None:
+            nonlocal reads
+            deadline = anyio.current_time() + 2.0
+            while anyio.current_time() < deadline:
+                await cache.get_or_compute(key, compute, ttl=60)
+                reads += 1
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(readers):
+                tg.start_soon(reader)
+        while cache._refreshing:  # let the last refresh finish
+            await anyio.sleep(0.01)
+        stats = dataclasses.asdict(cache.statistics())
+        print(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "reads": reads,
+                    "stats": stats,
+                    "refreshes": computes - computes_before,
+                }
+            ),
+            flush=True,
+        )
+        await anyio.to_thread.run_sync(sys.stdin.readline)
 
 
 if __name__ == "__main__":

@@ -236,3 +236,26 @@ def test_killed_lock_holder_is_taken_over(
     assert sum(len(r["results"]) for r in reports) == 150
     latest = max(t for r in reports for t in r["finished"])
     assert latest - killed_at < lock_ttl + 1.0, latest - killed_at
+
+
+def test_xfetch_refreshes_once_fleet_wide(
+    workers: list[Worker], redis_url: str, namespace: str
+) -> None:
+    """3 processes whose every read wants an early refresh: the lock lets one compute at a time.
+
+    Each process alone would refresh back to back (2 s / 200 ms = 10 times);
+    three processes refreshing independently would compute about 30 times.
+    One refresher fleet-wide keeps the total near 10.
+    """
+    fleet = [Worker(redis_url, namespace, "hot", "4", "200", "5", "refresh") for _ in range(3)]
+    workers.extend(fleet)
+    for worker in fleet:
+        worker.expect("ready")
+    for worker in fleet:
+        worker.send("go")
+    reports = [worker.report() for worker in fleet]
+    refreshes = sum(r["refreshes"] for r in reports)
+    assert all(r["reads"] > 50 for r in reports)
+    assert all(r["stats"]["early_refreshes"] > 0 for r in reports)
+    assert 3 <= refreshes <= 14, refreshes
+    assert all(r["stats"]["misses"] <= 1 for r in reports)  # nobody waited on a miss
