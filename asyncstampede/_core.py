@@ -488,7 +488,7 @@ class Stampede:
             self._counters.coalesced += 1
             return await flight.outcome()  # type: ignore[no-any-return]
         flight = self._flights[key] = _Flight()
-        req = _Request(key, names, flight, fn, ttl_ms, policy)
+        req: _Request | None = None
         try:
             # The first read is a plain GET in the caller's own task: a hit
             # costs one round trip and no task switch. A miss hands the rest
@@ -500,6 +500,7 @@ class Stampede:
                 first = exc
             except anyio.get_cancelled_exc_class():
                 # Others of this process may be waiting on this flight.
+                req = _Request(key, names, flight, fn, ttl_ms, policy)
                 tg.start_soon(self._resolve, req, _Again(read=True))
                 raise
             else:
@@ -510,11 +511,30 @@ class Stampede:
                         self._counters.decode_errors += 1
                         first = _Again(read=False)  # skip the corrupt value, go for the lock
                     else:
-                        if self._serve(req, envelope):
+                        # The common case, kept lean: fresh, and XFetch not due.
+                        now_ms = _now_ms()
+                        if (
+                            now_ms < envelope.fresh_until_ms
+                            and not envelope.failed
+                            and not (
+                                policy.beta
+                                and envelope.delta_ms
+                                and now_ms
+                                - envelope.delta_ms * policy.beta * math.log(1.0 - random.random())
+                                >= envelope.fresh_until_ms
+                            )
+                        ):
+                            self._counters.hits += 1
+                            self._finish(key, flight, value=envelope.value)
+                            return envelope.value  # type: ignore[no-any-return]
+                        req = _Request(key, names, flight, fn, ttl_ms, policy)
+                        if self._serve(req, envelope, xfetch_due=True):
                             value = _value_of(envelope)
                             self._finish(key, flight, value=value)
                             return value  # type: ignore[no-any-return]
                         first = _Again(read=False)  # too stale to serve: go for the lock
+            if req is None:
+                req = _Request(key, names, flight, fn, ttl_ms, policy)
             tg.start_soon(self._resolve, req, first)
         except BaseException as exc:
             if not flight.done and not isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -522,10 +542,11 @@ class Stampede:
             raise
         return await flight.outcome()  # type: ignore[no-any-return]
 
-    def _serve(self, req: _Request, envelope: Envelope) -> bool:
+    def _serve(self, req: _Request, envelope: Envelope, *, xfetch_due: bool = False) -> bool:
         """Decide about a stored value: serve it now (and maybe refresh it), or not.
 
-        Fresh values are served; XFetch may start one early refresh. Values
+        Fresh values are served; XFetch may start one early refresh
+        (*xfetch_due*: the caller already drew it). Values
         within ``stale_while_revalidate`` are served while one refresh runs.
         Older ones are not served now but kept as the fallback of the
         resolution that follows, while within ``stale_if_error``.
@@ -536,7 +557,7 @@ class Stampede:
             return now_ms < envelope.fresh_until_ms
         if now_ms < envelope.fresh_until_ms:
             self._counters.hits += 1
-            if (
+            if xfetch_due or (
                 policy.beta
                 and envelope.delta_ms
                 and now_ms - envelope.delta_ms * policy.beta * math.log(1.0 - random.random())
