@@ -940,7 +940,9 @@ class Stampede:
                         self._counters.decode_errors += 1
                         found = None
                     if found is not None and (
-                        req.stale is None or found.created_ms != req.stale.created_ms
+                        req.stale is None
+                        or found.created_ms != req.stale.created_ms
+                        or _now_ms() < found.fresh_until_ms  # e.g. re-stamped by a fail-safe
                     ):
                         return _value_of(found)
                     # Corrupt, or still the stale value we started from: ask
