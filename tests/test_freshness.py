@@ -100,15 +100,29 @@ async def test_one_refresher_across_instances(redis_url: str, namespace: str) ->
 
 async def test_stale_while_revalidate_serves_stale_then_refreshes(make_cache: MakeCache) -> None:
     """Past its TTL but within the window, the old value is served while one refresh runs."""
-    source = Source(delay=0.1)
+    gate = anyio.Event()
+    calls = 0
+
+    async def compute() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await gate.wait()  # the refresh is held until the stale reads are done
+        return f"v{calls}"
+
     async with make_cache(beta=0, stale_while_revalidate=30) as cache:
-        assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
+        assert await cache.get_or_compute("k", compute, ttl=0.05) == "v1"
         await anyio.sleep(0.1)
-        with anyio.fail_after(0.09):  # well below the compute: nobody waited for it
-            assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
-        assert cache.statistics().stale_served == 1
-        await eventually(lambda: source.calls == 2 and not cache._refreshing)
-        assert await cache.get_or_compute("k", source, ttl=30) == "v2"
+        with anyio.fail_after(10):  # a hang guard only
+            for _ in range(5):
+                assert await cache.get_or_compute("k", compute, ttl=0.05) == "v1"
+            await eventually(lambda: calls == 2)  # the one refresh is running, held
+            assert await cache.get_or_compute("k", compute, ttl=0.05) == "v1"
+        assert calls == 2  # still one refresh, and nobody waited for it
+        assert cache.statistics().stale_served == 6
+        gate.set()
+        await eventually(lambda: not cache._refreshing)
+        assert await cache.get_or_compute("k", compute, ttl=30) == "v2"
 
 
 async def test_past_the_window_callers_wait_for_the_compute(make_cache: MakeCache) -> None:
@@ -150,18 +164,26 @@ async def test_soft_timeout_serves_stale_and_the_compute_still_fills(
     make_cache: MakeCache,
 ) -> None:
     """After soft_timeout callers get the stale value; the compute goes on and is stored."""
-    source = Source(delay=0.4)
+    gate = anyio.Event()
+    calls = 0
+
+    async def compute() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await gate.wait()  # outlives the soft timeout for as long as the test wants
+        return f"v{calls}"
+
     async with make_cache(beta=0, stale_if_error=30, soft_timeout=0.05) as cache:
-        source.delay = 0
-        assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
-        source.delay = 0.4
+        assert await cache.get_or_compute("k", compute, ttl=0.05) == "v1"
         await anyio.sleep(0.1)
-        with anyio.fail_after(0.3):  # long before the compute ends
-            assert await cache.get_or_compute("k", source, ttl=30) == "v1"
+        with anyio.fail_after(10):  # a hang guard only
+            assert await cache.get_or_compute("k", compute, ttl=30) == "v1"
+        assert calls == 2  # the compute started and is still held at the gate
         assert cache.statistics().soft_timeouts == 1
-        await eventually(lambda: cache.statistics().in_flight == 0 and source.calls == 2)
-        await anyio.sleep(0.45)
-        assert await cache.get_or_compute("k", source, ttl=30) == "v2"
+        gate.set()
+        await eventually(lambda: cache._held == {})
+        assert await cache.get_or_compute("k", compute, ttl=30) == "v2"
 
 
 async def test_hard_timeout_cancels_and_raises(make_cache: MakeCache) -> None:
