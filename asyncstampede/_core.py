@@ -516,13 +516,7 @@ class Stampede:
                         if (
                             now_ms < envelope.fresh_until_ms
                             and not envelope.failed
-                            and not (
-                                policy.beta
-                                and envelope.delta_ms
-                                and now_ms
-                                - envelope.delta_ms * policy.beta * math.log(1.0 - random.random())
-                                >= envelope.fresh_until_ms
-                            )
+                            and not _xfetch_due(now_ms, envelope, policy.beta)
                         ):
                             self._counters.hits += 1
                             self._finish(key, flight, value=envelope.value)
@@ -557,12 +551,7 @@ class Stampede:
             return now_ms < envelope.fresh_until_ms
         if now_ms < envelope.fresh_until_ms:
             self._counters.hits += 1
-            if xfetch_due or (
-                policy.beta
-                and envelope.delta_ms
-                and now_ms - envelope.delta_ms * policy.beta * math.log(1.0 - random.random())
-                >= envelope.fresh_until_ms
-            ):
+            if xfetch_due or _xfetch_due(now_ms, envelope, policy.beta):
                 self._counters.early_refreshes += 1
                 self._refresh_soon(req, envelope)
             return True
@@ -920,12 +909,9 @@ class Stampede:
                 if message is not None and message != RECHECK:
                     self._counters.wakeups += 1
                     if message[:1] == MSG_VALUE:
-                        try:
-                            envelope = decode(message[1:], max_value_bytes=self._max_value_bytes)
-                        except DecodeError:
-                            self._counters.decode_errors += 1
-                        else:
-                            return _value_of(envelope)
+                        # on_value decodes value messages; one reaches this
+                        # task only when it could not: count it, re-check.
+                        self._counters.decode_errors += 1
                 if message is None and now() >= deadline:
                     continue
                 state = await self._try_acquire(req.names, token, read=read)
@@ -967,6 +953,16 @@ class Stampede:
         except BackendError:
             self._counters.backend_errors += 1
         return decode(payload, max_value_bytes=self._max_value_bytes).value
+
+
+def _xfetch_due(now_ms: int, envelope: Envelope, beta: float) -> bool:
+    """XFetch: refresh early when ``now - delta * beta * ln(rand()) >= expiry``."""
+    return bool(
+        beta
+        and envelope.delta_ms
+        and now_ms - envelope.delta_ms * beta * math.log(1.0 - random.random())
+        >= envelope.fresh_until_ms
+    )
 
 
 def _value_of(envelope: Envelope) -> Any:
