@@ -103,6 +103,12 @@ def progress(total: int, desc: str) -> Any:
 # ---------------------------------------------------------------- scenarios
 
 
+def _failed(strategy: str, exc: Exception) -> dict[str, Any]:
+    """Report a strategy that broke, as a row; one must not sink the whole run."""
+    print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
+    return {"strategy": strategy, "failed": repr(exc)}
+
+
 def scenario_herd(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """P processes x C coroutines ask for one missing key at the same instant."""
     client = redis.Redis.from_url(url)
@@ -134,9 +140,8 @@ def scenario_herd(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                         runs.append((reports, server_commands(client) - before - 1))
                         bar.update()
                     rows.append(_herd_row(strategy, d, c, args.processes, runs))
-        except Exception as exc:  # one broken strategy must not sink the whole run
-            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
-            rows.append({"strategy": strategy, "failed": repr(exc)})
+        except Exception as exc:
+            rows.append(_failed(strategy, exc))
         finally:
             for w in workers:
                 w.close()
@@ -267,8 +272,7 @@ def scenario_hits(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 }
             )
         except Exception as exc:
-            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
-            rows.append({"strategy": strategy, "failed": repr(exc)})
+            rows.append(_failed(strategy, exc))
         finally:
             for w in workers:
                 w.close()
@@ -334,8 +338,7 @@ def scenario_churn(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 }
             )
         except Exception as exc:
-            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
-            rows.append({"strategy": strategy, "failed": repr(exc)})
+            rows.append(_failed(strategy, exc))
         finally:
             for w in workers:
                 w.close()
@@ -388,8 +391,7 @@ def scenario_crash(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
             rows.append(row)
         except Exception as exc:
-            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
-            rows.append({"strategy": strategy, "failed": repr(exc)})
+            rows.append(_failed(strategy, exc))
         finally:
             for w in workers:
                 if w.proc.poll() is None:
@@ -441,8 +443,7 @@ def scenario_steady(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 }
             )
         except Exception as exc:
-            print(f"\n{strategy}: failed: {exc!r}", file=sys.stderr)
-            rows.append({"strategy": strategy, "failed": repr(exc)})
+            rows.append(_failed(strategy, exc))
         finally:
             for w in workers:
                 w.close()
