@@ -25,9 +25,9 @@ __all__ = [
     "Hit",
 ]
 
-# First byte of every message published on a key's channel.
-MSG_VALUE = b"v"  # the committed envelope follows: waiters need no GET
-MSG_DONE = b"d"  # committed, but too large to publish: waiters GET it
+# First byte of every message delivered to an interest in a lock.
+MSG_VALUE = b"v"  # the committed envelope follows (embedded mode): no read needed
+MSG_DONE = b"d"  # the lock changed (committed, extended, expired...): look again
 MSG_FAILED = b"e"  # the holder gave the lock up without a value: waiters retry
 
 
@@ -57,11 +57,11 @@ ACQUIRED = Acquired()
 
 
 class Backend(Protocol):
-    """Atomic operations on one key's value, lock and channel."""
+    """Atomic operations on one key's value and lock."""
 
     @property
     def listener(self) -> Listener:
-        """Where waiters register for a key's channel."""
+        """Where waiters register interest in a key's lock."""
         ...
 
     async def prepare(self) -> None:
@@ -69,18 +69,39 @@ class Backend(Protocol):
         ...
 
     async def acquire(
-        self, names: KeyNames, token: bytes, lock_ms: int, *, read: bool
+        self,
+        names: KeyNames,
+        token: bytes,
+        lock_ms: int,
+        *,
+        read: bool,
+        seen: bytes | None = None,
+        watch: bool = True,
+        recheck: bool = False,
     ) -> Hit | Acquired | Held:
-        """Return the value if *read* and it exists, else try to take the lock."""
+        """Return the value, take the lock, or report who holds it.
+
+        Args:
+            names: The key's names.
+            token: This resolution's lock token.
+            lock_ms: The lock's TTL.
+            read: Read the value first.
+            seen: A stored payload the caller already has and will not use
+                (corrupt, or too stale): it is never returned as a `Hit`.
+            watch: When the lock is held, have its changes delivered to the
+                interests registered in ``names.lock`` (a waiter); False for
+                a caller that will not wait.
+            recheck: A waiter looking again: ask about the lock before trying
+                to take it (usually it is still held, and one command says so).
+
+        """
         ...
 
     async def read(self, names: KeyNames) -> bytes | None:
         """Return the stored envelope, or None."""
         ...
 
-    async def commit(
-        self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int, *, publish_value: bool
-    ) -> bool:
+    async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
         """Write the value and release the lock if it is still ours; wake waiters."""
         ...
 
@@ -92,9 +113,7 @@ class Backend(Protocol):
         """Push the lock's expiry out if it is still ours."""
         ...
 
-    async def write_if_absent(
-        self, names: KeyNames, payload: bytes, ttl_ms: int, *, publish_value: bool
-    ) -> bool:
+    async def write_if_absent(self, names: KeyNames, payload: bytes, ttl_ms: int) -> bool:
         """Write the value only when there is none (used without the lock)."""
         ...
 

@@ -2,12 +2,14 @@
 
 1. In-process flight table: one resolution per key per process; every local
    caller awaits it, and no caller's cancellation cancels it.
-2. One round trip reads the value or, on a miss, takes the lock (``ACQUIRE``).
+2. One GET reads the value; on a miss ``SET lock NX PX GET`` takes the lock or
+   names its holder.
 3. The lock holder computes, extending its lock while the compute runs, and
-   commits with one script that writes, unlocks and publishes.
-4. Everyone else registers interest in the key's channel, re-checks, and
-   waits for the message, a timer at the lock's remaining TTL (takeover), or
-   ``wait_timeout`` (then computes itself). Nothing polls.
+   commits with one script that writes the value and deletes the lock.
+4. Everyone else has registered interest in the lock first; one tracked
+   ``PTTL`` tells them how long it has left and has Redis tell them when it
+   changes. They wait for that, a timer at the lock's expiry (takeover), or
+   ``wait_timeout`` (then compute themselves). Nothing polls.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._keys import KeyNames, make_names, validate_namespace
-from ._listener import RECHECK
+from ._listener import RECHECK, Interest
 from ._memory_backend import MemoryBackend
 from ._redis_backend import RedisBackend
 from ._stats import Counters, Statistics
@@ -58,6 +60,7 @@ class _Again:
     """Ask Redis (again) before deciding: after a cancellation, or a corrupt value."""
 
     read: bool
+    seen: bytes | None = None  # a stored payload not to be served (corrupt, too stale)
 
 
 @final
@@ -182,7 +185,7 @@ class _Flight:
 class Stampede:
     """Cache-stampede protection for one Redis (or, without one, one process).
 
-    Use it as an async context manager: entering starts the pub/sub reader,
+    Use it as an async context manager: entering starts the invalidation reader,
     leaving stops it and every resolution still in flight.
 
     Args:
@@ -204,8 +207,6 @@ class Stampede:
             when that makes them smaller.
         max_value_bytes: Largest serialized value accepted, and largest declared
             size accepted when decoding (bounds decompression).
-        publish_value_max: Values up to this size travel inside the wake-up
-            message, so woken waiters need no extra GET.
         max_entries: Capacity of the embedded store (LRU); unused with Redis.
         beta: XFetch strength (Vattani et al., VLDB 2015): a fresh value is
             refreshed early, in the background, with a probability that grows
@@ -248,7 +249,6 @@ class Stampede:
         negative_ttl: float | None = None,
         compress_threshold: int = 4096,
         max_value_bytes: int = 64 * _MiB,
-        publish_value_max: int = 64 * 1024,
         max_entries: int = 10_000,
         _owns_client: bool = False,
     ) -> None:
@@ -260,7 +260,6 @@ class Stampede:
         for name, n in (
             ("compress_threshold", compress_threshold),
             ("max_value_bytes", max_value_bytes),
-            ("publish_value_max", publish_value_max),
         ):
             if not isinstance(n, int) or n < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {n!r}")
@@ -287,7 +286,6 @@ class Stampede:
         self._refreshing: set[str] = set()
         self._compress_threshold = compress_threshold
         self._max_value_bytes = max_value_bytes
-        self._publish_value_max = publish_value_max
         self._backend: Backend
         if redis is None:
             self._backend = MemoryBackend(max_entries=max_entries)
@@ -295,7 +293,9 @@ class Stampede:
             self._backend = RedisBackend(redis, owns_client=_owns_client)
         self._flights: dict[str, _Flight] = {}
         self._names: dict[str, KeyNames] = {}
-        self._held: dict[bytes, KeyNames] = {}  # token -> names of locks being computed under
+        # token -> (names, when its next extension is due) of every lock a
+        # compute of this instance runs under
+        self._held: dict[bytes, tuple[KeyNames, float]] = {}
         self._held_changed = anyio.Event()
         self._counters = Counters()
         self._stack: AsyncExitStack | None = None
@@ -493,7 +493,8 @@ class Stampede:
             # The first read is a plain GET in the caller's own task: a hit
             # costs one round trip and no task switch. A miss hands the rest
             # of the resolution to a task of this instance (see _resolve).
-            first: Acquired | Held | BackendError | _Again = _Again(read=True)
+            # A miss goes straight for the lock (which then reads once more).
+            first: Acquired | Held | BackendError | _Again = _Again(read=False)
             try:
                 payload = await self._backend.read(names)
             except BackendError as exc:
@@ -509,7 +510,7 @@ class Stampede:
                         envelope = decode(payload, max_value_bytes=self._max_value_bytes)
                     except DecodeError:
                         self._counters.decode_errors += 1
-                        first = _Again(read=False)  # skip the corrupt value, go for the lock
+                        first = _Again(read=False, seen=payload)  # corrupt: go for the lock
                     else:
                         # The common case, kept lean: fresh, and XFetch not due.
                         now_ms = _now_ms()
@@ -522,11 +523,11 @@ class Stampede:
                             self._finish(key, flight, value=envelope.value)
                             return envelope.value  # type: ignore[no-any-return]
                         req = _Request(key, names, flight, fn, ttl_ms, policy)
-                        if self._serve(req, envelope, xfetch_due=True):
+                        if self._serve(req, envelope, payload, xfetch_due=True):
                             value = _value_of(envelope)
                             self._finish(key, flight, value=value)
                             return value  # type: ignore[no-any-return]
-                        first = _Again(read=False)  # too stale to serve: go for the lock
+                        first = _Again(read=False, seen=payload)  # too stale to serve
             if req is None:
                 req = _Request(key, names, flight, fn, ttl_ms, policy)
             tg.start_soon(self._resolve, req, first)
@@ -536,7 +537,9 @@ class Stampede:
             raise
         return await flight.outcome()  # type: ignore[no-any-return]
 
-    def _serve(self, req: _Request, envelope: Envelope, *, xfetch_due: bool = False) -> bool:
+    def _serve(
+        self, req: _Request, envelope: Envelope, payload: bytes, *, xfetch_due: bool = False
+    ) -> bool:
         """Decide about a stored value: serve it now (and maybe refresh it), or not.
 
         Fresh values are served; XFetch may start one early refresh
@@ -553,30 +556,32 @@ class Stampede:
             self._counters.hits += 1
             if xfetch_due or _xfetch_due(now_ms, envelope, policy.beta):
                 self._counters.early_refreshes += 1
-                self._refresh_soon(req, envelope)
+                self._refresh_soon(req, payload)
             return True
         if now_ms < envelope.fresh_until_ms + policy.swr_ms:
             self._counters.stale_served += 1
-            self._refresh_soon(req, envelope)
+            self._refresh_soon(req, payload)
             return True
         if now_ms < envelope.fresh_until_ms + policy.sie_ms:
             req.stale = envelope
         return False
 
-    def _refresh_soon(self, req: _Request, envelope: Envelope) -> None:
+    def _refresh_soon(self, req: _Request, payload: bytes) -> None:
         """Start one background refresh of *req*'s key (one per key per process)."""
         if req.key in self._refreshing or self._tg is None:
             return
         self._refreshing.add(req.key)
         refresh = _Request(req.key, req.names, _Flight(), req.fn, req.ttl_ms, req.policy)
-        refresh.stale = envelope
-        self._tg.start_soon(self._refresh, refresh)
+        refresh.stale = decode(payload, max_value_bytes=self._max_value_bytes)
+        self._tg.start_soon(self._refresh, refresh, payload)
 
-    async def _refresh(self, req: _Request) -> None:
+    async def _refresh(self, req: _Request, payload: bytes) -> None:
         """Recompute a served value in the background, if the lock picks us."""
         token = os.urandom(16)
         try:
-            state = await self._try_acquire(req.names, token, read=False)
+            # A value other than the one served showing up once the lock is
+            # ours means another process has just refreshed it: nothing to do.
+            state = await self._try_acquire(req.names, token, read=False, seen=payload, watch=False)
             if isinstance(state, Acquired):
                 await self._lead(req, token)
             # Held: another process is refreshing it. BackendError: Redis is
@@ -598,7 +603,7 @@ class Stampede:
         self, key: str, flight: _Flight, *, value: Any = None, error: BaseException | None = None
     ) -> None:
         if flight.done:
-            return  # already resolved straight from the pub/sub reader
+            return  # already resolved straight from a value message
         if self._flights.get(key) is flight:
             del self._flights[key]
         flight.settle(value, error)
@@ -620,39 +625,90 @@ class Stampede:
             self._finish(req.key, req.flight, value=value)
 
     async def _try_acquire(
-        self, names: KeyNames, token: bytes, *, read: bool
+        self,
+        names: KeyNames,
+        token: bytes,
+        *,
+        read: bool,
+        seen: bytes | None = None,
+        watch: bool = True,
+        recheck: bool = False,
     ) -> Hit | Acquired | Held | BackendError:
         try:
-            return await self._backend.acquire(names, token, self._lock_ms, read=read)
+            return await self._backend.acquire(
+                names, token, self._lock_ms, read=read, seen=seen, watch=watch, recheck=recheck
+            )
         except BackendError as exc:
             return exc
 
     async def _resolve_miss(
         self, req: _Request, token: bytes, first: Acquired | Held | BackendError | _Again
     ) -> Any:
-        state: Hit | Acquired | Held | BackendError
-        if isinstance(first, _Again):
-            state = await self._try_acquire(req.names, token, read=first.read)
+        listener = self._backend.listener
+        # Registered before Redis is asked about the lock: whatever happens to
+        # the lock after the question that finds it held is delivered here.
+        interest = listener.register(req.names.lock)
+        interest.on_value = self._value_handler(req)
+        try:
+            return await self._settle_miss(req, token, first, interest)
+        finally:
+            listener.unregister(req.names.lock, interest)
+
+    def _value_handler(self, req: _Request) -> Callable[[bytes], bool]:
+        """Resolve *req*'s flight straight from a value message (embedded mode)."""
+        max_value_bytes = self._max_value_bytes
+        key, flight = req.key, req.flight
+
+        def on_value(message: bytes) -> bool:
+            try:
+                envelope = decode(message[1:], max_value_bytes=max_value_bytes)
+            except DecodeError:
+                self._counters.decode_errors += 1
+                return False  # the waiting task looks again
+            self._counters.wakeups += 1
+            if envelope.failed:
+                self._finish(key, flight, error=_failure(envelope))
+            else:
+                self._finish(key, flight, value=envelope.value)
+            return True
+
+        return on_value
+
+    async def _settle_miss(
+        self,
+        req: _Request,
+        token: bytes,
+        first: Acquired | Held | BackendError | _Again,
+        interest: Interest,
+    ) -> Any:
+        state: Hit | Acquired | Held | BackendError | _Again = first
+        for _ in range(3):
+            if not isinstance(state, _Again):
+                break
+            state = await self._try_acquire(req.names, token, read=state.read, seen=state.seen)
             if isinstance(state, Hit):
                 try:
                     envelope = decode(state.payload, max_value_bytes=self._max_value_bytes)
                 except DecodeError:
                     self._counters.decode_errors += 1
-                    state = await self._try_acquire(req.names, token, read=False)
-                else:
-                    if self._serve(req, envelope):
-                        return _value_of(envelope)
-                    state = await self._try_acquire(req.names, token, read=False)
-        else:
-            state = first
+                    state = _Again(read=False, seen=state.payload)
+                    continue
+                if self._serve(req, envelope, state.payload):
+                    return _value_of(envelope)
+                state = _Again(read=False, seen=state.payload)
         self._counters.misses += 1
-        if isinstance(state, Hit):  # read=False never hits; decoding it is still right
-            return decode(state.payload, max_value_bytes=self._max_value_bytes).value
+        if isinstance(state, _Again):
+            # The stored value changed under us three times, each time to one
+            # that cannot be served: compute, and store only into a gap.
+            return await self._compute_unlocked(req)
         if isinstance(state, BackendError):
             return await self._on_backend_error(state, req)
         if isinstance(state, Acquired):
+            interest.close()
             return await self._lead(req, token)
-        return await self._wait(req, token, state)
+        if isinstance(state, Hit):  # only with a Hit as *first*, which no caller passes
+            return _value_of(decode(state.payload, max_value_bytes=self._max_value_bytes))
+        return await self._wait(req, token, state, interest)
 
     async def _on_backend_error(self, exc: BackendError, req: _Request) -> Any:
         self._counters.backend_errors += 1
@@ -742,7 +798,7 @@ class Stampede:
     async def _compute_and_commit(self, req: _Request, token: bytes) -> Any:
         names = req.names
         failure: Exception | None = None
-        self._held[token] = names
+        self._held[token] = (names, anyio.current_time() + self._lock_ms / 3000)
         self._held_changed.set()
         try:
             value, delta_ms = await self._run_compute(req)
@@ -767,13 +823,7 @@ class Stampede:
                 await self._release_quietly(names, token)
             raise failure
         try:
-            committed = await self._backend.commit(
-                names,
-                token,
-                payload,
-                px_ms,
-                publish_value=len(payload) <= self._publish_value_max,
-            )
+            committed = await self._backend.commit(names, token, payload, px_ms)
         except BackendError:
             # The value is computed; Redis failing now must not waste it.
             self._counters.backend_errors += 1
@@ -807,13 +857,8 @@ class Stampede:
             max_value_bytes=self._max_value_bytes,
         )
         try:
-            await self._backend.commit(
-                req.names,
-                token,
-                payload,
-                0,  # keep the value's Redis TTL: the stale window stays anchored
-                publish_value=len(payload) <= self._publish_value_max,
-            )
+            # 0: keep the value's Redis TTL, so the stale window stays anchored.
+            await self._backend.commit(req.names, token, payload, 0)
         except BackendError:
             self._counters.backend_errors += 1
         return stale.value
@@ -827,9 +872,7 @@ class Stampede:
             fresh_until_ms=now_ms + req.policy.negative_ms,
         )
         try:
-            await self._backend.commit(
-                req.names, token, payload, req.policy.negative_ms, publish_value=True
-            )
+            await self._backend.commit(req.names, token, payload, req.policy.negative_ms)
         except BackendError:
             self._counters.backend_errors += 1
 
@@ -840,116 +883,110 @@ class Stampede:
             self._counters.backend_errors += 1  # the lock expires by itself
 
     async def _keep_locks(self) -> None:
-        """Extend every lock held by a running compute, each third of ``lock_ttl``.
+        """Extend every lock held by a running compute once it is a third of ``lock_ttl`` old.
 
         One task serves every compute of this instance, so starting and ending
-        a compute costs no task of its own (that would sit on the commit path).
-        A lock taken just after a round is extended at the next one, so no
-        lock goes longer than a third of its TTL without extension.
+        a compute costs no task of its own (that would sit on the commit
+        path). Each lock is extended when it is due, not on a fixed round:
+        every extension also wakes that lock's waiters (they watch it), so
+        none is sent early. A compute shorter than a third of ``lock_ttl``
+        is never extended.
         """
         interval = self._lock_ms / 3000
         while True:
             if not self._held:
                 self._held_changed = anyio.Event()
                 await self._held_changed.wait()
-            await anyio.sleep(interval)
-            for token, names in list(self._held.items()):
+                continue
+            # A lock taken later is due later: the earliest due time only moves out.
+            await anyio.sleep_until(min(due for _, due in self._held.values()))
+            now = anyio.current_time()
+            for token, (names, due) in list(self._held.items()):
+                # (Also those due within a twentieth of the interval: one wake-up.)
+                if due > now + interval * 0.05 or token not in self._held:
+                    continue  # not due yet, or its compute ended meanwhile
+                self._held[token] = (names, now + interval)
                 try:
                     if not await self._backend.extend(names, token, self._lock_ms):
                         self._held.pop(token, None)  # lost: commit will notice
                 except Exception:
                     self._counters.backend_errors += 1
 
-    async def _wait(self, req: _Request, token: bytes, held: Held) -> Any:
-        """Wait for another holder's commit: message, takeover timer, or bound."""
+    async def _wait(self, req: _Request, token: bytes, held: Held, interest: Interest) -> Any:
+        """Wait for another holder's commit: a change of its lock, the takeover timer, or the bound.
+
+        *interest* was registered before the lock was found held, so no change
+        since is missed. Each change is a reason to look again, not the
+        answer: a lock is also changed by its extension, or by a takeover.
+        """
         self._counters.remote_waits += 1
         now = anyio.current_time
         started = now()
         deadline = started + self._wait_timeout
         soft = req.policy.soft_timeout if req.stale is not None else None
         timer = _takeover_delay(held.pttl_ms)
-        read = True
-        max_value_bytes = self._max_value_bytes
-        key, flight = req.key, req.flight
-
-        def on_value(message: bytes) -> bool:
-            try:
-                envelope = decode(message[1:], max_value_bytes=max_value_bytes)
-            except DecodeError:
-                return False  # the waiting task counts it and re-checks
-            self._counters.wakeups += 1
-            if envelope.failed:
-                self._finish(key, flight, error=_failure(envelope))
-            else:
-                self._finish(key, flight, value=envelope.value)
-            return True
-
-        async with self._backend.listener.interest(req.names.channel) as interest:
-            interest.on_value = on_value
-            while True:
-                if soft is not None and now() - started >= soft and req.stale is not None:
-                    self._counters.soft_timeouts += 1
+        seen: bytes | None = None  # a stored payload already found unservable
+        flight = req.flight
+        while True:
+            if soft is not None and now() - started >= soft and req.stale is not None:
+                self._counters.soft_timeouts += 1
+                return req.stale.value
+            remaining = deadline - now()
+            if remaining <= 0:
+                self._counters.wait_timeouts += 1
+                if req.stale is not None:
                     return req.stale.value
-                remaining = deadline - now()
-                if remaining <= 0:
-                    self._counters.wait_timeouts += 1
-                    if req.stale is not None:
-                        return req.stale.value
-                    if self._on_wait_timeout == "raise":
-                        raise WaitTimeoutError(
-                            f"no value after waiting {self._wait_timeout}s for another holder"
-                        )
-                    return await self._compute_unlocked(req)
-                within = min(timer, remaining)
-                if soft is not None:
-                    within = min(within, max(0.0, started + soft - now()))
-                message = await interest.wait(within)
-                if interest.resolved:
-                    return await flight.outcome()
-                if message is not None and message != RECHECK:
-                    self._counters.wakeups += 1
-                    if message[:1] == MSG_VALUE:
-                        # on_value decodes value messages; one reaches this
-                        # task only when it could not: count it, re-check.
-                        self._counters.decode_errors += 1
-                if message is None and now() >= deadline:
-                    continue
-                state = await self._try_acquire(req.names, token, read=read)
-                read = True
-                if isinstance(state, BackendError):
-                    return await self._on_backend_error(state, req)
-                if isinstance(state, Hit):
-                    found: Envelope | None
-                    try:
-                        found = decode(state.payload, max_value_bytes=self._max_value_bytes)
-                    except DecodeError:
-                        self._counters.decode_errors += 1
-                        found = None
-                    if found is not None and (
-                        req.stale is None
-                        or found.created_ms != req.stale.created_ms
-                        or _now_ms() < found.fresh_until_ms  # e.g. re-stamped by a fail-safe
-                    ):
-                        return _value_of(found)
-                    # Corrupt, or still the stale value we started from: ask
-                    # about the lock alone, right away.
-                    read = False
-                    timer = 0.0
-                    continue
-                if isinstance(state, Acquired):
-                    if message is None:
-                        self._counters.takeovers += 1
-                    return await self._lead(req, token)
-                timer = _takeover_delay(state.pttl_ms)
+                if self._on_wait_timeout == "raise":
+                    raise WaitTimeoutError(
+                        f"no value after waiting {self._wait_timeout}s for another holder"
+                    )
+                return await self._compute_unlocked(req)
+            within = min(timer, remaining)
+            if soft is not None:
+                within = min(within, max(0.0, started + soft - now()))
+            message = await interest.wait(within)
+            if interest.resolved:
+                return await flight.outcome()
+            if message is not None and message != RECHECK and message[:1] != MSG_VALUE:
+                # (A value message reaches this task only when on_value could
+                # not decode it; it counted that. Look again.)
+                self._counters.wakeups += 1
+            if message is None and now() >= deadline:
+                continue
+            state = await self._try_acquire(req.names, token, read=True, seen=seen, recheck=True)
+            if isinstance(state, BackendError):
+                return await self._on_backend_error(state, req)
+            if isinstance(state, Hit):
+                found: Envelope | None
+                try:
+                    found = decode(state.payload, max_value_bytes=self._max_value_bytes)
+                except DecodeError:
+                    self._counters.decode_errors += 1
+                    found = None
+                if found is not None and (
+                    req.stale is None
+                    or found.created_ms != req.stale.created_ms
+                    or _now_ms() < found.fresh_until_ms  # e.g. re-stamped by a fail-safe
+                ):
+                    return _value_of(found)
+                # Corrupt, or still the stale value we started from: ask
+                # about the lock alone, right away.
+                seen = state.payload
+                timer = 0.0
+                continue
+            if isinstance(state, Acquired):
+                if message is None:
+                    self._counters.takeovers += 1
+                interest.close()
+                return await self._lead(req, token)
+            timer = _takeover_delay(state.pttl_ms)
 
     async def _compute_unlocked(self, req: _Request) -> Any:
         """Compute without the lock (the wait bound passed); never replace a value."""
         value, delta_ms = await self._run_compute(req)
         payload, px_ms = self._encode(value, delta_ms=delta_ms, req=req)
         try:
-            await self._backend.write_if_absent(
-                req.names, payload, px_ms, publish_value=len(payload) <= self._publish_value_max
-            )
+            await self._backend.write_if_absent(req.names, payload, px_ms)
         except BackendError:
             self._counters.backend_errors += 1
         return decode(payload, max_value_bytes=self._max_value_bytes).value

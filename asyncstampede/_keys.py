@@ -1,9 +1,9 @@
-"""Key layout: a cache key's value, lock and channel share one hash slot.
+"""Key layout: a cache key's value and lock share one hash slot.
 
 Every name is ``<namespace>:{<escaped key>}:<suffix>``. Redis Cluster hashes
-only the text between the first ``{`` and the next ``}``; the three names share
+only the text between the first ``{`` and the next ``}``; the two names share
 the prefix up to and including that ``}``, so they always land in one slot and
-the commit script may touch all three. Braces and ``%`` inside the user's key
+the commit script may touch both. Braces and ``%`` inside the user's key
 are percent-escaped, so the tag is never empty and never cut short, and two
 distinct keys never map to one name.
 """
@@ -22,7 +22,6 @@ class KeyNames(NamedTuple):
 
     value: bytes
     lock: bytes
-    channel: bytes
 
 
 def validate_namespace(namespace: object) -> str:
@@ -41,7 +40,7 @@ def validate_namespace(namespace: object) -> str:
 
 
 def make_names(namespace: str, key: object) -> KeyNames:
-    """Build the value, lock and channel names for *key*.
+    """Build the value and lock names for *key*.
 
     Raises:
         TypeError: *key* is not a ``str``.
@@ -58,4 +57,4 @@ def make_names(namespace: str, key: object) -> KeyNames:
         key = key.translate(_ESCAPES)
     # surrogatepass: a lone surrogate is still a distinct, storable key.
     base = f"{namespace}:{{{key}}}:".encode("utf-8", "surrogatepass")
-    return KeyNames(base + b"v", base + b"l", base + b"c")
+    return KeyNames(base + b"v", base + b"l")

@@ -1,59 +1,75 @@
-"""Waking waiters: per-key interests and the one pub/sub reader per instance.
+"""Waking waiters: per-key interests, and with Redis one invalidation reader.
 
-A waiter registers interest in its key's channel *before* it re-reads the
-key. The base `Listener` keeps the interests and dispatches messages to them;
-`RedisListener` adds one pub/sub connection and exactly one reader task.
+A waiter registers an `Interest` in its key's lock name *before* it asks the
+store about the lock, so nothing that happens to the lock after the question
+can be missed.
 
-Every interest is told to re-check (``RECHECK``) once its channel's
-subscription is confirmed by the server, and again after every reconnect
-(messages published during the gap are lost). So a waiter never relies on a
-message it could have missed.
+With Redis the question is also the subscription. The lock's remaining TTL
+is read with ``PTTL`` on a connection that has client tracking on
+(``CLIENT TRACKING ON REDIRECT <reader>``), and from then on Redis itself
+sends an invalidation message the moment the lock changes: deleted by the
+holder's commit or release, extended, expired, or taken over. A waiting
+process pays one command for that, where per-key pub/sub costs SUBSCRIBE, a
+re-check after the subscription is confirmed, and UNSUBSCRIBE, and the holder
+has nothing to publish.
+
+The invalidations arrive on a RESP2 connection subscribed to
+``__redis__:invalidate``, read by exactly one task. After every (re)connect
+each interest is told to re-check (``RECHECK``): invalidations sent during a
+gap are lost, and Redis forgets what a connection tracked when it closes.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Callable
 from typing import Any, final
 
 import anyio
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from ._backend import MSG_VALUE
 
-__all__ = ["RECHECK", "Interest", "Listener", "RedisListener"]
+__all__ = ["INVALIDATIONS", "RECHECK", "Interest", "Listener", "RedisListener"]
 
 log = logging.getLogger("asyncstampede")
 
-RECHECK = b"r"  # internal: subscription confirmed or connection re-established
+RECHECK = b"r"  # internal: (re)connected, or told to forget every tracked key
+CHANGED = b"d"  # internal: the lock changed; look again
+INVALIDATIONS = b"__redis__:invalidate"
 
 
 @final
 class Interest:
-    """One waiter's mailbox for one channel."""
+    """One waiter's mailbox for one lock."""
 
     __slots__ = ("_event", "_pending", "on_value", "resolved")
 
     def __init__(self) -> None:
         self._pending: bytes | None = None
         self._event = anyio.Event()
-        # Called by the reader with a value message, before any task switch:
+        # Called with a value message (embedded mode) before any task switch:
         # returns True when it has handed the value to the callers itself.
         self.on_value: Callable[[bytes], bool] | None = None
         self.resolved = False
+
+    def close(self) -> None:
+        """Take nothing more (its owner now holds the lock itself)."""
+        self.on_value = None
+        self.resolved = True
 
     def push(self, message: bytes) -> None:
         """Deliver *message*; a value message is never replaced by a later signal."""
         if self.resolved:
             return
         if message[:1] == MSG_VALUE and self.on_value is not None and self.on_value(message):
-            # The callers are woken straight from the reader: one task switch
-            # fewer between the commit and the callers resuming.
+            # The callers are woken straight from the deliverer: one task
+            # switch fewer between the commit and the callers resuming.
             self.resolved = True
         elif self._pending is None or self._pending[:1] != MSG_VALUE:
             self._pending = message
@@ -70,94 +86,79 @@ class Interest:
         return message
 
 
-class _Channel:
-    __slots__ = ("acked", "interests")
-
-    def __init__(self) -> None:
-        self.interests: set[Interest] = set()
-        self.acked = False
-
-
 class Listener:
-    """In-process dispatch of channel messages to interests (embedded mode)."""
+    """In-process dispatch of messages to interests (all of embedded mode)."""
 
     def __init__(self) -> None:
-        self._channels: dict[bytes, _Channel] = {}
-        self._idle: set[bytes] = set()
+        self._interests: dict[bytes, set[Interest]] = {}
         self.reconnects = 0
 
-    @asynccontextmanager
-    async def interest(self, channel: bytes) -> AsyncIterator[Interest]:
-        """Register for *channel* for the duration of the block."""
+    def register(self, name: bytes) -> Interest:
+        """Return a new interest in *name*; `unregister` it when done."""
         interest = Interest()
-        state = self._channels.get(channel)
-        if state is None:
-            state = self._channels[channel] = _Channel()
-            state.interests.add(interest)
-            await self._subscribe(channel)
+        interests = self._interests.get(name)
+        if interests is None:
+            self._interests[name] = {interest}
         else:
-            self._idle.discard(channel)
-            state.interests.add(interest)
-            if state.acked:
-                interest.push(RECHECK)
-        try:
-            yield interest
-        finally:
-            state.interests.discard(interest)
-            if not state.interests:
-                self._idle.add(channel)
-                self._flush_idle_soon()
+            interests.add(interest)
+        return interest
 
-    def deliver(self, channel: bytes, message: bytes) -> None:
-        """Hand *message* to every interest in *channel*."""
-        state = self._channels.get(channel)
-        if state is not None:
-            for interest in state.interests:
-                interest.push(message)
-
-    def _confirm(self, channel: bytes) -> None:
-        state = self._channels.get(channel)
-        if state is not None and not state.acked:
-            state.acked = True
-            for interest in state.interests:
-                interest.push(RECHECK)
-            if channel in self._idle:
-                self._flush_idle_soon()
+    def unregister(self, name: bytes, interest: Interest) -> None:
+        """Drop *interest*; nothing more is delivered to it."""
+        interests = self._interests.get(name)
+        if interests is not None:
+            interests.discard(interest)
+            if not interests:
+                del self._interests[name]
 
     @property
-    def subscribed_channels(self) -> int:
-        """How many channels are registered (including idle ones not yet dropped)."""
-        return len(self._channels)
+    def interests(self) -> int:
+        """How many lock names have a registered interest."""
+        return len(self._interests)
 
-    async def _subscribe(self, channel: bytes) -> None:
-        self._confirm(channel)
+    def deliver(self, name: bytes, message: bytes) -> None:
+        """Hand *message* to every interest in *name*."""
+        interests = self._interests.get(name)
+        if interests is not None:
+            for interest in interests:
+                interest.push(message)
 
-    def _take_idle(self) -> list[bytes]:
-        """Forget idle channels that are safe to unsubscribe and return them."""
-        dropped = []
-        for channel in list(self._idle):
-            state = self._channels.get(channel)
-            # An unconfirmed subscription stays until its ack arrives, so a
-            # late ack can never be taken for a newer subscription's.
-            if state is not None and (state.interests or not state.acked):
-                continue
-            self._idle.discard(channel)
-            if state is not None:
-                del self._channels[channel]
-                dropped.append(channel)
-        return dropped
+    def recheck_all(self) -> None:
+        """Tell every interest to look again."""
+        for interests in self._interests.values():
+            for interest in interests:
+                interest.push(RECHECK)
 
-    def _flush_idle_soon(self) -> None:
-        self._take_idle()
+    async def watch(self, name: bytes) -> int | None:
+        """Return the PTTL of lock *name* and have its changes delivered.
+
+        None when that cannot be arranged now (the caller reads the TTL some
+        other way; the next reconnect tells every interest to re-check).
+        Embedded mode delivers every change by itself.
+        """
+        return None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Nothing to read in embedded mode."""
         task_status.started()
 
 
+class _Pending:
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.reply: int | None = None
+        self.done = anyio.Event()
+
+
 @final
 class RedisListener(Listener):
-    """One pub/sub connection and one reader task for a `Stampede`."""
+    """The invalidation reader of a `Stampede` over Redis, and its tracking connection.
+
+    Two connections, each read by one task: the reader (subscribed to
+    invalidations) and the tracker (``PTTL`` replies, in the order sent).
+    When either fails, both are replaced and every interest re-checks.
+    """
 
     def __init__(
         self,
@@ -166,98 +167,109 @@ class RedisListener(Listener):
         *,
         read_timeout: float = 1.0,
         ping_after: float = 5.0,
+        idle_ping_after: float = 60.0,
         dead_after: float = 10.0,
     ) -> None:
         super().__init__()
         kwargs = dict(connection_kwargs)
-        # RESP2 pub/sub framing, and no silent retries: a lost connection must
-        # surface here so that every waiter re-checks after the reconnect.
+        # RESP2 (invalidations come as pub/sub messages on the reader's
+        # connection), and no silent retries: a lost connection must surface
+        # here so that every waiter re-checks after the reconnect.
         kwargs["protocol"] = 2
         kwargs["retry"] = Retry(NoBackoff(), 0)
         self._connection_class = connection_class
         self._connection_kwargs = kwargs
-        self._conn: AbstractConnection | None = None
-        self._write_lock = anyio.Lock()
+        self._tracker: AbstractConnection | None = None
+        self._sent: deque[_Pending] = deque()  # PTTLs sent, oldest first
+        self._send_lock = anyio.Lock()
         self._read_timeout = read_timeout
         self._ping_after = ping_after
+        self._idle_ping_after = idle_ping_after
         self._dead_after = dead_after
-        self._idle_event = anyio.Event()
         self.connected = anyio.Event()
 
-    async def _subscribe(self, channel: bytes) -> None:
-        conn = self._conn
-        if conn is None:
-            return  # the reconnect subscribes every registered channel
+    async def watch(self, name: bytes) -> int | None:
+        """See `Listener.watch`: a ``PTTL`` on the tracking connection."""
+        tracker = self._tracker
+        if tracker is None:
+            return None
+        pending = _Pending()
         try:
-            async with self._write_lock:
-                await conn.send_command("SUBSCRIBE", channel, check_health=False)
+            async with self._send_lock:
+                if self._tracker is not tracker:
+                    return None
+                self._sent.append(pending)
+                await tracker.send_command("PTTL", name, check_health=False)
         except Exception as exc:
-            # Best effort: a write can race the reader tearing the connection
-            # down; the reconnect resubscribes every registered channel.
-            log.debug("SUBSCRIBE failed, the reader will reconnect: %r", exc)
+            log.debug("tracking connection failed: %r", exc)
+            pending.done.set()
+            return None  # the tracker's reader fails too, and both reconnect
+        await pending.done.wait()
+        return pending.reply
 
-    def _flush_idle_soon(self) -> None:
-        self._idle_event.set()
-
-    async def _unsubscriber(self) -> None:
-        """Send one batched UNSUBSCRIBE shortly after channels fall idle."""
+    async def _read_replies(self, tracker: AbstractConnection) -> None:
+        """Hand each reply on the tracking connection to its caller; fail when it closes."""
         while True:
-            await self._idle_event.wait()
-            self._idle_event = anyio.Event()
-            await anyio.sleep(0.005)  # let channels idled by the same wake-up join the batch
-            conn = self._conn
-            if conn is None:
-                continue  # the reconnect drops idle channels by itself
-            idle = self._take_idle()
-            if not idle:
-                continue
-            try:
-                async with self._write_lock:
-                    await conn.send_command("UNSUBSCRIBE", *idle, check_health=False)
-            except Exception as exc:
-                log.debug("UNSUBSCRIBE failed, the reader will reconnect: %r", exc)
+            reply = await tracker.read_response(disconnect_on_error=False)
+            if not self._sent:
+                raise ConnectionError(f"unexpected reply on the tracking connection: {reply!r}")
+            pending = self._sent.popleft()
+            pending.reply = int(reply)
+            pending.done.set()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Read pub/sub messages until cancelled, reconnecting with backoff."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._unsubscriber)
-            await self._connect_and_read(task_status)
-
-    async def _connect_and_read(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Read invalidations until cancelled, reconnecting with backoff."""
         backoff = 0.05
         started = False
         while True:
-            conn = self._connection_class(**self._connection_kwargs)
+            reader = self._connection_class(**self._connection_kwargs)
+            tracker = self._connection_class(**self._connection_kwargs)
             try:
-                await conn.connect()  # type: ignore[no-untyped-call]
-                # A fresh connection has no subscriptions and no acks in
-                # flight: drop idle channels, resubscribe the rest.
-                for channel in [c for c in self._idle if not self._channels[c].interests]:
-                    self._idle.discard(channel)
-                    del self._channels[channel]
-                for state in self._channels.values():
-                    state.acked = False
-                channels = list(self._channels)
-                if channels:
-                    await conn.send_command("SUBSCRIBE", *channels, check_health=False)
-                self._conn = conn
+                await reader.connect()  # type: ignore[no-untyped-call]
+                await reader.send_command("CLIENT", "ID", check_health=False)
+                client_id = int(await reader.read_response())
+                await reader.send_command("SUBSCRIBE", INVALIDATIONS, check_health=False)
+                await reader.read_response()  # the subscription's confirmation
+                await tracker.connect()  # type: ignore[no-untyped-call]
+                await tracker.send_command(
+                    "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, check_health=False
+                )
+                await tracker.read_response()
+                self._tracker = tracker
                 self.connected.set()
                 if not started:
                     started = True
                     task_status.started()
                 backoff = 0.05
-                await self._read_loop(conn)
+                # Whatever was tracked before is forgotten, and changes made
+                # while we were away were never told: everybody looks again.
+                self.recheck_all()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_replies, tracker)
+                    await self._read_loop(reader)
+            except ResponseError as exc:
+                # E.g. a proxy or an ACL that refuses CLIENT TRACKING: waiters
+                # still wake at the lock's expiry, just not at the commit.
+                log.error("asyncstampede cannot watch locks on this Redis: %r", exc)  # noqa: TRY400
+                backoff = 30.0
             except (RedisError, OSError) as exc:
-                log.warning("asyncstampede pub/sub connection lost: %r", exc)
-            except Exception:
-                # Never let the reader die: that would leave waiters on timers
-                # alone. Log loudly and start over on a new connection.
-                log.exception("asyncstampede pub/sub reader failed; reconnecting")
+                log.warning("asyncstampede invalidation connection lost: %r", exc)
+            except Exception as exc:
+                if isinstance(exc, BaseExceptionGroup):
+                    log.warning("asyncstampede invalidation connection lost: %r", exc)
+                else:
+                    # Never let the reader die: that would leave waiters on
+                    # timers alone. Log loudly and start over.
+                    log.exception("asyncstampede invalidation reader failed; reconnecting")
             finally:
-                self._conn = None
+                self._tracker = None
                 self.connected = anyio.Event()
+                sent, self._sent = self._sent, deque()
+                for pending in sent:  # their callers fall back to a plain PTTL
+                    pending.done.set()
                 with anyio.CancelScope(shield=True):
-                    await conn.disconnect(nowait=True)
+                    await reader.disconnect(nowait=True)
+                    await tracker.disconnect(nowait=True)
             if not started:
                 # Redis is unreachable at start-up: do not block the caller;
                 # waiters fall back to their timers until we connect.
@@ -265,34 +277,42 @@ class RedisListener(Listener):
                 task_status.started()
             self.reconnects += 1
             await anyio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
 
-    async def _read_loop(self, conn: AbstractConnection) -> None:
+    async def _read_loop(self, reader: AbstractConnection) -> None:
+        """Read invalidations; ping a silent reader, and give it up when the ping goes unanswered.
+
+        A silent reader is pinged after ``ping_after`` seconds while somebody
+        waits on it, and after ``idle_ping_after`` otherwise: with no waiter,
+        nothing depends on it, and a ping costs the server a command.
+        """
         now = anyio.current_time
         last_heard = now()
-        ping_sent = False
+        pinged_at: float | None = None
         while True:
-            response = await conn.read_response(
+            response = await reader.read_response(
                 timeout=self._read_timeout, disconnect_on_error=False
             )
-            if response is None:
-                silent = now() - last_heard
-                if silent >= self._dead_after:
-                    raise ConnectionError(f"no reply to PING for {silent:.1f}s")
-                if silent >= self._ping_after and not ping_sent:
-                    async with self._write_lock:
-                        await conn.send_command("PING", check_health=False)
-                    ping_sent = True
+            if response is not None:
+                last_heard = now()
+                pinged_at = None
+                self._handle(response)
                 continue
-            last_heard = now()
-            ping_sent = False
-            self._handle(response)
+            if pinged_at is not None:
+                if now() - pinged_at >= self._dead_after - self._ping_after:
+                    raise ConnectionError(f"no reply to PING for {now() - pinged_at:.1f}s")
+                continue
+            silent = now() - last_heard
+            if silent >= (self._ping_after if self._interests else self._idle_ping_after):
+                await reader.send_command("PING", check_health=False)
+                pinged_at = now()
 
     def _handle(self, response: Any) -> None:
-        if not isinstance(response, list) or len(response) < 2:
-            return  # PONG outside subscribed mode
-        kind = response[0]
-        if kind == b"message" and len(response) == 3:
-            self.deliver(response[1], response[2])
-        elif kind == b"subscribe":
-            self._confirm(response[1])
+        if not (isinstance(response, list) and len(response) == 3 and response[0] == b"message"):
+            return  # a PONG, or a confirmation
+        names = response[2]
+        if names is None:  # FLUSHALL / FLUSHDB, or the tracking table overflowed
+            self.recheck_all()
+            return
+        for name in names:
+            self.deliver(name, CHANGED)

@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from typing import final
 
-from ._backend import ACQUIRED, MSG_DONE, MSG_FAILED, MSG_VALUE, Acquired, Held, Hit
+from ._backend import ACQUIRED, MSG_FAILED, MSG_VALUE, Acquired, Held, Hit
 from ._keys import KeyNames
 from ._listener import Listener
 
@@ -56,12 +56,20 @@ class MemoryBackend:
         """Nothing to prepare in memory."""
 
     async def acquire(
-        self, names: KeyNames, token: bytes, lock_ms: int, *, read: bool
+        self,
+        names: KeyNames,
+        token: bytes,
+        lock_ms: int,
+        *,
+        read: bool,
+        seen: bytes | None = None,
+        watch: bool = True,
+        recheck: bool = False,
     ) -> Hit | Acquired | Held:
-        """See `Backend.acquire`."""
+        """See `Backend.acquire` (one process: every change is delivered anyway)."""
         if read:
             payload = self._get(names.value)
-            if payload is not None:
+            if payload is not None and payload != seen:
                 return Hit(payload)
         holder = self._lock_holder(names.lock)
         if holder is None or holder[0] == token:
@@ -73,16 +81,14 @@ class MemoryBackend:
         """See `Backend.read`."""
         return self._get(names.value)
 
-    async def commit(
-        self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int, *, publish_value: bool
-    ) -> bool:
+    async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.commit`."""
         holder = self._lock_holder(names.lock)
         if holder is None or holder[0] != token:
             return False
         self._put(names.value, payload, ttl_ms)
         del self._locks[names.lock]
-        self.listener.deliver(names.channel, MSG_VALUE + payload if publish_value else MSG_DONE)
+        self.listener.deliver(names.lock, MSG_VALUE + payload)
         return True
 
     async def release(self, names: KeyNames, token: bytes) -> bool:
@@ -91,7 +97,7 @@ class MemoryBackend:
         if holder is None or holder[0] != token:
             return False
         del self._locks[names.lock]
-        self.listener.deliver(names.channel, MSG_FAILED)
+        self.listener.deliver(names.lock, MSG_FAILED)
         return True
 
     async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:
@@ -102,21 +108,19 @@ class MemoryBackend:
         self._locks[names.lock] = (token, time.monotonic() + lock_ms / 1000)
         return True
 
-    async def write_if_absent(
-        self, names: KeyNames, payload: bytes, ttl_ms: int, *, publish_value: bool
-    ) -> bool:
+    async def write_if_absent(self, names: KeyNames, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.write_if_absent`."""
         if self._get(names.value) is not None:
             return False
         self._put(names.value, payload, ttl_ms)
-        self.listener.deliver(names.channel, MSG_VALUE + payload if publish_value else MSG_DONE)
+        self.listener.deliver(names.lock, MSG_VALUE + payload)
         return True
 
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""
         self._values.pop(names.value, None)
         if self._locks.pop(names.lock, None) is not None:
-            self.listener.deliver(names.channel, MSG_FAILED)
+            self.listener.deliver(names.lock, MSG_FAILED)
 
     async def aclose(self) -> None:
         """Drop every entry."""

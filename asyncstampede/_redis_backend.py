@@ -50,7 +50,6 @@ class RedisBackend:
         else:
             # fast_acquire: no checkpoint (an extra event-loop turn) when free.
             self._gate = anyio.Semaphore(max(1, int(pool.max_connections)), fast_acquire=True)
-        self._acquire = client.register_script(_scripts.ACQUIRE)
         self._commit = client.register_script(_scripts.COMMIT)
         self._release = client.register_script(_scripts.RELEASE)
         self._extend = client.register_script(_scripts.EXTEND)
@@ -64,9 +63,12 @@ class RedisBackend:
         Best effort: if Redis is down now, each script is loaded on first use.
         """
         scripts = [
-            self._acquire, self._commit, self._release,
-            self._extend, self._write_if_absent, self._invalidate,
-        ]  # fmt: skip
+            self._commit,
+            self._release,
+            self._extend,
+            self._write_if_absent,
+            self._invalidate,
+        ]
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for script in scripts:
@@ -88,30 +90,71 @@ class RedisBackend:
             raise BackendError(f"Redis failed: {exc!r}") from exc
 
     async def acquire(
-        self, names: KeyNames, token: bytes, lock_ms: int, *, read: bool
+        self,
+        names: KeyNames,
+        token: bytes,
+        lock_ms: int,
+        *,
+        read: bool,
+        seen: bytes | None = None,
+        watch: bool = True,
+        recheck: bool = False,
     ) -> Hit | Acquired | Held:
-        """See `Backend.acquire`."""
-        reply = await self._call(
-            self._acquire,
-            keys=[names.value, names.lock],
-            args=[token, lock_ms, b"1" if read else b"0"],
-        )
-        kind = int(reply[0])
-        if kind == 0:
-            return Hit(bytes(reply[1]))
-        if kind == 1:
-            return ACQUIRED
-        return Held(int(reply[1]))
+        """See `Backend.acquire`.
+
+        Plain commands, no script, so that a herd costs as few server
+        commands as it can: ``SET lock token NX PX ms GET`` takes the lock or
+        names its holder in one; the new holder reads the value once more
+        (it may have been committed between the caller's read and the lock);
+        a waiter's ``PTTL`` on the tracking connection sets its takeover
+        timer and subscribes it to the lock's changes.
+        """
+        if read:
+            payload = await self._command("GET", names.value)
+            if payload is not None and payload != seen:
+                return Hit(payload)
+        for _ in range(3):
+            if recheck and watch:
+                pttl = await self._watch(names.lock)
+                if pttl != -2:
+                    return Held(lock_ms if pttl < 0 else pttl)
+            holder = await self._command("SET", names.lock, token, "NX", "PX", lock_ms, "GET")
+            if holder is None or holder == token:  # ours (a retried SET finds its own token)
+                payload = await self._command("GET", names.value)
+                if payload is not None and payload != seen:
+                    await self.release(names, token)
+                    return Hit(payload)
+                return ACQUIRED
+            if not watch:
+                return Held(0)
+            pttl = await self._watch(names.lock)
+            if pttl != -2:
+                return Held(lock_ms if pttl < 0 else pttl)
+            recheck = False  # gone between the two commands: try to take it again
+        return Held(0)
+
+    async def _watch(self, lock: bytes) -> int:
+        """PTTL of *lock*, tracked when the listener can (see `RedisListener.watch`)."""
+        pttl = await self.listener.watch(lock)
+        if pttl is None:  # reconnecting: the reconnect tells every waiter to look
+            pttl = int(await self._command("PTTL", lock))
+        return pttl
 
     async def read(self, names: KeyNames) -> bytes | None:
-        """See `Backend.read`.
+        """See `Backend.read`."""
+        data = await self._command("GET", names.value)
+        return data if data is None or isinstance(data, bytes) else bytes(data)
+
+    async def _command(self, *args: Any) -> Any:
+        """Send one command on a pooled connection and return its reply.
 
         This is the cache-hit path, so it talks to a pooled connection
         directly instead of going through ``Redis.execute_command`` (whose
         retry and instrumentation layers cost about a tenth of a hit). What
         those layers would do is done here: a connection that fails is
-        replaced and the read tried once more; the pool's socket timeouts
-        apply; a cancelled read drops its connection (redis-py does that).
+        replaced and the command tried once more (every command sent this
+        way is safe to repeat); the pool's socket timeouts apply; a cancelled
+        command drops its connection (redis-py does that).
         """
         pool = self._client.connection_pool
         for attempt in (1, 2):
@@ -119,35 +162,27 @@ class RedisBackend:
                 async with self._gate:
                     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
                     try:
-                        await conn.send_command("GET", names.value)
-                        data = await conn.read_response()
+                        await conn.send_command(*args)
+                        return await conn.read_response()
                     finally:
                         await pool.release(conn)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if attempt == 2:
                     raise BackendError(f"Redis failed: {exc!r}") from exc
-                continue
             except RedisError as exc:
                 raise BackendError(f"Redis failed: {exc!r}") from exc
-            if data is None or isinstance(data, bytes):
-                return data
-            return bytes(data)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def commit(
-        self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int, *, publish_value: bool
-    ) -> bool:
+    async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.commit`."""
         reply = await self._call(
-            self._commit,
-            keys=[names.value, names.lock, names.channel],
-            args=[token, payload, ttl_ms, b"1" if publish_value else b"0"],
+            self._commit, keys=[names.value, names.lock], args=[token, payload, ttl_ms]
         )
         return int(reply) != 0
 
     async def release(self, names: KeyNames, token: bytes) -> bool:
         """See `Backend.release`."""
-        reply = await self._call(self._release, keys=[names.lock, names.channel], args=[token])
+        reply = await self._call(self._release, keys=[names.lock], args=[token])
         return int(reply) == 1
 
     async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:
@@ -155,20 +190,16 @@ class RedisBackend:
         reply = await self._call(self._extend, keys=[names.lock], args=[token, lock_ms])
         return int(reply) == 1
 
-    async def write_if_absent(
-        self, names: KeyNames, payload: bytes, ttl_ms: int, *, publish_value: bool
-    ) -> bool:
+    async def write_if_absent(self, names: KeyNames, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.write_if_absent`."""
         reply = await self._call(
-            self._write_if_absent,
-            keys=[names.value, names.channel],
-            args=[payload, ttl_ms, b"1" if publish_value else b"0"],
+            self._write_if_absent, keys=[names.value, names.lock], args=[payload, ttl_ms]
         )
         return int(reply) == 1
 
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""
-        await self._call(self._invalidate, keys=[names.value, names.lock, names.channel], args=[])
+        await self._call(self._invalidate, keys=[names.value, names.lock], args=[])
 
     async def aclose(self) -> None:
         """Close the client if this backend created it."""

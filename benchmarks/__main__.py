@@ -137,7 +137,7 @@ def scenario_herd(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                         for w in workers:
                             w.send(f"herd {start} {key} {c} {d}")
                         reports = [w.report() for w in workers]
-                        runs.append((reports, server_commands(client) - before - 1))
+                        runs.append((reports, server_commands(client) - before))
                         bar.update()
                     rows.append(_herd_row(strategy, d, c, args.processes, runs))
         except Exception as exc:

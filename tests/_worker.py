@@ -5,7 +5,7 @@ Usage: python _worker.py URL NAMESPACE KEY CONCURRENCY COMPUTE_MS LOCK_TTL [hold
 It connects, prints ``ready``, waits for a ``go`` line, then runs CONCURRENCY
 concurrent ``get_or_compute(KEY)`` calls whose compute sleeps COMPUTE_MS. With
 ``hold`` the compute prints ``computing`` and never returns (the test kills the
-process). When the calls end it waits for pending unsubscribes to flush, prints
+process). When the calls end it waits a moment for stray commands, prints
 one JSON line (results, wall-clock finish times, statistics) and waits for
 ``exit``.
 """
@@ -62,7 +62,7 @@ async def main() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(int(concurrency)):
                 tg.start_soon(one)
-        await anyio.sleep(0.3)  # let the listener send its batched UNSUBSCRIBE
+        await anyio.sleep(0.3)  # anything the calls set off belongs to this run
         report = {
             "pid": os.getpid(),
             "started": started,

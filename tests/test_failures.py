@@ -1,4 +1,4 @@
-"""Redis down, slow, or dropping the pub/sub connection: nobody hangs, nothing crashes."""
+"""Redis down, slow, or dropping the invalidation connections: nobody hangs, nothing crashes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import redis
 import redis.asyncio
 
 from asyncstampede import BackendError, Stampede, WaitTimeoutError
+from asyncstampede._keys import make_names
 from asyncstampede.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -80,8 +81,10 @@ async def test_slow_redis_fails_open_within_socket_timeout(own_server: RedisServ
         assert cache.statistics().backend_errors >= 1
 
 
-async def test_waiters_recheck_after_pubsub_reconnect(redis_url: str, namespace: str) -> None:
-    """A message lost while pub/sub was down is made up for by the re-check on reconnect."""
+async def test_waiters_recheck_after_the_invalidation_reader_reconnects(
+    redis_url: str, namespace: str
+) -> None:
+    """A change missed while the invalidation reader was down: the reconnect re-check finds it."""
     release = anyio.Event()
     started = anyio.Event()
 
@@ -107,8 +110,8 @@ async def test_waiters_recheck_after_pubsub_reconnect(redis_url: str, namespace:
                 got.append(await waiter.get_or_compute("k", never, ttl=30))
 
             tg.start_soon(wait)
-            await anyio.sleep(0.2)  # the waiter is subscribed and waiting
-            # Drop every pub/sub connection, then commit while they are down.
+            await anyio.sleep(0.2)  # the waiter is watching the lock
+            # Drop the invalidation readers (pub/sub), then commit while they are down.
             await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
             release.set()
             with anyio.fail_after(10):  # far below lock_ttl and wait_timeout
@@ -118,6 +121,82 @@ async def test_waiters_recheck_after_pubsub_reconnect(redis_url: str, namespace:
         assert waiter.statistics().reconnects >= 1
         assert waiter.statistics().computes == 0
     await admin.aclose()
+
+
+async def test_waiters_recheck_after_the_tracking_connection_drops(
+    redis_url: str, namespace: str
+) -> None:
+    """Redis forgets what a closed connection tracked: the reconnect makes waiters look again."""
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "value"
+
+    async def never() -> str:
+        raise AssertionError("the waiter must not compute")
+
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60) as leader,
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60, wait_timeout=60) as waiter,
+    ):
+        got: list[str] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader.get_or_compute, "k", slow, 30)
+            await started.wait()
+
+            async def wait() -> None:
+                got.append(await waiter.get_or_compute("k", never, ttl=30))
+
+            tg.start_soon(wait)
+            await anyio.sleep(0.2)  # the waiter is watching the lock
+            clients = await admin.client_list()
+            tracking = [c["id"] for c in clients if "t" in c["flags"]]
+            assert tracking, clients
+            for client_id in tracking:
+                await admin.client_kill_filter(_id=client_id)
+            await anyio.sleep(0.1)
+            release.set()
+            with anyio.fail_after(10):  # far below lock_ttl and wait_timeout
+                while not got:
+                    await anyio.sleep(0.01)
+        assert got == ["value"]
+        assert waiter.statistics().reconnects >= 1
+        assert waiter.statistics().computes == 0
+    await admin.aclose()
+
+
+async def test_waiters_fall_back_to_the_lock_expiry_without_client_tracking(
+    redis_url: str, namespace: str
+) -> None:
+    """A Redis that refuses CLIENT TRACKING (an ACL here): waiters wake at the lock's expiry."""
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    user = f"notrack-{namespace}"
+    await admin.acl_setuser(
+        user, enabled=True, nopass=True, keys=["*"], channels=["*"],
+        commands=["+@all", "-client|tracking"],
+    )  # fmt: skip
+    url = redis_url.replace("redis://", f"redis://{user}@")
+
+    async def ok() -> str:
+        return "mine"
+
+    try:
+        async with Stampede.from_url(url, namespace=namespace) as waiter:
+            # The lock of a holder that died: nobody extends it, nobody commits.
+            await admin.set(make_names(namespace, "k").lock, b"dead", px=500)
+            started = anyio.current_time()
+            with anyio.fail_after(5):
+                assert await waiter.get_or_compute("k", ok, ttl=30) == "mine"
+            assert anyio.current_time() - started >= 0.4
+            stats = waiter.statistics()
+            assert (stats.remote_waits, stats.takeovers, stats.computes) == (1, 1, 1)
+    finally:
+        await admin.acl_deluser(user)
+        await admin.aclose()
 
 
 async def test_wait_timeout_raise_policy(redis_url: str, namespace: str) -> None:
@@ -196,7 +275,7 @@ async def test_failed_compute_wakes_remote_waiters_at_once(redis_url: str, names
 
             tg.start_soon(lead)
             await started.wait()
-            with anyio.fail_after(5):  # far below lock_ttl: woken by the failure message
+            with anyio.fail_after(5):  # far below lock_ttl: woken by the lock's release
                 result.append(await waiter.get_or_compute("k", ok, ttl=30))
         assert result == ["second try"]
         stats = waiter.statistics()

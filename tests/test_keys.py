@@ -11,10 +11,10 @@ from asyncstampede._keys import make_names
 
 
 @given(st.text(min_size=1))
-def test_value_lock_and_channel_share_a_slot(key: str) -> None:
+def test_value_and_lock_share_a_slot(key: str) -> None:
     """Whatever the key holds (braces included), its three names hash alike."""
     names = make_names("ns", key)
-    assert key_slot(names.value) == key_slot(names.lock) == key_slot(names.channel)
+    assert key_slot(names.value) == key_slot(names.lock)
 
 
 @given(st.text(min_size=1), st.text(min_size=1))
