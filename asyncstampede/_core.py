@@ -42,7 +42,7 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._keys import KeyNames, make_names, validate_namespace
-from ._listener import RECHECK, Interest
+from ._listener import ABSENT, RECHECK, Interest
 from ._memory_backend import MemoryBackend
 from ._redis_backend import RedisBackend
 from ._stats import Counters, Statistics
@@ -655,7 +655,12 @@ class Stampede:
             listener.unregister(req.names.lock, interest)
 
     def _value_handler(self, req: _Request) -> Callable[[bytes], bool]:
-        """Resolve *req*'s flight straight from a value message (embedded mode)."""
+        """Resolve *req*'s flight straight from a value message, without a task switch.
+
+        Value messages carry what was stored just after the lock changed (read
+        by the Redis listener, or handed over by the embedded store). A value
+        that cannot be served is left to the waiting task, which looks again.
+        """
         max_value_bytes = self._max_value_bytes
         key, flight = req.key, req.flight
 
@@ -664,7 +669,14 @@ class Stampede:
                 envelope = decode(message[1:], max_value_bytes=max_value_bytes)
             except DecodeError:
                 self._counters.decode_errors += 1
-                return False  # the waiting task looks again
+                return False
+            stale = req.stale
+            if (
+                stale is not None
+                and envelope.created_ms == stale.created_ms
+                and _now_ms() >= envelope.fresh_until_ms
+            ):
+                return False  # still the stale value this resolution started from
             self._counters.wakeups += 1
             if envelope.failed:
                 self._finish(key, flight, error=_failure(envelope))
@@ -953,7 +965,11 @@ class Stampede:
                 self._counters.wakeups += 1
             if message is None and now() >= deadline:
                 continue
-            state = await self._try_acquire(req.names, token, read=True, seen=seen, recheck=True)
+            # ABSENT: the listener read the value just after the change and
+            # found none, so only the lock is in question.
+            state = await self._try_acquire(
+                req.names, token, read=message != ABSENT, seen=seen, recheck=True
+            )
             if isinstance(state, BackendError):
                 return await self._on_backend_error(state, req)
             if isinstance(state, Hit):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["KeyNames", "make_names", "validate_namespace"]
+__all__ = ["KeyNames", "make_names", "validate_namespace", "value_name_of"]
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -58,3 +58,8 @@ def make_names(namespace: str, key: object) -> KeyNames:
     # surrogatepass: a lone surrogate is still a distinct, storable key.
     base = f"{namespace}:{{{key}}}:".encode("utf-8", "surrogatepass")
     return KeyNames(base + b"v", base + b"l")
+
+
+def value_name_of(lock: bytes) -> bytes:
+    """Return the value name that goes with the lock name *lock*."""
+    return lock[:-1] + b"v"

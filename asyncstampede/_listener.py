@@ -33,14 +33,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from ._backend import MSG_VALUE
+from ._backend import MSG_DONE, MSG_VALUE
 
-__all__ = ["INVALIDATIONS", "RECHECK", "Interest", "Listener", "RedisListener"]
+__all__ = ["ABSENT", "INVALIDATIONS", "RECHECK", "Interest", "Listener", "RedisListener"]
 
 log = logging.getLogger("asyncstampede")
 
 RECHECK = b"r"  # internal: (re)connected, or told to forget every tracked key
-CHANGED = b"d"  # internal: the lock changed; look again
+CHANGED = MSG_DONE  # the lock changed: look again
+ABSENT = b"a"  # the lock changed and there was no value just after: ask about the lock
 INVALIDATIONS = b"__redis__:invalidate"
 
 
@@ -144,9 +145,12 @@ class Listener:
 
 
 class _Pending:
-    __slots__ = ("done", "reply")
+    """A command sent on the tracking connection, waiting for its reply."""
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "lock", "reply")
+
+    def __init__(self, lock: bytes | None = None) -> None:
+        self.lock = lock  # set for a value read on behalf of this lock's waiters
         self.reply: int | None = None
         self.done = anyio.Event()
 
@@ -156,14 +160,20 @@ class RedisListener(Listener):
     """The invalidation reader of a `Stampede` over Redis, and its tracking connection.
 
     Two connections, each read by one task: the reader (subscribed to
-    invalidations) and the tracker (``PTTL`` replies, in the order sent).
-    When either fails, both are replaced and every interest re-checks.
+    invalidations) and the tracker (replies, in the order sent). When either
+    fails, both are replaced and every interest re-checks.
+
+    When a watched lock changes, the reader itself sends ``GET value`` on the
+    tracker before anybody wakes up, and hands the value to the waiters
+    with the reply (``MSG_VALUE``), or tells them there was none (``ABSENT``):
+    the waiting task is not woken just to send that read.
     """
 
     def __init__(
         self,
         connection_class: type[AbstractConnection],
         connection_kwargs: dict[str, Any],
+        value_name: Callable[[bytes], bytes],
         *,
         read_timeout: float = 1.0,
         ping_after: float = 5.0,
@@ -179,8 +189,9 @@ class RedisListener(Listener):
         kwargs["retry"] = Retry(NoBackoff(), 0)
         self._connection_class = connection_class
         self._connection_kwargs = kwargs
+        self._value_name = value_name
         self._tracker: AbstractConnection | None = None
-        self._sent: deque[_Pending] = deque()  # PTTLs sent, oldest first
+        self._sent: deque[_Pending] = deque()  # commands sent on the tracker, oldest first
         self._send_lock = anyio.Lock()
         self._read_timeout = read_timeout
         self._ping_after = ping_after
@@ -214,8 +225,13 @@ class RedisListener(Listener):
             if not self._sent:
                 raise ConnectionError(f"unexpected reply on the tracking connection: {reply!r}")
             pending = self._sent.popleft()
-            pending.reply = int(reply)
-            pending.done.set()
+            if pending.lock is None:
+                pending.reply = int(reply)
+                pending.done.set()
+            elif reply is None:
+                self.deliver(pending.lock, ABSENT)
+            else:
+                self.deliver(pending.lock, MSG_VALUE + bytes(reply))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Read invalidations until cancelled, reconnecting with backoff."""
@@ -296,7 +312,7 @@ class RedisListener(Listener):
             if response is not None:
                 last_heard = now()
                 pinged_at = None
-                self._handle(response)
+                await self._handle(response)
                 continue
             if pinged_at is not None:
                 if now() - pinged_at >= self._dead_after - self._ping_after:
@@ -307,12 +323,22 @@ class RedisListener(Listener):
                 await reader.send_command("PING", check_health=False)
                 pinged_at = now()
 
-    def _handle(self, response: Any) -> None:
+    async def _handle(self, response: Any) -> None:
         if not (isinstance(response, list) and len(response) == 3 and response[0] == b"message"):
             return  # a PONG, or a confirmation
         names = response[2]
         if names is None:  # FLUSHALL / FLUSHDB, or the tracking table overflowed
             self.recheck_all()
             return
-        for name in names:
-            self.deliver(name, CHANGED)
+        watched = [name for name in names if name in self._interests]
+        tracker = self._tracker
+        if not watched:
+            return
+        if tracker is None:
+            for name in watched:
+                self.deliver(name, CHANGED)
+            return
+        async with self._send_lock:
+            self._sent.extend(_Pending(lock) for lock in watched)
+            commands = [("GET", self._value_name(lock)) for lock in watched]
+            await tracker.send_packed_command(tracker.pack_commands(commands), check_health=False)

@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import _scripts
 from ._backend import ACQUIRED, Acquired, Held, Hit
 from ._exceptions import BackendError
-from ._keys import KeyNames
+from ._keys import KeyNames, value_name_of
 from ._listener import RedisListener
 
 __all__ = ["RedisBackend"]
@@ -55,7 +55,7 @@ class RedisBackend:
         self._extend = client.register_script(_scripts.EXTEND)
         self._write_if_absent = client.register_script(_scripts.WRITE_IF_ABSENT)
         self._invalidate = client.register_script(_scripts.INVALIDATE)
-        self.listener = RedisListener(pool.connection_class, kwargs)
+        self.listener = RedisListener(pool.connection_class, kwargs, value_name_of)
 
     async def prepare(self) -> None:
         """Load every script once, so no request pays a NOSCRIPT round trip.

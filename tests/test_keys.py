@@ -7,14 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from asyncstampede._keys import make_names
+from asyncstampede._keys import make_names, value_name_of
 
 
 @given(st.text(min_size=1))
 def test_value_and_lock_share_a_slot(key: str) -> None:
-    """Whatever the key holds (braces included), its three names hash alike."""
+    """Whatever the key holds (braces included), its two names hash alike."""
     names = make_names("ns", key)
     assert key_slot(names.value) == key_slot(names.lock)
+    assert value_name_of(names.lock) == names.value  # what the listener reads on a change
 
 
 @given(st.text(min_size=1), st.text(min_size=1))
