@@ -187,6 +187,11 @@ class RedisListener(Listener):
         # here so that every waiter re-checks after the reconnect.
         kwargs["protocol"] = 2
         kwargs["retry"] = Retry(NoBackoff(), 0)
+        # Reads here wait as long as they must (an idle connection is fine);
+        # each bound is explicit below: handshake replies and PTTL replies
+        # within the pool's socket timeout, a silent reader by its pings.
+        self._reply_timeout = float(kwargs.get("socket_timeout") or 5.0)
+        kwargs["socket_timeout"] = None
         self._connection_class = connection_class
         self._connection_kwargs = kwargs
         self._value_name = value_name
@@ -198,6 +203,7 @@ class RedisListener(Listener):
         self._idle_ping_after = idle_ping_after
         self._dead_after = dead_after
         self.connected = anyio.Event()
+        self._session: anyio.CancelScope | None = None
 
     async def watch(self, name: bytes) -> int | None:
         """See `Listener.watch`: a ``PTTL`` on the tracking connection."""
@@ -215,13 +221,23 @@ class RedisListener(Listener):
             log.debug("tracking connection failed: %r", exc)
             pending.done.set()
             return None  # the tracker's reader fails too, and both reconnect
-        await pending.done.wait()
+        with anyio.move_on_after(self._reply_timeout):
+            await pending.done.wait()
+        if not pending.done.is_set():
+            # A half-open connection: nothing else would notice it.
+            log.warning("asyncstampede tracking connection stopped answering; reconnecting")
+            self._end_session(tracker)
         return pending.reply
+
+    def _end_session(self, tracker: AbstractConnection) -> None:
+        """Drop both connections (if *tracker* is still the current one)."""
+        if self._tracker is tracker and self._session is not None:
+            self._session.cancel()
 
     async def _read_replies(self, tracker: AbstractConnection) -> None:
         """Hand each reply on the tracking connection to its caller; fail when it closes."""
         while True:
-            reply = await tracker.read_response(disconnect_on_error=False)
+            reply = await tracker.read_response(disconnect_on_error=False)  # no timeout
             if not self._sent:
                 raise ConnectionError(f"unexpected reply on the tracking connection: {reply!r}")
             pending = self._sent.popleft()
@@ -242,15 +258,10 @@ class RedisListener(Listener):
             tracker = self._connection_class(**self._connection_kwargs)
             try:
                 await reader.connect()  # type: ignore[no-untyped-call]
-                await reader.send_command("CLIENT", "ID", check_health=False)
-                client_id = int(await reader.read_response())
-                await reader.send_command("SUBSCRIBE", INVALIDATIONS, check_health=False)
-                await reader.read_response()  # the subscription's confirmation
+                client_id = int(await self._ask(reader, "CLIENT", "ID"))
+                await self._ask(reader, "SUBSCRIBE", INVALIDATIONS)  # the confirmation
                 await tracker.connect()  # type: ignore[no-untyped-call]
-                await tracker.send_command(
-                    "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, check_health=False
-                )
-                await tracker.read_response()
+                await self._ask(tracker, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
                 self._tracker = tracker
                 self.connected.set()
                 if not started:
@@ -261,6 +272,7 @@ class RedisListener(Listener):
                 # while we were away were never told: everybody looks again.
                 self.recheck_all()
                 async with anyio.create_task_group() as tg:
+                    self._session = tg.cancel_scope
                     tg.start_soon(self._read_replies, tracker)
                     await self._read_loop(reader)
             except ResponseError as exc:
@@ -278,7 +290,7 @@ class RedisListener(Listener):
                     # timers alone. Log loudly and start over.
                     log.exception("asyncstampede invalidation reader failed; reconnecting")
             finally:
-                self._tracker = None
+                self._tracker = self._session = None
                 self.connected = anyio.Event()
                 sent, self._sent = self._sent, deque()
                 for pending in sent:  # their callers fall back to a plain PTTL
@@ -294,6 +306,14 @@ class RedisListener(Listener):
             self.reconnects += 1
             await anyio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
+
+    async def _ask(self, conn: AbstractConnection, *args: Any) -> Any:
+        """Send one command during the handshake; its reply must come within the timeout."""
+        await conn.send_command(*args, check_health=False)
+        reply = await conn.read_response(timeout=self._reply_timeout, disconnect_on_error=False)
+        if reply is None:
+            raise ConnectionError(f"no reply to {args[0]} within {self._reply_timeout}s")
+        return reply
 
     async def _read_loop(self, reader: AbstractConnection) -> None:
         """Read invalidations; ping a silent reader, and give it up when the ping goes unanswered.
