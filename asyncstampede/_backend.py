@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
 if TYPE_CHECKING:
+    import anyio.abc
+
     from ._keys import KeyNames
     from ._listener import Listener
 
@@ -66,6 +68,10 @@ class Backend(Protocol):
 
     async def prepare(self) -> None:
         """Get ready for the first request (best effort, never raises)."""
+        ...
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Run the backend's background tasks (the listener among them) until cancelled."""
         ...
 
     async def acquire(

@@ -350,7 +350,7 @@ class Stampede:
             # cancel scope the caller's task is inside) has exited.
             stack.push_async_callback(self._backend.aclose)
             tg = await stack.enter_async_context(anyio.create_task_group())
-            await tg.start(self._backend.listener.run)
+            await tg.start(self._backend.run)
             tg.start_soon(self._keep_locks)
             await self._backend.prepare()
             self._tg = tg

@@ -6,6 +6,8 @@ import time
 from collections import OrderedDict
 from typing import final
 
+import anyio.abc
+
 from ._backend import ACQUIRED, MSG_FAILED, MSG_VALUE, Acquired, Held, Hit
 from ._keys import KeyNames
 from ._listener import Listener
@@ -54,6 +56,10 @@ class MemoryBackend:
 
     async def prepare(self) -> None:
         """Nothing to prepare in memory."""
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Nothing runs in the background in memory."""
+        task_status.started()
 
     async def acquire(
         self,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, final
 import anyio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _scripts
@@ -21,6 +21,7 @@ from ._backend import ACQUIRED, Acquired, Held, Hit
 from ._exceptions import BackendError
 from ._keys import KeyNames, value_name_of
 from ._listener import RedisListener
+from ._mux import UNAVAILABLE, Multiplexer
 
 __all__ = ["RedisBackend"]
 
@@ -56,6 +57,18 @@ class RedisBackend:
         self._write_if_absent = client.register_script(_scripts.WRITE_IF_ABSENT)
         self._invalidate = client.register_script(_scripts.INVALIDATE)
         self.listener = RedisListener(pool.connection_class, kwargs, value_name_of)
+        self._mux = Multiplexer(pool.connection_class, kwargs)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Run the listener and the hit connection until cancelled.
+
+        Started once the listener is (its first connection attempt made);
+        hits go through the pool until their own connection is up.
+        """
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.listener.run)
+            tg.start_soon(self._mux.run)
+            task_status.started()
 
     async def prepare(self) -> None:
         """Load every script once, so no request pays a NOSCRIPT round trip.
@@ -87,7 +100,7 @@ class RedisBackend:
             async with self._gate:
                 return await fn(*args, **kwargs)
         except (RedisError, OSError) as exc:
-            raise BackendError(f"Redis failed: {exc!r}") from exc
+            raise _failed(exc) from exc
 
     async def acquire(
         self,
@@ -141,8 +154,15 @@ class RedisBackend:
         return pttl
 
     async def read(self, names: KeyNames) -> bytes | None:
-        """See `Backend.read`."""
-        data = await self._command("GET", names.value)
+        """See `Backend.read`: on the auto-pipelined hit connection when it is up."""
+        try:
+            data = await self._mux.get(names.value)
+        except ResponseError as exc:
+            raise _failed(exc) from exc
+        except RedisError:  # the connection went down with this read in flight
+            data = UNAVAILABLE
+        if data is UNAVAILABLE:
+            data = await self._command("GET", names.value)
         return data if data is None or isinstance(data, bytes) else bytes(data)
 
     async def _command(self, *args: Any) -> Any:
@@ -168,9 +188,9 @@ class RedisBackend:
                         await pool.release(conn)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if attempt == 2:
-                    raise BackendError(f"Redis failed: {exc!r}") from exc
+                    raise _failed(exc) from exc
             except RedisError as exc:
-                raise BackendError(f"Redis failed: {exc!r}") from exc
+                raise _failed(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
@@ -205,3 +225,8 @@ class RedisBackend:
         """Close the client if this backend created it."""
         if self._owns_client:
             await self._client.aclose()
+
+
+def _failed(exc: BaseException) -> BackendError:
+    """Return the `BackendError` for a Redis or socket error, naming it and its message."""
+    return BackendError(f"Redis failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,137 @@
+"""The hit path's own connection: reads pipelined automatically, and what happens when it fails."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import pytest
+import redis
+import redis.asyncio
+
+from asyncstampede import BackendError, Stampede
+from asyncstampede._keys import make_names
+from asyncstampede._mux import Multiplexer
+
+pytestmark = pytest.mark.anyio
+
+
+def _mux(cache: Stampede) -> Multiplexer:
+    mux = cache._backend._mux  # type: ignore[attr-defined]
+    assert isinstance(mux, Multiplexer)
+    return mux
+
+
+async def _until_connected(cache: Stampede) -> Multiplexer:
+    mux = _mux(cache)
+    with anyio.fail_after(5):
+        while not mux.connected:
+            await anyio.sleep(0.01)
+    return mux
+
+
+async def _fill(cache: Stampede, keys: int) -> None:
+    for i in range(keys):
+
+        async def value(i: int = i) -> dict[str, object]:
+            return {"key": i, "pad": "x" * (i % 50)}
+
+        await cache.get_or_compute(f"k{i}", value, ttl=60)
+
+
+async def never() -> object:
+    raise AssertionError("a cached value must not be computed again")
+
+
+async def test_concurrent_hits_each_get_their_own_reply(redis_url: str, namespace: str) -> None:
+    """2000 concurrent hits on 200 keys share one pipelined connection, each in its own order."""
+    async with Stampede.from_url(redis_url, namespace=namespace) as cache:
+        await _fill(cache, 200)
+        mux = await _until_connected(cache)
+        before = mux.replies
+        picks = [random.randrange(200) for _ in range(2000)]
+        got: dict[int, object] = {}
+
+        async def one(n: int, i: int) -> None:
+            got[n] = await cache.get_or_compute(f"k{i}", never, ttl=60)
+
+        async with anyio.create_task_group() as tg:
+            for n, i in enumerate(picks):
+                tg.start_soon(one, n, i)
+        assert all(got[n] == {"key": i, "pad": "x" * (i % 50)} for n, i in enumerate(picks))
+        # Callers of a key already in flight share its read: one read per
+        # key, 200 of them written together and answered in order.
+        stats = cache.statistics()
+        assert mux.replies - before == stats.hits == 200
+        assert stats.coalesced == 1800
+        assert stats.computes == 200
+
+
+async def test_an_error_reply_fails_only_its_own_read(redis_url: str, namespace: str) -> None:
+    """A key of the wrong type answers with an error: that caller fails, its neighbours do not."""
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    async with Stampede.from_url(redis_url, namespace=namespace, fail_open=False) as cache:
+        await _fill(cache, 50)
+        await admin.rpush(make_names(namespace, "bad").value, b"not a string")
+        await _until_connected(cache)
+        got: list[object] = []
+        errors: list[Exception] = []
+
+        async def good(i: int) -> None:
+            got.append(await cache.get_or_compute(f"k{i}", never, ttl=60))
+
+        async def bad() -> None:
+            try:
+                await cache.get_or_compute("bad", never, ttl=60)
+            except BackendError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(25):
+                tg.start_soon(good, i)
+            tg.start_soon(bad)
+            for i in range(25, 50):
+                tg.start_soon(good, i)
+        assert len(got) == 50
+        assert len(errors) == 1
+        assert "WRONGTYPE" in str(errors[0])
+        assert _mux(cache).connected  # the stream stayed in step
+    await admin.aclose()
+
+
+async def test_reads_in_flight_survive_the_connection_being_killed(
+    redis_url: str, namespace: str
+) -> None:
+    """Kill every client connection while reads are in flight: each still gets its value."""
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    async with Stampede.from_url(redis_url, namespace=namespace) as cache:
+        await _fill(cache, 100)
+        mux = await _until_connected(cache)
+        got: list[object] = []
+
+        async def reader(i: int) -> None:
+            for _ in range(30):
+                got.append(await cache.get_or_compute(f"k{(i * 7) % 100}", never, ttl=60))
+                await anyio.sleep(0.002)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(reader, i)
+            await anyio.sleep(0.02)
+            await admin.client_kill_filter(_type="normal", skipme=True)
+        assert len(got) == 3000
+        assert cache.statistics().computes == 100
+        assert await _until_connected(cache) is mux  # it came back by itself
+    await admin.aclose()
+
+
+async def test_a_lone_read_is_not_held_back(redis_url: str, namespace: str) -> None:
+    """One caller at a time: every read is written in the loop turn after it is asked for."""
+    async with Stampede.from_url(redis_url, namespace=namespace) as cache:
+        await _fill(cache, 1)
+        mux = await _until_connected(cache)
+        before = mux.replies
+        for _ in range(200):
+            with anyio.fail_after(1):
+                assert await cache.get_or_compute("k0", never, ttl=60) == {"key": 0, "pad": ""}
+        assert mux.replies - before == 200
