@@ -35,7 +35,15 @@ from redis.retry import Retry
 
 from ._backend import MSG_DONE, MSG_VALUE
 
-__all__ = ["ABSENT", "INVALIDATIONS", "RECHECK", "Interest", "Listener", "RedisListener"]
+__all__ = [
+    "ABSENT",
+    "INVALIDATIONS",
+    "RECHECK",
+    "Interest",
+    "Listener",
+    "RedisListener",
+    "is_connection_trouble",
+]
 
 log = logging.getLogger("asyncstampede")
 
@@ -43,6 +51,13 @@ RECHECK = b"r"  # internal: (re)connected, or told to forget every tracked key
 CHANGED = MSG_DONE  # the lock changed: look again
 ABSENT = b"a"  # the lock changed and there was no value just after: ask about the lock
 INVALIDATIONS = b"__redis__:invalidate"
+
+
+def is_connection_trouble(exc: BaseException) -> bool:
+    """Whether *exc* (or every exception in a group) is a Redis, socket or timeout error."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_connection_trouble(e) for e in exc.exceptions)
+    return isinstance(exc, (RedisError, OSError, TimeoutError))
 
 
 @final
@@ -202,7 +217,6 @@ class RedisListener(Listener):
         self._ping_after = ping_after
         self._idle_ping_after = idle_ping_after
         self._dead_after = dead_after
-        self.connected = anyio.Event()
         self._session: anyio.CancelScope | None = None
 
     async def watch(self, name: bytes) -> int | None:
@@ -263,7 +277,6 @@ class RedisListener(Listener):
                 await tracker.connect()  # type: ignore[no-untyped-call]
                 await self._ask(tracker, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
                 self._tracker = tracker
-                self.connected.set()
                 if not started:
                     started = True
                     task_status.started()
@@ -280,18 +293,15 @@ class RedisListener(Listener):
                 # still wake at the lock's expiry, just not at the commit.
                 log.error("asyncstampede cannot watch locks on this Redis: %r", exc)  # noqa: TRY400
                 backoff = 30.0
-            except (RedisError, OSError) as exc:
-                log.warning("asyncstampede invalidation connection lost: %r", exc)
             except Exception as exc:
-                if isinstance(exc, BaseExceptionGroup):
+                # Never let the reader die: that would leave waiters on
+                # timers alone. A bug is logged loudly; either way, start over.
+                if is_connection_trouble(exc):
                     log.warning("asyncstampede invalidation connection lost: %r", exc)
                 else:
-                    # Never let the reader die: that would leave waiters on
-                    # timers alone. Log loudly and start over.
                     log.exception("asyncstampede invalidation reader failed; reconnecting")
             finally:
                 self._tracker = self._session = None
-                self.connected = anyio.Event()
                 sent, self._sent = self._sent, deque()
                 for pending in sent:  # their callers fall back to a plain PTTL
                     pending.done.set()

@@ -1,12 +1,13 @@
 """Cache hits through one connection, pipelined automatically.
 
 Every ``GET`` of a `Stampede`'s hit path goes out on one connection of its
-own. Reads issued in the same event-loop turn are written with one
-``send()``; one task reads the replies, many per ``recv()``, and hands each to
-its caller in the order sent. Under concurrency that costs a fraction of the
-system calls and event-loop wake-ups of a pooled connection per read (the
-cost that dominates a cache hit in Python), and a lone read waits at most one
-loop turn more.
+own. A read asked for while none is in flight is written at once; reads
+asked for while replies are on their way are gathered and written with one
+``send()`` at the end of the loop turn. One task reads the replies, many per
+``recv()``, and hands each to its caller in the order sent. Under
+concurrency that costs a fraction of the system calls and event-loop
+wake-ups of a pooled connection per read (the cost that dominates a cache
+hit in Python); a lone read is not held back at all.
 
 Nothing here is essential: while the connection is down (or before it is
 up), `get` answers `UNAVAILABLE` and the caller reads through the pool.
@@ -27,6 +28,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
+
+from ._listener import is_connection_trouble
 
 __all__ = ["UNAVAILABLE", "Multiplexer"]
 
@@ -84,11 +87,18 @@ class Multiplexer:
         if writer is None:
             return UNAVAILABLE
         slot = _Slot(time.monotonic())
-        self._buffer.extend(self._pack("GET", name))
+        idle = not self._slots
         self._slots.append(slot)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if idle and not self._buffer:
+            # Nothing in flight: nothing to wait for either, write it now.
+            writer.writelines(self._pack("GET", name))
+        else:
+            # Replies are on their way: gather what this loop turn asks for
+            # and write it in one go, after every task ready now has run.
+            self._buffer.extend(self._pack("GET", name))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
         # A cancelled caller leaves its slot: the reply still arrives, in
         # order, and is dropped.
         await slot.done.wait()
@@ -109,6 +119,7 @@ class Multiplexer:
         """Keep the connection up and read its replies, until cancelled."""
         backoff = 0.05
         started = False
+        was_up = False  # a lost connection is worth a warning; each failed retry is not
         while True:
             conn = self._connection_class(**self._connection_kwargs)
             try:
@@ -122,6 +133,7 @@ class Multiplexer:
                     await anyio.sleep_forever()
                 self._pack = conn.pack_command
                 self._writer = writer
+                was_up = True
                 if not started:
                     started = True
                     task_status.started()
@@ -129,10 +141,14 @@ class Multiplexer:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watchdog)
                     await self._read_replies(conn)
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("asyncstampede hit connection lost: %r", exc)
             except Exception as exc:
-                log.warning("asyncstampede hit connection failed: %r", exc)
+                if not is_connection_trouble(exc):
+                    log.exception("asyncstampede hit connection failed; hits use the pool")
+                elif was_up:
+                    log.warning("asyncstampede hit connection lost: %r", exc)
+                else:
+                    log.debug("asyncstampede hit connection not up: %r", exc)
+                was_up = False
             finally:
                 self._writer = None
                 self._buffer = []
