@@ -166,6 +166,12 @@ def _herd_row(
         "max_ms": max(latencies),
         "sent_per_request": sum(r["sent"] for reports, _ in runs for r in reports) / requests,
         "server_per_request": sum(n for _, n in runs) / requests,
+        # How far apart the processes actually woke for the same instant
+        # (median over the herds): latency no library can take back.
+        "start_skew_ms": statistics.median(
+            (max(r["started"] for r in reports) - min(r["started"] for r in reports)) * 1000
+            for reports, _ in runs
+        ),
         "errors": sum(len(r["errors"]) for reports, _ in runs for r in reports),
     }
 
@@ -487,6 +493,7 @@ COLUMNS = {
         "max_ms",
         "sent_per_request",
         "server_per_request",
+        "start_skew_ms",
         "errors",
     ],
     "wakeup": ["path", "runs", "p50_ms", "p90_ms", "p99_ms", "max_ms"],

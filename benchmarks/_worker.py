@@ -212,6 +212,7 @@ async def herd(
     # Each call's latency runs from its own issue, so a process whose timer
     # fires a little late is not charged for it.
     await anyio.sleep(max(0.0, start - time.time()))
+    started = time.time()  # when this process actually woke: the machine's skew
 
     done_at: list[float] = []
 
@@ -231,6 +232,7 @@ async def herd(
     return {
         "latencies": latencies,
         "done_at": done_at,
+        "started": started,
         "errors": errors,
         "computes": computes[0] - computes_before,
         "sent": SENT[0] - sent_before,
