@@ -314,18 +314,25 @@ def scenario_churn(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             with RedisServer(
                 "--maxmemory", args.churn_maxmemory, "--maxmemory-policy", "allkeys-lru"
             ) as server:
-                workers.extend(Worker(strategy, server.url, "churn") for _ in range(args.processes))
-                info = redis.Redis.from_url(server.url)
-                command = (
-                    f"churn {args.churn_seconds} {args.churn_rate} {args.churn_keys} "
-                    f"{args.churn_zipf} {args.churn_compute_ms} {args.churn_ttl} "
-                    f"{args.churn_value_bytes}"
-                )
-                for w in workers:
-                    w.send(command)
-                reports = [w.report() for w in workers]
-                evicted = int(info.info("stats")["evicted_keys"])
-                info.close()
+                try:
+                    workers.extend(
+                        Worker(strategy, server.url, "churn") for _ in range(args.processes)
+                    )
+                    info = redis.Redis.from_url(server.url)
+                    command = (
+                        f"churn {args.churn_seconds} {args.churn_rate} {args.churn_keys} "
+                        f"{args.churn_zipf} {args.churn_compute_ms} {args.churn_ttl} "
+                        f"{args.churn_value_bytes}"
+                    )
+                    for w in workers:
+                        w.send(command)
+                    reports = [w.report() for w in workers]
+                    evicted = int(info.info("stats")["evicted_keys"])
+                    info.close()
+                finally:
+                    # Before the server goes: its clients should not see it vanish.
+                    for w in workers:
+                        w.close()
             requests = sum(r["requests"] for r in reports)
             computes = sum(r["computes"] for r in reports)
             seconds = max(r["seconds"] for r in reports)
