@@ -913,16 +913,26 @@ class Stampede:
             # A lock taken later is due later: the earliest due time only moves out.
             await anyio.sleep_until(min(due for _, due in self._held.values()))
             now = anyio.current_time()
-            for token, (names, due) in list(self._held.items()):
-                # (Also those due within a twentieth of the interval: one wake-up.)
-                if due > now + interval * 0.05 or token not in self._held:
-                    continue  # not due yet, or its compute ended meanwhile
+            # All due at once (and those due within a twentieth of the
+            # interval, to save a wake-up), sent together: with the commands
+            # pipelined, a thousand extensions cost about one round trip.
+            due_now = [
+                (token, names)
+                for token, (names, due) in self._held.items()
+                if due <= now + interval * 0.05
+            ]
+            for token, names in due_now:
                 self._held[token] = (names, now + interval)
-                try:
-                    if not await self._backend.extend(names, token, self._lock_ms):
-                        self._held.pop(token, None)  # lost: commit will notice
-                except Exception:
-                    self._counters.backend_errors += 1
+            async with anyio.create_task_group() as tg:
+                for token, names in due_now:
+                    tg.start_soon(self._extend, token, names)
+
+    async def _extend(self, token: bytes, names: KeyNames) -> None:
+        try:
+            if not await self._backend.extend(names, token, self._lock_ms):
+                self._held.pop(token, None)  # lost: commit will notice
+        except Exception:
+            self._counters.backend_errors += 1
 
     async def _wait(self, req: _Request, token: bytes, held: Held, interest: Interest) -> Any:
         """Wait for another holder's commit: a change of its lock, the takeover timer, or the bound.
@@ -937,6 +947,7 @@ class Stampede:
         deadline = started + self._wait_timeout
         soft = req.policy.soft_timeout if req.stale is not None else None
         timer = _takeover_delay(held.pttl_ms)
+        expires = started + held.pttl_ms / 1000  # when the holder's lock runs out
         seen: bytes | None = None  # a stored payload already found unservable
         flight = req.flight
         while True:
@@ -991,11 +1002,14 @@ class Stampede:
                 timer = 0.0
                 continue
             if isinstance(state, Acquired):
-                if message is None:
+                # Whether the timer fired or Redis reported the expiry: a lock
+                # taken once the last one ran out (not released) is a takeover.
+                if now() >= expires - 0.005:
                     self._counters.takeovers += 1
                 interest.close()
                 return await self._lead(req, token)
             timer = _takeover_delay(state.pttl_ms)
+            expires = now() + state.pttl_ms / 1000
 
     async def _compute_unlocked(self, req: _Request) -> Any:
         """Compute without the lock (the wait bound passed); never replace a value."""

@@ -1,16 +1,17 @@
-"""Cache hits through one connection, pipelined automatically.
+"""The commands of the request path through one connection, pipelined automatically.
 
-Every ``GET`` of a `Stampede`'s hit path goes out on one connection of its
-own. A read asked for while none is in flight is written at once; reads
+Every command a `Stampede` sends on its request path (the hit's ``GET``, the
+lock's ``SET``, the commit script) goes out on one connection of its own. A
+command asked for while none is in flight is written at once; commands
 asked for while replies are on their way are gathered and written with one
 ``send()`` at the end of the loop turn. One task reads the replies, many per
 ``recv()``, and hands each to its caller in the order sent. Under
 concurrency that costs a fraction of the system calls and event-loop
-wake-ups of a pooled connection per read (the cost that dominates a cache
-hit in Python); a lone read is not held back at all.
+wake-ups of a pooled connection per command (the cost that dominates a
+cache hit in Python); a lone command is not held back at all.
 
 Nothing here is essential: while the connection is down (or before it is
-up), `get` answers `UNAVAILABLE` and the caller reads through the pool.
+up), `execute` answers `UNAVAILABLE` and the caller uses the pool.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class _Slot:
 
 @final
 class Multiplexer:
-    """One auto-pipelined connection for the ``GET``s of one `Stampede`."""
+    """One auto-pipelined connection for the request path of one `Stampede`."""
 
     def __init__(
         self, connection_class: type[AbstractConnection], connection_kwargs: dict[str, Any]
@@ -75,8 +76,12 @@ class Multiplexer:
         """Whether reads go through this connection now."""
         return self._writer is not None
 
-    async def get(self, name: bytes) -> Any:
-        """Return the reply to ``GET name``, or `UNAVAILABLE`.
+    async def execute(self, *args: Any) -> Any:
+        """Send one command and return its reply, or `UNAVAILABLE`.
+
+        Only for commands that are safe to send again (through the pool)
+        when the connection fails with them in flight: every command
+        asyncstampede sends is.
 
         Raises:
             RedisError: Redis replied with an error, or the connection failed
@@ -91,11 +96,11 @@ class Multiplexer:
         self._slots.append(slot)
         if idle and not self._buffer:
             # Nothing in flight: nothing to wait for either, write it now.
-            writer.writelines(self._pack("GET", name))
+            writer.writelines(self._pack(*args))
         else:
             # Replies are on their way: gather what this loop turn asks for
             # and write it in one go, after every task ready now has run.
-            self._buffer.extend(self._pack("GET", name))
+            self._buffer.extend(self._pack(*args))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -127,7 +132,7 @@ class Multiplexer:
                     await conn.connect()  # type: ignore[no-untyped-call]
                 writer = getattr(conn, "_writer", None)
                 if not isinstance(writer, asyncio.StreamWriter):
-                    log.warning("asyncstampede: cannot pipeline on %r; hits use the pool", conn)
+                    log.warning("asyncstampede: cannot pipeline on %r; using the pool", conn)
                     if not started:
                         task_status.started()
                     await anyio.sleep_forever()
@@ -143,11 +148,11 @@ class Multiplexer:
                     await self._read_replies(conn)
             except Exception as exc:
                 if not is_connection_trouble(exc):
-                    log.exception("asyncstampede hit connection failed; hits use the pool")
+                    log.exception("asyncstampede request connection failed; using the pool")
                 elif was_up:
-                    log.warning("asyncstampede hit connection lost: %r", exc)
+                    log.warning("asyncstampede request connection lost: %r", exc)
                 else:
-                    log.debug("asyncstampede hit connection not up: %r", exc)
+                    log.debug("asyncstampede request connection not up: %r", exc)
                 was_up = False
             finally:
                 self._writer = None
@@ -174,7 +179,7 @@ class Multiplexer:
             except ResponseError as exc:  # an error reply: only its own read fails
                 reply, error = None, exc
             if not slots:
-                raise ConnectionError(f"unexpected reply on the hit connection: {reply!r}")
+                raise ConnectionError(f"unexpected reply on the request connection: {reply!r}")
             slot = slots.popleft()
             slot.value, slot.error = reply, error
             slot.done.set()

@@ -12,6 +12,7 @@ from typing import Any, TypeVar, final
 
 import anyio
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -123,7 +124,7 @@ class RedisBackend:
         timer and subscribes it to the lock's changes.
         """
         if read:
-            payload = await self._command("GET", names.value)
+            payload = await self._send("GET", names.value)
             if payload is not None and payload != seen:
                 return Hit(payload)
         for _ in range(3):
@@ -131,9 +132,9 @@ class RedisBackend:
                 pttl = await self._watch(names.lock)
                 if pttl != -2:
                     return Held(lock_ms if pttl < 0 else pttl)
-            holder = await self._command("SET", names.lock, token, "NX", "PX", lock_ms, "GET")
+            holder = await self._send("SET", names.lock, token, "NX", "PX", lock_ms, "GET")
             if holder is None or holder == token:  # ours (a retried SET finds its own token)
-                payload = await self._command("GET", names.value)
+                payload = await self._send("GET", names.value)
                 if payload is not None and payload != seen:
                     await self.release(names, token)
                     return Hit(payload)
@@ -150,31 +151,55 @@ class RedisBackend:
         """PTTL of *lock*, tracked when the listener can (see `RedisListener.watch`)."""
         pttl = await self.listener.watch(lock)
         if pttl is None:  # reconnecting: the reconnect tells every waiter to look
-            pttl = int(await self._command("PTTL", lock))
+            pttl = int(await self._send("PTTL", lock))
         return pttl
 
     async def read(self, names: KeyNames) -> bytes | None:
-        """See `Backend.read`: on the auto-pipelined hit connection when it is up."""
+        """See `Backend.read`."""
+        data = await self._send("GET", names.value)
+        return data if data is None or isinstance(data, bytes) else bytes(data)
+
+    async def _send(self, *args: Any) -> Any:
+        """Send one command of the request path and return its reply.
+
+        On the auto-pipelined connection (see ``_mux``) when it is up, else,
+        or when it fails with the command in flight, on a pooled connection
+        (every command asyncstampede sends is safe to send twice).
+        """
         try:
-            data = await self._mux.get(names.value)
+            reply = await self._mux.execute(*args)
         except ResponseError as exc:
             raise _failed(exc) from exc
-        except RedisError:  # the connection went down with this read in flight
-            data = UNAVAILABLE
-        if data is UNAVAILABLE:
-            data = await self._command("GET", names.value)
-        return data if data is None or isinstance(data, bytes) else bytes(data)
+        except RedisError:  # the connection went down with this command in flight
+            reply = UNAVAILABLE
+        if reply is UNAVAILABLE:
+            reply = await self._command(*args)
+        return reply
+
+    async def _script(self, script: AsyncScript, keys: list[bytes], args: list[Any]) -> Any:
+        """Run *script* like `_send`; if the server lost it, redis-py loads it again."""
+        try:
+            reply = await self._mux.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise _failed(exc) from exc
+            reply = UNAVAILABLE
+        except RedisError:
+            reply = UNAVAILABLE
+        if reply is UNAVAILABLE:
+            reply = await self._call(script, keys=keys, args=args)
+        return reply
 
     async def _command(self, *args: Any) -> Any:
         """Send one command on a pooled connection and return its reply.
 
-        This is the cache-hit path, so it talks to a pooled connection
-        directly instead of going through ``Redis.execute_command`` (whose
-        retry and instrumentation layers cost about a tenth of a hit). What
-        those layers would do is done here: a connection that fails is
-        replaced and the command tried once more (every command sent this
-        way is safe to repeat); the pool's socket timeouts apply; a cancelled
-        command drops its connection (redis-py does that).
+        It talks to a pooled connection directly instead of going through
+        ``Redis.execute_command`` (whose retry and instrumentation layers
+        cost about a tenth of a hit). What those layers would do is done
+        here: a connection that fails is replaced and the command tried once
+        more (every command sent this way is safe to repeat); the pool's
+        socket timeouts apply; a cancelled command drops its connection
+        (redis-py does that).
         """
         pool = self._client.connection_pool
         for attempt in (1, 2):
@@ -195,31 +220,31 @@ class RedisBackend:
 
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.commit`."""
-        reply = await self._call(
-            self._commit, keys=[names.value, names.lock], args=[token, payload, ttl_ms]
+        reply = await self._script(
+            self._commit, [names.value, names.lock], [token, payload, ttl_ms]
         )
         return int(reply) != 0
 
     async def release(self, names: KeyNames, token: bytes) -> bool:
         """See `Backend.release`."""
-        reply = await self._call(self._release, keys=[names.lock], args=[token])
+        reply = await self._script(self._release, [names.lock], [token])
         return int(reply) == 1
 
     async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:
         """See `Backend.extend`."""
-        reply = await self._call(self._extend, keys=[names.lock], args=[token, lock_ms])
+        reply = await self._script(self._extend, [names.lock], [token, lock_ms])
         return int(reply) == 1
 
     async def write_if_absent(self, names: KeyNames, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.write_if_absent`."""
-        reply = await self._call(
-            self._write_if_absent, keys=[names.value, names.lock], args=[payload, ttl_ms]
+        reply = await self._script(
+            self._write_if_absent, [names.value, names.lock], [payload, ttl_ms]
         )
         return int(reply) == 1
 
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""
-        await self._call(self._invalidate, keys=[names.value, names.lock], args=[])
+        await self._script(self._invalidate, [names.value, names.lock], [])
 
     async def aclose(self) -> None:
         """Close the client if this backend created it."""

@@ -135,3 +135,31 @@ async def test_a_lone_read_is_not_held_back(redis_url: str, namespace: str) -> N
             with anyio.fail_after(1):
                 assert await cache.get_or_compute("k0", never, ttl=60) == {"key": 0, "pad": ""}
         assert mux.replies - before == 200
+
+
+async def test_a_burst_of_misses_stores_every_value(redis_url: str, namespace: str) -> None:
+    """3000 concurrent misses with a 1 s lock: every holder commits before its lock runs out.
+
+    The lock commands share the pipelined connection, so a burst does not
+    queue commits behind thousands of new lock attempts until the locks
+    expire (and the computed values are thrown away).
+    """
+    n = 3000
+    async with Stampede.from_url(redis_url, namespace=namespace, lock_ttl=1.0) as cache:
+        await _until_connected(cache)
+
+        async def one(i: int) -> None:
+            async def value() -> int:
+                return i
+
+            assert await cache.get_or_compute(f"k{i}", value, ttl=60) == i
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, i)
+        stats = cache.statistics()
+        assert (stats.computes, stats.lock_lost, stats.backend_errors) == (n, 0, 0)
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, i)  # all stored: no compute this time
+        assert cache.statistics().computes == n
