@@ -107,6 +107,7 @@ class Listener:
 
     def __init__(self) -> None:
         self._interests: dict[bytes, set[Interest]] = {}
+        self._waiting_since = 0.0  # when the interests last went from none to some
         self.reconnects = 0
 
     def register(self, name: bytes) -> Interest:
@@ -114,6 +115,8 @@ class Listener:
         interest = Interest()
         interests = self._interests.get(name)
         if interests is None:
+            if not self._interests:
+                self._waiting_since = anyio.current_time()
             self._interests[name] = {interest}
         else:
             interests.add(interest)
@@ -328,9 +331,11 @@ class RedisListener(Listener):
     async def _read_loop(self, reader: AbstractConnection) -> None:
         """Read invalidations; ping a silent reader, and give it up when the ping goes unanswered.
 
-        A silent reader is pinged after ``ping_after`` seconds while somebody
-        waits on it, and after ``idle_ping_after`` otherwise: with no waiter,
-        nothing depends on it, and a ping costs the server a command.
+        A silent reader is pinged once somebody has waited on it for
+        ``ping_after`` seconds without hearing from it, and after
+        ``idle_ping_after`` otherwise: a short wait (most herds) or no waiter
+        needs no proof that the connection is alive, and a ping costs the
+        server a command.
         """
         now = anyio.current_time
         last_heard = now()
@@ -349,7 +354,8 @@ class RedisListener(Listener):
                     raise ConnectionError(f"no reply to PING for {now() - pinged_at:.1f}s")
                 continue
             silent = now() - last_heard
-            if silent >= (self._ping_after if self._interests else self._idle_ping_after):
+            waited = now() - self._waiting_since if self._interests else 0.0
+            if silent >= self._idle_ping_after or min(silent, waited) >= self._ping_after:
                 await reader.send_command("PING", check_health=False)
                 pinged_at = now()
 

@@ -73,7 +73,7 @@ class Multiplexer:
 
     @property
     def connected(self) -> bool:
-        """Whether reads go through this connection now."""
+        """Whether commands go through this connection now."""
         return self._writer is not None
 
     async def execute(self, *args: Any) -> Any:
@@ -85,7 +85,7 @@ class Multiplexer:
 
         Raises:
             RedisError: Redis replied with an error, or the connection failed
-                with this read in flight.
+                with this command in flight.
 
         """
         writer = self._writer
@@ -112,7 +112,7 @@ class Multiplexer:
         return slot.value
 
     def _flush(self) -> None:
-        """Write every read queued this loop turn (a session's end empties the queue)."""
+        """Write every command queued this loop turn (a session's end empties the queue)."""
         self._flush_scheduled = False
         buffer, self._buffer = self._buffer, []
         if self._writer is not None and buffer:
@@ -158,7 +158,7 @@ class Multiplexer:
                 self._writer = None
                 self._buffer = []
                 slots, self._slots = self._slots, deque()
-                lost = RedisError("the connection was lost with this read in flight")
+                lost = RedisError("the connection was lost with this command in flight")
                 for slot in slots:
                     slot.error = lost
                     slot.done.set()

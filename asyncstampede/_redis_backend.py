@@ -45,7 +45,8 @@ class RedisBackend:
         self._owns_client = owns_client
         # A plain ConnectionPool raises once max_connections are in use: keep
         # our own commands below that, so a burst waits instead of failing.
-        # (The pub/sub listener has a connection of its own, outside the pool.)
+        # (The pool is the fallback: the request path has a pipelined
+        # connection of its own, the listener two more, all outside it.)
         self._gate: AbstractAsyncContextManager[Any]
         if isinstance(pool, BlockingConnectionPool):
             self._gate = nullcontext()
@@ -61,10 +62,10 @@ class RedisBackend:
         self._mux = Multiplexer(pool.connection_class, kwargs)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Run the listener and the hit connection until cancelled.
+        """Run the listener and the request connection until cancelled.
 
         Started once the listener is (its first connection attempt made);
-        hits go through the pool until their own connection is up.
+        commands go through the pool until their own connection is up.
         """
         async with anyio.create_task_group() as tg:
             await tg.start(self.listener.run)

@@ -169,6 +169,41 @@ async def test_waiters_recheck_after_the_tracking_connection_drops(
     await admin.aclose()
 
 
+async def test_waiters_look_again_when_the_server_is_flushed(own_server: RedisServer) -> None:
+    """FLUSHALL drops the holder's lock with everything else: the waiter takes over at once."""
+    started = anyio.Event()
+
+    async def forever() -> str:
+        started.set()
+        await anyio.sleep(3600)
+        return ""
+
+    async def ok() -> str:
+        return "mine"
+
+    async with (
+        Stampede.from_url(own_server.url, lock_ttl=60) as leader,
+        Stampede.from_url(own_server.url, wait_timeout=60) as waiter,
+    ):
+        got: list[str] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader.get_or_compute, "k", forever, 30)
+            await started.wait()
+
+            async def wait() -> None:
+                got.append(await waiter.get_or_compute("k", ok, ttl=30))
+
+            tg.start_soon(wait)
+            await anyio.sleep(0.2)  # the waiter is watching the lock
+            own_server.command("FLUSHALL")
+            with anyio.fail_after(5):  # far below lock_ttl
+                while not got:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        assert got == ["mine"]
+        assert waiter.statistics().computes == 1
+
+
 async def test_waiters_fall_back_to_the_lock_expiry_without_client_tracking(
     redis_url: str, namespace: str
 ) -> None:
