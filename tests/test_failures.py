@@ -6,6 +6,7 @@ import anyio
 import pytest
 import redis
 import redis.asyncio
+from _proxy import BlackholeProxy
 
 from asyncstampede import BackendError, Stampede, WaitTimeoutError
 from asyncstampede._keys import make_names
@@ -397,3 +398,64 @@ async def test_hit_survives_connections_closed_by_the_server(
         stats = cache.statistics()
         assert (stats.hits, stats.computes, stats.backend_errors) == (1, 1, 0)
     await admin.aclose()
+
+
+async def test_half_open_connections_are_given_up_and_nobody_hangs(redis_url: str) -> None:
+    """Every connection goes silent without closing: reads and waits end within the timeouts."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with BlackholeProxy(port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with Stampede.from_url(url, namespace="half-open", socket_timeout=0.5) as cache:
+
+            async def value() -> str:
+                return "v"
+
+            assert await cache.get_or_compute("k", value, ttl=30) == "v"
+            await anyio.sleep(0.2)  # every connection of the instance is up
+            proxy.blackhole()
+            with anyio.fail_after(5):  # a hit: the silent connections are replaced
+                assert await cache.get_or_compute("k", value, ttl=30) == "v"
+            stats = cache.statistics()
+            assert stats.computes == 1
+            assert stats.backend_errors == 0
+
+
+async def test_a_waiter_behind_half_open_connections_still_gets_the_value(
+    redis_url: str, namespace: str
+) -> None:
+    """The waiter's connections go silent mid-wait: no change report comes, its timer saves it."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "value"
+
+    async def never() -> str:
+        raise AssertionError("the waiter must not compute")
+
+    async with BlackholeProxy(port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with (
+            Stampede.from_url(redis_url, namespace=namespace, lock_ttl=1) as leader,
+            Stampede.from_url(url, namespace=namespace, socket_timeout=0.5) as waiter,
+        ):
+            got: list[str] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(leader.get_or_compute, "k", slow, 30)
+                await started.wait()
+
+                async def wait() -> None:
+                    got.append(await waiter.get_or_compute("k", never, ttl=30))
+
+                tg.start_soon(wait)
+                await anyio.sleep(0.2)  # the waiter is watching the lock
+                proxy.blackhole()
+                release.set()  # committed; the waiter's reader never hears of it
+                with anyio.fail_after(6):
+                    while not got:
+                        await anyio.sleep(0.01)
+            assert got == ["value"]
+            assert waiter.statistics().computes == 0
