@@ -556,23 +556,23 @@ class Stampede:
             self._counters.hits += 1
             if xfetch_due or _xfetch_due(now_ms, envelope, policy.beta):
                 self._counters.early_refreshes += 1
-                self._refresh_soon(req, payload)
+                self._refresh_soon(req, envelope, payload)
             return True
         if now_ms < envelope.fresh_until_ms + policy.swr_ms:
             self._counters.stale_served += 1
-            self._refresh_soon(req, payload)
+            self._refresh_soon(req, envelope, payload)
             return True
         if now_ms < envelope.fresh_until_ms + policy.sie_ms:
             req.stale = envelope
         return False
 
-    def _refresh_soon(self, req: _Request, payload: bytes) -> None:
+    def _refresh_soon(self, req: _Request, envelope: Envelope, payload: bytes) -> None:
         """Start one background refresh of *req*'s key (one per key per process)."""
         if req.key in self._refreshing or self._tg is None:
             return
         self._refreshing.add(req.key)
         refresh = _Request(req.key, req.names, _Flight(), req.fn, req.ttl_ms, req.policy)
-        refresh.stale = decode(payload, max_value_bytes=self._max_value_bytes)
+        refresh.stale = envelope
         self._tg.start_soon(self._refresh, refresh, payload)
 
     async def _refresh(self, req: _Request, payload: bytes) -> None:
