@@ -313,10 +313,12 @@ class Stampede:
     ) -> Stampede:
         """Create a `Stampede` with its own client for the Redis at *url*.
 
-        The client's pool holds up to *max_connections*; asyncstampede never
-        has more commands in flight than that, so a burst of calls waits for a
-        free connection instead of failing. A failed command is retried twice
-        with a short backoff (every script is safe to run twice).
+        Requests go out on one auto-pipelined connection of the instance's
+        own (plus two for lock changes); the client's pool, of up to
+        *max_connections*, is where a command goes while that connection is
+        down, and asyncstampede never asks it for more connections than it
+        has, so a burst waits for a free one instead of failing. A failed
+        command is retried (every command and script is safe to run twice).
 
         Args:
             url: A ``redis://``, ``rediss://`` or ``unix://`` URL.
