@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import pytest
 import redis
@@ -82,10 +84,18 @@ async def test_slow_redis_fails_open_within_socket_timeout(own_server: RedisServ
         assert cache.statistics().backend_errors >= 1
 
 
-async def test_waiters_recheck_after_the_invalidation_reader_reconnects(
-    redis_url: str, namespace: str
+async def _waiter_gets_the_value(
+    leader: Stampede,
+    waiter: Stampede,
+    disrupt: Callable[[], Awaitable[None]],
+    *,
+    within: float,
 ) -> None:
-    """A change missed while the invalidation reader was down: the reconnect re-check finds it."""
+    """*leader* computes "k"; once *waiter* watches its lock, *disrupt*, then commit.
+
+    The waiter must get the leader's value within *within* seconds, without
+    computing it itself.
+    """
     release = anyio.Event()
     started = anyio.Event()
 
@@ -97,30 +107,45 @@ async def test_waiters_recheck_after_the_invalidation_reader_reconnects(
     async def never() -> str:
         raise AssertionError("the waiter must not compute")
 
+    got: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(leader.get_or_compute, "k", slow, 30)
+        await started.wait()
+
+        async def wait() -> None:
+            got.append(await waiter.get_or_compute("k", never, ttl=30))
+
+        tg.start_soon(wait)
+        await anyio.sleep(0.2)  # the waiter is watching the lock
+        await disrupt()
+        release.set()
+        with anyio.fail_after(within):
+            while not got:
+                await anyio.sleep(0.01)
+    assert got == ["value"]
+    assert waiter.statistics().computes == 0
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+async def test_waiters_recheck_after_the_invalidation_reader_reconnects(
+    redis_url: str, namespace: str
+) -> None:
+    """A change missed while the invalidation reader was down: the reconnect re-check finds it."""
     admin = redis.asyncio.Redis.from_url(redis_url)
+
+    async def kill_readers() -> None:  # the invalidation readers are the pub/sub clients
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
+
     async with (
         Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60) as leader,
         Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60, wait_timeout=60) as waiter,
     ):
-        got: list[str] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(leader.get_or_compute, "k", slow, 30)
-            await started.wait()
-
-            async def wait() -> None:
-                got.append(await waiter.get_or_compute("k", never, ttl=30))
-
-            tg.start_soon(wait)
-            await anyio.sleep(0.2)  # the waiter is watching the lock
-            # Drop the invalidation readers (pub/sub), then commit while they are down.
-            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
-            release.set()
-            with anyio.fail_after(10):  # far below lock_ttl and wait_timeout
-                while not got:
-                    await anyio.sleep(0.01)
-        assert got == ["value"]
+        # The commit lands while they are down; far below lock_ttl and wait_timeout.
+        await _waiter_gets_the_value(leader, waiter, kill_readers, within=10)
         assert waiter.statistics().reconnects >= 1
-        assert waiter.statistics().computes == 0
     await admin.aclose()
 
 
@@ -128,45 +153,22 @@ async def test_waiters_recheck_after_the_tracking_connection_drops(
     redis_url: str, namespace: str
 ) -> None:
     """Redis forgets what a closed connection tracked: the reconnect makes waiters look again."""
-    release = anyio.Event()
-    started = anyio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await release.wait()
-        return "value"
-
-    async def never() -> str:
-        raise AssertionError("the waiter must not compute")
-
     admin = redis.asyncio.Redis.from_url(redis_url)
+
+    async def kill_trackers() -> None:
+        clients = await admin.client_list()
+        tracking = [c["id"] for c in clients if "t" in c["flags"]]
+        assert tracking, clients
+        for client_id in tracking:
+            await admin.client_kill_filter(_id=client_id)
+        await anyio.sleep(0.1)
+
     async with (
         Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60) as leader,
         Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60, wait_timeout=60) as waiter,
     ):
-        got: list[str] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(leader.get_or_compute, "k", slow, 30)
-            await started.wait()
-
-            async def wait() -> None:
-                got.append(await waiter.get_or_compute("k", never, ttl=30))
-
-            tg.start_soon(wait)
-            await anyio.sleep(0.2)  # the waiter is watching the lock
-            clients = await admin.client_list()
-            tracking = [c["id"] for c in clients if "t" in c["flags"]]
-            assert tracking, clients
-            for client_id in tracking:
-                await admin.client_kill_filter(_id=client_id)
-            await anyio.sleep(0.1)
-            release.set()
-            with anyio.fail_after(10):  # far below lock_ttl and wait_timeout
-                while not got:
-                    await anyio.sleep(0.01)
-        assert got == ["value"]
+        await _waiter_gets_the_value(leader, waiter, kill_trackers, within=10)
         assert waiter.statistics().reconnects >= 1
-        assert waiter.statistics().computes == 0
     await admin.aclose()
 
 
@@ -402,8 +404,7 @@ async def test_hit_survives_connections_closed_by_the_server(
 
 async def test_half_open_connections_are_given_up_and_nobody_hangs(redis_url: str) -> None:
     """Every connection goes silent without closing: reads and waits end within the timeouts."""
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    async with BlackholeProxy(port) as proxy:
+    async with BlackholeProxy(_port(redis_url)) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         async with Stampede.from_url(url, namespace="half-open", socket_timeout=0.5) as cache:
 
@@ -424,38 +425,14 @@ async def test_a_waiter_behind_half_open_connections_still_gets_the_value(
     redis_url: str, namespace: str
 ) -> None:
     """The waiter's connections go silent mid-wait: no change report comes, its timer saves it."""
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    release = anyio.Event()
-    started = anyio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await release.wait()
-        return "value"
-
-    async def never() -> str:
-        raise AssertionError("the waiter must not compute")
-
-    async with BlackholeProxy(port) as proxy:
+    async with BlackholeProxy(_port(redis_url)) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
+
+        async def silence() -> None:  # the commit that follows is never reported
+            proxy.blackhole()
+
         async with (
             Stampede.from_url(redis_url, namespace=namespace, lock_ttl=1) as leader,
             Stampede.from_url(url, namespace=namespace, socket_timeout=0.5) as waiter,
         ):
-            got: list[str] = []
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(leader.get_or_compute, "k", slow, 30)
-                await started.wait()
-
-                async def wait() -> None:
-                    got.append(await waiter.get_or_compute("k", never, ttl=30))
-
-                tg.start_soon(wait)
-                await anyio.sleep(0.2)  # the waiter is watching the lock
-                proxy.blackhole()
-                release.set()  # committed; the waiter's reader never hears of it
-                with anyio.fail_after(6):
-                    while not got:
-                        await anyio.sleep(0.01)
-            assert got == ["value"]
-            assert waiter.statistics().computes == 0
+            await _waiter_gets_the_value(leader, waiter, silence, within=6)
