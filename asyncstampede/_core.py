@@ -496,7 +496,7 @@ class Stampede:
             # costs one round trip and no task switch. A miss hands the rest
             # of the resolution to a task of this instance (see _resolve).
             # A miss goes straight for the lock (which then reads once more).
-            first: Acquired | Held | BackendError | _Again = _Again(read=False)
+            first: BackendError | _Again = _Again(read=False)
             try:
                 payload = await self._backend.read(names)
             except BackendError as exc:
@@ -610,7 +610,7 @@ class Stampede:
             del self._flights[key]
         flight.settle(value, error)
 
-    async def _resolve(self, req: _Request, first: Acquired | Held | BackendError | _Again) -> None:
+    async def _resolve(self, req: _Request, first: BackendError | _Again) -> None:
         token = os.urandom(16)  # identifies this resolution's lock
         try:
             value = await self._resolve_miss(req, token, first)
@@ -643,9 +643,7 @@ class Stampede:
         except BackendError as exc:
             return exc
 
-    async def _resolve_miss(
-        self, req: _Request, token: bytes, first: Acquired | Held | BackendError | _Again
-    ) -> Any:
+    async def _resolve_miss(self, req: _Request, token: bytes, first: BackendError | _Again) -> Any:
         listener = self._backend.listener
         # Registered before Redis is asked about the lock: whatever happens to
         # the lock after the question that finds it held is delivered here.
@@ -692,24 +690,25 @@ class Stampede:
         self,
         req: _Request,
         token: bytes,
-        first: Acquired | Held | BackendError | _Again,
+        first: BackendError | _Again,
         interest: Interest,
     ) -> Any:
-        state: Hit | Acquired | Held | BackendError | _Again = first
+        state: Acquired | Held | BackendError | _Again = first
         for _ in range(3):
             if not isinstance(state, _Again):
                 break
-            state = await self._try_acquire(req.names, token, read=state.read, seen=state.seen)
-            if isinstance(state, Hit):
-                try:
-                    envelope = decode(state.payload, max_value_bytes=self._max_value_bytes)
-                except DecodeError:
-                    self._counters.decode_errors += 1
-                    state = _Again(read=False, seen=state.payload)
-                    continue
-                if self._serve(req, envelope, state.payload):
+            found = await self._try_acquire(req.names, token, read=state.read, seen=state.seen)
+            if not isinstance(found, Hit):
+                state = found
+                continue
+            try:
+                envelope = decode(found.payload, max_value_bytes=self._max_value_bytes)
+            except DecodeError:
+                self._counters.decode_errors += 1
+            else:
+                if self._serve(req, envelope, found.payload):
                     return _value_of(envelope)
-                state = _Again(read=False, seen=state.payload)
+            state = _Again(read=False, seen=found.payload)  # corrupt, or too stale
         self._counters.misses += 1
         if isinstance(state, _Again):
             # The stored value changed under us three times, each time to one
@@ -720,8 +719,6 @@ class Stampede:
         if isinstance(state, Acquired):
             interest.close()
             return await self._lead(req, token)
-        if isinstance(state, Hit):  # only with a Hit as *first*, which no caller passes
-            return _value_of(decode(state.payload, max_value_bytes=self._max_value_bytes))
         return await self._wait(req, token, state, interest)
 
     async def _on_backend_error(self, exc: BackendError, req: _Request) -> Any:

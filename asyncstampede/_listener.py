@@ -130,11 +130,6 @@ class Listener:
             if not interests:
                 del self._interests[name]
 
-    @property
-    def interests(self) -> int:
-        """How many lock names have a registered interest."""
-        return len(self._interests)
-
     def deliver(self, name: bytes, message: bytes) -> None:
         """Hand *message* to every interest in *name*."""
         interests = self._interests.get(name)
