@@ -5,7 +5,8 @@
 2. One GET reads the value; on a miss ``SET lock NX PX GET`` takes the lock or
    names its holder.
 3. The lock holder computes, extending its lock while the compute runs, and
-   commits with one script that writes the value and deletes the lock.
+   commits with one script that writes the value and leaves a short-lived
+   marker in the lock (see ``_scripts``).
 4. Everyone else has registered interest in the lock first; one tracked
    ``PTTL`` tells them how long it has left and has Redis tell them when it
    changes. They wait for that, a timer at the lock's expiry (takeover), or
@@ -495,7 +496,7 @@ class Stampede:
             # The first read is a plain GET in the caller's own task: a hit
             # costs one round trip and no task switch. A miss hands the rest
             # of the resolution to a task of this instance (see _resolve).
-            # A miss goes straight for the lock (which then reads once more).
+            # A miss goes straight for the lock.
             first: BackendError | _Again = _Again(read=False)
             try:
                 payload = await self._backend.read(names)

@@ -39,6 +39,7 @@ __all__ = [
     "ABSENT",
     "INVALIDATIONS",
     "RECHECK",
+    "UNTRACKED",
     "Interest",
     "Listener",
     "RedisListener",
@@ -51,6 +52,18 @@ RECHECK = b"r"  # internal: (re)connected, or told to forget every tracked key
 CHANGED = MSG_DONE  # the lock changed: look again
 ABSENT = b"a"  # the lock changed and there was no value just after: ask about the lock
 INVALIDATIONS = b"__redis__:invalidate"
+
+
+class _Untracked:
+    """The type of `UNTRACKED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNTRACKED"
+
+
+UNTRACKED = _Untracked()  # watch() could not send its read on a tracking connection
 
 
 def is_connection_trouble(exc: BaseException) -> bool:
@@ -143,14 +156,14 @@ class Listener:
             for interest in interests:
                 interest.push(RECHECK)
 
-    async def watch(self, name: bytes) -> int | None:
-        """Return the PTTL of lock *name* and have its changes delivered.
+    async def watch(self, name: bytes, command: str = "PTTL") -> Any:
+        """Read lock *name* with *command* (``PTTL`` or ``GET``) and have its changes delivered.
 
-        None when that cannot be arranged now (the caller reads the TTL some
-        other way; the next reconnect tells every interest to re-check).
-        Embedded mode delivers every change by itself.
+        Returns the reply, or `UNTRACKED` when that cannot be arranged now
+        (the caller reads some other way; the next reconnect tells every
+        interest to re-check). Embedded mode delivers every change by itself.
         """
-        return None
+        return UNTRACKED
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Nothing to read in embedded mode."""
@@ -164,7 +177,7 @@ class _Pending:
 
     def __init__(self, lock: bytes | None = None) -> None:
         self.lock = lock  # set for a value read on behalf of this lock's waiters
-        self.reply: int | None = None
+        self.reply: Any = UNTRACKED
         self.done = anyio.Event()
 
 
@@ -217,22 +230,22 @@ class RedisListener(Listener):
         self._dead_after = dead_after
         self._session: anyio.CancelScope | None = None
 
-    async def watch(self, name: bytes) -> int | None:
-        """See `Listener.watch`: a ``PTTL`` on the tracking connection."""
+    async def watch(self, name: bytes, command: str = "PTTL") -> Any:
+        """See `Listener.watch`: the read is sent on the tracking connection."""
         tracker = self._tracker
         if tracker is None:
-            return None
+            return UNTRACKED
         pending = _Pending()
         try:
             async with self._send_lock:
                 if self._tracker is not tracker:
-                    return None
+                    return UNTRACKED
                 self._sent.append(pending)
-                await tracker.send_command("PTTL", name, check_health=False)
+                await tracker.send_command(command, name, check_health=False)
         except Exception as exc:
             log.debug("tracking connection failed: %r", exc)
             pending.done.set()
-            return None  # the tracker's reader fails too, and both reconnect
+            return UNTRACKED  # the tracker's reader fails too, and both reconnect
         with anyio.move_on_after(self._reply_timeout):
             await pending.done.wait()
         if not pending.done.is_set():
@@ -254,7 +267,7 @@ class RedisListener(Listener):
                 raise ConnectionError(f"unexpected reply on the tracking connection: {reply!r}")
             pending = self._sent.popleft()
             if pending.lock is None:
-                pending.reply = int(reply)
+                pending.reply = reply
                 pending.done.set()
             elif reply is None:
                 self.deliver(pending.lock, ABSENT)
@@ -301,7 +314,7 @@ class RedisListener(Listener):
             finally:
                 self._tracker = self._session = None
                 sent, self._sent = self._sent, deque()
-                for pending in sent:  # their callers fall back to a plain PTTL
+                for pending in sent:  # their callers fall back to a plain read
                     pending.done.set()
                 with anyio.CancelScope(shield=True):
                     await reader.disconnect(nowait=True)

@@ -21,8 +21,9 @@ from . import _scripts
 from ._backend import ACQUIRED, Acquired, Held, Hit
 from ._exceptions import BackendError
 from ._keys import KeyNames, value_name_of
-from ._listener import RedisListener
+from ._listener import UNTRACKED, RedisListener
 from ._mux import UNAVAILABLE, Multiplexer
+from ._scripts import COMMITTED, COMMITTED_MS, committed_ms
 
 __all__ = ["RedisBackend"]
 
@@ -56,6 +57,7 @@ class RedisBackend:
         self._commit = client.register_script(_scripts.COMMIT)
         self._release = client.register_script(_scripts.RELEASE)
         self._extend = client.register_script(_scripts.EXTEND)
+        self._take = client.register_script(_scripts.TAKE)
         self._write_if_absent = client.register_script(_scripts.WRITE_IF_ABSENT)
         self._invalidate = client.register_script(_scripts.INVALIDATE)
         self.listener = RedisListener(pool.connection_class, kwargs, value_name_of)
@@ -81,6 +83,7 @@ class RedisBackend:
             self._commit,
             self._release,
             self._extend,
+            self._take,
             self._write_if_absent,
             self._invalidate,
         ]
@@ -119,40 +122,56 @@ class RedisBackend:
 
         Plain commands, no script, so that a herd costs as few server
         commands as it can: ``SET lock token NX PX ms GET`` takes the lock or
-        names its holder in one; the new holder reads the value once more
-        (it may have been committed between the caller's read and the lock);
-        a waiter's ``PTTL`` on the tracking connection sets its takeover
-        timer and subscribes it to the lock's changes.
+        names its holder in one; a waiter's ``PTTL`` on the tracking
+        connection sets its takeover timer and subscribes it to the lock's
+        changes. A lock attempt that finds the marker of a commit
+        (`_scripts.COMMITTED`: the value landed after the caller's read)
+        reads the value instead, and takes the marker's place (`_scripts.TAKE`)
+        only when that value has gone again.
         """
+        lock = names.lock
         if read:
             payload = await self._send("GET", names.value)
             if payload is not None and payload != seen:
                 return Hit(payload)
         for _ in range(3):
             if recheck and watch:
-                pttl = await self._watch(names.lock)
+                pttl = await self._watch(lock)
                 if pttl != -2:
                     return Held(lock_ms if pttl < 0 else pttl)
-            holder = await self._send("SET", names.lock, token, "NX", "PX", lock_ms, "GET")
-            if holder is None or holder == token:  # ours (a retried SET finds its own token)
+            holder = await self._send("SET", lock, token, "NX", "PX", lock_ms, "GET")
+            if holder == COMMITTED:
                 payload = await self._send("GET", names.value)
                 if payload is not None and payload != seen:
-                    await self.release(names, token)
                     return Hit(payload)
+                holder = await self._script(self._take, [lock], [token, lock_ms, COMMITTED])
+            if holder is None or holder == token:  # ours (a retried SET finds its own token)
                 return ACQUIRED
             if not watch:
                 return Held(0)
-            pttl = await self._watch(names.lock)
+            pttl = await self._watch(lock)
             if pttl != -2:
                 return Held(lock_ms if pttl < 0 else pttl)
-            recheck = False  # gone between the two commands: try to take it again
+            recheck = False  # gone (or committed) between the two commands: try again
         return Held(0)
 
     async def _watch(self, lock: bytes) -> int:
-        """PTTL of *lock*, tracked when the listener can (see `RedisListener.watch`)."""
+        """PTTL of *lock*, tracked when the listener can (see `RedisListener.watch`).
+
+        -2 when there is no lock to wait for: none, or only the marker of a
+        commit. A PTTL too short to tell a lock near its expiry from that
+        marker costs one more read, of the lock itself.
+        """
         pttl = await self.listener.watch(lock)
-        if pttl is None:  # reconnecting: the reconnect tells every waiter to look
-            pttl = int(await self._send("PTTL", lock))
+        if pttl is UNTRACKED:  # reconnecting: the reconnect tells every waiter to look
+            pttl = await self._send("PTTL", lock)
+        pttl = int(pttl)
+        if 0 < pttl <= COMMITTED_MS:
+            holder = await self.listener.watch(lock, "GET")
+            if holder is UNTRACKED:
+                holder = await self._send("GET", lock)
+            if holder is None or holder == COMMITTED:
+                return -2
         return pttl
 
     async def read(self, names: KeyNames) -> bytes | None:
@@ -222,7 +241,9 @@ class RedisBackend:
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.commit`."""
         reply = await self._script(
-            self._commit, [names.value, names.lock], [token, payload, ttl_ms]
+            self._commit,
+            [names.value, names.lock],
+            [token, payload, ttl_ms, COMMITTED, committed_ms(ttl_ms)],
         )
         return int(reply) != 0
 

@@ -6,19 +6,50 @@ recognises its own earlier effect instead of reporting a failure.
 KEYS are always the names of one cache key (one hash slot, see ``_keys``).
 
 None of them publishes anything: waiters watch the lock key through client
-tracking (see ``_listener``), so deleting or touching the lock is the signal.
+tracking (see ``_listener``), so changing the lock is the signal.
+
+A commit does not delete the lock: it leaves `COMMITTED` in its place for
+`committed_ms` (at most the value's TTL). A process whose read missed just
+before the commit and whose ``SET lock NX`` arrives just after it finds that
+marker instead of a free lock, and reads the value instead of computing it
+again; without the marker every new holder would have to read the value once
+more after taking the lock, a round trip before every compute.
 """
 
 from __future__ import annotations
 
-__all__ = ["COMMIT", "EXTEND", "INVALIDATE", "RELEASE", "WRITE_IF_ABSENT"]
+__all__ = [
+    "COMMIT",
+    "COMMITTED",
+    "COMMITTED_MS",
+    "EXTEND",
+    "INVALIDATE",
+    "RELEASE",
+    "TAKE",
+    "WRITE_IF_ABSENT",
+    "committed_ms",
+]
+
+# What a commit leaves in the lock. Lock tokens are 16 random bytes, so a
+# token is never equal to it.
+COMMITTED = b"asyncstampede:committed"
+# How long it stays: longer than any sane gap between a process's read and
+# its lock attempt. A lock whose PTTL is at most this may be the marker (see
+# RedisBackend._watch): locks are extended long before they get that low.
+COMMITTED_MS = 500
+
+
+def committed_ms(ttl_ms: int) -> int:
+    """How long the marker of a commit stays: never longer than the value it marks."""
+    return COMMITTED_MS if ttl_ms <= 0 else max(1, min(COMMITTED_MS, ttl_ms))
+
 
 # KEYS: value, lock. ARGV: token, envelope, ttl ms ("0": keep the value's TTL,
-# for fail-safe re-stamps).
+# for fail-safe re-stamps), COMMITTED, its ms.
 # Writes only while the lock is still ours, so a holder whose lock expired or
 # was taken over never overwrites a newer value. The value is written before
-# the lock is deleted, in one script: a waiter woken by the deletion always
-# finds the value.
+# the lock is replaced by the marker, in one script: a waiter woken by that
+# change always finds the value.
 # Returns 1 on commit, 2 when a retry of this call had already committed, 0
 # when the lock was lost.
 COMMIT = """
@@ -28,7 +59,7 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
   else
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   end
-  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
   return 1
 end
 if redis.call('GET', KEYS[1]) == ARGV[2] then return 2 end
@@ -44,6 +75,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+# KEYS: lock. ARGV: token, lock ms, COMMITTED.
+# Takes the lock when it is free or only the marker of a commit whose value
+# has gone since (evicted, or expired sooner than the marker). Returns nil
+# when the lock is now ours (also for a retry of this call), else the holder's
+# token, like SET NX GET.
+TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[3] or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return false
+end
+return holder
 """
 
 # KEYS: lock. ARGV: token, lock ms. Extends only a lock that is still ours.

@@ -184,6 +184,11 @@ def test_herd_of_four_processes_computes_once(
     assert sum(r["stats"]["wakeups"] for r in reports) == 3
     assert len(log.commands) / 200 < 0.1, log.by_process
     assert log.server_calls > 0
+    # The holder: GET (miss), SET NX GET (taken), then straight to the
+    # compute, and the commit's EVALSHA.
+    leader = next(r["pid"] for r in reports if r["stats"]["computes"])
+    holder = Counter(c for c in log.by_process[leader] if c != "PING")
+    assert holder == Counter({"GET": 1, "SET": 1, "EVALSHA": 1}), log.by_process[leader]
 
 
 def test_waiting_costs_the_same_commands_for_a_long_compute(
