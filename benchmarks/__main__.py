@@ -8,6 +8,7 @@ and writes raw JSON and a PNG plot under ``benchmarks/results/``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from typing import Any
 
 import redis
 
+from asyncstampede import Stampede
 from asyncstampede.testing import RedisServer
 
 from ._worker import percentile
@@ -607,6 +609,73 @@ def _bars(ax: Any, rows: list[dict[str, Any]], field: str, title: str) -> None:
     ax.grid(alpha=0.3, axis="y")
 
 
+def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """asyncstampede's targets (issue 3 of the project), judged on this run's figures.
+
+    Only targets whose scenario ran, with asyncstampede among the strategies,
+    are judged. Missing one does not fail the run: this is a report.
+    """
+    ours = "asyncstampede"
+    rows: list[dict[str, Any]] = []
+
+    def judge(target: str, figure: str, met: bool) -> None:
+        rows.append({"target": target, "figure": figure, "met": "yes" if met else "**no**"})
+
+    herd = [r for r in results.get("herd", []) if r["strategy"] == ours and "failed" not in r]
+    if herd:
+        computes = sorted({r["computes_per_herd"] for r in herd})
+        judge(
+            "herd: exactly 1.00 computes at every D",
+            ", ".join(f"{c:.2f}" for c in computes),
+            computes == [1.0],
+        )
+
+        def past(rows: list[dict[str, Any]]) -> float:
+            return max(r["p99_ms"] - r["compute_ms"] for r in rows)
+
+        worst = max(herd, key=lambda r: r["p99_ms"] - r["compute_ms"])
+        figure = "D + {:.1f} ms at worst (D = {}, C = {})".format(
+            past(herd), worst["compute_ms"], worst["concurrency"]
+        )
+        embedded = [r for r in results["herd"] if r["strategy"] == "embedded" and "failed" not in r]
+        if embedded:
+            figure += f"; embedded mode, no Redis: D + {past(embedded):.1f} ms"
+        judge("herd: p99 within D + 5 ms", figure, past(herd) <= 5.0)
+        widest = max(r["concurrency"] for r in herd)
+        per_request = [r["server_per_request"] for r in herd if r["concurrency"] == widest]
+        judge(
+            f"herd: < 0.1 server commands per request, flat in D (C = {widest})",
+            " / ".join(f"{x:.3f}" for x in per_request),
+            max(per_request) < 0.1 and max(per_request) - min(per_request) < 0.01,
+        )
+    hits = [r for r in results.get("hits", []) if r["strategy"] == ours and "failed" not in r]
+    if hits:
+        ratio = hits[0]["ratio_to_bare_get"]
+        judge("hits: at least 0.95x a bare GET", f"{ratio:.2f}x", ratio >= 0.95)
+    churn = [r for r in results.get("churn", []) if "failed" not in r]
+    mine = [r for r in churn if r["strategy"] == ours]
+    others = [r for r in churn if r["strategy"] != ours]
+    if mine and others:
+        best_other = min(others, key=lambda r: r["computes_per_1k"])
+        judge(
+            "churn: fewer backend computes than every other strategy",
+            "{:.1f} per 1k requests; next {} {:.1f}".format(
+                mine[0]["computes_per_1k"], best_other["strategy"], best_other["computes_per_1k"]
+            ),
+            mine[0]["computes_per_1k"] < best_other["computes_per_1k"],
+        )
+    crash = [r for r in results.get("crash", []) if r["strategy"] == ours and "failed" not in r]
+    if crash:
+        lock_ttl = inspect.signature(Stampede).parameters["lock_ttl"].default
+        after = crash[0]["value_after_s"]
+        judge(
+            "crash: value within the lock TTL + 1 s",
+            f"{after:.2f} s (lock_ttl {lock_ttl:g} s)",
+            after <= lock_ttl + 1.0,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--url", help="a Redis to use instead of a throwaway one (loopback only)")
@@ -666,6 +735,10 @@ def main() -> None:
             print(f"\n### {name}\n")
             print(table(results[name], COLUMNS[name]))
         info = redis.Redis.from_url(url).info("server")
+    goals = targets(results)
+    if goals:
+        print("\n### targets\n")
+        print(table(goals, ["target", "figure", "met"]))
 
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -677,7 +750,10 @@ def main() -> None:
     }
     out = RESULTS / f"{stamp}.json"
     out.write_text(
-        json.dumps({"machine": machine, "args": vars(args), "results": results}, indent=1)
+        json.dumps(
+            {"machine": machine, "args": vars(args), "results": results, "targets": goals},
+            indent=1,
+        )
     )
     png = RESULTS / f"{stamp}.png"
     wrote_png = plot(results, png)
