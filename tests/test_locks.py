@@ -32,7 +32,7 @@ def _counting(value: str, calls: list[str]) -> Any:
 
 
 async def test_a_read_that_missed_just_before_a_commit_is_not_followed_by_a_compute(
-    redis_url: str, namespace: str, sync_redis: redis.Redis
+    redis_url: str, namespace: str
 ) -> None:
     """B's GET misses, A commits, then B asks for the lock: B gets A's value, computing nothing."""
     calls: list[str] = []
@@ -64,8 +64,6 @@ async def test_a_read_that_missed_just_before_a_commit_is_not_followed_by_a_comp
             committed.set()
         assert got == ["a"]
         assert calls == ["a"]
-        # The marker is what told B, and B left it alone.
-        assert sync_redis.get(make_names(namespace, "k").lock) == COMMITTED
 
 
 async def test_a_waiter_whose_lock_was_committed_before_it_watched_does_not_wait(
@@ -148,11 +146,10 @@ async def test_a_marker_whose_value_is_gone_is_taken_over_by_one_compute(
 async def test_the_marker_never_outlives_its_value(
     redis_url: str, namespace: str, sync_redis: redis.Redis
 ) -> None:
-    """A 0.1 s value leaves a marker of at most 0.1 s, a long one a marker of COMMITTED_MS."""
+    """A 0.1 s value leaves a marker of at most 0.1 s; a 60 s one, of at most COMMITTED_MS."""
     names = make_names(namespace, "short")
     async with Stampede.from_url(redis_url, namespace=namespace) as cache:
         await cache.get_or_compute("short", _counting("v", []), ttl=0.1)
         assert 0 < sync_redis.pttl(names.lock) <= 100
         await cache.get_or_compute("long", _counting("v", []), ttl=60)
-        pttl = sync_redis.pttl(make_names(namespace, "long").lock)
-        assert COMMITTED_MS - 100 < pttl <= COMMITTED_MS
+        assert 0 < sync_redis.pttl(make_names(namespace, "long").lock) <= COMMITTED_MS
