@@ -131,48 +131,59 @@ class RedisBackend:
         """
         lock = names.lock
         if read:
-            payload = await self._send("GET", names.value)
-            if payload is not None and payload != seen:
-                return Hit(payload)
+            hit = await self._read_hit(names, seen)
+            if hit is not None:
+                return hit
         for _ in range(3):
             if recheck and watch:
-                pttl = await self._watch(lock)
-                if pttl != -2:
-                    return Held(lock_ms if pttl < 0 else pttl)
+                held = await self._held(lock, lock_ms)
+                if held is not None:
+                    return held
             holder = await self._send("SET", lock, token, "NX", "PX", lock_ms, "GET")
             if holder == COMMITTED:
-                payload = await self._send("GET", names.value)
-                if payload is not None and payload != seen:
-                    return Hit(payload)
+                hit = await self._read_hit(names, seen)
+                if hit is not None:
+                    return hit
                 holder = await self._script(self._take, [lock], [token, lock_ms, COMMITTED])
             if holder is None or holder == token:  # ours (a retried SET finds its own token)
                 return ACQUIRED
             if not watch:
                 return Held(0)
-            pttl = await self._watch(lock)
-            if pttl != -2:
-                return Held(lock_ms if pttl < 0 else pttl)
+            held = await self._held(lock, lock_ms)
+            if held is not None:
+                return held
             recheck = False  # gone (or committed) between the two commands: try again
         return Held(0)
 
-    async def _watch(self, lock: bytes) -> int:
-        """PTTL of *lock*, tracked when the listener can (see `RedisListener.watch`).
+    async def _read_hit(self, names: KeyNames, seen: bytes | None) -> Hit | None:
+        """Read the value: a `Hit`, or None when there is none or it is *seen*."""
+        payload = await self._send("GET", names.value)
+        return None if payload is None or payload == seen else Hit(payload)
 
-        -2 when there is no lock to wait for: none, or only the marker of a
-        commit. A PTTL too short to tell a lock near its expiry from that
-        marker costs one more read, of the lock itself.
+    async def _held(self, lock: bytes, lock_ms: int) -> Held | None:
+        """Watch *lock* (see `RedisListener.watch`); return None if there is no lock to wait for.
+
+        That is: no lock, or only the marker of a commit. A PTTL too short to
+        tell a lock near its expiry from that marker costs one more read, of
+        the lock itself.
         """
-        pttl = await self.listener.watch(lock)
-        if pttl is UNTRACKED:  # reconnecting: the reconnect tells every waiter to look
-            pttl = await self._send("PTTL", lock)
-        pttl = int(pttl)
+        pttl = int(await self._look("PTTL", lock))
         if 0 < pttl <= COMMITTED_MS:
-            holder = await self.listener.watch(lock, "GET")
-            if holder is UNTRACKED:
-                holder = await self._send("GET", lock)
+            holder = await self._look("GET", lock)
             if holder is None or holder == COMMITTED:
-                return -2
-        return pttl
+                return None
+        if pttl == -2:
+            return None
+        return Held(lock_ms if pttl < 0 else pttl)
+
+    async def _look(self, command: str, lock: bytes) -> Any:
+        """Send *command* on *lock*, tracked when the listener can, else on the request path.
+
+        Untracked only while the listener reconnects, and the reconnect tells
+        every waiter to look again.
+        """
+        reply = await self.listener.watch(lock, command)
+        return await self._send(command, lock) if reply is UNTRACKED else reply
 
     async def read(self, names: KeyNames) -> bytes | None:
         """See `Backend.read`."""

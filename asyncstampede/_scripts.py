@@ -35,7 +35,7 @@ __all__ = [
 COMMITTED = b"asyncstampede:committed"
 # How long it stays: longer than any sane gap between a process's read and
 # its lock attempt. A lock whose PTTL is at most this may be the marker (see
-# RedisBackend._watch): with a lock_ttl of 0.75 s or more, a live holder's
+# RedisBackend._held): with a lock_ttl of 0.75 s or more, a live holder's
 # lock never gets that low (it is extended at a third of its age), so only
 # dying locks cost the extra read that tells them apart.
 COMMITTED_MS = 500
