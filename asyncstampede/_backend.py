@@ -66,8 +66,27 @@ class Backend(Protocol):
         """Where waiters register interest in a key's lock."""
         ...
 
+    @property
+    def reconnects(self) -> int:
+        """Connections of the backend's own re-established after one was lost."""
+        ...
+
+    @property
+    def connect_errors(self) -> int:
+        """Failed attempts to (re)connect the backend's own connections."""
+        ...
+
     async def prepare(self) -> None:
         """Get ready for the first request (best effort, never raises)."""
+        ...
+
+    async def check(self, names: KeyNames) -> None:
+        """Use every kind of command once, on the probe key *names*; raise what fails.
+
+        Raises:
+            BackendError: the store refused something, or cannot be reached.
+
+        """
         ...
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:

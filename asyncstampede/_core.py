@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
 import math
 import os
 import random
@@ -23,10 +26,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar, final
+from typing import Any, Literal, NoReturn, Self, TypeVar, final
 
 import anyio
 import anyio.abc
+from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -35,6 +39,7 @@ from ._backend import MSG_VALUE, Acquired, Backend, Held, Hit
 from ._envelope import DecodeError, Envelope, decode, encode, encode_failure
 from ._exceptions import (
     BackendError,
+    BackendRefusedError,
     ClosedError,
     ComputeFailedError,
     ComputeTimeoutError,
@@ -46,9 +51,12 @@ from ._keys import KeyNames, make_names, validate_namespace
 from ._listener import ABSENT, RECHECK, Interest
 from ._memory_backend import MemoryBackend
 from ._redis_backend import RedisBackend
+from ._redis_errors import ProblemLog
 from ._stats import Counters, Statistics
 
 __all__ = ["Stampede"]
+
+log = logging.getLogger("asyncstampede")
 
 T = TypeVar("T")
 
@@ -228,6 +236,22 @@ class Stampede:
             is stored for this many seconds (instead of the TTL), and one that
             raises (with no stale value to serve) is remembered for as long:
             callers then get `ComputeFailedError` without a new compute.
+        check: Run `check` when entering, so a misconfigured Redis (wrong
+            password, missing ACL rules, a full ``noeviction`` server, a
+            database index out of range, TLS trouble) stops the app's start
+            with a `BackendError` naming the cause, instead of being logged
+            while every call computes uncached.
+
+    Raises:
+        TypeError: *redis* is not a ``redis.asyncio.Redis`` client (a URL, a
+            synchronous client, a cluster client...).
+        ValueError: a setting is out of range, or the client decodes responses.
+
+    Redis failures never reach callers while ``fail_open`` is on: each is
+    counted in `statistics` (``backend_errors``; refusals also in
+    ``refused``) and logged on the ``asyncstampede`` logger with the server's
+    address and its own words, each kind at most every 10 seconds (refusals
+    at ERROR, unavailability at WARNING).
 
     """
 
@@ -251,6 +275,7 @@ class Stampede:
         compress_threshold: int = 4096,
         max_value_bytes: int = 64 * _MiB,
         max_entries: int = 10_000,
+        check: bool = False,
         _owns_client: bool = False,
     ) -> None:
         self._namespace = validate_namespace(namespace)
@@ -287,11 +312,16 @@ class Stampede:
         self._refreshing: set[str] = set()
         self._compress_threshold = compress_threshold
         self._max_value_bytes = max_value_bytes
+        self._problems = ProblemLog()
+        self._check = bool(check)
         self._backend: Backend
         if redis is None:
             self._backend = MemoryBackend(max_entries=max_entries)
         else:
-            self._backend = RedisBackend(redis, owns_client=_owns_client)
+            _check_client(redis)
+            self._backend = RedisBackend(
+                redis, owns_client=_owns_client, namespace=namespace, problems=self._problems
+            )
         self._flights: dict[str, _Flight] = {}
         self._names: dict[str, KeyNames] = {}
         # token -> (names, when its next extension is due) of every lock a
@@ -348,6 +378,14 @@ class Stampede:
     async def __aenter__(self) -> Self:
         if self._closed or self._stack is not None:
             raise ClosedError("a Stampede can be entered only once")
+        if isinstance(self._backend, RedisBackend):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "a Stampede over Redis needs asyncio (redis-py's client is asyncio-only); "
+                    "under trio, use embedded mode (Stampede() without a client)"
+                ) from None
         async with AsyncExitStack() as stack:
             # Registered first so it runs last, once the task group (whose
             # cancel scope the caller's task is inside) has exited.
@@ -357,8 +395,32 @@ class Stampede:
             tg.start_soon(self._keep_locks)
             await self._backend.prepare()
             self._tg = tg
+            if self._check:
+                try:
+                    await self.check()
+                except BaseException:
+                    self._tg = None
+                    raise
             self._stack = stack.pop_all()
         return self
+
+    async def check(self) -> None:
+        """Verify that Redis accepts everything this instance will send; raise what it refuses.
+
+        One of each: ``PING``, a read, loading the scripts, a lock taken on
+        a probe key of the namespace (``<namespace>:{asyncstampede:check}:l``,
+        held for at most a second) and released, and the handshake of the
+        connections that watch locks. Embedded mode has nothing to check.
+
+        Raises:
+            BackendRefusedError: Redis refused something (the message has its
+                own words and, where known, the ACL rule or setting to change).
+            BackendUnavailableError: Redis cannot be reached.
+            ClosedError: the instance is not entered or is closed.
+
+        """
+        self._task_group()
+        await self._backend.check(make_names(self._namespace, "asyncstampede:check"))
 
     async def __aexit__(
         self,
@@ -382,8 +444,17 @@ class Stampede:
     def statistics(self) -> Statistics:
         """Return a snapshot of this instance's counters."""
         return self._counters.snapshot(
-            reconnects=self._backend.listener.reconnects, in_flight=len(self._flights)
+            reconnects=self._backend.reconnects,
+            connect_errors=self._backend.connect_errors,
+            in_flight=len(self._flights),
         )
+
+    def _failed(self, exc: BackendError, doing: str) -> None:
+        """Count and log a Redis failure met while *doing* something (a short phrase)."""
+        self._counters.backend_errors += 1
+        if isinstance(exc, BackendRefusedError):
+            self._counters.refused += 1
+        self._problems.report(exc, doing)
 
     def _task_group(self) -> anyio.abc.TaskGroup:
         if self._tg is None or self._closed:
@@ -463,8 +534,8 @@ class Stampede:
         names = self._names.get(key) if type(key) is str else None
         if names is None:
             names = self._names_for(key)
-        if not callable(fn):
-            raise TypeError(f"fn must be a zero-argument async callable, not {type(fn).__name__}")
+        if not callable(fn) or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            _refuse_fn(fn)
         ttl_ms = _ttl_ms(ttl)
         policy = self._policy
         if (
@@ -587,10 +658,18 @@ class Stampede:
             state = await self._try_acquire(req.names, token, read=False, seen=payload, watch=False)
             if isinstance(state, Acquired):
                 await self._lead(req, token)
-            # Held: another process is refreshing it. BackendError: Redis is
-            # down, and the value being served is the best there is.
-        except Exception:  # a background refresh has no caller to tell
+            elif isinstance(state, BackendError):
+                # The value being served is the best there is.
+                self._failed(state, f"refreshing {req.key!r}; the served value stays")
+            # Held: another process is refreshing it.
+        except Exception as exc:  # a background refresh has no caller to tell
             self._counters.refresh_errors += 1
+            log.warning(
+                "asyncstampede: background refresh of %r failed; the served value stays: %s: %s",
+                req.key,
+                type(exc).__name__,
+                exc,
+            )
         finally:
             self._refreshing.discard(req.key)
 
@@ -723,12 +802,14 @@ class Stampede:
         return await self._wait(req, token, state, interest)
 
     async def _on_backend_error(self, exc: BackendError, req: _Request) -> Any:
-        self._counters.backend_errors += 1
         if req.stale is not None:
+            self._failed(exc, f"reading {req.key!r}; serving its stale value")
             self._counters.fail_safe += 1
             return req.stale.value
         if not self._fail_open:
+            self._failed(exc, f"reading {req.key!r}; raising (fail_open is off)")
             raise exc
+        self._failed(exc, f"reading {req.key!r}; computing it without the cache")
         # Redis is unavailable: still coalesced in this process, but nothing
         # is shared or stored. The value goes through the codec all the same,
         # so callers see the same types as with a working Redis.
@@ -742,10 +823,10 @@ class Stampede:
         start = time.perf_counter()
         try:
             if req.policy.hard_timeout is None:
-                value = await req.fn()
+                value = await _call(req.fn)
             else:
                 with anyio.fail_after(req.policy.hard_timeout):
-                    value = await req.fn()
+                    value = await _call(req.fn)
         except TimeoutError as exc:
             self._counters.compute_errors += 1
             raise ComputeTimeoutError(
@@ -836,13 +917,36 @@ class Stampede:
             raise failure
         try:
             committed = await self._backend.commit(names, token, payload, px_ms)
-        except BackendError:
-            # The value is computed; Redis failing now must not waste it.
-            self._counters.backend_errors += 1
-            committed = True
+        except BackendError as exc:
+            # Never taken for a commit: the lock is given up at once, so
+            # waiters elsewhere stop waiting (and find no value).
+            await self._commit_failed(exc, req, token)
+            committed = True  # not lost to another holder: Redis failed
         if not committed:
             self._counters.lock_lost += 1
         return decode(payload, max_value_bytes=self._max_value_bytes).value
+
+    async def _commit_failed(self, exc: BackendError, req: _Request, token: bytes) -> None:
+        """Handle a commit (or fail-safe re-stamp) that Redis failed or refused.
+
+        The lock is released (a refused script is replaced by a transaction,
+        see `RedisBackend.release`) so waiters in other processes look again
+        at once instead of waiting out ``lock_ttl``. The value computed here
+        still reaches this process's callers when ``fail_open`` is on (the
+        default); otherwise they get *exc*.
+
+        Raises:
+            BackendError: *exc*, when ``fail_open`` is off.
+
+        """
+        if self._fail_open:
+            self._failed(exc, f"storing {req.key!r}; its value is returned uncached")
+        else:
+            self._failed(exc, f"storing {req.key!r}; raising (fail_open is off)")
+        with anyio.CancelScope(shield=True):
+            await self._release_quietly(req.names, token)
+        if not self._fail_open:
+            raise exc
 
     async def _fail_safe(self, req: _Request, token: bytes) -> Any:
         """Serve the stale value after a failed compute, and keep serving it a while.
@@ -871,8 +975,9 @@ class Stampede:
         try:
             # 0: keep the value's Redis TTL, so the stale window stays anchored.
             await self._backend.commit(req.names, token, payload, 0)
-        except BackendError:
-            self._counters.backend_errors += 1
+        except BackendError as exc:
+            self._failed(exc, f"re-stamping the stale value of {req.key!r}")
+            await self._release_quietly(req.names, token)
         return stale.value
 
     async def _remember_failure(self, req: _Request, token: bytes, failure: Exception) -> None:
@@ -885,14 +990,16 @@ class Stampede:
         )
         try:
             await self._backend.commit(req.names, token, payload, req.policy.negative_ms)
-        except BackendError:
-            self._counters.backend_errors += 1
+        except BackendError as exc:
+            self._failed(exc, f"remembering the failure of {req.key!r}")
+            await self._release_quietly(req.names, token)
 
     async def _release_quietly(self, names: KeyNames, token: bytes) -> None:
         try:
             await self._backend.release(names, token)
-        except BackendError:
-            self._counters.backend_errors += 1  # the lock expires by itself
+        except BackendError as exc:
+            # The lock expires by itself, and its waiters take over then.
+            self._failed(exc, "releasing a lock; its waiters wait for it to expire")
 
     async def _keep_locks(self) -> None:
         """Extend every lock held by a running compute once it is a third of ``lock_ttl`` old.
@@ -931,8 +1038,10 @@ class Stampede:
         try:
             if not await self._backend.extend(names, token, self._lock_ms):
                 self._held.pop(token, None)  # lost: commit will notice
-        except Exception:
-            self._counters.backend_errors += 1
+        except BackendError as exc:
+            # Tried again at the next due time; if it never works, the lock
+            # expires under the compute and another process takes over.
+            self._failed(exc, "extending a lock held by a running compute")
 
     async def _wait(self, req: _Request, token: bytes, held: Held, interest: Interest) -> Any:
         """Wait for another holder's commit: a change of its lock, the takeover timer, or the bound.
@@ -1017,9 +1126,54 @@ class Stampede:
         payload, px_ms = self._encode(value, delta_ms=delta_ms, req=req)
         try:
             await self._backend.write_if_absent(req.names, payload, px_ms)
-        except BackendError:
-            self._counters.backend_errors += 1
+        except BackendError as exc:
+            self._failed(exc, f"storing {req.key!r} computed without the lock")
         return decode(payload, max_value_bytes=self._max_value_bytes).value
+
+
+async def _call(fn: Callable[[], Awaitable[Any]]) -> Any:
+    """Call *fn* and await what it returns, which must be awaitable."""
+    result = fn()
+    if not inspect.isawaitable(result):
+        raise TypeError(
+            f"the compute function returned {type(result).__name__}, not an awaitable: pass an "
+            "async function (or a lambda returning a coroutine); for blocking code, pass "
+            "lambda: anyio.to_thread.run_sync(blocking_fn)"
+        )
+    return await result
+
+
+def _refuse_fn(fn: object) -> NoReturn:
+    """Raise the `TypeError` for a compute function that cannot be one."""
+    if inspect.iscoroutine(fn):
+        fn.close()  # never awaited, and never will be: no warning about it
+        raise TypeError(
+            "fn is a coroutine, not a function: pass the function itself, or a lambda "
+            "(get_or_compute(key, lambda: load(42), ttl))"
+        )
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise TypeError("fn is a generator function: pass an async function returning the value")
+    raise TypeError(f"fn must be a zero-argument async callable, not {type(fn).__name__}")
+
+
+def _check_client(redis: object) -> None:
+    """Refuse anything but a ``redis.asyncio.Redis`` client, saying what to pass instead."""
+    if isinstance(redis, Redis):
+        return
+    if isinstance(redis, str):
+        raise TypeError(
+            "Stampede() takes a redis.asyncio.Redis client; for a URL use "
+            f"Stampede.from_url({redis!r})"
+        )
+    if isinstance(redis, SyncRedis):
+        raise TypeError(
+            "Stampede() needs an asyncio client: pass redis.asyncio.Redis (not redis.Redis), "
+            "or use Stampede.from_url(url)"
+        )
+    raise TypeError(
+        f"Stampede() takes a redis.asyncio.Redis client, not {type(redis).__module__}."
+        f"{type(redis).__qualname__} (Redis Cluster and Sentinel are not supported yet)"
+    )
 
 
 def _xfetch_due(now_ms: int, envelope: Envelope, beta: float) -> bool:

@@ -1,9 +1,20 @@
-"""The exception family: one root, a few specific errors under it."""
+"""The exception family: one root, a few specific errors under it.
+
+Redis errors come in two families, mapped from redis-py's in one place
+(``_redis_errors``): `BackendUnavailableError` when Redis could not be
+reached or did not answer in time (it may heal by itself), and
+`BackendRefusedError` when it answered and said no (a misconfiguration:
+permissions, a full ``noeviction`` server, a wrong password, a foreign
+value under the namespace), which does not heal until somebody changes
+something.
+"""
 
 from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BackendRefusedError",
+    "BackendUnavailableError",
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",
@@ -27,7 +38,37 @@ class ValueTooLargeError(StampedeError, ValueError):
 
 
 class BackendError(StampedeError):
-    """Raised when Redis fails (down, slow, or answering with an error)."""
+    """Raised when Redis fails (see the two subclasses) and ``fail_open`` is off.
+
+    Attributes:
+        address: Where the Redis is (``host:port/db`` or the socket path).
+        command: The command that failed, upper-case, or None when the
+            connection itself failed.
+        hint: What to change, when asyncstampede knows (for example the ACL
+            rule to grant), else None.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        address: str = "",
+        command: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.address = address
+        self.command = command
+        self.hint = hint
+
+
+class BackendUnavailableError(BackendError):
+    """Raised when Redis cannot be reached or does not answer in time (it may come back)."""
+
+
+class BackendRefusedError(BackendError):
+    """Raised when Redis answers with a refusal: a permission, memory, auth or data error."""
 
 
 class WaitTimeoutError(StampedeError, TimeoutError):

@@ -30,10 +30,12 @@ from typing import Any, final
 import anyio
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ._backend import MSG_DONE, MSG_VALUE
+from ._exceptions import BackendError, BackendRefusedError
+from ._redis_errors import ProblemLog, address_of, map_error
 
 __all__ = [
     "ABSENT",
@@ -70,7 +72,7 @@ def is_connection_trouble(exc: BaseException) -> bool:
     """Whether *exc* (or every exception in a group) is a Redis, socket or timeout error."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_connection_trouble(e) for e in exc.exceptions)
-    return isinstance(exc, (RedisError, OSError, TimeoutError))
+    return isinstance(exc, (RedisError, OSError, TimeoutError, BackendError))
 
 
 @final
@@ -121,7 +123,8 @@ class Listener:
     def __init__(self) -> None:
         self._interests: dict[bytes, set[Interest]] = {}
         self._waiting_since = 0.0  # when the interests last went from none to some
-        self.reconnects = 0
+        self.reconnects = 0  # connections re-established after one was lost
+        self.connect_errors = 0  # attempts to (re)connect that failed
 
     def register(self, name: bytes) -> Interest:
         """Return a new interest in *name*; `unregister` it when done."""
@@ -205,8 +208,11 @@ class RedisListener(Listener):
         ping_after: float = 5.0,
         idle_ping_after: float = 60.0,
         dead_after: float = 10.0,
+        problems: ProblemLog | None = None,
     ) -> None:
         super().__init__()
+        self._address = address_of(connection_kwargs)
+        self._problems = problems if problems is not None else ProblemLog()
         kwargs = dict(connection_kwargs)
         # RESP2 (invalidations come as pub/sub messages on the reader's
         # connection), and no silent retries: a lost connection must surface
@@ -274,20 +280,61 @@ class RedisListener(Listener):
             else:
                 self.deliver(pending.lock, MSG_VALUE + bytes(reply))
 
+    async def _handshake(self, conns: list[AbstractConnection]) -> None:
+        """Connect the reader and the tracker, appending them to *conns* (the caller closes them).
+
+        Raises:
+            BackendError: Redis failed or refused a step (named in the error).
+
+        """
+        reader = self._connection_class(**self._connection_kwargs)
+        tracker = self._connection_class(**self._connection_kwargs)
+        conns += (reader, tracker)
+        step: str | None = None  # the command in flight, for the error
+        try:
+            await reader.connect()  # type: ignore[no-untyped-call]
+            step = "CLIENT ID"
+            client_id = int(await self._ask(reader, "CLIENT", "ID"))
+            step = "SUBSCRIBE"
+            await self._ask(reader, "SUBSCRIBE", INVALIDATIONS)  # the confirmation
+            step = None
+            await tracker.connect()  # type: ignore[no-untyped-call]
+            step = "CLIENT TRACKING"
+            await self._ask(tracker, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
+        except Exception as exc:
+            if not is_connection_trouble(exc):
+                raise
+            raise map_error(exc, address=self._address, command=step) from exc
+
+    async def check(self) -> None:
+        """Connect both connections once, as `run` does, and disconnect them.
+
+        Raises:
+            BackendError: the handshake failed (a refusal names the ACL rule to grant).
+
+        """
+        conns: list[AbstractConnection] = []
+        try:
+            await self._handshake(conns)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for conn in conns:
+                    await conn.disconnect(nowait=True)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Read invalidations until cancelled, reconnecting with backoff."""
         backoff = 0.05
         started = False
+        was_up = False
         while True:
-            reader = self._connection_class(**self._connection_kwargs)
-            tracker = self._connection_class(**self._connection_kwargs)
+            conns: list[AbstractConnection] = []
             try:
-                await reader.connect()  # type: ignore[no-untyped-call]
-                client_id = int(await self._ask(reader, "CLIENT", "ID"))
-                await self._ask(reader, "SUBSCRIBE", INVALIDATIONS)  # the confirmation
-                await tracker.connect()  # type: ignore[no-untyped-call]
-                await self._ask(tracker, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
+                await self._handshake(conns)
+                reader, tracker = conns
                 self._tracker = tracker
+                if was_up:
+                    self.reconnects += 1
+                was_up = True
                 if not started:
                     started = True
                     task_status.started()
@@ -299,32 +346,36 @@ class RedisListener(Listener):
                     self._session = tg.cancel_scope
                     tg.start_soon(self._read_replies, tracker)
                     await self._read_loop(reader)
-            except ResponseError as exc:
+            except BackendRefusedError as exc:
                 # E.g. a proxy or an ACL that refuses CLIENT TRACKING: waiters
                 # still wake at the lock's expiry, just not at the commit.
-                log.error("asyncstampede cannot watch locks on this Redis: %r", exc)  # noqa: TRY400
+                # Ask again now and then: the ACL may be fixed.
+                self.connect_errors += 1
                 backoff = 30.0
+                self._problems.report(exc, "watching locks (waiters wake at lock expiry meanwhile)")
             except Exception as exc:
                 # Never let the reader die: that would leave waiters on
                 # timers alone. A bug is logged loudly; either way, start over.
-                if is_connection_trouble(exc):
-                    log.warning("asyncstampede invalidation connection lost: %r", exc)
-                else:
+                if self._tracker is None:
+                    self.connect_errors += 1
+                if not is_connection_trouble(exc):
                     log.exception("asyncstampede invalidation reader failed; reconnecting")
+                elif self._tracker is not None or self.connect_errors == 1:
+                    error = map_error(exc, address=self._address)
+                    self._problems.report(error, "watching locks; reconnecting")
             finally:
                 self._tracker = self._session = None
                 sent, self._sent = self._sent, deque()
                 for pending in sent:  # their callers fall back to a plain read
                     pending.done.set()
                 with anyio.CancelScope(shield=True):
-                    await reader.disconnect(nowait=True)
-                    await tracker.disconnect(nowait=True)
+                    for conn in conns:
+                        await conn.disconnect(nowait=True)
             if not started:
                 # Redis is unreachable at start-up: do not block the caller;
                 # waiters fall back to their timers until we connect.
                 started = True
                 task_status.started()
-            self.reconnects += 1
             await anyio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
 

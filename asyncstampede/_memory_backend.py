@@ -54,8 +54,14 @@ class MemoryBackend:
         while len(self._values) > self._max_entries:
             self._values.popitem(last=False)
 
+    reconnects = 0  # nothing to connect in memory
+    connect_errors = 0
+
     async def prepare(self) -> None:
         """Nothing to prepare in memory."""
+
+    async def check(self, names: KeyNames) -> None:
+        """Nothing can fail in memory."""
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Nothing runs in the background in memory."""

@@ -30,7 +30,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from ._exceptions import BackendRefusedError
 from ._listener import is_connection_trouble
+from ._redis_errors import ProblemLog, address_of, map_error
 
 __all__ = ["UNAVAILABLE", "Multiplexer"]
 
@@ -54,8 +56,16 @@ class Multiplexer:
     """One auto-pipelined connection for the request path of one `Stampede`."""
 
     def __init__(
-        self, connection_class: type[AbstractConnection], connection_kwargs: dict[str, Any]
+        self,
+        connection_class: type[AbstractConnection],
+        connection_kwargs: dict[str, Any],
+        *,
+        problems: ProblemLog | None = None,
     ) -> None:
+        self._address = address_of(connection_kwargs)
+        self._problems = problems if problems is not None else ProblemLog()
+        self.reconnects = 0  # connections re-established after one was lost
+        self.connect_errors = 0  # attempts to (re)connect that failed
         kwargs = dict(connection_kwargs)
         kwargs["retry"] = Retry(NoBackoff(), 0)
         # The reply reader waits as long as it must; a reply that is late is
@@ -125,8 +135,10 @@ class Multiplexer:
         backoff = 0.05
         started = False
         was_up = False  # a lost connection is worth a warning; each failed retry is not
+        ever_up = False
         while True:
             conn = self._connection_class(**self._connection_kwargs)
+            connected = False
             try:
                 with anyio.fail_after(self._timeout):
                     await conn.connect()  # type: ignore[no-untyped-call]
@@ -138,7 +150,10 @@ class Multiplexer:
                     await anyio.sleep_forever()
                 self._pack = conn.pack_command
                 self._writer = writer
-                was_up = True
+                connected = True
+                if ever_up:
+                    self.reconnects += 1
+                was_up = ever_up = True
                 if not started:
                     started = True
                     task_status.started()
@@ -147,12 +162,19 @@ class Multiplexer:
                     tg.start_soon(self._watchdog)
                     await self._read_replies(conn)
             except Exception as exc:
+                if not connected:
+                    self.connect_errors += 1
                 if not is_connection_trouble(exc):
                     log.exception("asyncstampede request connection failed; using the pool")
-                elif was_up:
-                    log.warning("asyncstampede request connection lost: %r", exc)
                 else:
-                    log.debug("asyncstampede request connection not up: %r", exc)
+                    error = map_error(exc, address=self._address)
+                    if isinstance(error, BackendRefusedError):
+                        backoff = 10.0  # a refused login: no point in hammering
+                        self._problems.report(error, "connecting the request connection")
+                    elif was_up:
+                        self._problems.report(error, "request connection lost; using the pool")
+                    else:
+                        log.debug("asyncstampede request connection not up: %s", error)
                 was_up = False
             finally:
                 self._writer = None
@@ -168,7 +190,7 @@ class Multiplexer:
                 started = True
                 task_status.started()
             await anyio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
 
     async def _read_replies(self, conn: AbstractConnection) -> None:
         slots = self._slots

@@ -1,40 +1,55 @@
 """The Redis backend: every command asyncstampede sends, and the error boundary.
 
-All Redis and socket errors are mapped to `BackendError` here and nowhere
-else.
+Every Redis and socket error is mapped to a `BackendError` (unavailable or
+refused, see ``_redis_errors``) in this module and nowhere else. Two kinds of
+refusal are handled here instead of being passed on:
+
+- ``NOSCRIPT`` (the server lost its scripts: a restart, ``SCRIPT FLUSH``, a
+  failover to a replica that never loaded them): the script is loaded again
+  and the call repeated, once;
+- ``SET ... NX ... GET`` rejected as a syntax error (Redis before 7.0): locks
+  are taken by an equivalent script from then on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+import os
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import Any, TypeVar, final
+from typing import Any, final
 
 import anyio
+import anyio.abc
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _scripts
 from ._backend import ACQUIRED, Acquired, Held, Hit
-from ._exceptions import BackendError
+from ._exceptions import BackendError, BackendRefusedError
 from ._keys import KeyNames, value_name_of
 from ._listener import UNTRACKED, RedisListener
 from ._mux import UNAVAILABLE, Multiplexer
+from ._redis_errors import ProblemLog, address_of, map_error
 from ._scripts import COMMITTED, COMMITTED_MS, committed_ms
 
 __all__ = ["RedisBackend"]
-
-T = TypeVar("T")
 
 
 @final
 class RedisBackend:
     """`Backend` over one ``redis.asyncio.Redis`` client."""
 
-    def __init__(self, client: Redis, *, owns_client: bool) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        owns_client: bool,
+        namespace: str | None = None,
+        problems: ProblemLog | None = None,
+    ) -> None:
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
         if kwargs.get("decode_responses"):
@@ -44,6 +59,9 @@ class RedisBackend:
             )
         self._client = client
         self._owns_client = owns_client
+        self._namespace = namespace
+        self.address = address_of(kwargs)
+        self.problems = problems if problems is not None else ProblemLog()
         # A plain ConnectionPool raises once max_connections are in use: keep
         # our own commands below that, so a burst waits instead of failing.
         # (The pool is the fallback: the request path has a pipelined
@@ -58,10 +76,34 @@ class RedisBackend:
         self._release = client.register_script(_scripts.RELEASE)
         self._extend = client.register_script(_scripts.EXTEND)
         self._take = client.register_script(_scripts.TAKE)
+        self._take_or_name = client.register_script(_scripts.TAKE_OR_NAME)
         self._write_if_absent = client.register_script(_scripts.WRITE_IF_ABSENT)
         self._invalidate = client.register_script(_scripts.INVALIDATE)
-        self.listener = RedisListener(pool.connection_class, kwargs, value_name_of)
-        self._mux = Multiplexer(pool.connection_class, kwargs)
+        self._scripts = [
+            self._commit,
+            self._release,
+            self._extend,
+            self._take,
+            self._take_or_name,
+            self._write_if_absent,
+            self._invalidate,
+        ]
+        # False once the server has rejected SET ... NX ... GET (before 7.0).
+        self._set_nx_get = True
+        self.listener = RedisListener(
+            pool.connection_class, kwargs, value_name_of, problems=self.problems
+        )
+        self._mux = Multiplexer(pool.connection_class, kwargs, problems=self.problems)
+
+    @property
+    def reconnects(self) -> int:
+        """Connections of this backend's own (requests, lock changes) re-established."""
+        return self.listener.reconnects + self._mux.reconnects
+
+    @property
+    def connect_errors(self) -> int:
+        """Failed attempts to (re)connect those connections."""
+        return self.listener.connect_errors + self._mux.connect_errors
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Run the listener and the request connection until cancelled.
@@ -77,35 +119,53 @@ class RedisBackend:
     async def prepare(self) -> None:
         """Load every script once, so no request pays a NOSCRIPT round trip.
 
-        Best effort: if Redis is down now, each script is loaded on first use.
+        Best effort: if Redis is down now, each script is loaded on first
+        use; a refusal (no permission to load scripts) is logged.
         """
-        scripts = [
-            self._commit,
-            self._release,
-            self._extend,
-            self._take,
-            self._write_if_absent,
-            self._invalidate,
-        ]
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script in scripts:
+            await self._load_scripts()
+        except BackendRefusedError as exc:
+            self.problems.report(exc, "loading the scripts at start")
+        except BackendError:
+            pass
+
+    async def _load_scripts(self) -> None:
+        try:
+            async with self._gate, self._client.pipeline(transaction=False) as pipe:
+                for script in self._scripts:
                     pipe.script_load(script.script)
                 await pipe.execute()
-        except (RedisError, OSError):
-            pass
+        except (RedisError, OSError) as exc:
+            raise self._map(exc, "SCRIPT") from exc
+
+    async def check(self, names: KeyNames) -> None:
+        """Send every kind of command asyncstampede uses once; raise the first refusal.
+
+        Uses *names* (a probe key of the instance's namespace): a read, a
+        lock taken for a second and released, the scripts loaded, and the
+        handshake of the connections that watch locks.
+
+        Raises:
+            BackendRefusedError: Redis refused something asyncstampede needs.
+            BackendUnavailableError: Redis cannot be reached.
+
+        """
+        await self._send("PING")
+        await self._send("GET", names.value)
+        await self._load_scripts()
+        token = os.urandom(16)
+        holder = await self._lock_or_holder(names.lock, token, 1000)
+        if holder is None or holder == token:
+            await self.release(names, token)
+        await self.listener.check()
 
     @property
     def client(self) -> Redis:
         """The redis-py client in use."""
         return self._client
 
-    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        try:
-            async with self._gate:
-                return await fn(*args, **kwargs)
-        except (RedisError, OSError) as exc:
-            raise _failed(exc) from exc
+    def _map(self, exc: BaseException, command: str | None) -> BackendError:
+        return map_error(exc, address=self.address, command=command, namespace=self._namespace)
 
     async def acquire(
         self,
@@ -139,7 +199,7 @@ class RedisBackend:
                 held = await self._held(lock, lock_ms)
                 if held is not None:
                     return held
-            holder = await self._send("SET", lock, token, "NX", "PX", lock_ms, "GET")
+            holder = await self._lock_or_holder(lock, token, lock_ms)
             if holder == COMMITTED:
                 hit = await self._read_hit(names, seen)
                 if hit is not None:
@@ -185,6 +245,28 @@ class RedisBackend:
         reply = await self.listener.watch(lock, command)
         return await self._send(command, lock) if reply is UNTRACKED else reply
 
+    async def _lock_or_holder(self, lock: bytes, token: bytes, lock_ms: int) -> Any:
+        """Take *lock* if it is free, else return its holder's token: ``SET NX PX GET``.
+
+        Redis before 7.0 rejects ``NX`` with ``GET`` as a syntax error; from
+        the first such reply on, the same step runs as a script.
+        """
+        if self._set_nx_get:
+            try:
+                return await self._execute("SET", lock, token, "NX", "PX", lock_ms, "GET")
+            except ResponseError as exc:
+                if "syntax error" not in str(exc).lower():
+                    raise self._map(exc, "SET") from exc
+                self._set_nx_get = False
+                self.problems.say(
+                    logging.INFO,
+                    f"Redis at {self.address} rejects SET NX GET (it is older than 7.0); "
+                    "locks are taken by a script instead",
+                )
+            except (RedisError, OSError) as exc:
+                raise self._map(exc, "SET") from exc
+        return await self._script(self._take_or_name, [lock], [token, lock_ms])
+
     async def read(self, names: KeyNames) -> bytes | None:
         """See `Backend.read`."""
         data = await self._send("GET", names.value)
@@ -193,14 +275,26 @@ class RedisBackend:
     async def _send(self, *args: Any) -> Any:
         """Send one command of the request path and return its reply.
 
+        Raises:
+            BackendError: Redis failed or refused the command.
+
+        """
+        try:
+            return await self._execute(*args)
+        except (RedisError, OSError) as exc:
+            raise self._map(exc, str(args[0])) from exc
+
+    async def _execute(self, *args: Any) -> Any:
+        """`_send` with redis-py's own errors.
+
         On the auto-pipelined connection (see ``_mux``) when it is up, else,
         or when it fails with the command in flight, on a pooled connection
         (every command asyncstampede sends is safe to send twice).
         """
         try:
             reply = await self._mux.execute(*args)
-        except ResponseError as exc:
-            raise _failed(exc) from exc
+        except ResponseError:
+            raise
         except RedisError:  # the connection went down with this command in flight
             reply = UNAVAILABLE
         if reply is UNAVAILABLE:
@@ -208,21 +302,29 @@ class RedisBackend:
         return reply
 
     async def _script(self, script: AsyncScript, keys: list[bytes], args: list[Any]) -> Any:
-        """Run *script* like `_send`; if the server lost it, redis-py loads it again."""
+        """Run *script* like `_send`.
+
+        A server that lost it (``NOSCRIPT``: restarted, flushed, failed over)
+        gets it again and the call is repeated once. That is judged by the
+        error's type: redis-py strips the ``NOSCRIPT`` code from its text.
+        """
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            reply = await self._mux.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise _failed(exc) from exc
-            reply = UNAVAILABLE
-        except RedisError:
-            reply = UNAVAILABLE
-        if reply is UNAVAILABLE:
-            reply = await self._call(script, keys=keys, args=args)
-        return reply
+            try:
+                return await self._execute(*command)
+            except NoScriptError:
+                self.problems.say(
+                    logging.WARNING,
+                    f"Redis at {self.address} lost its scripts (restarted, flushed or "
+                    "failed over); loading them again",
+                )
+                await self._execute("SCRIPT", "LOAD", script.script)
+                return await self._execute(*command)
+        except (RedisError, OSError) as exc:
+            raise self._map(exc, "EVALSHA") from exc
 
     async def _command(self, *args: Any) -> Any:
-        """Send one command on a pooled connection and return its reply.
+        """Send one command on a pooled connection and return its reply (redis-py's errors).
 
         It talks to a pooled connection directly instead of going through
         ``Redis.execute_command`` (whose retry and instrumentation layers
@@ -243,10 +345,8 @@ class RedisBackend:
                     finally:
                         await pool.release(conn)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if attempt == 2:
-                    raise _failed(exc) from exc
-            except RedisError as exc:
-                raise _failed(exc) from exc
+                if attempt == 2 or not _worth_a_retry(exc):
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
@@ -259,9 +359,32 @@ class RedisBackend:
         return int(reply) != 0
 
     async def release(self, names: KeyNames, token: bytes) -> bool:
-        """See `Backend.release`."""
-        reply = await self._script(self._release, [names.lock], [token])
+        """See `Backend.release`.
+
+        Where the server refuses the script (an ACL without scripting), the
+        lock is released by a ``WATCH``ed transaction instead, so waiters are
+        not left to sleep out its TTL; the refusal is raised all the same.
+        """
+        try:
+            reply = await self._script(self._release, [names.lock], [token])
+        except BackendRefusedError:
+            await self._release_by_transaction(names.lock, token)
+            raise
         return int(reply) == 1
+
+    async def _release_by_transaction(self, lock: bytes, token: bytes) -> None:
+        """Delete *lock* if it still holds *token*, without a script (best effort)."""
+        try:
+            async with self._gate, self._client.pipeline(transaction=True) as pipe:
+                await pipe.watch(lock)
+                if await pipe.get(lock) == token:
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.delete(lock)
+                    await pipe.execute()
+        except WatchError:
+            pass  # the lock changed meanwhile: it is not ours any more
+        except (RedisError, OSError) as exc:
+            self.problems.report(self._map(exc, "MULTI"), "releasing a lock without a script")
 
     async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:
         """See `Backend.extend`."""
@@ -285,6 +408,6 @@ class RedisBackend:
             await self._client.aclose()
 
 
-def _failed(exc: BaseException) -> BackendError:
-    """Return the `BackendError` for a Redis or socket error, naming it and its message."""
-    return BackendError(f"Redis failed: {type(exc).__name__}: {exc}")
+def _worth_a_retry(exc: BaseException) -> bool:
+    """Whether a new connection may fix *exc* (not a refused password or certificate)."""
+    return not isinstance(map_error(exc, address=""), BackendRefusedError)

@@ -26,6 +26,7 @@ __all__ = [
     "INVALIDATE",
     "RELEASE",
     "TAKE",
+    "TAKE_OR_NAME",
     "WRITE_IF_ABSENT",
     "committed_ms",
 ]
@@ -89,6 +90,18 @@ local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[3] or holder == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return false
+end
+return holder
+"""
+
+# KEYS: lock. ARGV: token, lock ms.
+# ``SET lock token NX PX ms GET`` for Redis before 7.0, which rejects NX
+# with GET: takes the lock when it is free and returns nil, else returns the
+# holder's token (the marker of a commit included).
+TAKE_OR_NAME = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 return holder
 """

@@ -29,8 +29,13 @@ class Statistics:
         lock_lost: Computes whose lock expired or was invalidated before commit,
             so their value was not written.
         wait_timeouts: Waits that reached ``wait_timeout`` and computed locally.
-        backend_errors: Redis failures met on the request path.
-        reconnects: Times the pub/sub connection was re-established.
+        backend_errors: Redis failures met on the request path (refusals included).
+        refused: Of those, refusals: Redis answered with an error that will not
+            pass by itself (``NOPERM``, ``OOM``, ``WRONGTYPE``, a wrong password,
+            scripts it cannot keep...). Each is also logged at ERROR.
+        reconnects: Times one of the instance's own connections (requests, lock
+            watching) was re-established after it had been lost.
+        connect_errors: Attempts to (re)connect those connections that failed.
         in_flight: Keys being resolved right now.
 
     """
@@ -47,7 +52,9 @@ class Statistics:
     lock_lost: int
     wait_timeouts: int
     backend_errors: int
+    refused: int
     reconnects: int
+    connect_errors: int
     early_refreshes: int
     stale_served: int
     fail_safe: int
@@ -72,6 +79,7 @@ class Counters:
         "lock_lost",
         "misses",
         "refresh_errors",
+        "refused",
         "remote_waits",
         "soft_timeouts",
         "stale_served",
@@ -93,13 +101,14 @@ class Counters:
         self.lock_lost = 0
         self.wait_timeouts = 0
         self.backend_errors = 0
+        self.refused = 0
         self.early_refreshes = 0
         self.stale_served = 0
         self.fail_safe = 0
         self.soft_timeouts = 0
         self.refresh_errors = 0
 
-    def snapshot(self, *, reconnects: int, in_flight: int) -> Statistics:
+    def snapshot(self, *, reconnects: int, connect_errors: int, in_flight: int) -> Statistics:
         """Freeze the counters into a `Statistics` record."""
         return Statistics(
             hits=self.hits,
@@ -114,7 +123,9 @@ class Counters:
             lock_lost=self.lock_lost,
             wait_timeouts=self.wait_timeouts,
             backend_errors=self.backend_errors,
+            refused=self.refused,
             reconnects=reconnects,
+            connect_errors=connect_errors,
             early_refreshes=self.early_refreshes,
             stale_served=self.stale_served,
             fail_safe=self.fail_safe,

@@ -80,24 +80,48 @@ class RedisServer:
         self._dir = tempfile.TemporaryDirectory(prefix="asyncstampede-redis-")
         for _attempt in range(5):
             self.port = _free_port()
-            args = [
-                self._binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self._dir.name,
-                "--daemonize", "no",
-                *self._extra,
-            ]  # fmt: skip
-            log = Path(self._dir.name, "server.log").open("wb")  # noqa: SIM115
-            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-            if self._wait_ready(timeout):
+            if self._launch(timeout):
                 return
             self.stop()
             self._dir = tempfile.TemporaryDirectory(prefix="asyncstampede-redis-")
         raise RuntimeError(f"{self._binary} did not start on a free loopback port")
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop the server and start a new one on the same port: no data, no scripts.
+
+        What clients see of a crashed and restarted Redis (or a failover to
+        an empty replica): their connections drop, then the same address
+        answers again.
+
+        Raises:
+            RuntimeError: the server did not come back (the port was taken meanwhile).
+
+        """
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="asyncstampede-redis-")
+        if not self._launch(timeout):
+            raise RuntimeError(f"{self._binary} did not restart on port {self.port}")
+
+    def _launch(self, timeout: float) -> bool:
+        assert self._dir is not None
+        args = [
+            self._binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+            "--daemonize", "no",
+            *self._extra,
+        ]  # fmt: skip
+        log = Path(self._dir.name, "server.log").open("ab")  # noqa: SIM115
+        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -107,7 +131,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    # NOAUTH: up, and started with --requirepass.
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return True
             except OSError:
                 pass

@@ -1,0 +1,207 @@
+"""The Redis error boundary: every redis-py or socket error becomes a `BackendError` here.
+
+Two families (see ``_exceptions``):
+
+- *unavailable*: Redis could not be reached, the connection dropped, a reply
+  did not come in time, or the server is busy in a way that passes by itself
+  (``LOADING``, ``READONLY`` during a failover, ``TRYAGAIN``, ``BUSY``...);
+- *refused*: Redis answered and said no, and will keep saying it until
+  somebody changes its configuration or the app's: ``NOPERM``, a wrong or
+  missing password, ``OOM`` on a full ``noeviction`` server, ``WRONGTYPE``,
+  an invalid DB index, a TLS certificate the client does not trust.
+
+Every mapped error names the server's address, the command, the server's
+own words, and, where it is known, what to change (`hint`). `ProblemLog`
+writes them to the ``asyncstampede`` logger at most once per interval per
+kind, so a failing Redis is loud without flooding the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import time
+from typing import Any, Final, final
+
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+
+from ._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
+
+__all__ = [
+    "MINIMUM_ACL",
+    "ProblemLog",
+    "address_of",
+    "map_error",
+    "server_text",
+]
+
+log = logging.getLogger("asyncstampede")
+
+# What asyncstampede sends, as one ACL rule set (``<namespace>`` is the
+# instance's). redis-py adds HELLO and CLIENT SETINFO on each connection
+# (SETINFO errors are ignored), and SELECT for a DB other than 0. The scripts
+# run GET, SET, DEL, PEXPIRE and PTTL, which ACLs check like any command.
+MINIMUM_ACL: Final = (
+    "resetchannels &__redis__:invalidate -@all +hello +ping +select "
+    "+get +set +del +pexpire +pttl +evalsha +script|load "
+    "+client|id +client|tracking +subscribe ~<namespace>:*"
+)
+
+# Error prefixes of conditions that pass by themselves: unavailable, not refused.
+_TRANSIENT_PREFIXES = ("BUSY", "LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
+_NOPERM_COMMAND = re.compile(r"run the '([^']+)' command")
+
+
+def address_of(connection_kwargs: dict[str, Any]) -> str:
+    """Return ``host:port/db`` (or the socket path) from a redis-py pool's connection kwargs."""
+    db = connection_kwargs.get("db", 0) or 0
+    path = connection_kwargs.get("path")
+    if path:
+        return f"{path}/{db}"
+    host = connection_kwargs.get("host", "localhost")
+    port = connection_kwargs.get("port", 6379)
+    return f"{host}:{port}/{db}"
+
+
+def server_text(exc: BaseException) -> str:
+    """Return the error as the server worded it (redis-py strips its leading code)."""
+    code = getattr(exc, "status_code", None)
+    text = str(exc)
+    if isinstance(code, str) and code and not text.startswith(code):
+        return f"{code} {text}"
+    return text or type(exc).__name__
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    if isinstance(exc, BusyLoadingError | ReadOnlyError | TryAgainError | ClusterDownError):
+        return False
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return True
+    if isinstance(exc, ResponseError | AuthenticationWrongNumberOfArgsError):
+        return not server_text(exc).startswith(_TRANSIENT_PREFIXES)
+    if isinstance(exc, RedisError) and str(exc) == "Invalid Database":
+        return True
+    # A certificate that does not verify is a configuration, not an outage.
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _hint(exc: BaseException, text: str, namespace: str | None) -> str | None:
+    """Return what to change for a refusal, when it is known."""
+    upper = text.upper()
+    if upper.startswith("NOPERM"):
+        match = _NOPERM_COMMAND.search(text)
+        if match:
+            return f"grant the ACL rule +{match.group(1).lower()}"
+        if "channel" in text:
+            return "grant the ACL rule &__redis__:invalidate (client tracking's channel)"
+        if "key" in text:
+            keys = f"~{namespace}:*" if namespace else "~<namespace>:*"
+            return f"grant the ACL rule {keys}"
+        return f"grant what asyncstampede needs: {MINIMUM_ACL}"
+    if upper.startswith("OOM"):
+        return (
+            "Redis is full and its maxmemory-policy is noeviction: raise maxmemory, "
+            "or use an evicting policy such as allkeys-lru for a cache"
+        )
+    if upper.startswith("WRONGTYPE"):
+        return "another program stores other data under this namespace: give asyncstampede one"
+    if upper.startswith(("WRONGPASS", "NOAUTH", "INVALID PASSWORD")) or isinstance(
+        exc, AuthenticationError
+    ):
+        return "check the username and password in the Redis URL"
+    if "DB index" in text or text == "Invalid Database":
+        return "use a database index below the server's 'databases' setting"
+    if "unknown command" in text.lower():
+        return "this server or proxy lacks a command asyncstampede needs (Redis 6.2 or later)"
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return "pass the server's CA (ssl_ca_certs=...) or fix the certificate"
+    return None
+
+
+def map_error(
+    exc: BaseException,
+    *,
+    address: str,
+    command: str | None = None,
+    namespace: str | None = None,
+) -> BackendError:
+    """Return the `BackendError` for a redis-py or socket error.
+
+    Args:
+        exc: What redis-py (or the socket) raised.
+        address: The server's address, for the message.
+        command: The command that failed, if one did (None: the connection).
+        namespace: The instance's namespace, for hints about key permissions.
+
+    """
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]  # a task group's: the first failure stands for it
+    if isinstance(exc, BackendError):
+        return exc
+    text = server_text(exc)
+    what = f" {command.upper()}" if command else ""
+    if _is_refusal(exc):
+        hint = _hint(exc, text, namespace)
+        message = f"Redis at {address} refused{what or ' the connection'}: {text}"
+        if hint:
+            message += f" ({hint})"
+        return BackendRefusedError(message, address=address, command=command, hint=hint)
+    name = type(exc).__name__
+    detail = text if text.startswith(name) or isinstance(exc, ResponseError) else f"{name}: {text}"
+    message = f"Redis at {address} unavailable{' for' + what if what else ''}: {detail}"
+    if isinstance(exc, RedisError) and not isinstance(exc, ResponseError):
+        # A plain-text Redis on a TLS port (or the reverse) just closes or stalls.
+        lowered = text.lower()
+        if "connection reset" in lowered or "closed by server" in lowered:
+            message += " (if the server expects TLS, use a rediss:// URL)"
+    return BackendUnavailableError(message, address=address, command=command)
+
+
+@final
+class ProblemLog:
+    """Logs Redis problems, each kind at most once per *interval* seconds.
+
+    A kind is the message; what was suppressed since the
+    last line of a kind is counted in the next one. Refusals are logged at
+    ERROR (somebody must act), unavailability at WARNING.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def report(self, exc: BackendError, doing: str) -> None:
+        """Log *exc*, met while *doing* something (a short phrase), unless logged lately."""
+        level = logging.ERROR if isinstance(exc, BackendRefusedError) else logging.WARNING
+        self.say(level, f"{doing}: {exc}")
+
+    def say(self, level: int, message: str) -> None:
+        """Log *message* (prefixed ``asyncstampede:``) unless it was logged lately."""
+        now = time.monotonic()
+        last = self._last.get(message)
+        if last is not None and now - last[0] < self._interval:
+            self._last[message] = (last[0], last[1] + 1)
+            return
+        if len(self._last) > 256:  # many distinct messages: forget the old ones
+            self._last.clear()
+        self._last[message] = (now, 0)
+        more = f" ({last[1]} more like it since)" if last is not None and last[1] else ""
+        log.log(level, "asyncstampede: %s%s", message, more)
