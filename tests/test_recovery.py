@@ -1,0 +1,140 @@
+"""The cache heals after Redis loses its state: scripts flushed, server restarted."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import pytest
+import redis
+
+from asyncstampede import Stampede
+from asyncstampede._keys import make_names
+from asyncstampede.testing import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+async def _herd(caches: list[Stampede], key: str, per_cache: int = 10) -> tuple[list[str], int]:
+    """Run *per_cache* concurrent calls for *key* on each cache; return results and computes."""
+    computes = 0
+
+    async def compute() -> str:
+        nonlocal computes
+        computes += 1
+        await anyio.sleep(0.2)
+        return f"value of {key}"
+
+    results: list[str] = []
+
+    async def one(cache: Stampede) -> None:
+        results.append(await cache.get_or_compute(key, compute, ttl=60))
+
+    # lock_ttl is 30 s: a herd that had to wait out a lock would blow this bound.
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for cache in caches:
+                for _ in range(per_cache):
+                    tg.start_soon(one, cache)
+    return results, computes
+
+
+async def test_herd_after_script_flush_computes_once_and_stores(
+    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SCRIPT FLUSH: the next commit reloads its script; one compute, the value is stored."""
+    async with (
+        Stampede.from_url(own_server.url, namespace="ns", lock_ttl=30) as a,
+        Stampede.from_url(own_server.url, namespace="ns", lock_ttl=30) as b,
+    ):
+        results, computes = await _herd([a, b], "warm")
+        assert computes == 1
+        own_server.command("SCRIPT", "FLUSH")
+        with caplog.at_level(logging.WARNING, logger="asyncstampede"):
+            results, computes = await _herd([a, b], "new")
+        assert computes == 1
+        assert results == ["value of new"] * 20
+        stored = redis.Redis.from_url(own_server.url).get(make_names("ns", "new").value)
+        assert stored is not None
+        assert "lost its scripts" in caplog.text
+        for cache in (a, b):
+            assert cache.statistics().backend_errors == 0
+
+
+async def test_herd_after_a_server_restart_computes_once_and_stores(
+    own_server: RedisServer,
+) -> None:
+    """Redis restarted (no data, no scripts, connections dropped): the next herd is normal."""
+    async with (
+        Stampede.from_url(own_server.url, namespace="ns", lock_ttl=30) as a,
+        Stampede.from_url(own_server.url, namespace="ns", lock_ttl=30) as b,
+    ):
+        await _herd([a, b], "warm")
+        own_server.restart()
+        # The first call after the restart finds the old connections dead.
+        # Whatever it meets, the herd after it must be one compute, stored.
+        await a.get_or_compute("probe", _value, ttl=60)
+        results, computes = await _herd([a, b], "new")
+        assert computes == 1
+        assert results == ["value of new"] * 20
+        sync = redis.Redis.from_url(own_server.url)
+        assert sync.get(make_names("ns", "new").value) is not None
+        # Both instances' lock watchers came back (the waiters above were
+        # woken by them, or by their re-check after reconnecting).
+        with anyio.fail_after(10):
+            while min(c.statistics().reconnects for c in (a, b)) == 0:
+                await anyio.sleep(0.01)
+
+
+async def _value() -> str:
+    return "v"
+
+
+async def test_waiters_after_a_restart_mid_compute_get_the_holders_value(
+    own_server: RedisServer,
+) -> None:
+    """Redis restarts while a holder computes: its commit finds no lock, waiters re-check.
+
+    The restart lost the lock (and the scripts). The holder's commit then
+    reports the lock lost and stores nothing; the waiter, told to look again
+    by its reconnected watcher, takes the free lock and computes once itself.
+    Nobody waits out ``lock_ttl``.
+    """
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "holder"
+
+    async def own() -> str:
+        return "waiter"
+
+    got: list[str] = []
+    async with (
+        Stampede.from_url(own_server.url, namespace="ns", lock_ttl=30) as leader,
+        Stampede.from_url(own_server.url, namespace="ns", lock_ttl=30, wait_timeout=60) as waiter,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def lead() -> None:
+            got.append(await leader.get_or_compute("k", slow, ttl=60))
+
+        async def wait() -> None:
+            got.append(await waiter.get_or_compute("k", own, ttl=60))
+
+        tg.start_soon(lead)
+        await started.wait()
+        tg.start_soon(wait)
+        with anyio.fail_after(10):
+            while waiter.statistics().remote_waits == 0:
+                await anyio.sleep(0.01)
+        own_server.restart()
+        with anyio.fail_after(10):  # far below lock_ttl
+            while not got:
+                await anyio.sleep(0.01)
+        release.set()
+    assert sorted(got) == ["holder", "waiter"]
+    assert leader.statistics().lock_lost == 1
+    assert waiter.statistics().computes == 1
