@@ -395,13 +395,13 @@ class Stampede:
             tg.start_soon(self._keep_locks)
             await self._backend.prepare()
             self._tg = tg
-            if self._check:
-                try:
-                    await self.check()
-                except BaseException:
-                    self._tg = None
-                    raise
             self._stack = stack.pop_all()
+        if self._check:
+            try:
+                await self.check()
+            except BaseException:
+                await self.aclose()
+                raise
         return self
 
     async def check(self) -> None:
@@ -803,13 +803,13 @@ class Stampede:
 
     async def _on_backend_error(self, exc: BackendError, req: _Request) -> Any:
         if req.stale is not None:
-            self._failed(exc, f"reading {req.key!r}; serving its stale value")
+            self._failed(exc, f"looking up {req.key!r}; serving its stale value")
             self._counters.fail_safe += 1
             return req.stale.value
         if not self._fail_open:
-            self._failed(exc, f"reading {req.key!r}; raising (fail_open is off)")
+            self._failed(exc, f"looking up {req.key!r}; raising (fail_open is off)")
             raise exc
-        self._failed(exc, f"reading {req.key!r}; computing it without the cache")
+        self._failed(exc, f"looking up {req.key!r}; computing it without the cache")
         # Redis is unavailable: still coalesced in this process, but nothing
         # is shared or stored. The value goes through the codec all the same,
         # so callers see the same types as with a working Redis.

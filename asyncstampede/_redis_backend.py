@@ -130,13 +130,11 @@ class RedisBackend:
             pass
 
     async def _load_scripts(self) -> None:
-        try:
-            async with self._gate, self._client.pipeline(transaction=False) as pipe:
-                for script in self._scripts:
-                    pipe.script_load(script.script)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise self._map(exc, "SCRIPT") from exc
+        for script in self._scripts:
+            try:
+                await self._execute("SCRIPT", "LOAD", script.script)
+            except (RedisError, OSError) as exc:
+                raise self._map(exc, "SCRIPT LOAD") from exc
 
     async def check(self, names: KeyNames) -> None:
         """Send every kind of command asyncstampede uses once; raise the first refusal.
@@ -363,28 +361,38 @@ class RedisBackend:
 
         Where the server refuses the script (an ACL without scripting), the
         lock is released by a ``WATCH``ed transaction instead, so waiters are
-        not left to sleep out its TTL; the refusal is raised all the same.
+        not left to sleep out its TTL; the refusal is logged. Raises only
+        when that fails too.
         """
         try:
             reply = await self._script(self._release, [names.lock], [token])
-        except BackendRefusedError:
-            await self._release_by_transaction(names.lock, token)
-            raise
+        except BackendRefusedError as exc:
+            released = await self._release_by_transaction(names.lock, token)
+            if released is None:
+                raise
+            self.problems.report(exc, "releasing a lock (done by a transaction instead)")
+            return released
         return int(reply) == 1
 
-    async def _release_by_transaction(self, lock: bytes, token: bytes) -> None:
-        """Delete *lock* if it still holds *token*, without a script (best effort)."""
+    async def _release_by_transaction(self, lock: bytes, token: bytes) -> bool | None:
+        """Delete *lock* if it still holds *token*, without a script.
+
+        Returns whether it was deleted, or None when that failed too (logged).
+        """
         try:
             async with self._gate, self._client.pipeline(transaction=True) as pipe:
                 await pipe.watch(lock)
-                if await pipe.get(lock) == token:
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.delete(lock)
-                    await pipe.execute()
+                if await pipe.get(lock) != token:
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.delete(lock)
+                await pipe.execute()
+                return True
         except WatchError:
-            pass  # the lock changed meanwhile: it is not ours any more
+            return False  # the lock changed meanwhile: it is not ours any more
         except (RedisError, OSError) as exc:
-            self.problems.report(self._map(exc, "MULTI"), "releasing a lock without a script")
+            self.problems.report(self._map(exc, "MULTI"), "releasing a lock by a transaction")
+            return None
 
     async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:
         """See `Backend.extend`."""

@@ -35,6 +35,7 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 
@@ -158,7 +159,11 @@ def map_error(
     what = f" {command.upper()}" if command else ""
     if _is_refusal(exc):
         hint = _hint(exc, text, namespace)
-        message = f"Redis at {address} refused{what or ' the connection'}: {text}"
+        # A login or certificate refused while connecting refuses the
+        # connection, whatever command was about to go out on it.
+        if isinstance(exc, RedisConnectionError) or not what:
+            what = " the connection"
+        message = f"Redis at {address} refused{what}: {text}"
         if hint:
             message += f" ({hint})"
         return BackendRefusedError(message, address=address, command=command, hint=hint)
