@@ -30,7 +30,7 @@ from typing import Any, final
 import anyio
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from ._backend import MSG_DONE, MSG_VALUE
@@ -66,6 +66,7 @@ class _Untracked:
 
 
 UNTRACKED = _Untracked()  # watch() could not send its read on a tracking connection
+_REFUSED = object()  # an error reply on the tracking connection
 
 
 def is_connection_trouble(exc: BaseException) -> bool:
@@ -268,13 +269,21 @@ class RedisListener(Listener):
     async def _read_replies(self, tracker: AbstractConnection) -> None:
         """Hand each reply on the tracking connection to its caller; fail when it closes."""
         while True:
-            reply = await tracker.read_response(disconnect_on_error=False)  # no timeout
+            try:
+                reply = await tracker.read_response(disconnect_on_error=False)  # no timeout
+            except ResponseError:
+                # A refused read (say WRONGTYPE under the namespace) fails
+                # only its own caller, who asks again on the request path,
+                # where the refusal is counted and logged.
+                reply = _REFUSED
             if not self._sent:
                 raise ConnectionError(f"unexpected reply on the tracking connection: {reply!r}")
             pending = self._sent.popleft()
             if pending.lock is None:
-                pending.reply = reply
+                pending.reply = UNTRACKED if reply is _REFUSED else reply
                 pending.done.set()
+            elif reply is _REFUSED:
+                self.deliver(pending.lock, CHANGED)
             elif reply is None:
                 self.deliver(pending.lock, ABSENT)
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -133,3 +134,119 @@ async def test_oversized_stored_value_is_not_decompressed(redis_url: str, namesp
     async with Stampede.from_url(redis_url, namespace=namespace, max_value_bytes=100_000) as r:
         assert await r.get_or_compute("k", small, ttl=30) == "small"
         assert r.statistics().decode_errors == 1
+
+
+# --- the wrong thing passed where a client or a compute function goes ----------
+
+
+def test_a_url_instead_of_a_client_says_from_url(redis_url: str) -> None:
+    """Stampede("redis://...") raises a TypeError that names Stampede.from_url."""
+    with pytest.raises(TypeError, match=r"Stampede\.from_url"):
+        Stampede(redis_url)  # type: ignore[arg-type]
+
+
+def test_a_synchronous_client_is_refused(redis_url: str) -> None:
+    """A redis.Redis (sync) client raises a TypeError asking for redis.asyncio.Redis."""
+    client = redis.Redis.from_url(redis_url)
+    with pytest.raises(TypeError, match=r"redis\.asyncio\.Redis"):
+        Stampede(client)  # type: ignore[arg-type]
+    client.close()
+
+
+async def test_a_cluster_client_is_refused_for_now() -> None:
+    """An asyncio RedisCluster is not taken for a plain client: a TypeError says so."""
+    import redis.asyncio.cluster
+
+    cluster = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1)
+    with pytest.raises(TypeError, match="Cluster"):
+        Stampede(cluster)  # type: ignore[arg-type]
+    await cluster.aclose()
+
+
+async def test_a_sync_compute_function_is_a_type_error_and_poisons_nothing(
+    any_cache: Stampede,
+) -> None:
+    """fn returning a plain value: every caller gets a TypeError; the next good call computes."""
+
+    def blocking() -> dict[str, int]:
+        return {"a": 1}
+
+    errors: list[BaseException] = []
+
+    async def one() -> None:
+        try:
+            await any_cache.get_or_compute("k", blocking, ttl=5)  # type: ignore[arg-type]
+        except TypeError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(one)
+    assert len(errors) == 5
+    assert "not an awaitable" in str(errors[0])
+    assert "anyio.to_thread.run_sync" in str(errors[0])
+
+    async def good() -> dict[str, int]:
+        return {"a": 2}
+
+    with anyio.fail_after(2):  # no lock left behind to wait out (lock_ttl is 5 s)
+        assert await any_cache.get_or_compute("k", good, ttl=5) == {"a": 2}
+
+
+async def test_a_coroutine_instead_of_a_function_is_refused_and_closed(any_cache: Stampede) -> None:
+    """get_or_compute(key, load(), ttl): a TypeError at once, and no 'never awaited' warning."""
+
+    async def load() -> int:
+        raise AssertionError("must not run")
+
+    with pytest.raises(TypeError, match="coroutine"):
+        await any_cache.get_or_compute("k", load(), ttl=5)  # type: ignore[arg-type]
+
+
+async def test_a_generator_function_is_refused_before_running(any_cache: Stampede) -> None:
+    """An async generator function is refused without being called."""
+
+    async def values() -> AsyncIterator[int]:
+        raise AssertionError("must not run")
+        yield 1
+
+    with pytest.raises(TypeError, match="generator"):
+        await any_cache.get_or_compute("k", values, ttl=5)  # type: ignore[arg-type]
+    assert any_cache.statistics().computes == 0
+
+
+def test_redis_mode_under_trio_says_to_use_asyncio(redis_url: str) -> None:
+    """Under trio, entering a Redis-backed Stampede raises a RuntimeError that says why."""
+
+    async def main() -> None:
+        async with Stampede.from_url(redis_url):
+            raise AssertionError("entered under trio")
+
+    with pytest.raises(RuntimeError, match="asyncio"):
+        anyio.run(main, backend="trio")
+
+
+def test_embedded_mode_runs_under_trio() -> None:
+    """Embedded mode needs no asyncio: concurrent callers under trio share one compute."""
+    calls = 0
+
+    async def compute() -> int:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.01)
+        return 7
+
+    async def main() -> list[int]:
+        results: list[int] = []
+        async with Stampede() as cache:
+
+            async def one() -> None:
+                results.append(await cache.get_or_compute("k", compute, ttl=5))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(one)
+        return results
+
+    assert anyio.run(main, backend="trio") == [7] * 10
+    assert calls == 1

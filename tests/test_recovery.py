@@ -138,3 +138,35 @@ async def test_waiters_after_a_restart_mid_compute_get_the_holders_value(
     assert sorted(got) == ["holder", "waiter"]
     assert leader.statistics().lock_lost == 1
     assert waiter.statistics().computes == 1
+
+
+async def test_reconnects_count_reconnections_and_failed_attempts_apart(
+    own_server: RedisServer,
+) -> None:
+    """Redis down from the start: failed attempts are counted, reconnections are not."""
+    own_server.stop()
+    async with Stampede.from_url(own_server.url, socket_timeout=0.5) as cache:
+        with anyio.fail_after(10):
+            while cache.statistics().connect_errors < 4:
+                await anyio.sleep(0.01)
+        assert cache.statistics().reconnects == 0
+        own_server.restart()  # the same port: now it answers
+
+        async def value() -> str:
+            return "v"
+
+        with anyio.fail_after(10):  # first connections made: still no reconnection
+            while True:
+                await cache.get_or_compute("k", value, ttl=60)
+                if cache.statistics().hits:
+                    break
+                await anyio.sleep(0.05)
+        with anyio.fail_after(10):  # the lock watcher is subscribed again
+            while b"sub=1" not in own_server.command("CLIENT", "LIST", "TYPE", "pubsub"):
+                await anyio.sleep(0.01)
+        assert cache.statistics().reconnects == 0
+        own_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+        with anyio.fail_after(10):
+            while cache.statistics().reconnects == 0:
+                await anyio.sleep(0.01)
+        assert cache.statistics().reconnects == 1
