@@ -21,6 +21,10 @@ pytestmark = pytest.mark.anyio
 async def no_scripts_url(redis_url: str, namespace: str) -> AsyncIterator[str]:
     """The URL of an ACL user who may do everything but run scripts."""
     admin = redis.asyncio.Redis.from_url(redis_url)
+    version = str((await admin.info("server"))["redis_version"])
+    if tuple(int(part) for part in version.split(".")[:2]) < (7, 0):
+        await admin.aclose()
+        pytest.skip(f"Redis {version}: the lock itself is a script there, refused before a commit")
     user = f"noeval-{namespace}"
     await admin.acl_setuser(
         user, enabled=True, nopass=True, keys=["*"], channels=["*"],
