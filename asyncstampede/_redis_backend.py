@@ -277,10 +277,19 @@ class RedisBackend:
             BackendError: Redis failed or refused the command.
 
         """
+        # `_execute` spelled out: a hit is this call, and a frame less counts.
         try:
-            return await self._execute(*args)
-        except (RedisError, OSError) as exc:
+            reply = await self._mux.execute(*args)
+        except ResponseError as exc:
             raise self._map(exc, str(args[0])) from exc
+        except RedisError:  # the connection went down with this command in flight
+            reply = UNAVAILABLE
+        if reply is UNAVAILABLE:
+            try:
+                reply = await self._command(*args)
+            except (RedisError, OSError) as exc:
+                raise self._map(exc, str(args[0])) from exc
+        return reply
 
     async def _execute(self, *args: Any) -> Any:
         """`_send` with redis-py's own errors.
