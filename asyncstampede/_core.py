@@ -56,8 +56,6 @@ from ._stats import Counters, Statistics
 
 __all__ = ["Stampede"]
 
-log = logging.getLogger("asyncstampede")
-
 T = TypeVar("T")
 
 _MiB = 1024 * 1024
@@ -534,7 +532,7 @@ class Stampede:
         names = self._names.get(key) if type(key) is str else None
         if names is None:
             names = self._names_for(key)
-        if not callable(fn) or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        if not callable(fn):
             _refuse_fn(fn)
         ttl_ms = _ttl_ms(ttl)
         policy = self._policy
@@ -664,11 +662,10 @@ class Stampede:
             # Held: another process is refreshing it.
         except Exception as exc:  # a background refresh has no caller to tell
             self._counters.refresh_errors += 1
-            log.warning(
-                "asyncstampede: background refresh of %r failed; the served value stays: %s: %s",
-                req.key,
-                type(exc).__name__,
-                exc,
+            self._problems.say(
+                logging.WARNING,
+                f"background refresh of {req.key!r} failed; the served value stays: "
+                f"{type(exc).__name__}: {exc}",
             )
         finally:
             self._refreshing.discard(req.key)
@@ -1135,6 +1132,14 @@ async def _call(fn: Callable[[], Awaitable[Any]]) -> Any:
     """Call *fn* and await what it returns, which must be awaitable."""
     result = fn()
     if not inspect.isawaitable(result):
+        if inspect.isasyncgen(result) or inspect.isgenerator(result):
+            if inspect.isgenerator(result):
+                result.close()
+            else:
+                await result.aclose()
+            raise TypeError(
+                "fn is a generator function: pass an async function returning the value"
+            )
         raise TypeError(
             f"the compute function returned {type(result).__name__}, not an awaitable: pass an "
             "async function (or a lambda returning a coroutine); for blocking code, pass "
@@ -1151,8 +1156,6 @@ def _refuse_fn(fn: object) -> NoReturn:
             "fn is a coroutine, not a function: pass the function itself, or a lambda "
             "(get_or_compute(key, lambda: load(42), ttl))"
         )
-    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
-        raise TypeError("fn is a generator function: pass an async function returning the value")
     raise TypeError(f"fn must be a zero-argument async callable, not {type(fn).__name__}")
 
 
@@ -1161,9 +1164,8 @@ def _check_client(redis: object) -> None:
     if isinstance(redis, Redis):
         return
     if isinstance(redis, str):
-        raise TypeError(
-            "Stampede() takes a redis.asyncio.Redis client; for a URL use "
-            f"Stampede.from_url({redis!r})"
+        raise TypeError(  # the URL is not repeated: it may hold a password
+            "Stampede() takes a redis.asyncio.Redis client; for a URL use Stampede.from_url(url)"
         )
     if isinstance(redis, SyncRedis):
         raise TypeError(

@@ -204,7 +204,7 @@ async def test_a_coroutine_instead_of_a_function_is_refused_and_closed(any_cache
 
 
 async def test_a_generator_function_is_refused_before_running(any_cache: Stampede) -> None:
-    """An async generator function is refused without being called."""
+    """An async generator function is refused; its body never runs."""
 
     async def values() -> AsyncIterator[int]:
         raise AssertionError("must not run")
@@ -212,7 +212,6 @@ async def test_a_generator_function_is_refused_before_running(any_cache: Stamped
 
     with pytest.raises(TypeError, match="generator"):
         await any_cache.get_or_compute("k", values, ttl=5)  # type: ignore[arg-type]
-    assert any_cache.statistics().computes == 0
 
 
 def test_redis_mode_under_trio_says_to_use_asyncio(redis_url: str) -> None:
