@@ -447,12 +447,16 @@ class Stampede:
             in_flight=len(self._flights),
         )
 
-    def _failed(self, exc: BackendError, doing: str) -> None:
-        """Count and log a Redis failure met while *doing* something (a short phrase)."""
+    def _failed(self, exc: BackendError, doing: str, key: str | None = None) -> None:
+        """Count and log a Redis failure met while *doing* something (a short phrase).
+
+        ``{key}`` in *doing* names the cache key; failures that differ only
+        by their key are one kind of message for the rate limit.
+        """
         self._counters.backend_errors += 1
         if isinstance(exc, BackendRefusedError):
             self._counters.refused += 1
-        self._problems.report(exc, doing)
+        self._problems.report(exc, doing, key=key)
 
     def _task_group(self) -> anyio.abc.TaskGroup:
         if self._tg is None or self._closed:
@@ -658,7 +662,7 @@ class Stampede:
                 await self._lead(req, token)
             elif isinstance(state, BackendError):
                 # The value being served is the best there is.
-                self._failed(state, f"refreshing {req.key!r}; the served value stays")
+                self._failed(state, "refreshing {key}; the served value stays", req.key)
             # Held: another process is refreshing it.
         except Exception as exc:  # a background refresh has no caller to tell
             self._counters.refresh_errors += 1
@@ -666,6 +670,7 @@ class Stampede:
                 logging.WARNING,
                 f"background refresh of {req.key!r} failed; the served value stays: "
                 f"{type(exc).__name__}: {exc}",
+                kind=f"background refresh failed: {type(exc).__name__}",
             )
         finally:
             self._refreshing.discard(req.key)
@@ -800,13 +805,13 @@ class Stampede:
 
     async def _on_backend_error(self, exc: BackendError, req: _Request) -> Any:
         if req.stale is not None:
-            self._failed(exc, f"looking up {req.key!r}; serving its stale value")
+            self._failed(exc, "looking up {key}; serving its stale value", req.key)
             self._counters.fail_safe += 1
             return req.stale.value
         if not self._fail_open:
-            self._failed(exc, f"looking up {req.key!r}; raising (fail_open is off)")
+            self._failed(exc, "looking up {key}; raising (fail_open is off)", req.key)
             raise exc
-        self._failed(exc, f"looking up {req.key!r}; computing it without the cache")
+        self._failed(exc, "looking up {key}; computing it without the cache", req.key)
         # Redis is unavailable: still coalesced in this process, but nothing
         # is shared or stored. The value goes through the codec all the same,
         # so callers see the same types as with a working Redis.
@@ -937,9 +942,9 @@ class Stampede:
 
         """
         if self._fail_open:
-            self._failed(exc, f"storing {req.key!r}; its value is returned uncached")
+            self._failed(exc, "storing {key}; its value is returned uncached", req.key)
         else:
-            self._failed(exc, f"storing {req.key!r}; raising (fail_open is off)")
+            self._failed(exc, "storing {key}; raising (fail_open is off)", req.key)
         with anyio.CancelScope(shield=True):
             await self._release_quietly(req.names, token)
         if not self._fail_open:
@@ -973,7 +978,7 @@ class Stampede:
             # 0: keep the value's Redis TTL, so the stale window stays anchored.
             await self._backend.commit(req.names, token, payload, 0)
         except BackendError as exc:
-            self._failed(exc, f"re-stamping the stale value of {req.key!r}")
+            self._failed(exc, "re-stamping the stale value of {key}", req.key)
             await self._release_quietly(req.names, token)
         return stale.value
 
@@ -988,7 +993,7 @@ class Stampede:
         try:
             await self._backend.commit(req.names, token, payload, req.policy.negative_ms)
         except BackendError as exc:
-            self._failed(exc, f"remembering the failure of {req.key!r}")
+            self._failed(exc, "remembering the failure of {key}", req.key)
             await self._release_quietly(req.names, token)
 
     async def _release_quietly(self, names: KeyNames, token: bytes) -> None:
@@ -1124,7 +1129,7 @@ class Stampede:
         try:
             await self._backend.write_if_absent(req.names, payload, px_ms)
         except BackendError as exc:
-            self._failed(exc, f"storing {req.key!r} computed without the lock")
+            self._failed(exc, "storing {key} computed without the lock", req.key)
         return decode(payload, max_value_bytes=self._max_value_bytes).value
 
 

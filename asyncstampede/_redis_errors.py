@@ -191,20 +191,33 @@ class ProblemLog:
         self._interval = interval
         self._last: dict[str, tuple[float, int]] = {}
 
-    def report(self, exc: BackendError, doing: str) -> None:
-        """Log *exc*, met while *doing* something (a short phrase), unless logged lately."""
-        level = logging.ERROR if isinstance(exc, BackendRefusedError) else logging.WARNING
-        self.say(level, f"{doing}: {exc}")
+    def report(self, exc: BackendError, doing: str, *, key: str | None = None) -> None:
+        """Log *exc*, met while *doing* something (a short phrase), unless logged lately.
 
-    def say(self, level: int, message: str) -> None:
-        """Log *message* (prefixed ``asyncstampede:``) unless it was logged lately."""
+        ``{key}`` in *doing* is replaced by *key*; messages that differ only
+        by their key are one kind, so an outage over many keys logs one line
+        per interval, not one per key.
+        """
+        level = logging.ERROR if isinstance(exc, BackendRefusedError) else logging.WARNING
+        self.say(
+            level,
+            f"{doing.replace('{key}', repr(key))}: {exc}",
+            kind=f"{doing}: {exc}",
+        )
+
+    def say(self, level: int, message: str, *, kind: str | None = None) -> None:
+        """Log *message* (prefixed ``asyncstampede:``) unless its *kind* was logged lately.
+
+        The kind defaults to the message itself.
+        """
+        kind = message if kind is None else kind
         now = time.monotonic()
-        last = self._last.get(message)
+        last = self._last.get(kind)
         if last is not None and now - last[0] < self._interval:
-            self._last[message] = (last[0], last[1] + 1)
+            self._last[kind] = (last[0], last[1] + 1)
             return
-        if len(self._last) > 256:  # many distinct messages: forget the old ones
+        if len(self._last) > 256:  # many distinct kinds: forget the old ones
             self._last.clear()
-        self._last[message] = (now, 0)
+        self._last[kind] = (now, 0)
         more = f" ({last[1]} more like it since)" if last is not None and last[1] else ""
         log.log(level, "asyncstampede: %s%s", message, more)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -438,3 +439,26 @@ async def test_a_waiter_behind_half_open_connections_still_gets_the_value(
             Stampede.from_url(url, namespace=namespace, socket_timeout=0.5) as waiter,
         ):
             await _waiter_gets_the_value(leader, waiter, silence, within=6)
+
+
+async def test_an_outage_over_many_keys_logs_a_few_lines_not_one_per_key(
+    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis down, 300 distinct keys: every failure is counted, the log gets a handful of lines."""
+
+    async def compute() -> int:
+        return 1
+
+    with caplog.at_level(logging.WARNING, logger="asyncstampede"):
+        async with Stampede.from_url(own_server.url, socket_timeout=0.5) as cache:
+            own_server.stop()
+            async with anyio.create_task_group() as tg:
+                for i in range(300):
+                    tg.start_soon(cache.get_or_compute, f"k{i}", compute, 5)
+            assert cache.statistics().backend_errors >= 300
+    lines = [r.getMessage() for r in caplog.records]
+    assert 1 <= len(lines) < 10, lines
+    assert any(
+        "looking up 'k" in line and "computing it without the cache" in line for line in lines
+    )
+    assert all("127.0.0.1:" in line for line in lines)
