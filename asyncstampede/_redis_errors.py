@@ -171,9 +171,9 @@ def map_error(
     detail = text if text.startswith(name) or isinstance(exc, ResponseError) else f"{name}: {text}"
     message = f"Redis at {address} unavailable{' for' + what if what else ''}: {detail}"
     if isinstance(exc, RedisError) and not isinstance(exc, ResponseError):
-        # A plain-text Redis on a TLS port (or the reverse) just closes or stalls.
-        lowered = text.lower()
-        if "connection reset" in lowered or "closed by server" in lowered:
+        # A TLS port answers a plain-text client by resetting the connection
+        # (a restart, by contrast, closes it: "Connection closed by server").
+        if "connection reset" in text.lower():
             message += " (if the server expects TLS, use a rediss:// URL)"
     return BackendUnavailableError(message, address=address, command=command)
 
