@@ -170,11 +170,10 @@ def map_error(
     name = type(exc).__name__
     detail = text if text.startswith(name) or isinstance(exc, ResponseError) else f"{name}: {text}"
     message = f"Redis at {address} unavailable{' for' + what if what else ''}: {detail}"
-    if isinstance(exc, RedisError) and not isinstance(exc, ResponseError):
-        # A TLS port answers a plain-text client by resetting the connection
-        # (a restart, by contrast, closes it: "Connection closed by server").
-        if "connection reset" in text.lower():
-            message += " (if the server expects TLS, use a rediss:// URL)"
+    # A TLS port answers a plain-text client by resetting the connection (a
+    # restart, by contrast, closes it: "Connection closed by server").
+    if isinstance(exc, RedisError) and "connection reset" in text.lower():
+        message += " (if the server expects TLS, use a rediss:// URL)"
     return BackendUnavailableError(message, address=address, command=command)
 
 

@@ -292,3 +292,10 @@ async def test_check_passes_on_a_good_server_and_in_embedded_mode(redis_url: str
     sync = redis.Redis.from_url(redis_url)
     assert sync.keys("checked:*") == []
     sync.close()
+
+
+def test_the_operations_page_shows_the_minimum_acl() -> None:
+    """The ACL example on the operations page is MINIMUM_ACL, the set tested above."""
+    page = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    line = next(line for line in page.splitlines() if line.startswith("ACL SETUSER cache"))
+    assert line == f"ACL SETUSER cache on >password {MINIMUM_ACL.replace('<namespace>', 'app')}"
