@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import anyio
 import pytest
 import redis
 import redis.asyncio
+from _scenarios import holder_and_waiter
 
-from asyncstampede import BackendError, BackendRefusedError, Stampede
+from asyncstampede import BackendRefusedError, Stampede
 from asyncstampede._keys import make_names
 from asyncstampede.testing import RedisServer
 
@@ -35,47 +35,6 @@ async def no_scripts_url(redis_url: str, namespace: str) -> AsyncIterator[str]:
     await admin.aclose()
 
 
-async def _holder_and_waiter(
-    leader: Stampede, waiter: Stampede, *, during: object = None
-) -> tuple[list[object], list[object]]:
-    """*leader* computes "k" (0.1 s after *waiter* waits on it); return both outcomes.
-
-    *during*, if given, is a zero-argument callable run once the waiter waits
-    and before the leader's compute returns.
-    """
-    release = anyio.Event()
-    started = anyio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await release.wait()
-        return "leader"
-
-    async def own() -> str:
-        return "waiter"
-
-    async def outcome(cache: Stampede, fn: object, into: list[object]) -> None:
-        try:
-            into.append(await cache.get_or_compute("k", fn, ttl=60))  # type: ignore[arg-type]
-        except BackendError as exc:
-            into.append(exc)
-
-    led: list[object] = []
-    waited: list[object] = []
-    # lock_ttl is 30 s: a waiter left to wait out the lock would blow this bound.
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(outcome, leader, slow, led)
-            await started.wait()
-            tg.start_soon(outcome, waiter, own, waited)
-            while waiter.statistics().remote_waits == 0:
-                await anyio.sleep(0.01)
-            if callable(during):
-                during()
-            release.set()
-    return led, waited
-
-
 async def test_commit_refused_by_acl_frees_the_lock_and_is_logged(
     no_scripts_url: str, namespace: str, sync_redis: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -85,7 +44,7 @@ async def test_commit_refused_by_acl_frees_the_lock_and_is_logged(
             Stampede.from_url(no_scripts_url, namespace=namespace, lock_ttl=30) as leader,
             Stampede.from_url(no_scripts_url, namespace=namespace, lock_ttl=30) as waiter,
         ):
-            led, waited = await _holder_and_waiter(leader, waiter)
+            led, waited = await holder_and_waiter(leader, waiter)
             assert led == ["leader"]  # fail open: the computed value still reaches its callers
             assert waited == ["waiter"]  # took the freed lock, computed, was refused in turn
             for cache in (leader, waiter):
@@ -114,7 +73,7 @@ async def test_commit_refused_raises_backend_error_when_not_fail_open(
             no_scripts_url, namespace=namespace, lock_ttl=30, fail_open=False
         ) as waiter,
     ):
-        led, waited = await _holder_and_waiter(leader, waiter)
+        led, waited = await holder_and_waiter(leader, waiter)
     assert len(led) == 1
     assert isinstance(led[0], BackendRefusedError)
     assert "NOPERM" in str(led[0])
@@ -150,7 +109,7 @@ async def test_server_full_during_the_compute_frees_the_lock(
                 Stampede.from_url(server.url, lock_ttl=30) as leader,
                 Stampede.from_url(server.url, lock_ttl=30) as waiter,
             ):
-                led, waited = await _holder_and_waiter(leader, waiter, during=fill)
+                led, waited = await holder_and_waiter(leader, waiter, during=fill)
                 assert led == ["leader"]
                 assert waited == ["waiter"]  # its lock attempt was refused: computed uncached
                 assert leader.statistics().refused >= 1
