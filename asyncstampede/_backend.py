@@ -76,6 +76,11 @@ class Backend(Protocol):
         """Failed attempts to (re)connect the backend's own connections."""
         ...
 
+    @property
+    def refused_connections(self) -> int:
+        """Of those failed attempts, the ones the store refused."""
+        ...
+
     async def prepare(self) -> None:
         """Get ready for the first request (best effort, never raises)."""
         ...

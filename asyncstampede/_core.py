@@ -242,7 +242,8 @@ class Stampede:
 
     Raises:
         TypeError: *redis* is not a ``redis.asyncio.Redis`` client (a URL, a
-            synchronous client, a cluster client...).
+            synchronous client, a cluster client...), or *fail_open* or
+            *check* is not a bool.
         ValueError: a setting is out of range, or the client decodes responses.
 
     Redis failures never reach callers while ``fail_open`` is on: each is
@@ -289,6 +290,9 @@ class Stampede:
                 raise ValueError(f"{name} must be a non-negative int, got {n!r}")
         self._lock_ms = max(10, round(lock_ttl * 1000))
         self._wait_timeout = float(wait_timeout)
+        for flag, given in (("fail_open", fail_open), ("check", check)):
+            if not isinstance(given, bool):
+                raise TypeError(f"{flag} must be True or False, not {given!r}")
         self._fail_open = fail_open
         if on_wait_timeout not in ("compute", "raise"):
             raise ValueError(
@@ -355,7 +359,17 @@ class Stampede:
             socket_timeout: Seconds before a Redis command is deemed failed.
             **settings: Any keyword argument of `Stampede`.
 
+        Raises:
+            TypeError: *max_connections* is not an int, or a setting has the wrong type.
+            ValueError: *max_connections* is below 1, *socket_timeout* is not a
+                positive number, or a setting is out of range.
+
         """
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"max_connections must be an int, not {type(max_connections).__name__}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        _positive("socket_timeout", socket_timeout)
         # A plain pool behind our own semaphore (see RedisBackend) rather than
         # a BlockingConnectionPool: same guarantee, but no asyncio.Condition
         # round on every command, which cost 5-10% of a cache hit here.
@@ -444,6 +458,7 @@ class Stampede:
         return self._counters.snapshot(
             reconnects=self._backend.reconnects,
             connect_errors=self._backend.connect_errors,
+            refused_connections=self._backend.refused_connections,
             in_flight=len(self._flights),
         )
 

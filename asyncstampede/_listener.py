@@ -126,6 +126,7 @@ class Listener:
         self._waiting_since = 0.0  # when the interests last went from none to some
         self.reconnects = 0  # connections re-established after one was lost
         self.connect_errors = 0  # attempts to (re)connect that failed
+        self.refused = 0  # of those, refused by the server (ACL, password...)
 
     def register(self, name: bytes) -> Interest:
         """Return a new interest in *name*; `unregister` it when done."""
@@ -301,13 +302,17 @@ class RedisListener(Listener):
         conns += (reader, tracker)
         step: str | None = None  # the command in flight, for the error
         try:
-            await reader.connect()  # type: ignore[no-untyped-call]
+            # The connections' own reads have no timeout (see __init__): a
+            # server that accepts and never answers must not hang here.
+            with anyio.fail_after(self._reply_timeout):
+                await reader.connect()  # type: ignore[no-untyped-call]
             step = "CLIENT ID"
             client_id = int(await self._ask(reader, "CLIENT", "ID"))
             step = "SUBSCRIBE"
             await self._ask(reader, "SUBSCRIBE", INVALIDATIONS)  # the confirmation
             step = None
-            await tracker.connect()  # type: ignore[no-untyped-call]
+            with anyio.fail_after(self._reply_timeout):
+                await tracker.connect()  # type: ignore[no-untyped-call]
             step = "CLIENT TRACKING"
             await self._ask(tracker, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
         except Exception as exc:
@@ -360,6 +365,7 @@ class RedisListener(Listener):
                 # still wake at the lock's expiry, just not at the commit.
                 # Ask again now and then: the ACL may be fixed.
                 self.connect_errors += 1
+                self.refused += 1
                 backoff = 30.0
                 self._problems.report(exc, "watching locks (waiters wake at lock expiry meanwhile)")
             except Exception as exc:

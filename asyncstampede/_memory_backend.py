@@ -56,6 +56,7 @@ class MemoryBackend:
 
     reconnects = 0  # nothing to connect in memory
     connect_errors = 0
+    refused_connections = 0
 
     async def prepare(self) -> None:
         """Nothing to prepare in memory."""

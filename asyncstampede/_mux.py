@@ -66,6 +66,7 @@ class Multiplexer:
         self._problems = problems if problems is not None else ProblemLog()
         self.reconnects = 0  # connections re-established after one was lost
         self.connect_errors = 0  # attempts to (re)connect that failed
+        self.refused = 0  # of those, refused by the server (password, certificate...)
         kwargs = dict(connection_kwargs)
         kwargs["retry"] = Retry(NoBackoff(), 0)
         # The reply reader waits as long as it must; a reply that is late is
@@ -169,6 +170,7 @@ class Multiplexer:
                 else:
                     error = map_error(exc, address=self._address)
                     if isinstance(error, BackendRefusedError):
+                        self.refused += 1
                         backoff = 10.0  # a refused login: no point in hammering
                         self._problems.report(error, "connecting the request connection")
                     elif was_up:

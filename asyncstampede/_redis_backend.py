@@ -101,6 +101,11 @@ class RedisBackend:
         return self.listener.reconnects + self._mux.reconnects
 
     @property
+    def refused_connections(self) -> int:
+        """Of `connect_errors`, those the server refused (an ACL, a password...)."""
+        return self.listener.refused + self._mux.refused
+
+    @property
     def connect_errors(self) -> int:
         """Failed attempts to (re)connect those connections."""
         return self.listener.connect_errors + self._mux.connect_errors
@@ -140,8 +145,9 @@ class RedisBackend:
         """Send every kind of command asyncstampede uses once; raise the first refusal.
 
         Uses *names* (a probe key of the instance's namespace): a read, a
-        lock taken for a second and released, the scripts loaded, and the
-        handshake of the connections that watch locks.
+        lock taken for a second, its ``PTTL`` read, extended and released
+        (scripts), the scripts loaded, and the handshake of the connections
+        that watch locks.
 
         Raises:
             BackendRefusedError: Redis refused something asyncstampede needs.
@@ -154,6 +160,8 @@ class RedisBackend:
         token = os.urandom(16)
         holder = await self._lock_or_holder(names.lock, token, 1000)
         if holder is None or holder == token:
+            await self._send("PTTL", names.lock)
+            await self.extend(names, token, 1000)
             await self.release(names, token)
         await self.listener.check()
 
@@ -400,7 +408,7 @@ class RedisBackend:
         except WatchError:
             return False  # the lock changed meanwhile: it is not ours any more
         except (RedisError, OSError) as exc:
-            self.problems.report(self._map(exc, "MULTI"), "releasing a lock by a transaction")
+            self.problems.report(self._map(exc, "WATCH"), "releasing a lock by a transaction")
             return None
 
     async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:

@@ -55,7 +55,7 @@ log = logging.getLogger("asyncstampede")
 # run GET, SET, DEL, PEXPIRE and PTTL, which ACLs check like any command.
 MINIMUM_ACL: Final = (
     "resetchannels &__redis__:invalidate -@all +hello +ping +select "
-    "+get +set +del +pexpire +pttl +evalsha +script|load "
+    "+get +set +del +pexpire +pttl +evalsha +script|load +watch +multi +exec "
     "+client|id +client|tracking +subscribe ~<namespace>:*"
 )
 
@@ -115,6 +115,8 @@ def _hint(exc: BaseException, text: str, namespace: str | None) -> str | None:
             keys = f"~{namespace}:*" if namespace else "~<namespace>:*"
             return f"grant the ACL rule {keys}"
         return f"grant what asyncstampede needs: {MINIMUM_ACL}"
+    if "can't run this command" in text:  # an ACL refusing a command inside a script
+        return f"a script ran a command the ACL user lacks; grant: {MINIMUM_ACL}"
     if upper.startswith("OOM") or "maxmemory" in text:
         return (
             "Redis is full and its maxmemory-policy is noeviction: raise maxmemory, "
@@ -162,7 +164,7 @@ def map_error(
         # A login or certificate refused while connecting refuses the
         # connection, whatever command was about to go out on it.
         if isinstance(exc, RedisConnectionError) or not what:
-            what = " the connection"
+            what, command = " the connection", None
         message = f"Redis at {address} refused{what}: {text}"
         if hint:
             message += f" ({hint})"

@@ -30,9 +30,10 @@ class Statistics:
             so their value was not written.
         wait_timeouts: Waits that reached ``wait_timeout`` and computed locally.
         backend_errors: Redis failures met on the request path (refusals included).
-        refused: Of those, refusals: Redis answered with an error that will not
-            pass by itself (``NOPERM``, ``OOM``, ``WRONGTYPE``, a wrong password,
-            scripts it cannot keep...). Each is also logged at ERROR.
+        refused: Refusals: Redis answered with an error that will not pass by
+            itself (``NOPERM``, ``OOM``, ``WRONGTYPE``, a wrong password...), on
+            the request path or when connecting the instance's own connections
+            (requests, lock watching). Each is also logged at ERROR.
         reconnects: Times one of the instance's own connections (requests, lock
             watching) was re-established after it had been lost.
         connect_errors: Attempts to (re)connect those connections that failed.
@@ -108,7 +109,9 @@ class Counters:
         self.soft_timeouts = 0
         self.refresh_errors = 0
 
-    def snapshot(self, *, reconnects: int, connect_errors: int, in_flight: int) -> Statistics:
+    def snapshot(
+        self, *, reconnects: int, connect_errors: int, refused_connections: int, in_flight: int
+    ) -> Statistics:
         """Freeze the counters into a `Statistics` record."""
         return Statistics(
             hits=self.hits,
@@ -123,7 +126,7 @@ class Counters:
             lock_lost=self.lock_lost,
             wait_timeouts=self.wait_timeouts,
             backend_errors=self.backend_errors,
-            refused=self.refused,
+            refused=self.refused + refused_connections,
             reconnects=reconnects,
             connect_errors=connect_errors,
             early_refreshes=self.early_refreshes,

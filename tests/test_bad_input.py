@@ -249,3 +249,22 @@ def test_embedded_mode_runs_under_trio() -> None:
 
     assert anyio.run(main, backend="trio") == [7] * 10
     assert calls == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"socket_timeout": 0}, ValueError),
+        ({"socket_timeout": None}, ValueError),
+        ({"max_connections": 0}, ValueError),
+        ({"max_connections": 2.5}, TypeError),
+        ({"fail_open": "no"}, TypeError),
+        ({"check": "yes"}, TypeError),
+    ],
+)
+def test_from_url_refuses_bad_settings_at_once(
+    redis_url: str, settings: dict[str, object], error: type[Exception]
+) -> None:
+    """Settings that could only fail later (blamed on Redis) are refused when building."""
+    with pytest.raises(error, match=next(iter(settings))):
+        Stampede.from_url(redis_url, **settings)  # type: ignore[arg-type]

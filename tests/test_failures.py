@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -430,3 +431,27 @@ async def test_an_outage_over_many_keys_logs_a_few_lines_not_one_per_key(
         "looking up 'k" in line and "computing it without the cache" in line for line in lines
     )
     assert all("127.0.0.1:" in line for line in lines)
+
+
+async def test_entering_does_not_hang_on_a_server_that_never_answers() -> None:
+    """A port that accepts connections and never replies (a hung Redis): entering returns."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepted, never answered, never closed
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def compute() -> str:
+        return "v"
+
+    try:
+        with anyio.fail_after(10):  # socket_timeout 0.5 s: a hang would blow this bound
+            async with Stampede.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5) as c:
+                assert await c.get_or_compute("k", compute, ttl=5) == "v"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
