@@ -32,7 +32,7 @@ from ._exceptions import BackendError, BackendRefusedError
 from ._keys import KeyNames, value_name_of
 from ._listener import UNTRACKED, RedisListener
 from ._mux import UNAVAILABLE, Multiplexer
-from ._redis_errors import ProblemLog, address_of, map_error
+from ._redis_errors import ProblemLog, address_of, is_refusal, map_error
 from ._scripts import COMMITTED, COMMITTED_MS, committed_ms
 
 __all__ = ["RedisBackend"]
@@ -360,7 +360,8 @@ class RedisBackend:
                     finally:
                         await pool.release(conn)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if attempt == 2 or not _worth_a_retry(exc):
+                # A new connection cannot fix a refused password or certificate.
+                if attempt == 2 or is_refusal(exc):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -431,8 +432,3 @@ class RedisBackend:
         """Close the client if this backend created it."""
         if self._owns_client:
             await self._client.aclose()
-
-
-def _worth_a_retry(exc: BaseException) -> bool:
-    """Whether a new connection may fix *exc* (not a refused password or certificate)."""
-    return not isinstance(map_error(exc, address=""), BackendRefusedError)

@@ -26,7 +26,6 @@ from typing import Any, Final, final
 
 from redis.exceptions import (
     AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
     AuthorizationError,
     BusyLoadingError,
     ClusterDownError,
@@ -43,6 +42,7 @@ __all__ = [
     "MINIMUM_ACL",
     "ProblemLog",
     "address_of",
+    "is_refusal",
     "map_error",
     "server_text",
 ]
@@ -84,12 +84,13 @@ def server_text(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _is_refusal(exc: BaseException) -> bool:
+def is_refusal(exc: BaseException) -> bool:
+    """Whether *exc* (from redis-py or a socket) is a refusal rather than unavailability."""
     if isinstance(exc, BusyLoadingError | ReadOnlyError | TryAgainError | ClusterDownError):
         return False
     if isinstance(exc, AuthenticationError | AuthorizationError):
         return True
-    if isinstance(exc, ResponseError | AuthenticationWrongNumberOfArgsError):
+    if isinstance(exc, ResponseError):
         return not server_text(exc).startswith(_TRANSIENT_PREFIXES)
     # A certificate that does not verify is a configuration, not an outage.
     seen: set[int] = set()
@@ -159,7 +160,7 @@ def map_error(
         return exc
     text = server_text(exc)
     what = f" {command.upper()}" if command else ""
-    if _is_refusal(exc):
+    if is_refusal(exc):
         hint = _hint(exc, text, namespace)
         # A login or certificate refused while connecting refuses the
         # connection, whatever command was about to go out on it.
