@@ -9,10 +9,12 @@ from ._exceptions import BackendUnavailableError as BackendUnavailableError
 from ._exceptions import ClosedError as ClosedError
 from ._exceptions import ComputeFailedError as ComputeFailedError
 from ._exceptions import ComputeTimeoutError as ComputeTimeoutError
+from ._exceptions import ReentrantCallError as ReentrantCallError
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import StampedeError as StampedeError
 from ._exceptions import ValueTooLargeError as ValueTooLargeError
 from ._exceptions import WaitTimeoutError as WaitTimeoutError
+from ._exceptions import WrongEventLoopError as WrongEventLoopError
 from ._stats import Statistics as Statistics
 
 __all__ = [
@@ -22,12 +24,14 @@ __all__ = [
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",
+    "ReentrantCallError",
     "SerializationError",
     "Stampede",
     "StampedeError",
     "Statistics",
     "ValueTooLargeError",
     "WaitTimeoutError",
+    "WrongEventLoopError",
     "__version__",
 ]
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import math
@@ -24,30 +25,35 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NoReturn, Self, TypeVar, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
+import orjson
 from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ._backend import MSG_VALUE, Acquired, Backend, Held, Hit
-from ._envelope import DecodeError, Envelope, decode, encode, encode_failure
+from ._envelope import DecodeError, Envelope, decode, encode, encode_failure, restamp
 from ._exceptions import (
     BackendError,
     BackendRefusedError,
     ClosedError,
     ComputeFailedError,
     ComputeTimeoutError,
+    ReentrantCallError,
     SerializationError,
     ValueTooLargeError,
     WaitTimeoutError,
+    WrongEventLoopError,
 )
-from ._keys import KeyNames, make_names, validate_namespace
+from ._keys import KeyNames, make_names, plain_key, validate_namespace
 from ._listener import ABSENT, RECHECK, Interest
 from ._memory_backend import MemoryBackend
 from ._redis_backend import RedisBackend
@@ -60,6 +66,17 @@ T = TypeVar("T")
 
 _MiB = 1024 * 1024
 _NAMES_CACHED = 4096  # keys whose Redis names are kept ready
+# XFetch's early-refresh window is at most this many (delta * beta) wide, and
+# at most half the value's TTL; see _xfetch_due.
+_XFETCH_REACH = 2.0
+
+# The keys whose computes the current task runs inside (or was started
+# from), as (store, lock name, instance): a call for one of them would wait
+# for itself. Copied into every task started from a compute, so a cycle
+# (a -> b -> a) is seen too.
+_computing: ContextVar[tuple[tuple[object, bytes, int], ...]] = ContextVar(
+    "asyncstampede_computing", default=()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +155,7 @@ class _Policy:
 class _Request:
     """Everything one resolution needs, passed down the request path."""
 
-    __slots__ = ("flight", "fn", "key", "names", "policy", "stale", "ttl_ms")
+    __slots__ = ("flight", "fn", "key", "names", "policy", "stale", "stale_payload", "ttl_ms")
 
     def __init__(
         self,
@@ -155,36 +172,58 @@ class _Request:
         self.fn = fn
         self.ttl_ms = ttl_ms
         self.policy = policy
-        # A stored value past serving but within stale_if_error: the fallback.
+        # A stored value past serving but within stale_if_error: the fallback,
+        # and its bytes as stored (a fail-safe re-stamps those, never a value
+        # a caller may have changed since).
         self.stale: Envelope | None = None
+        self.stale_payload = b""
 
 
 class _Flight:
     """One in-process resolution of one key, awaited by every local caller.
 
+    The caller that started it gets the value itself; every caller that
+    joined gets its own copy (decoded again from a snapshot taken when the
+    flight settled, before anyone could change the value), unless the
+    instance shares values. A failure reaches each joiner as its own copy
+    of the exception, with the compute's traceback and nothing else.
     The event is made only when a second caller joins: most hits have none.
     """
 
-    __slots__ = ("_event", "done", "error", "value")
+    __slots__ = ("_event", "_json", "_tb", "done", "error", "joiners", "share", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, *, share: bool = False) -> None:
         self._event: anyio.Event | None = None
+        self._json: bytes | None = None
+        self._tb: TracebackType | None = None
         self.done = False
+        self.share = share
+        self.joiners = 0
         self.value: Any = None
         self.error: BaseException | None = None
 
     def settle(self, value: Any, error: BaseException | None) -> None:
         self.value, self.error, self.done = value, error, True
+        if error is not None:
+            self._tb = error.__traceback__
+        elif self.joiners and not self.share and type(value) in (dict, list):
+            # Taken now: the first caller to run again may change the value.
+            self._json = orjson.dumps(value)
         if self._event is not None:
             self._event.set()
 
-    async def outcome(self) -> Any:
+    async def outcome(self, *, started: bool = False) -> Any:
+        """Wait for the outcome; *started*: the caller that started the flight."""
+        if not started:
+            self.joiners += 1
         if not self.done:
             if self._event is None:
                 self._event = anyio.Event()
             await self._event.wait()
         if self.error is not None:
-            raise self.error
+            raise self.error if started else _own_copy(self.error, self._tb)
+        if self._json is not None and not started:
+            return orjson.loads(self._json)
         return self.value
 
 
@@ -239,11 +278,16 @@ class Stampede:
             database index out of range, TLS trouble) stops the app's start
             with a `BackendError` naming the cause, instead of being logged
             while every call computes uncached.
+        share_values: Hand every caller coalesced onto one resolution the
+            same object. Off by default: each caller gets its own copy of a
+            ``dict`` or ``list`` value, as it would from its own read, so
+            one caller's changes never show in another's. Turn it on for
+            large values that callers only read, to save a decode per caller.
 
     Raises:
         TypeError: *redis* is not a ``redis.asyncio.Redis`` client (a URL, a
             synchronous client, a cluster client...), or *fail_open* or
-            *check* is not a bool.
+            *check* or *share_values* is not a bool.
         ValueError: a setting is out of range, or the client decodes responses.
 
     Redis failures never reach callers while ``fail_open`` is on: each is
@@ -275,6 +319,7 @@ class Stampede:
         max_value_bytes: int = 64 * _MiB,
         max_entries: int = 10_000,
         check: bool = False,
+        share_values: bool = False,
         _owns_client: bool = False,
     ) -> None:
         self._namespace = validate_namespace(namespace)
@@ -290,7 +335,11 @@ class Stampede:
                 raise ValueError(f"{name} must be a non-negative int, got {n!r}")
         self._lock_ms = max(10, round(lock_ttl * 1000))
         self._wait_timeout = float(wait_timeout)
-        for flag, given in (("fail_open", fail_open), ("check", check)):
+        for flag, given in (
+            ("fail_open", fail_open),
+            ("check", check),
+            ("share_values", share_values),
+        ):
             if not isinstance(given, bool):
                 raise TypeError(f"{flag} must be True or False, not {given!r}")
         self._fail_open = fail_open
@@ -316,14 +365,23 @@ class Stampede:
         self._max_value_bytes = max_value_bytes
         self._problems = ProblemLog()
         self._check = bool(check)
+        self._share = share_values
         self._backend: Backend
+        # What stores this instance's keys: computes of one key over one
+        # store wait for each other, whichever instance runs them.
+        self._store: object
         if redis is None:
             self._backend = MemoryBackend(max_entries=max_entries)
+            self._store = self._backend
         else:
             _check_client(redis)
-            self._backend = RedisBackend(
-                redis, owns_client=_owns_client, namespace=namespace, problems=self._problems
+            backend = RedisBackend(
+                redis, owns_client=_owns_client, namespace=self._namespace, problems=self._problems
             )
+            self._backend = backend
+            self._store = backend.address
+        # The event loop (or trio run) that entered this instance.
+        self._owner: object = None
         self._flights: dict[str, _Flight] = {}
         self._names: dict[str, KeyNames] = {}
         # token -> (names, when its next extension is due) of every lock a
@@ -390,6 +448,7 @@ class Stampede:
     async def __aenter__(self) -> Self:
         if self._closed or self._stack is not None:
             raise ClosedError("a Stampede can be entered only once")
+        self._owner = _current_loop()
         if isinstance(self._backend, RedisBackend):
             try:
                 asyncio.get_running_loop()
@@ -443,7 +502,22 @@ class Stampede:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the reader and every resolution in flight (their callers get `ClosedError`)."""
+        """Stop the reader and every resolution in flight (their callers get `ClosedError`).
+
+        Raises:
+            ReentrantCallError: called from inside one of this instance's
+                computes (it would cancel itself half-way).
+            WrongEventLoopError: called from another event loop than the one
+                that entered the instance.
+
+        """
+        if self._stack is not None:
+            self._check_loop()
+            if any(owner == id(self) for _, _, owner in _computing.get()):
+                raise ReentrantCallError(
+                    "aclose() was called from inside a compute of this Stampede, which would "
+                    "cancel that compute half-way; close it where it was entered"
+                )
         self._closed = True
         stack, self._stack = self._stack, None
         if stack is None:
@@ -478,19 +552,59 @@ class Stampede:
             raise ClosedError(
                 "use the Stampede inside 'async with' (it is not entered, or it is closed)"
             )
+        self._check_loop()
         return self._tg
 
+    def _check_loop(self) -> None:
+        """Refuse a call from an event loop other than the owner's, before it touches anything."""
+        try:
+            loop: object = asyncio.get_running_loop()
+        except RuntimeError:  # trio, or no event loop at all
+            loop = _current_loop()
+        if loop is not self._owner and loop != self._owner:  # (trio: equal tokens)
+            raise WrongEventLoopError(
+                "this Stampede belongs to another event loop (the one that entered it); "
+                "create one Stampede per event loop (e.g. per worker thread), or run the call "
+                "on the owner's loop with asyncio.run_coroutine_threadsafe()"
+            )
+
+    def _refuse_reentry(self, key: str, lock: bytes, doing: str) -> None:
+        """Raise `ReentrantCallError` if the current task computes *key* (or its compute started it)."""
+        for store, held, _ in _computing.get():
+            if held == lock and store == self._store:
+                raise ReentrantCallError(
+                    f"{doing} {key!r} from inside the compute of {key!r} (directly, through a "
+                    "task it started, or through the compute of another key it asked for) "
+                    "would wait for itself; pass the value down instead of asking the cache"
+                )
+
     async def invalidate(self, key: str) -> None:
-        """Delete *key*'s value; a compute already running for it will not write.
+        """Delete *key*'s value; no caller in this process gets a value computed before.
+
+        A compute already running for *key* will not write, and once this
+        returns, callers of this process no longer join it: they start a new
+        resolution (callers that joined it before still get its value).
 
         Raises:
             TypeError: *key* is not a ``str``.
-            BackendError: Redis failed.
+            BackendError: Redis failed (the in-process resolution is detached
+                all the same).
+            ReentrantCallError: called from inside the compute of *key*.
+            ClosedError: the instance is not entered or is closed.
+            WrongEventLoopError: called from another event loop.
 
         """
+        key = plain_key(key)
         names = make_names(self._namespace, key)
         self._task_group()
-        await self._backend.invalidate(names)
+        if _computing.get():
+            self._refuse_reentry(key, names.lock, "invalidating")
+        try:
+            await self._backend.invalidate(names)
+        finally:
+            # Detached, like Go singleflight's Forget: whatever it returns was
+            # computed from data older than this invalidation.
+            self._flights.pop(key, None)
 
     async def get_or_compute(
         self,
@@ -516,7 +630,10 @@ class Stampede:
 
         The result is the value as stored: it went through the codec (``bytes``
         raw, anything else JSON via orjson), so a tuple comes back as a list on
-        every call, the first included.
+        every call, the first included. It is the caller's own: changing it
+        changes nothing stored and nothing another caller got (unless the
+        instance was made with ``share_values=True``). See the call's
+        contract in ``docs/how-it-works.md``.
 
         Args:
             key: The cache key.
@@ -541,14 +658,22 @@ class Stampede:
             ValueTooLargeError: the serialized value is over ``max_value_bytes``.
             ComputeTimeoutError: *hard_timeout* passed and no stale value could
                 be served.
-            ComputeFailedError: the compute failed less than *negative_ttl* ago.
+            ComputeFailedError: the compute failed less than *negative_ttl*
+                ago, or raised ``CancelledError`` by itself.
             BackendError: Redis failed and ``fail_open`` is off.
             WaitTimeoutError: waiting passed ``wait_timeout`` and ``on_wait_timeout="raise"``.
+            ReentrantCallError: called from inside the compute of *key* (or
+                of a key whose compute asked for this one).
             ClosedError: the instance is not entered or is closed.
-            Exception: whatever *fn* raised, when no stale value could be served.
+            WrongEventLoopError: called from another event loop than the one
+                that entered the instance.
+            Exception: whatever *fn* raised, when no stale value could be
+                served (each coalesced caller gets its own copy of it).
 
         """
-        names = self._names.get(key) if type(key) is str else None
+        if type(key) is not str:
+            key = plain_key(key)  # an enum member names the entry of its text
+        names = self._names.get(key)
         if names is None:
             names = self._names_for(key)
         if not callable(fn):
@@ -574,11 +699,13 @@ class Stampede:
                 negative_ttl=negative_ttl,
             )
         tg = self._task_group()
+        if _computing.get():
+            self._refuse_reentry(key, names.lock, "asking for")
         flight = self._flights.get(key)
         if flight is not None:
             self._counters.coalesced += 1
             return await flight.outcome()  # type: ignore[no-any-return]
-        flight = self._flights[key] = _Flight()
+        flight = self._flights[key] = _Flight(share=self._share)
         req: _Request | None = None
         try:
             # The first read is a plain GET in the caller's own task: a hit
@@ -626,7 +753,7 @@ class Stampede:
             if not flight.done and not isinstance(exc, anyio.get_cancelled_exc_class()):
                 self._finish(key, flight, error=exc)
             raise
-        return await flight.outcome()  # type: ignore[no-any-return]
+        return await flight.outcome(started=True)  # type: ignore[no-any-return]
 
     def _serve(
         self, req: _Request, envelope: Envelope, payload: bytes, *, xfetch_due: bool = False
@@ -637,7 +764,9 @@ class Stampede:
         (*xfetch_due*: the caller already drew it). Values
         within ``stale_while_revalidate`` are served while one refresh runs.
         Older ones are not served now but kept as the fallback of the
-        resolution that follows, while within ``stale_if_error``.
+        resolution that follows, while within ``stale_if_error``. Both
+        windows count from the end of the freshness the value was computed
+        with, which a fail-safe re-stamp never moves.
         """
         now_ms = _now_ms()
         policy = req.policy
@@ -649,12 +778,13 @@ class Stampede:
                 self._counters.early_refreshes += 1
                 self._refresh_soon(req, envelope, payload)
             return True
-        if now_ms < envelope.fresh_until_ms + policy.swr_ms:
+        origin_ms = envelope.origin_fresh_until_ms
+        if now_ms < origin_ms + policy.swr_ms:
             self._counters.stale_served += 1
             self._refresh_soon(req, envelope, payload)
             return True
-        if now_ms < envelope.fresh_until_ms + policy.sie_ms:
-            req.stale = envelope
+        if now_ms < origin_ms + policy.sie_ms:
+            req.stale, req.stale_payload = envelope, payload
         return False
 
     def _refresh_soon(self, req: _Request, envelope: Envelope, payload: bytes) -> None:
@@ -663,12 +793,15 @@ class Stampede:
             return
         self._refreshing.add(req.key)
         refresh = _Request(req.key, req.names, _Flight(), req.fn, req.ttl_ms, req.policy)
-        refresh.stale = envelope
+        refresh.stale, refresh.stale_payload = envelope, payload
         self._tg.start_soon(self._refresh, refresh, payload)
 
     async def _refresh(self, req: _Request, payload: bytes) -> None:
         """Recompute a served value in the background, if the lock picks us."""
         token = os.urandom(16)
+        # Nobody waits for a refresh, so its compute cannot wait for itself
+        # through whoever happened to start it.
+        _computing.set(())
         try:
             # A value other than the one served showing up once the lock is
             # ours means another process has just refreshed it: nothing to do.
@@ -835,23 +968,40 @@ class Stampede:
         return decode(payload, max_value_bytes=self._max_value_bytes).value
 
     async def _run_compute(self, req: _Request) -> tuple[Any, int]:
-        """Call the compute function under the hard timeout; return value and duration."""
+        """Call the compute function under the hard timeout; return value and duration.
+
+        Only the hard timeout's own cancellation becomes `ComputeTimeoutError`:
+        a ``TimeoutError`` the function raises is its own failure. A
+        ``CancelledError`` it raises while nothing cancelled this task (it
+        awaited something another task cancelled) is a failure of this key,
+        `ComputeFailedError`, never a cancellation of the instance.
+        """
         self._counters.computes += 1
         start = time.perf_counter()
+        hard = req.policy.hard_timeout
+        chain = _computing.set((*_computing.get(), (self._store, req.names.lock, id(self))))
         try:
-            if req.policy.hard_timeout is None:
+            with anyio.CancelScope(
+                deadline=math.inf if hard is None else anyio.current_time() + hard
+            ) as scope:
                 value = await _call(req.fn)
-            else:
-                with anyio.fail_after(req.policy.hard_timeout):
-                    value = await _call(req.fn)
-        except TimeoutError as exc:
+        except anyio.get_cancelled_exc_class() as exc:
+            if _cancelled_from_outside():
+                raise
             self._counters.compute_errors += 1
-            raise ComputeTimeoutError(
-                f"computing {req.key!r} took over hard_timeout={req.policy.hard_timeout}s"
+            raise ComputeFailedError(
+                f"the compute of {req.key!r} raised {type(exc).__name__} although nothing "
+                "cancelled the call (did it await a task or future that something else "
+                "cancelled?)"
             ) from exc
         except Exception:
             self._counters.compute_errors += 1
             raise
+        finally:
+            _computing.reset(chain)
+        if scope.cancelled_caught:
+            self._counters.compute_errors += 1
+            raise ComputeTimeoutError(f"computing {req.key!r} took over hard_timeout={hard}s")
         return value, math.ceil((time.perf_counter() - start) * 1000)
 
     def _encode(self, value: Any, *, delta_ms: int, req: _Request) -> tuple[bytes, int]:
@@ -923,7 +1073,10 @@ class Stampede:
             raise
         self._held.pop(token, None)
         if failure is not None:
-            if req.stale is not None and _now_ms() < req.stale.fresh_until_ms + req.policy.sie_ms:
+            if (
+                req.stale is not None
+                and _now_ms() < req.stale.origin_fresh_until_ms + req.policy.sie_ms
+            ):
                 return await self._fail_safe(req, token)
             if req.policy.negative_ms and not isinstance(
                 failure, (SerializationError, ValueTooLargeError)
@@ -968,30 +1121,36 @@ class Stampede:
     async def _fail_safe(self, req: _Request, token: bytes) -> Any:
         """Serve the stale value after a failed compute, and keep serving it a while.
 
-        The stale envelope is written back as fresh for ``fail_safe_throttle``
-        seconds (never past its stale-if-error window: the Redis TTL is kept),
-        so a failing backend is retried once per throttle period, not by
-        every request; waiters are woken with it.
+        The stored bytes are written back as fresh for ``fail_safe_throttle``
+        seconds, so a failing backend is retried once per throttle period,
+        not by every request; waiters are woken with it. Nothing moves the
+        windows: the value is never fresh past ``created + ttl +
+        stale_if_error`` and the key expires when the original write would
+        have (``created + ttl + max(stale windows)``), however many
+        failures follow; a key that has run out is not written at all.
         """
         stale = req.stale
         assert stale is not None
         self._counters.fail_safe += 1
-        limit = stale.fresh_until_ms + req.policy.sie_ms
-        payload = encode(
-            stale.value,
-            created_ms=stale.created_ms,
-            delta_ms=stale.delta_ms,
-            # Never earlier than it was (a failed early refresh of a fresh
-            # value must not cut its freshness short), never past the window.
-            fresh_until_ms=max(
-                stale.fresh_until_ms, min(_now_ms() + self._fail_safe_throttle_ms, limit)
-            ),
-            compress_threshold=self._compress_threshold,
-            max_value_bytes=self._max_value_bytes,
+        now_ms = _now_ms()
+        policy = req.policy
+        origin_ms = stale.origin_fresh_until_ms
+        # Never earlier than it was (a failed early refresh of a fresh value
+        # must not cut its freshness short), never past the window.
+        fresh_until_ms = max(
+            stale.fresh_until_ms,
+            min(now_ms + self._fail_safe_throttle_ms, origin_ms + policy.sie_ms),
         )
+        px_ms = origin_ms + max(policy.swr_ms, policy.sie_ms) - now_ms
         try:
-            # 0: keep the value's Redis TTL, so the stale window stays anchored.
-            await self._backend.commit(req.names, token, payload, 0)
+            payload = restamp(req.stale_payload, fresh_until_ms=fresh_until_ms)
+        except DecodeError:
+            payload = b""
+        if px_ms <= 0 or not payload:  # the window has run out: nothing worth writing
+            await self._release_quietly(req.names, token)
+            return stale.value
+        try:
+            await self._backend.commit(req.names, token, payload, px_ms)
         except BackendError as exc:
             self._failed(exc, "re-stamping the stale value of {key}", req.key)
             await self._release_quietly(req.names, token)
@@ -1148,6 +1307,30 @@ class Stampede:
         return decode(payload, max_value_bytes=self._max_value_bytes).value
 
 
+def _own_copy(error: BaseException, tb: TracebackType | None) -> BaseException:
+    """Return a copy of *error* for one more caller, with the traceback it had when raised.
+
+    Raising one object to many callers would grow its traceback by every
+    caller's frames (and let one caller's handler see another's). An
+    exception that cannot be copied (its ``__init__`` does not take its
+    ``args`` back) is raised itself, its traceback reset to the original.
+    """
+    try:
+        twin = copy.copy(error)
+    except Exception:
+        twin = None
+    if type(twin) is not type(error):
+        return error.with_traceback(tb)
+    assert twin is not None
+    twin.__cause__ = error.__cause__
+    twin.__context__ = error.__context__
+    twin.__suppress_context__ = error.__suppress_context__
+    notes = getattr(error, "__notes__", None)
+    if notes is not None:
+        twin.__notes__ = list(notes)
+    return twin.with_traceback(tb)
+
+
 async def _call(fn: Callable[[], Awaitable[Any]]) -> Any:
     """Call *fn* and await what it returns, which must be awaitable."""
     result = fn()
@@ -1166,6 +1349,25 @@ async def _call(fn: Callable[[], Awaitable[Any]]) -> Any:
             "lambda: anyio.to_thread.run_sync(blocking_fn)"
         )
     return await result
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the current task is being cancelled (by a cancel scope, or ``Task.cancel``)."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio's Cancelled cannot be raised by hand
+        return True
+    return task is not None and task.cancelling() > 0
+
+
+def _current_loop() -> object:
+    """Return the running asyncio loop, or the trio run's token: what an instance belongs to."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.lowlevel.current_token()
 
 
 def _refuse_fn(fn: object) -> NoReturn:
@@ -1199,13 +1401,26 @@ def _check_client(redis: object) -> None:
 
 
 def _xfetch_due(now_ms: int, envelope: Envelope, beta: float) -> bool:
-    """XFetch: refresh early when ``now - delta * beta * ln(rand()) >= expiry``."""
-    return bool(
-        beta
-        and envelope.delta_ms
-        and now_ms - envelope.delta_ms * beta * math.log(1.0 - random.random())
-        >= envelope.fresh_until_ms
-    )
+    """Tell whether an early refresh is due at *now_ms*: XFetch, its window bounded.
+
+    XFetch (Vattani, Chierichetti, Lowenstein, "Optimal Probabilistic Cache
+    Stampede Prevention", VLDB 2015) refreshes when
+    ``now - delta * beta * ln(rand()) >= expiry``, ``delta`` being how long
+    the last compute took. Each read draws once, so with N reads in the last
+    stretch the earliest draw fires about ``delta * beta * ln(N)`` before
+    expiry: at high read rates, refreshes come far too early (two or more
+    per TTL period). Here the window is cut at ``_XFETCH_REACH * delta *
+    beta`` (and at half the value's TTL): at low read rates it is XFetch as
+    published; at high ones the refresh starts right at that edge, once per
+    period, with the compute's own duration to spare before expiry.
+    """
+    if not beta or not envelope.delta_ms:
+        return False
+    gap = envelope.fresh_until_ms - now_ms
+    reach = envelope.delta_ms * beta
+    if gap > reach * _XFETCH_REACH or gap * 2 > envelope.ttl_ms:
+        return False
+    return -reach * math.log(1.0 - random.random()) >= gap
 
 
 def _value_of(envelope: Envelope) -> Any:

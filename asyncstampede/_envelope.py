@@ -3,13 +3,16 @@ r"""The envelope: what asyncstampede stores in Redis for one value.
 Layout (big-endian), then the payload::
 
     magic      2 bytes  b"\xa5\x5a"
-    version    1 byte   1
+    version    1 byte   2 (1: as 2, without the ttl field)
     flags      1 byte   bit 0: payload is raw bytes (else orjson)
                         bit 1: payload is lz4 block-compressed
                         bit 2: a cached failure (payload: the error's text)
     created    8 bytes  unix time of the write, milliseconds
     delta      4 bytes  duration of the compute that made it, milliseconds
     fresh      8 bytes  unix time until which the value is fresh, milliseconds
+                        (moved on by a fail-safe re-stamp, see `restamp`)
+    ttl        4 bytes  freshness it was stored with, milliseconds: created + ttl
+                        anchors the stale windows, which no re-stamp moves
     size       4 bytes  length of the payload once decompressed
 
 The decompressed size is declared up front and checked against a limit
@@ -20,6 +23,9 @@ for anyone who can write to Redis.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import math
 import struct
 from typing import Any, NamedTuple
 
@@ -28,12 +34,14 @@ import orjson
 
 from ._exceptions import SerializationError, ValueTooLargeError
 
-__all__ = ["DecodeError", "Envelope", "decode", "encode", "encode_failure"]
+__all__ = ["DecodeError", "Envelope", "decode", "encode", "encode_failure", "restamp"]
 
 MAGIC = b"\xa5\x5a"
-VERSION = 1
-_HEADER = struct.Struct(">2sBBQIQI")
+VERSION = 2
+_HEADER = struct.Struct(">2sBBQIQII")
+_HEADER_V1 = struct.Struct(">2sBBQIQI")
 HEADER_SIZE = _HEADER.size
+_FRESH_AT = 16  # offset of the fresh field, in both versions
 FLAG_RAW = 0x01
 FLAG_LZ4 = 0x02
 FLAG_FAILURE = 0x04
@@ -54,6 +62,12 @@ class Envelope(NamedTuple):
     delta_ms: int
     fresh_until_ms: int
     failed: bool = False
+    ttl_ms: int = 0
+
+    @property
+    def origin_fresh_until_ms(self) -> int:
+        """When the value stopped being fresh as computed: the stale windows' anchor."""
+        return self.created_ms + self.ttl_ms
 
 
 def encode(
@@ -65,14 +79,16 @@ def encode(
     compress_threshold: int,
     max_value_bytes: int,
 ) -> bytes:
-    """Serialize *value* into an envelope.
+    """Serialize *value* into an envelope, fresh for ``fresh_until_ms - created_ms``.
 
     ``bytes`` (and ``bytearray``/``memoryview``) are stored raw; everything
     else goes through orjson. The payload is lz4-compressed when it is at least
     *compress_threshold* bytes long and compression makes it smaller.
 
     Raises:
-        SerializationError: orjson cannot serialize *value*.
+        SerializationError: orjson cannot serialize *value*, or cannot do so
+            faithfully: a float NaN or infinity (JSON has neither; orjson
+            would write ``null``).
         ValueTooLargeError: the serialized payload exceeds *max_value_bytes*.
 
     """
@@ -87,6 +103,12 @@ def encode(
             raise SerializationError(
                 f"cannot serialize a value of type {type(value).__name__}: {exc}"
             ) from exc
+        # orjson writes NaN and infinities as null: found only where a null is.
+        if b"null" in payload and (where := _non_finite(value)) is not None:
+            raise SerializationError(
+                f"cannot store {where}: JSON has no NaN or infinity (it would come back as "
+                "None); store None or a string instead, or encode the value to bytes yourself"
+            )
     size = len(payload)
     if size > max_value_bytes or size > _U32_MAX:
         raise ValueTooLargeError(
@@ -104,9 +126,34 @@ def encode(
         _clamp(created_ms, _U64_MAX),
         _clamp(delta_ms, _U32_MAX),
         _clamp(fresh_until_ms, _U64_MAX),
+        _clamp(fresh_until_ms - created_ms, _U32_MAX),
         size,
     )
     return header + payload
+
+
+def restamp(data: bytes, *, fresh_until_ms: int) -> bytes:
+    """Return the envelope *data* with a new fresh-until time, everything else as stored.
+
+    The fail-safe's re-stamp: it works on the stored bytes, not on a decoded
+    value a caller may have changed since. A version 1 envelope comes back
+    as version 2.
+
+    Raises:
+        DecodeError: *data* is not an envelope.
+
+    """
+    if data[:2] != MAGIC or len(data) < _HEADER_V1.size:
+        raise DecodeError("not an envelope")
+    fresh = _clamp(fresh_until_ms, _U64_MAX).to_bytes(8, "big")
+    if data[2] == VERSION:
+        return data[:_FRESH_AT] + fresh + data[_FRESH_AT + 8 :]
+    if data[2] == 1:
+        magic, _, flags, created, delta, old_fresh, size = _HEADER_V1.unpack_from(data)
+        ttl = _clamp(old_fresh - created, _U32_MAX)
+        header = _HEADER.pack(magic, VERSION, flags, created, delta, 0, ttl, size)
+        return header[:_FRESH_AT] + fresh + header[_FRESH_AT + 8 :] + data[_HEADER_V1.size :]
+    raise DecodeError(f"unsupported envelope version {data[2]}")
 
 
 def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
@@ -117,18 +164,23 @@ def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
             declared size is over *max_value_bytes*, or the payload is corrupt.
 
     """
-    if len(data) < HEADER_SIZE:
+    if len(data) < (HEADER_SIZE if data[2:3] == b"\x02" else _HEADER_V1.size):
         raise DecodeError(f"{len(data)} bytes is shorter than the header")
-    magic, version, flags, created, delta, fresh, size = _HEADER.unpack_from(data)
+    if data[2] == VERSION:
+        magic, version, flags, created, delta, fresh, ttl, size = _HEADER.unpack_from(data)
+        start = HEADER_SIZE
+    else:
+        magic, version, flags, created, delta, fresh, size = _HEADER_V1.unpack_from(data)
+        ttl, start = _clamp(fresh - created, _U32_MAX), _HEADER_V1.size
     if magic != MAGIC:
         raise DecodeError("bad magic: not written by asyncstampede")
-    if version != VERSION:
+    if version not in (1, VERSION):
         raise DecodeError(f"unsupported envelope version {version}")
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError(f"unknown flags {flags:#x}")
     if size > max_value_bytes:
         raise DecodeError(f"declared size {size} is over max_value_bytes={max_value_bytes}")
-    body = memoryview(data)[HEADER_SIZE:]
+    body = memoryview(data)[start:]
     if flags & FLAG_LZ4:
         try:
             payload = lz4.block.decompress(body, uncompressed_size=size)
@@ -145,7 +197,7 @@ def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"corrupt JSON payload: {exc}") from exc
-    return Envelope(value, created, delta, fresh, bool(flags & FLAG_FAILURE))
+    return Envelope(value, created, delta, fresh, bool(flags & FLAG_FAILURE), ttl)
 
 
 def encode_failure(message: str, *, created_ms: int, fresh_until_ms: int) -> bytes:
@@ -158,9 +210,31 @@ def encode_failure(message: str, *, created_ms: int, fresh_until_ms: int) -> byt
         _clamp(created_ms, _U64_MAX),
         0,
         _clamp(fresh_until_ms, _U64_MAX),
+        _clamp(fresh_until_ms - created_ms, _U32_MAX),
         len(payload),
     )
     return header + payload
+
+
+def _non_finite(value: object) -> str | None:
+    """Name where *value* holds a float NaN or infinity (``value["a"][0]``), else None."""
+    todo: list[tuple[object, str]] = [(value, "value")]
+    while todo:
+        item, path = todo.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{path} = {item!r}"
+        elif isinstance(item, dict):
+            todo.extend((v, f"{path}[{k!r}]") for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, enum.Enum):
+            todo.append((item.value, f"{path}.value"))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            todo.extend(
+                (getattr(item, f.name), f"{path}.{f.name}") for f in dataclasses.fields(item)
+            )
+    return None
 
 
 def _clamp(n: int, top: int) -> int:

@@ -18,10 +18,12 @@ __all__ = [
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",
+    "ReentrantCallError",
     "SerializationError",
     "StampedeError",
     "ValueTooLargeError",
     "WaitTimeoutError",
+    "WrongEventLoopError",
 ]
 
 
@@ -84,4 +86,30 @@ class ComputeTimeoutError(StampedeError, TimeoutError):
 
 
 class ComputeFailedError(StampedeError):
-    """Raised for a key whose compute failed less than ``negative_ttl`` ago (a cached failure)."""
+    """Raised when a key's compute failed with no exception of its own to hand on.
+
+    Either a cached failure (the compute failed less than ``negative_ttl``
+    ago; the message names the original error), or a compute that raised
+    ``CancelledError`` by itself (it awaited something another task
+    cancelled) while nothing cancelled the call: the cancellation is the
+    ``__cause__``, and only that key's callers see it.
+    """
+
+
+class ReentrantCallError(StampedeError, RuntimeError):
+    """Raised when a compute asks its own `Stampede` for the key it is computing.
+
+    Also for a cycle (the compute of ``a`` asks for ``b``, whose compute asks
+    for ``a``), for ``invalidate`` of that key from inside its compute, and
+    for closing the instance from inside a compute: each would wait for
+    itself. Pass the value down, or use another key.
+    """
+
+
+class WrongEventLoopError(StampedeError, RuntimeError):
+    """Raised when a `Stampede` is used from an event loop other than the one that entered it.
+
+    Its connections and tasks belong to that loop. Create one instance per
+    event loop (for example per worker thread), or hand the call to the
+    owner's loop with ``asyncio.run_coroutine_threadsafe``.
+    """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["KeyNames", "make_names", "validate_namespace", "value_name_of"]
+__all__ = ["KeyNames", "make_names", "plain_key", "validate_namespace", "value_name_of"]
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -34,9 +34,29 @@ def validate_namespace(namespace: object) -> str:
     """
     if not isinstance(namespace, str):
         raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    namespace = str.__str__(namespace)  # a str subclass (an enum member): its text
     if not namespace or "{" in namespace or "}" in namespace:
         raise ValueError(f"namespace must be non-empty and brace-free, got {namespace!r}")
     return namespace
+
+
+def plain_key(key: object) -> str:
+    """Return *key* as an exact ``str``: equal strings are one key everywhere.
+
+    A ``str`` subclass (a ``(str, Enum)`` member, as FastAPI passes enum
+    path parameters) stands for its text, not for what its ``__str__``
+    says (``Model.alexnet``), so it names the same entry as the plain string
+    it equals, in every process.
+
+    Raises:
+        TypeError: *key* is not a ``str``.
+
+    """
+    if type(key) is str:
+        return key
+    if not isinstance(key, str):
+        raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+    return str.__str__(key)
 
 
 def make_names(namespace: str, key: object) -> KeyNames:
@@ -47,10 +67,7 @@ def make_names(namespace: str, key: object) -> KeyNames:
         ValueError: *key* is empty.
 
     """
-    if type(key) is not str:
-        if not isinstance(key, str):
-            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
-        key = str(key)  # a str subclass: use its plain text
+    key = plain_key(key)
     if not key:
         raise ValueError("cache keys must not be empty")
     if "{" in key or "}" in key or "%" in key:

@@ -45,10 +45,7 @@ class MemoryBackend:
         return item
 
     def _put(self, name: bytes, payload: bytes, ttl_ms: int) -> None:
-        if ttl_ms == 0 and name in self._values:  # keep the current expiry
-            expires = self._values[name][1]
-        else:
-            expires = time.monotonic() + max(ttl_ms, 1) / 1000
+        expires = time.monotonic() + max(ttl_ms, 1) / 1000
         self._values[name] = (payload, expires)
         self._values.move_to_end(name)
         while len(self._values) > self._max_entries:

@@ -47,8 +47,8 @@ def committed_ms(ttl_ms: int) -> int:
     return COMMITTED_MS if ttl_ms <= 0 else max(1, min(COMMITTED_MS, ttl_ms))
 
 
-# KEYS: value, lock. ARGV: token, envelope, ttl ms ("0": keep the value's TTL,
-# for fail-safe re-stamps), COMMITTED, its ms.
+# KEYS: value, lock. ARGV: token, envelope, ttl ms (always positive: no key
+# is ever written without an expiry), COMMITTED, its ms.
 # Writes only while the lock is still ours, so a holder whose lock expired or
 # was taken over never overwrites a newer value. The value is written before
 # the lock is replaced by the marker, in one script: a waiter woken by that
@@ -57,11 +57,7 @@ def committed_ms(ttl_ms: int) -> int:
 # when the lock was lost.
 COMMIT = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then
-  if ARGV[3] == '0' then
-    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  else
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  end
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
   return 1
 end

@@ -27,8 +27,8 @@ from asyncstampede import Stampede
 async def main() -> None:
     url, namespace, key, concurrency, compute_ms, lock_ttl, *mode = sys.argv[1:]
     hold = mode == ["hold"]
-    if mode == ["refresh"]:
-        await refresh_loop(url, namespace, key, int(concurrency), int(compute_ms))
+    if mode[:1] == ["refresh"]:
+        await refresh_loop(url, namespace, key, int(concurrency), int(compute_ms), float(mode[1]))
         return
     # Every connection of this process is named after its pid, so the test can
     # attribute the commands it sees (CLIENT LIST maps addresses to names).
@@ -76,8 +76,10 @@ async def main() -> None:
     await client.aclose()
 
 
-async def refresh_loop(url: str, namespace: str, key: str, readers: int, compute_ms: int) -> None:
-    """Read KEY for 2 s with XFetch always due (beta huge); report computes."""
+async def refresh_loop(
+    url: str, namespace: str, key: str, readers: int, compute_ms: int, ttl: float
+) -> None:
+    """Read KEY for 2 s with XFetch due as early as it can be (beta huge); report computes."""
     computes = 0
 
     async def compute() -> dict[str, object]:
@@ -87,7 +89,7 @@ async def refresh_loop(url: str, namespace: str, key: str, readers: int, compute
         return {"by": os.getpid()}
 
     async with Stampede.from_url(url, namespace=namespace, beta=1e9) as cache:
-        await cache.get_or_compute(key, compute, ttl=60, beta=0)  # fill (or read) it
+        await cache.get_or_compute(key, compute, ttl=ttl, beta=0)  # fill (or read) it
         computes_before = computes
         print("ready", flush=True)
         line = await anyio.to_thread.run_sync(sys.stdin.readline)
@@ -98,7 +100,7 @@ async def refresh_loop(url: str, namespace: str, key: str, readers: int, compute
             nonlocal reads
             deadline = anyio.current_time() + 2.0
             while anyio.current_time() < deadline:
-                await cache.get_or_compute(key, compute, ttl=60)
+                await cache.get_or_compute(key, compute, ttl=ttl)
                 reads += 1
                 await anyio.sleep(0.005)
 

@@ -58,15 +58,18 @@ async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
 
 
 async def test_xfetch_refreshes_early_in_the_background(make_cache: MakeCache) -> None:
-    """With a strong beta, a hit returns the current value and starts one refresh."""
+    """With a strong beta, a hit in the value's second half returns it and starts one refresh."""
     source = Source(delay=0.05)
     async with make_cache(beta=1e9) as cache:
-        assert await cache.get_or_compute("k", source, ttl=30) == "v1"
-        assert await cache.get_or_compute("k", source, ttl=30) == "v1"  # served at once
+        assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
+        assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"  # first half: no refresh
+        assert source.calls == 1
+        await anyio.sleep(0.35)  # the condition is the clock: into the second half
+        assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"  # served at once
         await eventually(lambda: source.calls == 2)
         await eventually(lambda: cache.statistics().in_flight == 0 and not cache._refreshing)
-        assert await cache.get_or_compute("k", source, ttl=30, beta=0) == "v2"
-        assert cache.statistics().early_refreshes >= 1
+        assert await cache.get_or_compute("k", source, ttl=0.6, beta=0) == "v2"
+        assert cache.statistics().early_refreshes == 1
 
 
 async def test_beta_zero_turns_xfetch_off(make_cache: MakeCache) -> None:
@@ -88,10 +91,11 @@ async def test_one_refresher_across_instances(redis_url: str, namespace: str) ->
         Stampede.from_url(redis_url, namespace=namespace, beta=1e9) as a,
         Stampede.from_url(redis_url, namespace=namespace, beta=1e9) as b,
     ):
-        assert await a.get_or_compute("k", source, ttl=30, beta=0) == "v1"
+        assert await a.get_or_compute("k", source, ttl=1, beta=0) == "v1"
+        await anyio.sleep(0.55)  # the condition is the clock: into the value's second half
         async with anyio.create_task_group() as tg:
             for cache in (a, b) * 10:
-                tg.start_soon(cache.get_or_compute, "k", source, 30)
+                tg.start_soon(cache.get_or_compute, "k", source, 1)
         await eventually(lambda: not a._refreshing and not b._refreshing)
         assert source.calls == 2  # the first compute and exactly one refresh
         assert a.statistics().early_refreshes >= 1
