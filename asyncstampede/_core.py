@@ -569,7 +569,7 @@ class Stampede:
             )
 
     def _refuse_reentry(self, key: str, lock: bytes, doing: str) -> None:
-        """Raise `ReentrantCallError` if the current task computes *key* (or its compute started it)."""
+        """Raise `ReentrantCallError` if this task computes *key* (or its compute started it)."""
         for store, held, _ in _computing.get():
             if held == lock and store == self._store:
                 raise ReentrantCallError(

@@ -1,0 +1,591 @@
+"""The call's contract: what a caller gets, when, and what it may do with it.
+
+One test (or a few) per way the contract was once broken; on Redis and in
+embedded mode, with two instances where the claim is about processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+import traceback
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import Enum
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis
+
+from asyncstampede import (
+    ComputeFailedError,
+    ComputeTimeoutError,
+    ReentrantCallError,
+    SerializationError,
+    Stampede,
+    WrongEventLoopError,
+)
+from asyncstampede._envelope import decode
+from asyncstampede._keys import make_names
+
+pytestmark = pytest.mark.anyio
+
+MakeCache = Callable[..., AbstractAsyncContextManager[Stampede]]
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_cache(mode: str, redis_url: str, namespace: str) -> MakeCache:
+    """Build a Stampede with the given settings, on Redis or embedded."""
+
+    @asynccontextmanager
+    async def make(**settings: Any) -> AsyncIterator[Stampede]:
+        if mode == "redis":
+            cache = Stampede.from_url(redis_url, namespace=namespace, **settings)
+        else:
+            cache = Stampede(namespace=namespace, **settings)
+        async with cache:
+            yield cache
+
+    return make
+
+
+# ------------------------------------------------------------------ 1. cancellation
+
+
+async def test_a_compute_cancelling_itself_fails_only_its_key(make_cache: MakeCache) -> None:
+    """A compute whose awaited future was cancelled by someone else: its callers get an error.
+
+    The instance, its other keys and the task that entered it live on, and
+    the lock is freed (the next call computes at once).
+    """
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[str]] = []
+    started = anyio.Event()
+
+    async def doomed() -> str:
+        futures.append(loop.create_future())
+        started.set()
+        return await futures[-1]  # cancelled below by another task, not by a scope of ours
+
+    async def fine() -> str:
+        return "fine"
+
+    async with make_cache(lock_ttl=30) as cache:
+        errors: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await cache.get_or_compute("k", doomed, ttl=30)
+            except ComputeFailedError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(call)
+            await started.wait()
+            futures[0].cancel()
+        assert len(errors) == 5
+        assert all(isinstance(e.__cause__, asyncio.CancelledError) for e in errors)
+        assert "raised CancelledError although nothing cancelled the call" in str(errors[0])
+        # The instance is alive: other keys and the same key work, at once (the
+        # lock was freed: on Redis a kept lock would make this wait 30 s).
+        with anyio.fail_after(5):
+            assert await cache.get_or_compute("other", fine, ttl=30) == "fine"
+            assert await cache.get_or_compute("k", fine, ttl=30) == "fine"
+        assert cache.statistics().compute_errors == 1
+    # ...and this task (the app's lifespan) was never cancelled.
+    await anyio.lowlevel.checkpoint()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_compute(make_cache: MakeCache) -> None:
+    """Cancelling one caller leaves the others, and the compute, running."""
+    gate = anyio.Event()
+
+    async def slow() -> str:
+        await gate.wait()
+        return "v"
+
+    async with make_cache() as cache:
+        results: list[str] = []
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as impatient:
+                tg.start_soon(cache.get_or_compute, "k", slow, 30)
+
+                async def patient() -> None:
+                    results.append(await cache.get_or_compute("k", slow, ttl=30))
+
+                tg.start_soon(patient)
+                await anyio.wait_all_tasks_blocked()
+                impatient.cancel()
+            gate.set()
+        assert results == ["v"]
+
+
+# ------------------------------------------------------------------ 2. read-your-writes
+
+
+async def test_after_invalidate_no_caller_gets_a_value_from_before(
+    mode: str, make_cache: MakeCache, redis_url: str, namespace: str
+) -> None:
+    """DB at v1, a compute starts; the app writes v2 and invalidates: later calls get v2."""
+    db = {"v": 1}
+    first_read = anyio.Event()
+    gate = anyio.Event()
+
+    async def load() -> int:
+        seen = db["v"]
+        if not first_read.is_set():
+            first_read.set()
+            await gate.wait()  # the compute that started before the write
+        return seen
+
+    async with make_cache() as cache:
+        early: list[int] = []
+        async with anyio.create_task_group() as tg:
+
+            async def before() -> None:
+                early.append(await cache.get_or_compute("user", load, ttl=30))
+
+            tg.start_soon(before)
+            await first_read.wait()
+            db["v"] = 2
+            await cache.invalidate("user")
+            with anyio.fail_after(5):
+                assert await cache.get_or_compute("user", load, ttl=30) == 2
+            gate.set()
+        assert early == [1]  # it asked before the invalidation: the old flight is its answer
+        assert await cache.get_or_compute("user", load, ttl=30) == 2  # v1 was never stored
+        if mode == "redis":  # and another process agrees
+            async with Stampede.from_url(redis_url, namespace=namespace) as other:
+                assert await other.get_or_compute("user", load, ttl=30) == 2
+
+
+# ------------------------------------------------------------------ 3. re-entry
+
+
+async def test_a_compute_asking_for_its_own_key_fails_at_once(make_cache: MakeCache) -> None:
+    """Directly, through a task it starts, or through a cycle: a clear error, no hang, no poison."""
+    async with make_cache() as cache:
+
+        async def itself() -> str:
+            return await cache.get_or_compute("k", itself, ttl=30)
+
+        async def through_a_task() -> str:
+            found: list[str] = []
+            async with anyio.create_task_group() as tg:
+
+                async def ask() -> None:
+                    found.append(await cache.get_or_compute("t", through_a_task, ttl=30))
+
+                tg.start_soon(ask)
+            return found[0]
+
+        async def a() -> str:
+            return "a" + await cache.get_or_compute("b", b, ttl=30)
+
+        async def b() -> str:
+            return "b" + await cache.get_or_compute("a", a, ttl=30)
+
+        with anyio.fail_after(5):
+            with pytest.raises(ReentrantCallError, match="would wait for itself"):
+                await cache.get_or_compute("k", itself, ttl=30)
+            with pytest.raises(ExceptionGroup) as group:  # the compute's own task group
+                await cache.get_or_compute("t", through_a_task, ttl=30)
+            assert group.group_contains(ReentrantCallError)
+            with pytest.raises(ReentrantCallError):
+                await cache.get_or_compute("a", a, ttl=30)
+
+            async def plain() -> str:
+                return "plain"
+
+            # Not poisoned: ordinary calls for those keys work.
+            for key in ("k", "t", "a", "b"):
+                assert await cache.get_or_compute(key, plain, ttl=30) == "plain"
+
+
+async def test_other_keys_from_inside_a_compute_are_fine(make_cache: MakeCache) -> None:
+    """A compute may ask for other keys (no cycle): that is composition, not re-entry."""
+    async with make_cache() as cache:
+
+        async def part() -> int:
+            return 20
+
+        async def whole() -> int:
+            return await cache.get_or_compute("part", part, ttl=30) + 1
+
+        assert await cache.get_or_compute("whole", whole, ttl=30) == 21
+
+
+async def test_invalidate_or_close_from_inside_a_compute_is_refused(
+    make_cache: MakeCache,
+) -> None:
+    """Invalidating the key being computed, or closing the instance, from inside its compute."""
+    async with make_cache() as cache:
+
+        async def invalidates() -> str:
+            await cache.invalidate("k")
+            return "v"
+
+        async def closes() -> str:
+            await cache.aclose()
+            return "v"
+
+        with pytest.raises(ReentrantCallError, match="invalidating 'k'"):
+            await cache.get_or_compute("k", invalidates, ttl=30)
+        with pytest.raises(ReentrantCallError, match="aclose"):
+            await cache.get_or_compute("c", closes, ttl=30)
+
+        async def fine() -> str:
+            return "still open"
+
+        assert await cache.get_or_compute("k", fine, ttl=30) == "still open"
+
+
+# ------------------------------------------------------------------ 4. another event loop
+
+
+async def test_another_event_loop_gets_a_prompt_clear_error(make_cache: MakeCache) -> None:
+    """A worker thread running its own loop: hit or miss, an error at once, no harm to the owner."""
+
+    async def value() -> str:
+        return "v"
+
+    async with make_cache() as cache:
+        await cache.get_or_compute("hit", value, ttl=30)
+        outcomes: list[BaseException] = []
+
+        def elsewhere() -> None:
+            for key in ("hit", "miss"):
+                try:
+                    asyncio.run(asyncio.wait_for(cache.get_or_compute(key, value, ttl=30), 5))
+                except BaseException as exc:
+                    outcomes.append(exc)
+            try:
+                asyncio.run(cache.invalidate("hit"))
+            except BaseException as exc:
+                outcomes.append(exc)
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        with anyio.fail_after(10):
+            while thread.is_alive():
+                await anyio.sleep(0.01)
+        assert [type(e) for e in outcomes] == [WrongEventLoopError] * 3
+        assert "belongs to another event loop" in str(outcomes[0])
+        # The owner is untouched: its value is there, and a miss still computes.
+        assert await cache.get_or_compute("hit", value, ttl=30) == "v"
+        assert await cache.get_or_compute("miss", value, ttl=30) == "v"
+        assert cache.statistics().computes == 2
+
+
+# ------------------------------------------------------------------ 5. str subclass keys
+
+
+class Model(str, Enum):  # noqa: UP042 - as FastAPI's docs write enum path parameters
+    alexnet = "alexnet"
+
+
+class Loud(str):
+    def __str__(self) -> str:
+        return self.upper()
+
+
+async def test_equal_strings_name_one_entry(
+    mode: str, make_cache: MakeCache, redis_url: str, namespace: str
+) -> None:
+    """An enum member equal to "alexnet" and the plain string are one key, in every process."""
+    computes = 0
+
+    async def load() -> str:
+        nonlocal computes
+        computes += 1
+        return f"model #{computes}"
+
+    async with make_cache() as cache:
+        assert await cache.get_or_compute(Model.alexnet, load, ttl=30) == "model #1"
+        assert await cache.get_or_compute("alexnet", load, ttl=30) == "model #1"
+        assert await cache.get_or_compute(Loud("alexnet"), load, ttl=30) == "model #1"
+        await cache.invalidate(Model.alexnet)
+        assert await cache.get_or_compute("alexnet", load, ttl=30) == "model #2"
+        assert await cache.get_or_compute(Model.alexnet, load, ttl=30) == "model #2"
+        if mode == "redis":
+            async with Stampede.from_url(redis_url, namespace=namespace) as other:
+                assert await other.get_or_compute("alexnet", load, ttl=30) == "model #2"
+            client = redis.Redis.from_url(redis_url)
+            try:
+                assert client.exists(make_names(namespace, "alexnet").value)
+                assert not client.keys(f"{namespace}:*Model*")
+            finally:
+                client.close()
+    assert computes == 2
+
+
+# ------------------------------------------------------------------ 6. own results
+
+
+async def test_each_coalesced_caller_gets_its_own_value(make_cache: MakeCache) -> None:
+    """Ten callers of one miss each append to the result: each sees only its own append."""
+
+    async def load() -> dict[str, Any]:
+        await anyio.sleep(0.05)
+        return {"name": "ada", "viewers": []}
+
+    async with make_cache() as cache:
+        seen: list[list[str]] = []
+
+        async def view(i: int) -> None:
+            user = await cache.get_or_compute("user", load, ttl=30)
+            user["viewers"].append(f"viewer {i}")
+            await anyio.lowlevel.checkpoint()  # let the others run before looking
+            seen.append(list(user["viewers"]))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(view, i)
+        assert sorted(seen) == sorted([[f"viewer {i}"] for i in range(10)])
+        assert cache.statistics().coalesced == 9
+        assert await cache.get_or_compute("user", load, ttl=30) == {"name": "ada", "viewers": []}
+
+
+async def test_share_values_hands_every_caller_one_object(make_cache: MakeCache) -> None:
+    """The documented opt-in: coalesced callers get the very same object (read-only use)."""
+
+    async def load() -> dict[str, Any]:
+        await anyio.sleep(0.05)
+        return {"rows": list(range(1000))}
+
+    async with make_cache(share_values=True) as cache:
+        got: list[dict[str, Any]] = []
+
+        async def one() -> None:
+            got.append(await cache.get_or_compute("big", load, ttl=30))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(one)
+        assert all(g is got[0] for g in got)
+
+
+async def test_a_served_value_changed_by_its_caller_is_not_written_back(
+    make_cache: MakeCache,
+) -> None:
+    """Stale served, the caller changes it, the refresh fails: the store keeps the original."""
+    failing = anyio.Event()
+    release = anyio.Event()
+
+    async def first() -> dict[str, Any]:
+        return {"n": 1, "tags": []}
+
+    async def broken() -> dict[str, Any]:
+        failing.set()
+        await release.wait()
+        raise RuntimeError("database down")
+
+    async with make_cache(stale_while_revalidate=30, stale_if_error=30) as cache:
+        await cache.get_or_compute("k", first, ttl=0.05)
+        await anyio.sleep(0.1)  # the condition is the clock: past the TTL
+        served = await cache.get_or_compute("k", broken, ttl=0.05)
+        served["tags"].append("changed by the caller")
+        await failing.wait()
+        release.set()
+        with anyio.fail_after(5):
+            while cache._refreshing:
+                await anyio.sleep(0.01)
+        assert cache.statistics().fail_safe == 1
+        again = await cache.get_or_compute("k", broken, ttl=0.05)
+        assert again == {"n": 1, "tags": []}
+
+
+# ------------------------------------------------------------------ 7. faithful values
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"score": math.inf, "ratio": math.nan}, "value['"),
+        ([1.0, [2.0, -math.inf]], "value[1][1] = -inf"),
+        (math.nan, "value = nan"),
+    ],
+)
+async def test_values_json_cannot_hold_are_refused(
+    make_cache: MakeCache, value: Any, where: str
+) -> None:
+    """NaN and infinities would come back as None: SerializationError, first caller included."""
+
+    async def load() -> Any:
+        return value
+
+    async with make_cache() as cache:
+        with pytest.raises(SerializationError, match=r"JSON has no NaN or infinity") as info:
+            await cache.get_or_compute("k", load, ttl=30)
+        assert where in str(info.value)
+
+        async def nulls() -> Any:
+            return {"a": None, "text": "null", "n": 1.5}
+
+        # None, and "null" in a string, are faithful: stored and returned as they are.
+        assert await cache.get_or_compute("k", nulls, ttl=30) == {
+            "a": None,
+            "text": "null",
+            "n": 1.5,
+        }
+
+
+# ------------------------------------------------------------------ 8. own exceptions
+
+
+async def test_each_caller_of_a_failed_compute_gets_its_own_exception(
+    make_cache: MakeCache,
+) -> None:
+    """200 callers: 200 distinct exception objects, each with only the compute's traceback."""
+
+    class LookupFailed(Exception):
+        pass
+
+    async def fail() -> str:
+        await anyio.sleep(0.05)
+        raise LookupFailed("row 7 is gone")
+
+    async with make_cache() as cache:
+        caught: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await cache.get_or_compute("k", fail, ttl=30)
+            except LookupFailed as exc:
+                caught.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(200):
+                tg.start_soon(one)
+        assert len(caught) == 200
+        assert len({id(e) for e in caught}) == 200
+        assert all(e.args == ("row 7 is gone",) for e in caught)
+        depths = [len(traceback.extract_tb(e.__traceback__)) for e in caught]
+        assert max(depths) - min(depths) <= 3, depths
+        assert max(depths) < 30, depths
+        assert all("fail" in traceback.format_exception(e)[-2] for e in caught)
+
+
+# ------------------------------------------------------------------ 9. hard_timeout
+
+
+async def test_a_timeout_of_the_compute_itself_is_not_the_hard_timeout(
+    make_cache: MakeCache,
+) -> None:
+    """fn's own TimeoutError stays itself; only hard_timeout's expiry is ComputeTimeoutError."""
+
+    async def db_timeout() -> str:
+        raise TimeoutError("the database did not answer")
+
+    async def slow() -> str:
+        await anyio.sleep(30)
+        return "late"
+
+    async with make_cache(negative_ttl=30) as cache:
+        with pytest.raises(TimeoutError, match="the database did not answer") as info:
+            await cache.get_or_compute("a", db_timeout, ttl=30)
+        assert not isinstance(info.value, ComputeTimeoutError)
+        # Negative caching remembers the real error, not a made-up hard timeout.
+        with pytest.raises(ComputeFailedError, match="TimeoutError: the database did not answer"):
+            await cache.get_or_compute("a", db_timeout, ttl=30)
+        with pytest.raises(TimeoutError, match="the database did not answer") as info:
+            await cache.get_or_compute("b", db_timeout, ttl=30, hard_timeout=10)
+        assert not isinstance(info.value, ComputeTimeoutError)
+        with pytest.raises(ComputeTimeoutError, match=r"hard_timeout=0\.05s"):
+            await cache.get_or_compute("c", slow, ttl=30, hard_timeout=0.05)
+
+
+# ------------------------------------------------------------------ 10. fail-safe bounds
+
+
+async def test_fail_safe_never_serves_or_writes_past_the_stale_window(
+    mode: str, make_cache: MakeCache, redis_url: str, namespace: str
+) -> None:
+    """ttl 0.2 s, stale_if_error 0.6 s: nothing served after 0.8 s, no key without expiry.
+
+    A stale read just before the window closes starts a compute that fails
+    after it closed: the caller gets the error, and the key is not brought
+    back (it used to be, with no expiry, its window moving on with every
+    failure).
+    """
+    client = redis.Redis.from_url(redis_url) if mode == "redis" else None
+    name = make_names(namespace, "k").value
+
+    async def ok() -> str:
+        return "v"
+
+    async def fails_slowly() -> str:
+        await anyio.sleep(0.2)
+        raise RuntimeError("database down")
+
+    try:
+        async with make_cache(stale_if_error=0.6, fail_safe_throttle=0.1) as cache:
+            await cache.get_or_compute("k", ok, ttl=0.2)
+            created = anyio.current_time()
+            served_at: list[float] = []
+            failed = 0
+            while anyio.current_time() - created < 1.6:
+                try:
+                    assert await cache.get_or_compute("k", fails_slowly, ttl=0.2) == "v"
+                    served_at.append(anyio.current_time() - created)
+                except RuntimeError:
+                    failed += 1
+                if client is not None:
+                    assert client.pttl(name) != -1  # never a key without an expiry
+            assert served_at, "the stale value was never served"
+            assert max(served_at) < 0.8 + 0.25, served_at  # the window, plus one slow compute
+            assert failed >= 1
+            if client is not None:
+                assert not client.exists(name)
+    finally:
+        if client is not None:
+            client.close()
+
+
+# ------------------------------------------------------------------ 11. refresh rate
+
+
+def test_xfetch_never_refreshes_before_its_bounded_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However lucky the draw (thousands of readers), no refresh before 2 x delta x beta."""
+    from asyncstampede import _core
+    from asyncstampede._envelope import Envelope
+
+    env = Envelope("v", created_ms=0, delta_ms=100, fresh_until_ms=1000, ttl_ms=1000)
+    monkeypatch.setattr(random, "random", lambda: 1 - 2**-53)  # the luckiest draw: ln = -36.7
+    assert not _core._xfetch_due(790, env, 1.0)  # 210 ms before expiry: outside
+    assert _core._xfetch_due(800, env, 1.0)  # 200 ms: inside, and the draw says yes
+    assert not _core._xfetch_due(100, env, 1e9)  # a huge beta: still not in the first half
+    assert _core._xfetch_due(500, env, 1e9)
+    monkeypatch.setattr(random, "random", lambda: 0.0)  # ln(1) = 0: never early
+    assert not _core._xfetch_due(999, env, 1.0)
+
+
+def test_stored_values_decode_with_their_ttl() -> None:
+    """The envelope keeps the TTL a value was computed with (the stale windows' anchor)."""
+    from asyncstampede._envelope import encode, restamp
+
+    data = encode(
+        {"a": 1},
+        created_ms=1000,
+        delta_ms=5,
+        fresh_until_ms=3000,
+        compress_threshold=4096,
+        max_value_bytes=1 << 20,
+    )
+    env = decode(restamp(data, fresh_until_ms=9000), max_value_bytes=1 << 20)
+    assert (env.value, env.fresh_until_ms, env.ttl_ms, env.origin_fresh_until_ms) == (
+        {"a": 1},
+        9000,
+        2000,
+        3000,
+    )
