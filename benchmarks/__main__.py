@@ -241,12 +241,17 @@ def scenario_hits(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     in the same processes just before it; the median of the rounds' ratios is
     the figure, so the machine's speed (and its drift) cancels out.
     ``same_key_ratio`` is the same with all coroutines on one key, where
-    in-process coalescing may serve many callers with one read.
+    in-process coalescing may serve many callers with one read; there each
+    coalesced caller gets its own copy of the value, and the
+    ``asyncstampede-shared`` row (``share_values=True``, run beside
+    ``asyncstampede``) shows what those copies cost.
     """
     client = redis.Redis.from_url(url)
     client.set("bare-ref", json.dumps({"t": time.time(), "payload": "x" * 200}))
     rows: list[dict[str, Any]] = []
     strategies = [s for s in args.strategies if s != "naive"] + ["naive"]
+    if "asyncstampede" in strategies:
+        strategies.insert(strategies.index("asyncstampede") + 1, "asyncstampede-shared")
     bar = progress(len(strategies) * args.hit_rounds * 2, "hits")
     for strategy in strategies:
         workers: list[Worker] = []
@@ -425,7 +430,9 @@ def scenario_steady(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     With XFetch or stale-while-revalidate no request after warm-up should wait
     for a compute; without them one herd of requests waits once per TTL.
-    ``slow`` counts requests that took over half the compute time.
+    ``slow`` counts requests that took over half the compute time. Then,
+    when asyncstampede runs, a second table: refreshes per TTL period at
+    read rates from 10 to 10,000 a second (see `_refresh_rate_sweep`).
     """
     rows: list[dict[str, Any]] = []
     strategies = [
@@ -463,6 +470,54 @@ def scenario_steady(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             for w in workers:
                 w.close()
             bar.update()
+    bar.close()
+    if "asyncstampede" in strategies and args.steady_rates:
+        rows.extend(_refresh_rate_sweep(url, args))
+    return rows
+
+
+def _refresh_rate_sweep(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Refreshes per TTL period against the read rate, XFetch bounded and as published.
+
+    The processes together read one key RATE times a second (paced, open
+    loop), TTL and compute as above; computes after the warm-up are all
+    early refreshes (``slow`` counts reads that waited for one).
+    """
+    rows: list[dict[str, Any]] = []
+    variants = ["asyncstampede", "asyncstampede-xfetch-published"]
+    bar = progress(len(variants) * len(args.steady_rates), "steady: read rates")
+    seconds, warmup = args.steady_rate_seconds, 2.0
+    for rate in args.steady_rates:
+        for strategy in variants:
+            workers: list[Worker] = []
+            try:
+                ns = f"bench-{uuid.uuid4().hex[:8]}"
+                workers.extend(Worker(strategy, url, ns) for _ in range(args.processes))
+                for w in workers:
+                    w.send(
+                        f"steady hot {seconds + warmup} {args.steady_concurrency} "
+                        f"{args.steady_compute_ms} {args.steady_ttl} {warmup} "
+                        f"{rate / args.processes}"
+                    )
+                reports = [w.report(timeout=seconds + warmup + 60) for w in workers]
+                refreshes = sum(r["computes_after_warmup"] for r in reports)
+                rows.append(
+                    {
+                        "strategy": strategy,
+                        "read_rate": rate,
+                        "reads_per_s": sum(r["requests"] for r in reports) / seconds,
+                        "refreshes": refreshes,
+                        "refreshes_per_ttl": refreshes / (seconds / args.steady_ttl),
+                        "slow": sum(r["slow"] for r in reports),
+                        "p99_ms": max(r["p99"] for r in reports) * 1000,
+                    }
+                )
+            except Exception as exc:
+                rows.append({**_failed(strategy, exc), "read_rate": rate})
+            finally:
+                for w in workers:
+                    w.close()
+                bar.update()
     bar.close()
     return rows
 
@@ -538,6 +593,16 @@ COLUMNS = {
         "computes",
         "computes_per_ttl",
     ],
+    # the steady scenario's second table: its rows have a read_rate
+    "steady-rates": [
+        "strategy",
+        "read_rate",
+        "reads_per_s",
+        "refreshes",
+        "refreshes_per_ttl",
+        "slow",
+        "p99_ms",
+    ],
 }
 
 
@@ -594,7 +659,8 @@ def _bars(ax: Any, rows: list[dict[str, Any]], field: str, title: str) -> None:
     rows = [r for r in rows if "failed" not in r and r.get(field) is not None]
     names = [r["strategy"] for r in rows]
     values = [r[field] if r[field] != float("inf") else 0 for r in rows]
-    bars = ax.bar(names, values, color=[f"C{ALL_STRATEGIES.index(n)}" for n in names])
+    colours = [f"C{ALL_STRATEGIES.index(n) if n in ALL_STRATEGIES else 9}" for n in names]
+    bars = ax.bar(names, values, color=colours)
     for bar, r in zip(bars, rows, strict=True):
         label = "stuck" if r[field] == float("inf") else f"{r[field]:.2f}"
         ax.annotate(
@@ -664,6 +730,18 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             ),
             mine[0]["computes_per_1k"] < best_other["computes_per_1k"],
         )
+    sweep = [
+        r
+        for r in results.get("steady", [])
+        if r["strategy"] == ours and "read_rate" in r and "failed" not in r
+    ]
+    if sweep:
+        judged = [r for r in sweep if r["read_rate"] >= 100]  # below, reads are too sparse
+        judge(
+            "steady: about one refresh per TTL at 100 reads/s and more (at most 1.25)",
+            ", ".join(f"{r['refreshes_per_ttl']:.2f} at {r['read_rate']:g}/s" for r in sweep),
+            bool(judged) and max(r["refreshes_per_ttl"] for r in judged) <= 1.25,
+        )
     crash = [r for r in results.get("crash", []) if r["strategy"] == ours and "failed" not in r]
     if crash:
         lock_ttl = inspect.signature(Stampede).parameters["lock_ttl"].default
@@ -707,14 +785,22 @@ def main() -> None:
     parser.add_argument("--steady-concurrency", type=int, default=4)
     parser.add_argument("--steady-compute-ms", type=int, default=100)
     parser.add_argument("--steady-ttl", type=float, default=1.0)
+    parser.add_argument(
+        "--steady-rates",
+        default="10,100,1000,10000",
+        help="total reads/s of the refresh-rate sweep (empty: skip it)",
+    )
+    parser.add_argument("--steady-rate-seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke run")
     args = parser.parse_args()
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.durations = [int(x) for x in args.durations.split(",")]
+    args.steady_rates = [float(x) for x in args.steady_rates.split(",") if x]
     if args.quick:
         args.repeat, args.wakeups, args.hit_rounds = 1, 50, 1
         args.hit_seconds, args.churn_seconds, args.steady_seconds = 1.0, 3.0, 6.0
+        args.steady_rate_seconds = 4.0
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in SCENARIOS] + [
         s for s in args.strategies if s not in ALL_STRATEGIES
@@ -733,7 +819,11 @@ def main() -> None:
         for name in scenarios:
             results[name] = SCENARIOS[name](url, args)
             print(f"\n### {name}\n")
-            print(table(results[name], COLUMNS[name]))
+            rows = results[name]
+            print(table([r for r in rows if "read_rate" not in r], COLUMNS[name]))
+            if any("read_rate" in r for r in rows):
+                print(f"\n### {name}: refreshes against the read rate\n")
+                print(table([r for r in rows if "read_rate" in r], COLUMNS[f"{name}-rates"]))
         info = redis.Redis.from_url(url).info("server")
     goals = targets(results)
     if goals:

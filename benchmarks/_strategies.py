@@ -189,6 +189,29 @@ class AsyncStampedePlain(AsyncStampede):
         await self.s.__aenter__()
 
 
+class AsyncStampedeShared(AsyncStampede):
+    """asyncstampede with ``share_values=True``: coalesced callers get one object, no copies."""
+
+    name = "asyncstampede-shared"
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.s = Stampede.from_url(url, namespace=namespace, share_values=True)
+        await self.s.__aenter__()
+
+
+class AsyncStampedePublishedXFetch(AsyncStampede):
+    """asyncstampede with XFetch as published: its early window not bounded (before 0.2)."""
+
+    name = "asyncstampede-xfetch-published"
+
+    async def start(self, url: str, namespace: str) -> None:
+        from asyncstampede import _core
+
+        _core._XFETCH_REACH = float("inf")  # this worker process only
+        _core._XFETCH_SHARE_OF_TTL = 1.0
+        await super().start(url, namespace)
+
+
 class Embedded(AsyncStampede):
     """asyncstampede without Redis: coalesces within each process only."""
 
@@ -210,5 +233,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         Embedded,
         AsyncStampedeSWR,
         AsyncStampedePlain,
+        AsyncStampedeShared,
+        AsyncStampedePublishedXFetch,
     )
 }

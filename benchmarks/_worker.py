@@ -15,8 +15,9 @@ Commands (each answered by one line, ``ready`` first of all):
   loop through the strategy, or through a bare redis-py GET; JSON report.
 - ``churn SECONDS RATE KEYS ZIPF COMPUTE_MS TTL SIZE``: an open-loop stream of
   RATE requests per second on Zipf-distributed keys, values of SIZE bytes.
-- ``steady KEY SECONDS CONCURRENCY COMPUTE_MS TTL WARMUP``: readers of one hot
-  key for SECONDS; JSON report of the latencies after WARMUP.
+- ``steady KEY SECONDS CONCURRENCY COMPUTE_MS TTL WARMUP [RATE]``: readers of
+  one hot key for SECONDS, each reading every 10 ms, or together RATE reads
+  per second; JSON report of the latencies and computes after WARMUP.
 - ``exit``.
 
 Redis commands sent are counted where redis-py packs them, so a pipeline of
@@ -166,9 +167,10 @@ async def main() -> None:
             elif cmd == "steady":
                 key, seconds, conc = args[0], float(args[1]), int(args[2])
                 ms, ttl, warmup = int(args[3]), float(args[4]), float(args[5])
+                rate = float(args[6]) if len(args) > 6 else 0.0
                 say(
                     await steady(
-                        strategy, key, seconds, conc, ms, ttl, warmup, computes, compute_for
+                        strategy, key, seconds, conc, ms, ttl, warmup, computes, compute_for, rate
                     )
                 )
             elif cmd == "churn":
@@ -274,26 +276,44 @@ async def steady(
     warmup: float,
     computes: list[int],
     compute_for: Any,
+    rate: float = 0.0,
 ) -> dict[str, Any]:
-    """CONC coroutines read one key every 10 ms; latencies after WARMUP count."""
+    """CONC coroutines read one key; latencies (and computes) after WARMUP count.
+
+    Each reads every 10 ms, or, with *rate*, on its own schedule so that
+    together they read *rate* times a second (open loop: a slow read does
+    not push the next ones back).
+    """
     computes_before = computes[0]
+    after_warmup: list[int] = []
     latencies: list[float] = []
     start = time.perf_counter()
     deadline = start + seconds
+    interval = conc / rate if rate > 0 else 0.01
 
-    async def reader() -> None:
+    async def reader(i: int) -> None:
+        due = start + interval * i / conc  # spread the readers over one interval
         while (now := time.perf_counter()) < deadline:
+            if rate > 0:
+                await anyio.sleep(max(0.0, due - now))
+                due += interval
+                now = time.perf_counter()
+            if now - start >= warmup and not after_warmup:
+                after_warmup.append(computes[0])
             await strategy.get(key, lambda: compute_for(ms), ttl)
             if now - start >= warmup:
                 latencies.append(time.perf_counter() - now)
-            await anyio.sleep(0.01)
+            if rate <= 0:
+                await anyio.sleep(0.01)
 
     async with anyio.create_task_group() as tg:
-        for _ in range(conc):
-            tg.start_soon(reader)
+        for i in range(conc):
+            tg.start_soon(reader, i)
     return {
         "requests": len(latencies),
+        "seconds": seconds - warmup,
         "computes": computes[0] - computes_before,
+        "computes_after_warmup": computes[0] - (after_warmup or [computes[0]])[0],
         "p50": percentile(latencies, 0.5),
         "p99": percentile(latencies, 0.99),
         "max": max(latencies, default=float("nan")),
