@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 import math
@@ -1313,22 +1312,27 @@ def _own_copy(error: BaseException, tb: TracebackType | None) -> BaseException:
     """Return a copy of *error* for one more caller, with the traceback it had when raised.
 
     Raising one object to many callers would grow its traceback by every
-    caller's frames (and let one caller's handler see another's). An
-    exception that cannot be copied (its ``__init__`` does not take its
-    ``args`` back) is raised itself, its traceback reset to the original.
+    caller's frames (and let one caller's handler see another's). The copy
+    is made without calling ``__init__`` again (which may have reworded its
+    arguments): same class, ``args``, attributes, cause, context and notes.
+    An exception that does not copy faithfully (its text differs, as some
+    with state kept in C can) is raised itself, its traceback reset to the
+    original.
     """
+    cls = type(error)
     try:
-        twin = copy.copy(error)
+        twin = cls.__new__(cls, *error.args)
+        twin.__dict__.update(error.__dict__)
+        faithful = type(twin) is cls and twin.args == error.args and str(twin) == str(error)
     except Exception:
-        twin = None
-    if type(twin) is not type(error):
+        faithful = False
+    if not faithful:
         return error.with_traceback(tb)
-    assert twin is not None
     twin.__cause__ = error.__cause__
     twin.__context__ = error.__context__
     twin.__suppress_context__ = error.__suppress_context__
     notes = getattr(error, "__notes__", None)
-    if notes is not None:
+    if isinstance(notes, list):
         twin.__notes__ = list(notes)
     return twin.with_traceback(tb)
 

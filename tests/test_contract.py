@@ -476,6 +476,34 @@ async def test_each_caller_of_a_failed_compute_gets_its_own_exception(
         assert all("fail" in traceback.format_exception(e)[-2] for e in caught)
 
 
+async def test_copies_of_an_exception_keep_its_text_and_attributes(make_cache: MakeCache) -> None:
+    """An __init__ that rewords its argument is not called again: the copy says the same."""
+
+    class NotFound(Exception):
+        def __init__(self, row: int, *, table: str) -> None:
+            super().__init__(f"row {row} of {table} not found")
+            self.row = row
+
+    async def fail() -> str:
+        await anyio.sleep(0.05)
+        raise NotFound(7, table="users")
+
+    async with make_cache() as cache:
+        caught: list[NotFound] = []
+
+        async def one() -> None:
+            try:
+                await cache.get_or_compute("k", fail, ttl=30)
+            except NotFound as exc:
+                caught.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(one)
+        assert len({id(e) for e in caught}) == 5
+        assert {(str(e), e.row) for e in caught} == {("row 7 of users not found", 7)}
+
+
 # ------------------------------------------------------------------ 9. hard_timeout
 
 
