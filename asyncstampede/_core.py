@@ -179,6 +179,13 @@ class _Request:
         self.stale: Envelope | None = None
         self.stale_payload = b""
 
+    def usable_stale(self) -> Envelope | None:
+        """Return the stale fallback while it is still within ``stale_if_error``, else None."""
+        stale = self.stale
+        if stale is not None and _now_ms() < stale.origin_fresh_until_ms + self.policy.sie_ms:
+            return stale
+        return None
+
 
 class _Flight:
     """One in-process resolution of one key, awaited by every local caller.
@@ -953,10 +960,11 @@ class Stampede:
         return await self._wait(req, token, state, interest)
 
     async def _on_backend_error(self, exc: BackendError, req: _Request) -> Any:
-        if req.stale is not None:
+        stale = req.usable_stale()
+        if stale is not None:
             self._failed(exc, "looking up {key}; serving its stale value", req.key)
             self._counters.fail_safe += 1
-            return req.stale.value
+            return stale.value
         if not self._fail_open:
             self._failed(exc, "looking up {key}; raising (fail_open is off)", req.key)
             raise exc
@@ -1049,8 +1057,11 @@ class Stampede:
         with anyio.move_on_after(soft):
             await done.wait()
         if not outcome:
-            self._counters.soft_timeouts += 1
-            return req.stale.value
+            stale = req.usable_stale()
+            if stale is not None:
+                self._counters.soft_timeouts += 1
+                return stale.value
+            await done.wait()  # its stale window closed meanwhile: wait for the compute
         ok, result = outcome[0]
         if ok:
             return result
@@ -1074,10 +1085,7 @@ class Stampede:
             raise
         self._held.pop(token, None)
         if failure is not None:
-            if (
-                req.stale is not None
-                and _now_ms() < req.stale.origin_fresh_until_ms + req.policy.sie_ms
-            ):
+            if req.usable_stale() is not None:
                 return await self._fail_safe(req, token)
             if req.policy.negative_ms and not isinstance(
                 failure, (SerializationError, ValueTooLargeError)
@@ -1237,14 +1245,18 @@ class Stampede:
         seen: bytes | None = None  # a stored payload already found unservable
         flight = req.flight
         while True:
-            if soft is not None and now() - started >= soft and req.stale is not None:
-                self._counters.soft_timeouts += 1
-                return req.stale.value
+            if soft is not None and now() - started >= soft:
+                stale = req.usable_stale()
+                if stale is not None:
+                    self._counters.soft_timeouts += 1
+                    return stale.value
+                soft = None  # its stale window closed meanwhile
             remaining = deadline - now()
             if remaining <= 0:
                 self._counters.wait_timeouts += 1
-                if req.stale is not None:
-                    return req.stale.value
+                stale = req.usable_stale()
+                if stale is not None:
+                    return stale.value
                 if self._on_wait_timeout == "raise":
                     raise WaitTimeoutError(
                         f"no value after waiting {self._wait_timeout}s for another holder"

@@ -580,6 +580,26 @@ async def test_fail_safe_never_serves_or_writes_past_the_stale_window(
             client.close()
 
 
+async def test_a_timeout_past_the_stale_window_waits_for_the_compute(
+    make_cache: MakeCache,
+) -> None:
+    """soft_timeout fires after the stale window closed: the new value, not the stale one."""
+
+    async def old() -> str:
+        return "old"
+
+    async def new() -> str:
+        await anyio.sleep(0.5)
+        return "new"
+
+    async with make_cache(stale_if_error=0.3) as cache:
+        await cache.get_or_compute("k", old, ttl=0.1)
+        await anyio.sleep(0.15)  # the condition is the clock: stale, within the window
+        # The soft timeout (0.4 s) comes after the window's end (0.4 s from the write).
+        assert await cache.get_or_compute("k", new, ttl=30, soft_timeout=0.4) == "new"
+        assert cache.statistics().soft_timeouts == 0
+
+
 # ------------------------------------------------------------------ 11. refresh rate
 
 
