@@ -143,8 +143,27 @@ class Backend(Protocol):
         """Push the lock's expiry out if it is still ours."""
         ...
 
-    async def write_if_absent(self, names: KeyNames, payload: bytes, ttl_ms: int) -> bool:
-        """Write the value only when there is none (used without the lock)."""
+    async def write_if_absent(
+        self, names: KeyNames, payload: bytes, ttl_ms: int, holder: bytes | None
+    ) -> bool:
+        """Write the value only when there is none and the lock is still *holder* (no lock held).
+
+        Used by a compute that ran without the lock; *holder* is what the
+        lock held when it started, so an invalidation since (which deletes
+        the lock) keeps its value out.
+        """
+        ...
+
+    async def restamp(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
+        """Re-stamp a stale value while holding the lock; release the lock; wake waiters.
+
+        Never lengthens the value's current expiry (at most *ttl_ms* from
+        now) and never writes a value that has gone. True when written.
+        """
+        ...
+
+    async def lock_holder(self, names: KeyNames) -> bytes | None:
+        """Return what the lock holds now (a token, the commit marker), or None."""
         ...
 
     async def invalidate(self, names: KeyNames) -> None:

@@ -71,13 +71,26 @@ _NAMES_CACHED = 4096  # keys whose Redis names are kept ready
 _XFETCH_REACH = 2.0
 _XFETCH_SHARE_OF_TTL = 0.5
 
-# The keys whose computes the current task runs inside (or was started
-# from), as (store, lock name, instance): a call for one of them would wait
-# for itself. Copied into every task started from a compute, so a cycle
-# (a -> b -> a) is seen too.
-_computing: ContextVar[tuple[tuple[object, bytes, int], ...]] = ContextVar(
-    "asyncstampede_computing", default=()
-)
+
+@final
+class _Computation:
+    """One running compute, as the tasks inside it (and those it starts) see it."""
+
+    __slots__ = ("active", "flight", "lock", "owner", "store")
+
+    def __init__(self, store: object, lock: bytes, owner: int, flight: _Flight) -> None:
+        self.store = store  # what stores the key (see Stampede._store)
+        self.lock = lock  # the key's lock name
+        self.owner = owner  # id() of the Stampede running it
+        self.flight = flight  # the resolution it computes for
+        self.active = True  # False once it returned: tasks it started may outlive it
+
+
+# The computes the current task runs inside (or was started from): a call
+# for one of their keys would wait for itself. Copied into every task
+# started from a compute, so a cycle inside one call chain (a -> b -> a) is
+# seen too; one across callers is seen through _Flight.waiting_on.
+_computing: ContextVar[tuple[_Computation, ...]] = ContextVar("asyncstampede_computing", default=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +169,17 @@ class _Policy:
 class _Request:
     """Everything one resolution needs, passed down the request path."""
 
-    __slots__ = ("flight", "fn", "key", "names", "policy", "stale", "stale_payload", "ttl_ms")
+    __slots__ = (
+        "failed",
+        "flight",
+        "fn",
+        "key",
+        "names",
+        "policy",
+        "stale",
+        "stale_payload",
+        "ttl_ms",
+    )
 
     def __init__(
         self,
@@ -178,6 +201,7 @@ class _Request:
         # a caller may have changed since).
         self.stale: Envelope | None = None
         self.stale_payload = b""
+        self.failed = False  # the compute failed (and a stale value may have hidden it)
 
     def usable_stale(self) -> Envelope | None:
         """Return the stale fallback while it is still within ``stale_if_error``, else None."""
@@ -198,24 +222,43 @@ class _Flight:
     The event is made only when a second caller joins: most hits have none.
     """
 
-    __slots__ = ("_event", "_json", "_tb", "done", "error", "joiners", "share", "value")
+    __slots__ = (
+        "_event",
+        "_json",
+        "_tb",
+        "_template",
+        "detached",
+        "done",
+        "error",
+        "joiners",
+        "share",
+        "value",
+        "waiting_on",
+    )
 
-    def __init__(self, *, share: bool = False) -> None:
+    def __init__(self, share: bool = False) -> None:
         self._event: anyio.Event | None = None
         self._json: bytes | None = None
         self._tb: TracebackType | None = None
+        self._template: BaseException | None = None
+        self.detached = False  # by invalidate: what it computes must not be stored
         self.done = False
         self.share = share
         self.joiners = 0
         self.value: Any = None
         self.error: BaseException | None = None
+        # Flights its compute is blocked on (see Stampede._from_compute).
+        self.waiting_on: list[_Flight] | None = None
 
     def settle(self, value: Any, error: BaseException | None) -> None:
         self.value, self.error, self.done = value, error, True
+        # Snapshots are taken now: the first caller to run again may change
+        # the value, or the exception (a note, its args, its context).
         if error is not None:
             self._tb = error.__traceback__
+            if self.joiners:
+                self._template = _own_copy(error, self._tb)
         elif self.joiners and not self.share and type(value) in (dict, list):
-            # Taken now: the first caller to run again may change the value.
             self._json = orjson.dumps(value)
         if self._event is not None:
             self._event.set()
@@ -229,7 +272,9 @@ class _Flight:
                 self._event = anyio.Event()
             await self._event.wait()
         if self.error is not None:
-            raise self.error if started else _own_copy(self.error, self._tb)
+            if started or self._template is None:
+                raise self.error
+            raise _own_copy(self._template, self._tb)
         if self._json is not None and not started:
             return orjson.loads(self._json)
         return self.value
@@ -369,6 +414,8 @@ class Stampede:
             _positive("fail_safe_throttle", fail_safe_throttle) * 1000
         )
         self._refreshing: set[str] = set()
+        # key -> monotonic time before which no background refresh of it starts
+        self._refresh_after: dict[str, float] = {}
         self._compress_threshold = compress_threshold
         self._max_value_bytes = max_value_bytes
         self._problems = ProblemLog()
@@ -521,7 +568,7 @@ class Stampede:
         """
         if self._stack is not None:
             self._check_loop()
-            if any(owner == id(self) for _, _, owner in _computing.get()):
+            if any(c.owner == id(self) and c.active for c in _computing.get()):
                 raise ReentrantCallError(
                     "aclose() was called from inside a compute of this Stampede, which would "
                     "cancel that compute half-way; close it where it was entered"
@@ -576,15 +623,32 @@ class Stampede:
                 "on the owner's loop with asyncio.run_coroutine_threadsafe()"
             )
 
-    def _refuse_reentry(self, key: str, lock: bytes, doing: str) -> None:
-        """Raise `ReentrantCallError` if this task computes *key* (or its compute started it)."""
-        for store, held, _ in _computing.get():
-            if held == lock and store == self._store:
+    def _from_compute(self, key: str, lock: bytes, doing: str) -> _Flight | None:
+        """Refuse a call that would wait for itself; return the flight of the compute asking.
+
+        Raises `ReentrantCallError` when the current task computes *key* (or
+        a compute it was started from does), or when the resolution of
+        *key* in this process is itself waiting, through the computes of
+        other keys, for one of those computes (a cycle between callers).
+        """
+        active = [c for c in _computing.get() if c.active]
+        if not active:
+            return None
+        for c in active:
+            if c.lock == lock and c.store == self._store:
                 raise ReentrantCallError(
                     f"{doing} {key!r} from inside the compute of {key!r} (directly, through a "
                     "task it started, or through the compute of another key it asked for) "
                     "would wait for itself; pass the value down instead of asking the cache"
                 )
+        flight = self._flights.get(key)
+        if flight is not None and _waits_for(flight, {id(c.flight) for c in active}):
+            raise ReentrantCallError(
+                f"{doing} {key!r} from inside a compute would wait for itself: the compute "
+                f"of {key!r} is waiting (directly or through other keys) for the key being "
+                "computed here; break the cycle between the two computes"
+            )
+        return active[-1].flight
 
     async def invalidate(self, key: str) -> None:
         """Delete *key*'s value; no caller in this process gets a value computed before.
@@ -606,13 +670,15 @@ class Stampede:
         names = make_names(self._namespace, key)
         self._task_group()
         if _computing.get():
-            self._refuse_reentry(key, names.lock, "invalidating")
+            self._from_compute(key, names.lock, "invalidating")
         try:
             await self._backend.invalidate(names)
         finally:
             # Detached, like Go singleflight's Forget: whatever it returns was
             # computed from data older than this invalidation.
-            self._flights.pop(key, None)
+            flight = self._flights.pop(key, None)
+            if flight is not None:
+                flight.detached = True
 
     async def get_or_compute(
         self,
@@ -707,13 +773,14 @@ class Stampede:
                 negative_ttl=negative_ttl,
             )
         tg = self._task_group()
-        if _computing.get():
-            self._refuse_reentry(key, names.lock, "asking for")
+        asking = self._from_compute(key, names.lock, "asking for") if _computing.get() else None
         flight = self._flights.get(key)
         if flight is not None:
             self._counters.coalesced += 1
+            if asking is not None:
+                return await _blocked_on(asking, flight, started=False)  # type: ignore[no-any-return]
             return await flight.outcome()  # type: ignore[no-any-return]
-        flight = self._flights[key] = _Flight(share=self._share)
+        flight = self._flights[key] = _Flight(self._share)
         req: _Request | None = None
         try:
             # The first read is a plain GET in the caller's own task: a hit
@@ -761,6 +828,8 @@ class Stampede:
             if not flight.done and not isinstance(exc, anyio.get_cancelled_exc_class()):
                 self._finish(key, flight, error=exc)
             raise
+        if asking is not None:
+            return await _blocked_on(asking, flight, started=True)  # type: ignore[no-any-return]
         return await flight.outcome(started=True)  # type: ignore[no-any-return]
 
     def _serve(
@@ -799,6 +868,8 @@ class Stampede:
         """Start one background refresh of *req*'s key (one per key per process)."""
         if req.key in self._refreshing or self._tg is None:
             return
+        if self._refresh_after and self._refresh_after.get(req.key, 0.0) > time.monotonic():
+            return  # its last background refresh failed: not before fail_safe_throttle
         self._refreshing.add(req.key)
         refresh = _Request(req.key, req.names, _Flight(), req.fn, req.ttl_ms, req.policy)
         refresh.stale, refresh.stale_payload = envelope, payload
@@ -816,12 +887,16 @@ class Stampede:
             state = await self._try_acquire(req.names, token, read=False, seen=payload, watch=False)
             if isinstance(state, Acquired):
                 await self._lead(req, token)
+                if req.failed:  # the fail-safe served: counted and logged there
+                    self._counters.refresh_errors += 1
+                    self._refresh_failed(req.key)
             elif isinstance(state, BackendError):
                 # The value being served is the best there is.
                 self._failed(state, "refreshing {key}; the served value stays", req.key)
             # Held: another process is refreshing it.
         except Exception as exc:  # a background refresh has no caller to tell
             self._counters.refresh_errors += 1
+            self._refresh_failed(req.key)
             self._problems.say(
                 logging.WARNING,
                 f"background refresh of {req.key!r} failed; the served value stays: "
@@ -830,6 +905,13 @@ class Stampede:
             )
         finally:
             self._refreshing.discard(req.key)
+
+    def _refresh_failed(self, key: str) -> None:
+        """Start no background refresh of *key* for ``fail_safe_throttle`` seconds."""
+        now = time.monotonic()
+        if len(self._refresh_after) >= _NAMES_CACHED:
+            self._refresh_after = {k: t for k, t in self._refresh_after.items() if t > now}
+        self._refresh_after[key] = now + self._fail_safe_throttle_ms / 1000
 
     def _names_for(self, key: object) -> KeyNames:
         """Build (and remember, for hot keys) the Redis names of *key*."""
@@ -988,7 +1070,8 @@ class Stampede:
         self._counters.computes += 1
         start = time.perf_counter()
         hard = req.policy.hard_timeout
-        chain = _computing.set((*_computing.get(), (self._store, req.names.lock, id(self))))
+        computation = _Computation(self._store, req.names.lock, id(self), req.flight)
+        chain = _computing.set((*_computing.get(), computation))
         try:
             with anyio.CancelScope(
                 deadline=math.inf if hard is None else anyio.current_time() + hard
@@ -1007,6 +1090,7 @@ class Stampede:
             self._counters.compute_errors += 1
             raise
         finally:
+            computation.active = False
             _computing.reset(chain)
         if scope.cancelled_caught:
             self._counters.compute_errors += 1
@@ -1085,7 +1169,14 @@ class Stampede:
             raise
         self._held.pop(token, None)
         if failure is not None:
+            req.failed = True
             if req.usable_stale() is not None:
+                self._problems.say(
+                    logging.WARNING,
+                    f"computing {req.key!r} failed; serving its stale value (fail-safe): "
+                    f"{type(failure).__name__}: {failure}",
+                    kind=f"compute failed, stale served: {type(failure).__name__}",
+                )
                 return await self._fail_safe(req, token)
             if req.policy.negative_ms and not isinstance(
                 failure, (SerializationError, ValueTooLargeError)
@@ -1159,7 +1250,9 @@ class Stampede:
             await self._release_quietly(req.names, token)
             return stale.value
         try:
-            await self._backend.commit(req.names, token, payload, px_ms)
+            # Never past the key's current expiry: a caller with a longer
+            # stale window than the writer's does not stretch the writer's.
+            await self._backend.restamp(req.names, token, payload, px_ms)
         except BackendError as exc:
             self._failed(exc, "re-stamping the stale value of {key}", req.key)
             await self._release_quietly(req.names, token)
@@ -1310,14 +1403,53 @@ class Stampede:
             expires = now() + state.pttl_ms / 1000
 
     async def _compute_unlocked(self, req: _Request) -> Any:
-        """Compute without the lock (the wait bound passed); never replace a value."""
+        """Compute without the lock (the wait bound passed); never replace a value.
+
+        The value is stored only into a gap, and only while the lock is as
+        it was when the compute started and nothing invalidated the key in
+        this process: an invalidation (which deletes the lock) since then
+        would otherwise be undone by a value computed from older data.
+        """
+        try:
+            holder = await self._backend.lock_holder(req.names)
+        except BackendError as exc:
+            self._failed(exc, "reading the lock of {key}", req.key)
+            holder = None
+            req.flight.detached = True  # unknown: do not store
         value, delta_ms = await self._run_compute(req)
         payload, px_ms = self._encode(value, delta_ms=delta_ms, req=req)
-        try:
-            await self._backend.write_if_absent(req.names, payload, px_ms)
-        except BackendError as exc:
-            self._failed(exc, "storing {key} computed without the lock", req.key)
+        if not req.flight.detached:
+            try:
+                await self._backend.write_if_absent(req.names, payload, px_ms, holder)
+            except BackendError as exc:
+                self._failed(exc, "storing {key} computed without the lock", req.key)
         return decode(payload, max_value_bytes=self._max_value_bytes).value
+
+
+async def _blocked_on(asking: _Flight, flight: _Flight, *, started: bool) -> Any:
+    """Await *flight* from inside the compute of *asking*, recording the edge for cycle checks."""
+    waiting = asking.waiting_on
+    if waiting is None:
+        waiting = asking.waiting_on = []
+    waiting.append(flight)
+    try:
+        return await flight.outcome(started=started)
+    finally:
+        waiting.remove(flight)
+
+
+def _waits_for(flight: _Flight, targets: set[int]) -> bool:
+    """Tell whether *flight*'s compute waits, through other flights, for one of *targets* (ids)."""
+    todo, seen = [flight], set()
+    while todo:
+        f = todo.pop()
+        if id(f) in targets:
+            return True
+        if id(f) in seen or not f.waiting_on:
+            continue
+        seen.add(id(f))
+        todo.extend(f.waiting_on)
+    return False
 
 
 def _own_copy(error: BaseException, tb: TracebackType | None) -> BaseException:
@@ -1326,7 +1458,8 @@ def _own_copy(error: BaseException, tb: TracebackType | None) -> BaseException:
     Raising one object to many callers would grow its traceback by every
     caller's frames (and let one caller's handler see another's). The copy
     is made without calling ``__init__`` again (which may have reworded its
-    arguments): same class, ``args``, attributes, cause, context and notes.
+    arguments): same class, ``args``, attributes (slots too), cause, context
+    and notes; a shallow copy (an attribute's own objects are shared).
     An exception that does not copy faithfully (its text differs, as some
     with state kept in C can) is raised itself, its traceback reset to the
     original.
@@ -1335,6 +1468,11 @@ def _own_copy(error: BaseException, tb: TracebackType | None) -> BaseException:
     try:
         twin = cls.__new__(cls, *error.args)
         twin.__dict__.update(error.__dict__)
+        for klass in cls.__mro__:
+            slots = klass.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in ("__dict__", "__weakref__") and hasattr(error, name):
+                    setattr(twin, name, getattr(error, name))
         faithful = type(twin) is cls and twin.args == error.args and str(twin) == str(error)
     except Exception:
         faithful = False

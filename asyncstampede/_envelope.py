@@ -11,7 +11,7 @@ Layout (big-endian), then the payload::
     delta      4 bytes  duration of the compute that made it, milliseconds
     fresh      8 bytes  unix time until which the value is fresh, milliseconds
                         (moved on by a fail-safe re-stamp, see `restamp`)
-    ttl        4 bytes  freshness it was stored with, milliseconds: created + ttl
+    ttl        8 bytes  freshness it was stored with, milliseconds: created + ttl
                         anchors the stale windows, which no re-stamp moves
     size       4 bytes  length of the payload once decompressed
 
@@ -38,7 +38,7 @@ __all__ = ["DecodeError", "Envelope", "decode", "encode", "encode_failure", "res
 
 MAGIC = b"\xa5\x5a"
 VERSION = 2
-_HEADER = struct.Struct(">2sBBQIQII")
+_HEADER = struct.Struct(">2sBBQIQQI")
 _HEADER_V1 = struct.Struct(">2sBBQIQI")
 HEADER_SIZE = _HEADER.size
 _FRESH_AT = 16  # offset of the fresh field, in both versions
@@ -126,7 +126,7 @@ def encode(
         _clamp(created_ms, _U64_MAX),
         _clamp(delta_ms, _U32_MAX),
         _clamp(fresh_until_ms, _U64_MAX),
-        _clamp(fresh_until_ms - created_ms, _U32_MAX),
+        _clamp(fresh_until_ms - created_ms, _U64_MAX),
         size,
     )
     return header + payload
@@ -150,7 +150,7 @@ def restamp(data: bytes, *, fresh_until_ms: int) -> bytes:
         return data[:_FRESH_AT] + fresh + data[_FRESH_AT + 8 :]
     if data[2] == 1:
         magic, _, flags, created, delta, old_fresh, size = _HEADER_V1.unpack_from(data)
-        ttl = _clamp(old_fresh - created, _U32_MAX)
+        ttl = _clamp(old_fresh - created, _U64_MAX)
         header = _HEADER.pack(magic, VERSION, flags, created, delta, 0, ttl, size)
         return header[:_FRESH_AT] + fresh + header[_FRESH_AT + 8 :] + data[_HEADER_V1.size :]
     raise DecodeError(f"unsupported envelope version {data[2]}")
@@ -171,7 +171,7 @@ def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
         start = HEADER_SIZE
     else:
         magic, version, flags, created, delta, fresh, size = _HEADER_V1.unpack_from(data)
-        ttl, start = _clamp(fresh - created, _U32_MAX), _HEADER_V1.size
+        ttl, start = _clamp(fresh - created, _U64_MAX), _HEADER_V1.size
     if magic != MAGIC:
         raise DecodeError("bad magic: not written by asyncstampede")
     if version not in (1, VERSION):
@@ -210,7 +210,7 @@ def encode_failure(message: str, *, created_ms: int, fresh_until_ms: int) -> byt
         _clamp(created_ms, _U64_MAX),
         0,
         _clamp(fresh_until_ms, _U64_MAX),
-        _clamp(fresh_until_ms - created_ms, _U32_MAX),
+        _clamp(fresh_until_ms - created_ms, _U64_MAX),
         len(payload),
     )
     return header + payload

@@ -118,13 +118,38 @@ class MemoryBackend:
         self._locks[names.lock] = (token, time.monotonic() + lock_ms / 1000)
         return True
 
-    async def write_if_absent(self, names: KeyNames, payload: bytes, ttl_ms: int) -> bool:
+    async def write_if_absent(
+        self, names: KeyNames, payload: bytes, ttl_ms: int, holder: bytes | None
+    ) -> bool:
         """See `Backend.write_if_absent`."""
         if self._get(names.value) is not None:
+            return False
+        held = self._lock_holder(names.lock)
+        if (held[0] if held is not None else None) != holder:
             return False
         self._put(names.value, payload, ttl_ms)
         self.listener.deliver(names.lock, MSG_VALUE + payload)
         return True
+
+    async def restamp(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
+        """See `Backend.restamp`."""
+        holder = self._lock_holder(names.lock)
+        if holder is None or holder[0] != token:
+            return False
+        del self._locks[names.lock]
+        item = self._values.get(names.value)
+        now = time.monotonic()
+        if item is None or item[1] <= now:
+            self.listener.deliver(names.lock, MSG_FAILED)
+            return False
+        self._values[names.value] = (payload, min(item[1], now + max(ttl_ms, 1) / 1000))
+        self.listener.deliver(names.lock, MSG_VALUE + payload)
+        return True
+
+    async def lock_holder(self, names: KeyNames) -> bytes | None:
+        """See `Backend.lock_holder`."""
+        holder = self._lock_holder(names.lock)
+        return None if holder is None else holder[0]
 
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""

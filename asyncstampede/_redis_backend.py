@@ -78,6 +78,7 @@ class RedisBackend:
         self._take = client.register_script(_scripts.TAKE)
         self._take_or_name = client.register_script(_scripts.TAKE_OR_NAME)
         self._write_if_absent = client.register_script(_scripts.WRITE_IF_ABSENT)
+        self._restamp = client.register_script(_scripts.RESTAMP)
         self._invalidate = client.register_script(_scripts.INVALIDATE)
         self._scripts = [
             self._commit,
@@ -87,6 +88,7 @@ class RedisBackend:
             self._take_or_name,
             self._write_if_absent,
             self._invalidate,
+            self._restamp,
         ]
         # False once the server has rejected SET ... NX ... GET (before 7.0).
         self._set_nx_get = True
@@ -417,12 +419,28 @@ class RedisBackend:
         reply = await self._script(self._extend, [names.lock], [token, lock_ms])
         return int(reply) == 1
 
-    async def write_if_absent(self, names: KeyNames, payload: bytes, ttl_ms: int) -> bool:
+    async def write_if_absent(
+        self, names: KeyNames, payload: bytes, ttl_ms: int, holder: bytes | None
+    ) -> bool:
         """See `Backend.write_if_absent`."""
         reply = await self._script(
-            self._write_if_absent, [names.value, names.lock], [payload, ttl_ms]
+            self._write_if_absent, [names.value, names.lock], [payload, ttl_ms, holder or b""]
         )
         return int(reply) == 1
+
+    async def restamp(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
+        """See `Backend.restamp`."""
+        reply = await self._script(
+            self._restamp,
+            [names.value, names.lock],
+            [token, payload, ttl_ms, COMMITTED, committed_ms(ttl_ms)],
+        )
+        return int(reply) in (1, 2)
+
+    async def lock_holder(self, names: KeyNames) -> bytes | None:
+        """See `Backend.lock_holder`."""
+        data = await self._send("GET", names.lock)
+        return data if data is None or isinstance(data, bytes) else bytes(data)
 
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""

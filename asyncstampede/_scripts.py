@@ -25,6 +25,7 @@ __all__ = [
     "EXTEND",
     "INVALIDATE",
     "RELEASE",
+    "RESTAMP",
     "TAKE",
     "TAKE_OR_NAME",
     "WRITE_IF_ABSENT",
@@ -58,6 +59,28 @@ def committed_ms(ttl_ms: int) -> int:
 COMMIT = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+  return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[2] then return 2 end
+return 0
+"""
+
+# KEYS: value, lock. ARGV: token, envelope, longest ttl ms, COMMITTED, its ms.
+# The fail-safe's re-stamp of a stale value: like COMMIT, but it never makes
+# the value outlive its current expiry (a reader with a longer stale window
+# than the writer's must not stretch the writer's), and it never brings back
+# a value that has gone (expired, evicted, invalidated): then it only frees
+# the lock. Returns 1 when written, 2 when a retry of this call had written,
+# 3 when the value had gone, 0 when the lock was lost.
+RESTAMP = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  local left = redis.call('PTTL', KEYS[1])
+  if left <= 0 then
+    redis.call('DEL', KEYS[2])
+    return 3
+  end
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', math.min(left, tonumber(ARGV[3])))
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
   return 1
 end
@@ -110,12 +133,16 @@ end
 return 0
 """
 
-# KEYS: value, lock. ARGV: envelope, ttl ms.
+# KEYS: value, lock. ARGV: envelope, ttl ms, the lock's value when the compute
+# started ("" for none).
 # For a caller that gave up waiting and computed without the lock: it never
-# replaces a value that is already there. The lock, if any, is re-set to its
-# own remaining TTL: nothing changes for its holder, but its waiters are told
-# to look, and find this value.
+# replaces a value that is already there, and writes nothing once the lock
+# has changed since its compute started (an invalidation deletes it: a value
+# computed from data older than that must not land after it). The lock, if
+# any, is re-set to its own remaining TTL: nothing changes for its holder,
+# but its waiters are told to look, and find this value.
 WRITE_IF_ABSENT = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return 0 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local left = redis.call('PTTL', KEYS[2])
   if left > 0 then redis.call('PEXPIRE', KEYS[2], left) end

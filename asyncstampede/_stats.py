@@ -37,6 +37,17 @@ class Statistics:
         reconnects: Times one of the instance's own connections (requests, lock
             watching) was re-established after it had been lost.
         connect_errors: Attempts to (re)connect those connections that failed.
+        early_refreshes: Fresh values served while one early (XFetch)
+            refresh was started in the background.
+        stale_served: Values served within ``stale_while_revalidate`` while
+            one refresh was started in the background.
+        fail_safe: Stale values served because the compute (or Redis)
+            failed, within ``stale_if_error``.
+        soft_timeouts: Stale values served because the compute passed
+            ``soft_timeout`` (it went on, and still filled the cache).
+        refresh_errors: Background refreshes whose compute failed (logged at
+            WARNING; the served value stays, and the key is not refreshed in
+            the background again for ``fail_safe_throttle``).
         in_flight: Keys being resolved right now.
 
     """

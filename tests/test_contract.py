@@ -7,6 +7,7 @@ embedded mode, with two instances where the claim is about processes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import threading
@@ -637,3 +638,230 @@ def test_stored_values_decode_with_their_ttl() -> None:
         2000,
         3000,
     )
+
+
+# ------------------------------------------------------------------ found by trying it
+
+
+async def test_a_cycle_between_two_callers_fails_instead_of_hanging(make_cache: MakeCache) -> None:
+    """Caller 1 computes a (needs b), caller 2 computes b (needs a): an error, not a deadlock."""
+    async with make_cache(wait_timeout=60) as cache:
+        both_started = anyio.Event()
+        started: list[str] = []
+
+        async def load_a() -> str:
+            started.append("a")
+            if len(started) == 2:
+                both_started.set()
+            await both_started.wait()
+            return "a+" + await cache.get_or_compute("b", load_b, ttl=30)
+
+        async def load_b() -> str:
+            started.append("b")
+            if len(started) == 2:
+                both_started.set()
+            await both_started.wait()
+            return "b+" + await cache.get_or_compute("a", load_a, ttl=30)
+
+        outcomes: list[object] = []
+
+        async def call(key: str, fn: Callable[[], Any]) -> None:
+            try:
+                outcomes.append(await cache.get_or_compute(key, fn, ttl=30))
+            except ReentrantCallError as exc:
+                outcomes.append(exc)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "a", load_a)
+                tg.start_soon(call, "b", load_b)
+        assert any(isinstance(o, ReentrantCallError) for o in outcomes), outcomes
+        assert "cycle" in str(next(o for o in outcomes if isinstance(o, ReentrantCallError)))
+
+        async def plain() -> str:
+            return "plain"
+
+        with anyio.fail_after(5):  # neither key is left blocked
+            assert await cache.get_or_compute("a", plain, ttl=30) in ("plain", "a+b+plain")
+            assert await cache.get_or_compute("b", plain, ttl=30) in ("plain", "b+plain")
+        assert cache.statistics().in_flight == 0
+
+
+async def test_a_task_outliving_its_compute_may_ask_for_that_key(make_cache: MakeCache) -> None:
+    """A task a compute started, asking for the key after the compute ended: no false error."""
+    async with make_cache() as cache, anyio.create_task_group() as tg:
+        later = anyio.Event()
+        got: list[str] = []
+
+        async def ask_later() -> None:
+            await later.wait()
+            got.append(await cache.get_or_compute("k", load, ttl=30))
+
+        async def load() -> str:
+            tg.start_soon(ask_later)  # inherits this compute's context
+            return "v"
+
+        assert await cache.get_or_compute("k", load, ttl=30) == "v"
+        later.set()
+    assert got == ["v"]
+
+
+async def test_the_first_callers_changes_to_its_exception_stay_its_own(
+    make_cache: MakeCache,
+) -> None:
+    """Notes, args and context the first caller adds never show in the others' copies."""
+
+    class Unavailable(Exception):
+        __slots__ = ("status",)
+
+        def __init__(self, message: str, status: int = 0) -> None:
+            super().__init__(message)
+            self.status = status
+
+    async def fail() -> str:
+        await anyio.sleep(0.05)
+        raise Unavailable("db down", status=503)
+
+    async with make_cache() as cache:
+        seen: list[Unavailable] = []
+
+        async def first() -> None:
+            try:
+                raise PermissionError("request 0's token rejected")
+            except PermissionError:
+                try:
+                    await cache.get_or_compute("k", fail, ttl=30)
+                except Unavailable as exc:
+                    exc.add_note("seen by request 0")
+                    exc.args = ("request 0: db down",)
+                    seen.append(exc)
+
+        async def other() -> None:
+            try:
+                await cache.get_or_compute("k", fail, ttl=30)
+            except Unavailable as exc:
+                seen.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(3):
+                tg.start_soon(other)
+        others = [e for e in seen if "request 0" not in str(e)]
+        assert len(others) == 3
+        for e in others:
+            assert e.args == ("db down",)
+            assert e.status == 503
+            assert getattr(e, "__notes__", []) == []
+            assert not isinstance(e.__context__, PermissionError)
+
+
+async def test_an_unlocked_compute_does_not_undo_an_invalidation(
+    redis_url: str, namespace: str
+) -> None:
+    """A waiter gave up and computes without the lock: its old value never lands afterwards."""
+    db = {"v": "old"}
+    holding = anyio.Event()
+    release = anyio.Event()
+    computing = anyio.Event()
+
+    async def hold() -> str:
+        holding.set()
+        await release.wait()
+        return "held"
+
+    async def load() -> str:
+        seen = db["v"]
+        computing.set()
+        await anyio.sleep(0.3)
+        return seen
+
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=30) as a,
+        Stampede.from_url(redis_url, namespace=namespace, wait_timeout=0.2) as b,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(a.get_or_compute, "k", hold, 30)
+        await holding.wait()
+        got: list[str] = []
+
+        async def gives_up() -> None:
+            got.append(await b.get_or_compute("k", load, ttl=30))
+
+        tg.start_soon(gives_up)
+        await computing.wait()  # b waited 0.2 s, then started computing without the lock
+        db["v"] = "new"
+        await b.invalidate("k")
+        with anyio.fail_after(5):
+            while not got:
+                await anyio.sleep(0.01)
+        assert got == ["old"]  # it asked before the invalidation
+        release.set()
+        assert await b.get_or_compute("k", load, ttl=30) == "new"
+
+
+async def test_a_restamp_never_stretches_the_writers_expiry(
+    redis_url: str, namespace: str, sync_redis: redis.Redis
+) -> None:
+    """Written with stale_if_error=1; a reader allowing an hour fails: the key ends on time."""
+
+    async def ok() -> str:
+        return "v"
+
+    async def broken() -> str:
+        raise RuntimeError("database down")
+
+    name = make_names(namespace, "k").value
+    async with Stampede.from_url(redis_url, namespace=namespace) as cache:
+        await cache.get_or_compute("k", ok, ttl=0.1, stale_if_error=1)
+        first_pttl = sync_redis.pttl(name)
+        await anyio.sleep(0.15)  # the condition is the clock: stale
+        assert await cache.get_or_compute("k", broken, ttl=0.1, stale_if_error=3600) == "v"
+        assert cache.statistics().fail_safe == 1
+        assert 0 < sync_redis.pttl(name) <= first_pttl
+
+
+async def test_a_failed_early_refresh_is_logged_and_not_retried_at_once(
+    make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """XFetch refresh of a fresh value fails: logged, counted, no new try within the throttle."""
+    calls = 0
+
+    async def source() -> str:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.02)
+        if calls > 1:
+            raise RuntimeError("database down")
+        return "v1"
+
+    with caplog.at_level(logging.WARNING, logger="asyncstampede"):
+        async with make_cache(beta=1e9, fail_safe_throttle=30) as cache:
+            assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
+            await anyio.sleep(0.35)  # the condition is the clock: into the value's second half
+            assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
+            with anyio.fail_after(5):
+                while cache.statistics().refresh_errors == 0:
+                    await anyio.sleep(0.01)
+            for _ in range(5):
+                assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
+            await anyio.wait_all_tasks_blocked()
+            assert calls == 2  # one refresh tried, none again within fail_safe_throttle
+    assert "computing 'k' failed; serving its stale value" in caplog.text
+    assert "database down" in caplog.text
+
+
+def test_long_ttls_keep_their_stale_windows() -> None:
+    """A 60-day TTL is stored whole (it once wrapped at 2**32 ms, about 49.7 days)."""
+    from asyncstampede._envelope import encode
+
+    day_ms = 86_400_000
+    data = encode(
+        "v",
+        created_ms=1000,
+        delta_ms=5,
+        fresh_until_ms=1000 + 60 * day_ms,
+        compress_threshold=4096,
+        max_value_bytes=1 << 20,
+    )
+    assert decode(data, max_value_bytes=1 << 20).ttl_ms == 60 * day_ms
