@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -437,6 +438,10 @@ class Stampede:
             self._store = backend.address
         # The event loop (or trio run) that entered this instance.
         self._owner: object = None
+        # The owner's thread, and its loop's is_running (None under trio): the
+        # cheap test that a call comes from the owner (see _task_group).
+        self._owner_thread = 0
+        self._owner_running: Callable[[], bool] | None = None
         self._flights: dict[str, _Flight] = {}
         self._names: dict[str, KeyNames] = {}
         # token -> (names, when its next extension is due) of every lock a
@@ -504,6 +509,8 @@ class Stampede:
         if self._closed or self._stack is not None:
             raise ClosedError("a Stampede can be entered only once")
         self._owner = _current_loop()
+        self._owner_thread = threading.get_ident()
+        self._owner_running = getattr(self._owner, "is_running", None)
         if isinstance(self._backend, RedisBackend):
             try:
                 asyncio.get_running_loop()
@@ -607,7 +614,12 @@ class Stampede:
             raise ClosedError(
                 "use the Stampede inside 'async with' (it is not entered, or it is closed)"
             )
-        self._check_loop()
+        # In the owner's thread, while the owner's loop runs, the running loop
+        # is the owner's (a thread runs one loop at a time): no need to ask
+        # for it (asyncio.get_running_loop costs a getpid() here).
+        running = self._owner_running
+        if threading.get_ident() != self._owner_thread or running is None or not running():
+            self._check_loop()
         return self._tg
 
     def _check_loop(self) -> None:
