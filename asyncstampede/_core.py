@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -65,6 +66,9 @@ __all__ = ["Stampede"]
 T = TypeVar("T")
 
 _MiB = 1024 * 1024
+# The longest duration accepted (about 317 years): in milliseconds, with the
+# stale windows added, it stays well inside what Redis accepts for PX.
+_MAX_SECONDS = 10**10
 _NAMES_CACHED = 4096  # keys whose Redis names are kept ready
 # XFetch's early-refresh window is at most this many (delta * beta) wide, and
 # at most this fraction of the value's TTL; see _xfetch_due. (The benchmark
@@ -203,6 +207,18 @@ class _Request:
         self.stale: Envelope | None = None
         self.stale_payload = b""
         self.failed = False  # the compute failed (and a stale value may have hidden it)
+
+    def accepts(self, envelope: Envelope) -> bool:
+        """Tell whether a value found while waiting may be handed to this request's callers.
+
+        The same verdict as a read, with this call's own windows: fresh (a
+        cached failure only while fresh), or within its
+        ``stale_while_revalidate`` (somebody is computing anyway).
+        """
+        now_ms = _now_ms()
+        if now_ms < envelope.fresh_until_ms:
+            return True
+        return not envelope.failed and now_ms < envelope.origin_fresh_until_ms + self.policy.swr_ms
 
     def usable_stale(self) -> Envelope | None:
         """Return the stale fallback while it is still within ``stale_if_error``, else None."""
@@ -377,9 +393,17 @@ class Stampede:
         _owns_client: bool = False,
     ) -> None:
         self._namespace = validate_namespace(namespace)
-        if not (isinstance(lock_ttl, (int, float)) and 0.01 <= lock_ttl < 86_400):
+        if not (
+            isinstance(lock_ttl, (int, float))
+            and not isinstance(lock_ttl, bool)
+            and 0.01 <= lock_ttl < 86_400
+        ):
             raise ValueError(f"lock_ttl must be between 0.01 and 86400 seconds, got {lock_ttl!r}")
-        if not (isinstance(wait_timeout, (int, float)) and wait_timeout > 0):
+        if not (
+            isinstance(wait_timeout, (int, float))
+            and not isinstance(wait_timeout, bool)
+            and 0 < wait_timeout <= _MAX_SECONDS
+        ):
             raise ValueError(f"wait_timeout must be a positive number, got {wait_timeout!r}")
         for name, n in (
             ("compress_threshold", compress_threshold),
@@ -438,6 +462,7 @@ class Stampede:
             self._store = backend.address
         # The event loop (or trio run) that entered this instance.
         self._owner: object = None
+        self._entered_by = 0  # the task that entered: the only one that may close
         # The owner's thread, and its loop's is_running (None under trio): the
         # cheap test that a call comes from the owner (see _task_group).
         self._owner_thread = 0
@@ -509,6 +534,7 @@ class Stampede:
         if self._closed or self._stack is not None:
             raise ClosedError("a Stampede can be entered only once")
         self._owner = _current_loop()
+        self._entered_by = anyio.get_current_task().id
         self._owner_thread = threading.get_ident()
         self._owner_running = getattr(self._owner, "is_running", None)
         if isinstance(self._backend, RedisBackend):
@@ -566,7 +592,13 @@ class Stampede:
     async def aclose(self) -> None:
         """Stop the reader and every resolution in flight (their callers get `ClosedError`).
 
+        Callers waiting in tasks outside the ``async with`` block get
+        `ClosedError`; tasks inside it (under its cancel scope, as in a task
+        group opened within it) are cancelled with it.
+
         Raises:
+            RuntimeError: called from a task other than the one that entered
+                the instance (nothing is changed).
             ReentrantCallError: called from inside one of this instance's
                 computes (it would cancel itself half-way).
             WrongEventLoopError: called from another event loop than the one
@@ -579,6 +611,11 @@ class Stampede:
                 raise ReentrantCallError(
                     "aclose() was called from inside a compute of this Stampede, which would "
                     "cancel that compute half-way; close it where it was entered"
+                )
+            if anyio.get_current_task().id != self._entered_by:
+                raise RuntimeError(
+                    "aclose() must be called by the task that entered the Stampede (its task "
+                    "group is that task's); end that task's 'async with', or cancel that task"
                 )
         self._closed = True
         stack, self._stack = self._stack, None
@@ -864,8 +901,7 @@ class Stampede:
         if now_ms < envelope.fresh_until_ms:
             self._counters.hits += 1
             if xfetch_due or _xfetch_due(now_ms, envelope, policy.beta):
-                self._counters.early_refreshes += 1
-                self._refresh_soon(req, envelope, payload)
+                self._refresh_soon(req, envelope, payload, early=True)
             return True
         origin_ms = envelope.origin_fresh_until_ms
         if now_ms < origin_ms + policy.swr_ms:
@@ -876,12 +912,19 @@ class Stampede:
             req.stale, req.stale_payload = envelope, payload
         return False
 
-    def _refresh_soon(self, req: _Request, envelope: Envelope, payload: bytes) -> None:
-        """Start one background refresh of *req*'s key (one per key per process)."""
+    def _refresh_soon(
+        self, req: _Request, envelope: Envelope, payload: bytes, *, early: bool = False
+    ) -> None:
+        """Start one background refresh of *req*'s key (one per key per process).
+
+        *early*: an XFetch refresh of a fresh value (counted in ``early_refreshes``).
+        """
         if req.key in self._refreshing or self._tg is None:
             return
         if self._refresh_after and self._refresh_after.get(req.key, 0.0) > time.monotonic():
             return  # its last background refresh failed: not before fail_safe_throttle
+        if early:
+            self._counters.early_refreshes += 1
         self._refreshing.add(req.key)
         refresh = _Request(req.key, req.names, _Flight(), req.fn, req.ttl_ms, req.policy)
         refresh.stale, refresh.stale_payload = envelope, payload
@@ -898,7 +941,8 @@ class Stampede:
             # ours means another process has just refreshed it: nothing to do.
             state = await self._try_acquire(req.names, token, read=False, seen=payload, watch=False)
             if isinstance(state, Acquired):
-                await self._lead(req, token)
+                # Not _lead: no caller waits, so there is no soft timeout to serve.
+                await self._compute_and_commit(req, token)
                 if req.failed:  # the fail-safe served: counted and logged there
                     self._counters.refresh_errors += 1
                     self._refresh_failed(req.key)
@@ -1002,13 +1046,8 @@ class Stampede:
             except DecodeError:
                 self._counters.decode_errors += 1
                 return False
-            stale = req.stale
-            if (
-                stale is not None
-                and envelope.created_ms == stale.created_ms
-                and _now_ms() >= envelope.fresh_until_ms
-            ):
-                return False  # still the stale value this resolution started from
+            if not req.accepts(envelope):
+                return False  # too old for this call (the stale value it started from...)
             self._counters.wakeups += 1
             if envelope.failed:
                 self._finish(key, flight, error=_failure(envelope))
@@ -1026,6 +1065,7 @@ class Stampede:
         interest: Interest,
     ) -> Any:
         state: Acquired | Held | BackendError | _Again = first
+        seen = first.seen if isinstance(first, _Again) else None  # found, not servable
         for _ in range(3):
             if not isinstance(state, _Again):
                 break
@@ -1040,7 +1080,8 @@ class Stampede:
             else:
                 if self._serve(req, envelope, found.payload):
                     return _value_of(envelope)
-            state = _Again(read=False, seen=found.payload)  # corrupt, or too stale
+            seen = found.payload
+            state = _Again(read=False, seen=seen)  # corrupt, or too stale
         self._counters.misses += 1
         if isinstance(state, _Again):
             # The stored value changed under us three times, each time to one
@@ -1051,7 +1092,7 @@ class Stampede:
         if isinstance(state, Acquired):
             interest.close()
             return await self._lead(req, token)
-        return await self._wait(req, token, state, interest)
+        return await self._wait(req, token, state, interest, seen)
 
     async def _on_backend_error(self, exc: BackendError, req: _Request) -> Any:
         stale = req.usable_stale()
@@ -1333,7 +1374,9 @@ class Stampede:
             # expires under the compute and another process takes over.
             self._failed(exc, "extending a lock held by a running compute")
 
-    async def _wait(self, req: _Request, token: bytes, held: Held, interest: Interest) -> Any:
+    async def _wait(
+        self, req: _Request, token: bytes, held: Held, interest: Interest, seen: bytes | None
+    ) -> Any:
         """Wait for another holder's commit: a change of its lock, the takeover timer, or the bound.
 
         *interest* was registered before the lock was found held, so no change
@@ -1347,7 +1390,7 @@ class Stampede:
         soft = req.policy.soft_timeout if req.stale is not None else None
         timer = _takeover_delay(held.pttl_ms)
         expires = started + held.pttl_ms / 1000  # when the holder's lock runs out
-        seen: bytes | None = None  # a stored payload already found unservable
+        # seen: a stored payload already found unservable
         flight = req.flight
         while True:
             if soft is not None and now() - started >= soft:
@@ -1393,14 +1436,10 @@ class Stampede:
                 except DecodeError:
                     self._counters.decode_errors += 1
                     found = None
-                if found is not None and (
-                    req.stale is None
-                    or found.created_ms != req.stale.created_ms
-                    or _now_ms() < found.fresh_until_ms  # e.g. re-stamped by a fail-safe
-                ):
+                if found is not None and req.accepts(found):
                     return _value_of(found)
-                # Corrupt, or still the stale value we started from: ask
-                # about the lock alone, right away.
+                # Corrupt, or too old for this call (the stale value it
+                # started from): ask about the lock alone, right away.
                 seen = state.payload
                 timer = 0.0
                 continue
@@ -1436,6 +1475,33 @@ class Stampede:
             except BackendError as exc:
                 self._failed(exc, "storing {key} computed without the lock", req.key)
         return decode(payload, max_value_bytes=self._max_value_bytes).value
+
+
+# Attributes that built-in exception types keep in C and set in __init__
+# (OSError, ImportError, AttributeError, NameError, SystemExit, StopIteration,
+# UnicodeError, SyntaxError): copied by name, as __new__ alone leaves them empty.
+_BUILTIN_FIELDS = (
+    "errno",
+    "strerror",
+    "filename",
+    "filename2",
+    "name",
+    "path",
+    "obj",
+    "code",
+    "value",
+    "encoding",
+    "object",
+    "start",
+    "end",
+    "reason",
+    "msg",
+    "lineno",
+    "offset",
+    "text",
+    "end_lineno",
+    "end_offset",
+)
 
 
 async def _blocked_on(asking: _Flight, flight: _Flight, *, started: bool) -> Any:
@@ -1485,6 +1551,11 @@ def _own_copy(error: BaseException, tb: TracebackType | None) -> BaseException:
             for name in (slots,) if isinstance(slots, str) else slots:
                 if name not in ("__dict__", "__weakref__") and hasattr(error, name):
                     setattr(twin, name, getattr(error, name))
+        for name in _BUILTIN_FIELDS:  # set by built-in __init__s, which were not called
+            with contextlib.suppress(AttributeError, TypeError):  # not its field; read-only
+                field = getattr(error, name)
+                if field is not None:  # (an OSError's filename2 set to None shows as "-> None")
+                    setattr(twin, name, field)
         faithful = type(twin) is cls and twin.args == error.args and str(twin) == str(error)
     except Exception:
         faithful = False
@@ -1609,20 +1680,22 @@ def _now_ms() -> int:
 
 
 def _ttl_ms(ttl: object) -> int:
-    if type(ttl) is int and 0 < ttl < 10**12:
+    if type(ttl) is int and 0 < ttl <= _MAX_SECONDS:
         return ttl * 1000
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
-    if not (ttl > 0 and math.isfinite(ttl)):
-        raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
+    if not (0 < ttl <= _MAX_SECONDS):
+        raise ValueError(
+            f"ttl must be a positive number of seconds, at most {_MAX_SECONDS:.0e}, got {ttl!r}"
+        )
     return max(1, round(ttl * 1000))
 
 
 def _non_negative(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+    if not value <= _MAX_SECONDS:  # also NaN and infinity
+        raise ValueError(f"{name} must be at most {_MAX_SECONDS:.0e} seconds, got {value!r}")
     return float(value)
 
 

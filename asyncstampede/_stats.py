@@ -17,11 +17,15 @@ class Statistics:
         hits: Resolutions served from the store without waiting.
         misses: Resolutions that found no usable value in the store.
         computes: Calls of a compute function made by this instance.
-        compute_errors: Computes that raised (their error reached the callers).
+        compute_errors: Computes that raised or passed ``hard_timeout``
+            (whether their error reached the callers, a stale value was
+            served instead, or nobody waited: a background refresh).
         coalesced: Callers that joined a resolution already in flight in this
             process instead of starting their own.
         remote_waits: Resolutions that waited for another holder of the lock.
-        wakeups: Waits ended by a message from the holder (not by a timer).
+        wakeups: Lock changes reported to waiting resolutions (a commit, a
+            release, an extension...), each a reason to look again; not
+            timers.
         takeovers: Locks taken after the previous holder's lock expired
             while others waited (the holder died or stalled).
         decode_errors: Stored or published bytes that were not a valid envelope
@@ -37,14 +41,16 @@ class Statistics:
         reconnects: Times one of the instance's own connections (requests, lock
             watching) was re-established after it had been lost.
         connect_errors: Attempts to (re)connect those connections that failed.
-        early_refreshes: Fresh values served while one early (XFetch)
-            refresh was started in the background.
-        stale_served: Values served within ``stale_while_revalidate`` while
-            one refresh was started in the background.
+        early_refreshes: Early (XFetch) background refreshes started by
+            this process (at most one per key at a time; the lock then lets
+            one process in the fleet compute).
+        stale_served: Reads served a value within ``stale_while_revalidate``
+            (a background refresh runs for it).
         fail_safe: Stale values served because the compute (or Redis)
             failed, within ``stale_if_error``.
-        soft_timeouts: Stale values served because the compute passed
-            ``soft_timeout`` (it went on, and still filled the cache).
+        soft_timeouts: Resolutions that served their stale value because the
+            compute (here, or another holder's) passed ``soft_timeout``; the
+            compute went on, and still filled the cache.
         refresh_errors: Background refreshes whose compute failed (logged at
             WARNING; the served value stays, and the key is not refreshed in
             the background again for ``fail_safe_throttle``).

@@ -865,3 +865,144 @@ def test_long_ttls_keep_their_stale_windows() -> None:
         max_value_bytes=1 << 20,
     )
     assert decode(data, max_value_bytes=1 << 20).ttl_ms == 60 * day_ms
+
+
+async def test_a_waiter_gets_no_value_older_than_its_own_window(make_cache: MakeCache) -> None:
+    """A caller allowing no stale value waits on a lenient caller's refresh: never the old value."""
+
+    async def old() -> str:
+        return "old"
+
+    async def slow_new() -> str:
+        await anyio.sleep(1.0)
+        return "new"
+
+    async with make_cache(lock_ttl=0.3) as cache:
+        await cache.get_or_compute("k", old, ttl=0.1, stale_while_revalidate=30)
+        await anyio.sleep(0.15)  # the condition is the clock: stale, within the lenient window
+        # Served stale; its background refresh holds the lock for a second,
+        # extended (and so reported) every 0.1 s.
+        assert await cache.get_or_compute("k", slow_new, ttl=0.1, stale_while_revalidate=30) == (
+            "old"
+        )
+        with anyio.fail_after(5):
+            assert await cache.get_or_compute("k", slow_new, ttl=0.1) == "new"
+
+
+@pytest.mark.parametrize(
+    "make_error",
+    [
+        lambda: ImportError("no module", name="plugins", path="/srv/plugins.py"),
+        lambda: OSError(2, "No such file or directory", "/etc/app.toml"),
+        lambda: NameError("no name", name="config"),
+    ],
+    ids=["ImportError", "OSError", "NameError"],
+)
+async def test_copies_of_builtin_exceptions_keep_their_fields(
+    make_cache: MakeCache, make_error: Callable[[], BaseException]
+) -> None:
+    """Fields built-in exceptions keep in C (name, path, filename) reach every caller."""
+    original = make_error()
+
+    async def fail_plainly() -> str:
+        await anyio.sleep(0.05)
+        raise original
+
+    fields = ("name", "path", "filename", "errno")
+
+    async with make_cache() as cache:
+        caught: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await cache.get_or_compute("k", fail_plainly, ttl=30)
+            except Exception as exc:
+                caught.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        assert len(caught) == 3
+        assert len({id(e) for e in caught}) == 3  # each caller its own object
+        want = {f: getattr(original, f) for f in fields if hasattr(original, f)}
+        for e in caught:
+            assert type(e) is type(original)
+            assert str(e) == str(original)
+            assert {f: getattr(e, f) for f in want} == want
+
+
+async def test_early_refreshes_count_refreshes_started(make_cache: MakeCache) -> None:
+    """Many reads drawing an early refresh while one runs: one refresh started, counted once."""
+    gate = anyio.Event()
+    calls = 0
+
+    async def source() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await gate.wait()
+        return f"v{calls}"
+
+    async with make_cache(beta=1e9) as cache:
+        assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
+        await anyio.sleep(0.35)  # the condition is the clock: into the value's second half
+        for _ in range(20):
+            assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
+        gate.set()
+        with anyio.fail_after(5):
+            while cache._refreshing:
+                await anyio.sleep(0.01)
+        stats = cache.statistics()
+        assert (calls, stats.early_refreshes, stats.hits) == (2, 1, 20)  # after one miss
+
+
+async def test_aclose_from_another_task_is_refused_and_changes_nothing(
+    make_cache: MakeCache,
+) -> None:
+    """A shutdown handler closing from its own task gets a clear error; the instance works on."""
+
+    async def value() -> str:
+        return "v"
+
+    async with make_cache() as cache:
+        refused: list[BaseException] = []
+
+        async def shutdown() -> None:
+            try:
+                await cache.aclose()
+            except RuntimeError as exc:
+                refused.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(shutdown)
+        assert len(refused) == 1
+        assert "the task that entered" in str(refused[0])
+        assert await cache.get_or_compute("k", value, ttl=30) == "v"
+
+
+@pytest.mark.parametrize(
+    ("settings", "call"),
+    [
+        ({}, {"ttl": 1e17}),
+        ({}, {"ttl": 30, "stale_if_error": 1e17}),
+        ({"stale_while_revalidate": 1e17}, {"ttl": 30}),
+    ],
+)
+async def test_durations_redis_cannot_hold_are_refused_up_front(
+    make_cache: MakeCache, settings: dict[str, float], call: dict[str, float]
+) -> None:
+    """A TTL or window too long for Redis's PX: ValueError at once, in both modes alike."""
+
+    async def value() -> str:
+        return "v"
+
+    with pytest.raises(ValueError, match="at most 1e"):
+        async with make_cache(**settings) as cache:
+            await cache.get_or_compute("k", value, **call)
+
+
+def test_bools_are_not_durations() -> None:
+    with pytest.raises(ValueError, match="lock_ttl"):
+        Stampede(lock_ttl=True)
+    with pytest.raises(ValueError, match="wait_timeout"):
+        Stampede(wait_timeout=True)
