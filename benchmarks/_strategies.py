@@ -200,7 +200,7 @@ class AsyncStampedeShared(AsyncStampede):
 
 
 class AsyncStampedePublishedXFetch(AsyncStampede):
-    """asyncstampede with XFetch as published: its early window not bounded (before 0.2)."""
+    """asyncstampede with XFetch as published: its early window not bounded (as in 0.1.0)."""
 
     name = "asyncstampede-xfetch-published"
 
