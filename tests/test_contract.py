@@ -1006,3 +1006,31 @@ def test_bools_are_not_durations() -> None:
         Stampede(lock_ttl=True)
     with pytest.raises(ValueError, match="wait_timeout"):
         Stampede(wait_timeout=True)
+
+
+async def test_a_strict_process_never_gets_a_lenient_writers_old_value(
+    redis_url: str, namespace: str
+) -> None:
+    """Process A serves stale (swr 60) and refreshes slowly; process B allows no stale value.
+
+    B finds the value past its windows and waits on A's refresh lock; A's
+    lock extensions wake B, which must not take the old value it rejected.
+    """
+
+    async def old() -> str:
+        return "old"
+
+    async def slow_new() -> str:
+        await anyio.sleep(1.0)
+        return "new"
+
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=0.3) as a,
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=0.3) as b,
+    ):
+        await a.get_or_compute("k", old, ttl=0.1, stale_while_revalidate=60)
+        await anyio.sleep(0.15)  # the condition is the clock: stale, within A's window
+        assert await a.get_or_compute("k", slow_new, ttl=0.1, stale_while_revalidate=60) == "old"
+        with anyio.fail_after(5):
+            assert await b.get_or_compute("k", slow_new, ttl=0.1) == "new"
+        assert b.statistics().computes == 0  # it waited for A's refresh
