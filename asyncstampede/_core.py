@@ -1461,15 +1461,16 @@ class Stampede:
         this process: an invalidation (which deletes the lock) since then
         would otherwise be undone by a value computed from older data.
         """
+        holder: bytes | None = None
+        holder_known = True
         try:
             holder = await self._backend.lock_holder(req.names)
         except BackendError as exc:
             self._failed(exc, "reading the lock of {key}", req.key)
-            holder = None
-            req.flight.detached = True  # unknown: do not store
+            holder_known = False  # then nothing to compare with: do not store
         value, delta_ms = await self._run_compute(req)
         payload, px_ms = self._encode(value, delta_ms=delta_ms, req=req)
-        if not req.flight.detached:
+        if holder_known and not req.flight.detached:
             try:
                 await self._backend.write_if_absent(req.names, payload, px_ms, holder)
             except BackendError as exc:
