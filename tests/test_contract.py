@@ -12,10 +12,10 @@ import math
 import random
 import threading
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -57,6 +57,27 @@ def make_cache(mode: str, redis_url: str, namespace: str) -> MakeCache:
             yield cache
 
     return make
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+async def _failures_of(
+    cache: Stampede, fn: Callable[[], Awaitable[Any]], kind: type[E], *, callers: int
+) -> list[E]:
+    """Run *callers* concurrent calls of key "k" with *fn*; return the *kind* errors they got."""
+    caught: list[E] = []
+
+    async def one() -> None:
+        try:
+            await cache.get_or_compute("k", fn, ttl=30)
+        except kind as exc:
+            caught.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(callers):
+            tg.start_soon(one)
+    return caught
 
 
 # ------------------------------------------------------------------ 1. cancellation
@@ -457,17 +478,7 @@ async def test_each_caller_of_a_failed_compute_gets_its_own_exception(
         raise LookupFailed("row 7 is gone")
 
     async with make_cache() as cache:
-        caught: list[BaseException] = []
-
-        async def one() -> None:
-            try:
-                await cache.get_or_compute("k", fail, ttl=30)
-            except LookupFailed as exc:
-                caught.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(200):
-                tg.start_soon(one)
+        caught = await _failures_of(cache, fail, LookupFailed, callers=200)
         assert len(caught) == 200
         assert len({id(e) for e in caught}) == 200
         assert all(e.args == ("row 7 is gone",) for e in caught)
@@ -490,17 +501,7 @@ async def test_copies_of_an_exception_keep_its_text_and_attributes(make_cache: M
         raise NotFound(7, table="users")
 
     async with make_cache() as cache:
-        caught: list[NotFound] = []
-
-        async def one() -> None:
-            try:
-                await cache.get_or_compute("k", fail, ttl=30)
-            except NotFound as exc:
-                caught.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(5):
-                tg.start_soon(one)
+        caught = await _failures_of(cache, fail, NotFound, callers=5)
         assert len({id(e) for e in caught}) == 5
         assert {(str(e), e.row) for e in caught} == {("row 7 of users not found", 7)}
 
@@ -911,17 +912,7 @@ async def test_copies_of_builtin_exceptions_keep_their_fields(
     fields = ("name", "path", "filename", "errno")
 
     async with make_cache() as cache:
-        caught: list[BaseException] = []
-
-        async def one() -> None:
-            try:
-                await cache.get_or_compute("k", fail_plainly, ttl=30)
-            except Exception as exc:
-                caught.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(3):
-                tg.start_soon(one)
+        caught = await _failures_of(cache, fail_plainly, Exception, callers=3)
         assert len(caught) == 3
         assert len({id(e) for e in caught}) == 3  # each caller its own object
         want = {f: getattr(original, f) for f in fields if hasattr(original, f)}
