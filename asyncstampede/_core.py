@@ -1125,6 +1125,7 @@ class Stampede:
         hard = req.policy.hard_timeout
         computation = _Computation(self._store, req.names.lock, id(self), req.flight)
         chain = _computing.set((*_computing.get(), computation))
+        self._counters.computing += 1
         try:
             with anyio.CancelScope(
                 deadline=math.inf if hard is None else anyio.current_time() + hard
@@ -1143,6 +1144,7 @@ class Stampede:
             self._counters.compute_errors += 1
             raise
         finally:
+            self._counters.computing -= 1
             computation.active = False
             _computing.reset(chain)
         if scope.cancelled_caught:
@@ -1384,6 +1386,15 @@ class Stampede:
         answer: a lock is also changed by its extension, or by a takeover.
         """
         self._counters.remote_waits += 1
+        self._counters.waiting += 1
+        try:
+            return await self._wait_for_holder(req, token, held, interest, seen)
+        finally:
+            self._counters.waiting -= 1
+
+    async def _wait_for_holder(
+        self, req: _Request, token: bytes, held: Held, interest: Interest, seen: bytes | None
+    ) -> Any:
         now = anyio.current_time
         started = now()
         deadline = started + self._wait_timeout

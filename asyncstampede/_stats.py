@@ -55,6 +55,10 @@ class Statistics:
             WARNING; the served value stays, and the key is not refreshed in
             the background again for ``fail_safe_throttle``).
         in_flight: Keys being resolved right now.
+        waiting: Resolutions waiting right now for another holder's lock
+            (a gauge: tests and dashboards can wait for it).
+        computing: Computes of this instance running right now (a gauge;
+            background refreshes included).
 
     """
 
@@ -79,6 +83,8 @@ class Statistics:
     soft_timeouts: int
     refresh_errors: int
     in_flight: int
+    waiting: int
+    computing: int
 
 
 @final
@@ -90,6 +96,7 @@ class Counters:
         "coalesced",
         "compute_errors",
         "computes",
+        "computing",
         "decode_errors",
         "early_refreshes",
         "fail_safe",
@@ -103,6 +110,7 @@ class Counters:
         "stale_served",
         "takeovers",
         "wait_timeouts",
+        "waiting",
         "wakeups",
     )
 
@@ -125,6 +133,8 @@ class Counters:
         self.fail_safe = 0
         self.soft_timeouts = 0
         self.refresh_errors = 0
+        self.waiting = 0  # gauges
+        self.computing = 0
 
     def snapshot(
         self, *, reconnects: int, connect_errors: int, refused_connections: int, in_flight: int
@@ -152,4 +162,6 @@ class Counters:
             soft_timeouts=self.soft_timeouts,
             refresh_errors=self.refresh_errors,
             in_flight=in_flight,
+            waiting=self.waiting,
+            computing=self.computing,
         )
