@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ._core import Stampede as Stampede
 from ._exceptions import BackendError as BackendError
 from ._exceptions import BackendRefusedError as BackendRefusedError
 from ._exceptions import BackendUnavailableError as BackendUnavailableError
@@ -15,6 +14,7 @@ from ._exceptions import StampedeError as StampedeError
 from ._exceptions import ValueTooLargeError as ValueTooLargeError
 from ._exceptions import WaitTimeoutError as WaitTimeoutError
 from ._exceptions import WrongEventLoopError as WrongEventLoopError
+from ._stampede import Stampede as Stampede
 from ._stats import Statistics as Statistics
 
 __all__ = [

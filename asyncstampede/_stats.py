@@ -59,6 +59,8 @@ class Statistics:
             (a gauge: tests and dashboards can wait for it).
         computing: Computes of this instance running right now (a gauge;
             background refreshes included).
+        refreshing: Background refreshes running right now (a gauge: at
+            most one per key per process).
 
     """
 
@@ -85,6 +87,7 @@ class Statistics:
     in_flight: int
     waiting: int
     computing: int
+    refreshing: int
 
 
 @final
@@ -137,7 +140,13 @@ class Counters:
         self.computing = 0
 
     def snapshot(
-        self, *, reconnects: int, connect_errors: int, refused_connections: int, in_flight: int
+        self,
+        *,
+        reconnects: int,
+        connect_errors: int,
+        refused_connections: int,
+        in_flight: int,
+        refreshing: int,
     ) -> Statistics:
         """Freeze the counters into a `Statistics` record."""
         return Statistics(
@@ -164,4 +173,5 @@ class Counters:
             in_flight=in_flight,
             waiting=self.waiting,
             computing=self.computing,
+            refreshing=refreshing,
         )

@@ -107,7 +107,7 @@ async def refresh_loop(
         async with anyio.create_task_group() as tg:
             for _ in range(readers):
                 tg.start_soon(reader)
-        while cache._refreshing:  # let the last refresh finish
+        while cache.statistics().refreshing:  # let the last refresh finish
             await anyio.sleep(0.01)
         stats = dataclasses.asdict(cache.statistics())
         print(

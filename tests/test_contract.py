@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import threading
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -420,7 +419,7 @@ async def test_a_served_value_changed_by_its_caller_is_not_written_back(
         await failing.wait()
         release.set()
         with anyio.fail_after(5):
-            while cache._refreshing:
+            while cache.statistics().refreshing:
                 await anyio.sleep(0.01)
         assert cache.statistics().fail_safe == 1
         again = await cache.get_or_compute("k", broken, ttl=0.05)
@@ -605,19 +604,18 @@ async def test_a_timeout_past_the_stale_window_waits_for_the_compute(
 # ------------------------------------------------------------------ 11. refresh rate
 
 
-def test_xfetch_never_refreshes_before_its_bounded_window(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_xfetch_never_refreshes_before_its_bounded_window() -> None:
     """However lucky the draw (thousands of readers), no refresh before 2 x delta x beta."""
-    from asyncstampede import _core
     from asyncstampede._envelope import Envelope
+    from asyncstampede._freshness import xfetch_due
 
     env = Envelope("v", created_ms=0, delta_ms=100, fresh_until_ms=1000, ttl_ms=1000)
-    monkeypatch.setattr(random, "random", lambda: 1 - 2**-53)  # the luckiest draw: ln = -36.7
-    assert not _core._xfetch_due(790, env, 1.0)  # 210 ms before expiry: outside
-    assert _core._xfetch_due(800, env, 1.0)  # 200 ms: inside, and the draw says yes
-    assert not _core._xfetch_due(100, env, 1e9)  # a huge beta: still not in the first half
-    assert _core._xfetch_due(500, env, 1e9)
-    monkeypatch.setattr(random, "random", lambda: 0.0)  # ln(1) = 0: never early
-    assert not _core._xfetch_due(999, env, 1.0)
+    luckiest = 2**-53  # the smallest draw there is: ln = -36.7
+    assert not xfetch_due(790, env, 1.0, luckiest)  # 210 ms before expiry: outside
+    assert xfetch_due(800, env, 1.0, luckiest)  # 200 ms: inside, and the draw says yes
+    assert not xfetch_due(100, env, 1e9, luckiest)  # a huge beta: still not in the first half
+    assert xfetch_due(500, env, 1e9, luckiest)
+    assert not xfetch_due(999, env, 1.0, 1.0)  # ln(1) = 0: never early
 
 
 def test_stored_values_decode_with_their_ttl() -> None:
@@ -941,7 +939,7 @@ async def test_early_refreshes_count_refreshes_started(make_cache: MakeCache) ->
             assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
         gate.set()
         with anyio.fail_after(5):
-            while cache._refreshing:
+            while cache.statistics().refreshing:
                 await anyio.sleep(0.01)
         stats = cache.statistics()
         assert (calls, stats.early_refreshes, stats.hits) == (2, 1, 20)  # after one miss

@@ -67,7 +67,8 @@ async def test_xfetch_refreshes_early_in_the_background(make_cache: MakeCache) -
         await anyio.sleep(0.35)  # the condition is the clock: into the second half
         assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"  # served at once
         await eventually(lambda: source.calls == 2)
-        await eventually(lambda: cache.statistics().in_flight == 0 and not cache._refreshing)
+        stats = cache.statistics
+        await eventually(lambda: stats().in_flight == 0 and not stats().refreshing)
         assert await cache.get_or_compute("k", source, ttl=0.6, beta=0) == "v2"
         assert cache.statistics().early_refreshes == 1
 
@@ -96,7 +97,7 @@ async def test_one_refresher_across_instances(redis_url: str, namespace: str) ->
         async with anyio.create_task_group() as tg:
             for cache in (a, b) * 10:
                 tg.start_soon(cache.get_or_compute, "k", source, 1)
-        await eventually(lambda: not a._refreshing and not b._refreshing)
+        await eventually(lambda: not a.statistics().refreshing and not b.statistics().refreshing)
         assert source.calls == 2  # the first compute and exactly one refresh
         assert a.statistics().early_refreshes >= 1
         assert b.statistics().early_refreshes >= 1
@@ -125,7 +126,7 @@ async def test_stale_while_revalidate_serves_stale_then_refreshes(make_cache: Ma
         assert calls == 2  # still one refresh, and nobody waited for it
         assert cache.statistics().stale_served == 6
         gate.set()
-        await eventually(lambda: not cache._refreshing)
+        await eventually(lambda: not cache.statistics().refreshing)
         assert await cache.get_or_compute("k", compute, ttl=30) == "v2"
 
 
@@ -186,7 +187,7 @@ async def test_soft_timeout_serves_stale_and_the_compute_still_fills(
         assert calls == 2  # the compute started and is still held at the gate
         assert cache.statistics().soft_timeouts == 1
         gate.set()
-        await eventually(lambda: cache._held == {})
+        await eventually(lambda: cache.statistics().computing == 0)
         assert await cache.get_or_compute("k", compute, ttl=30) == "v2"
 
 
@@ -361,5 +362,5 @@ async def test_failed_early_refresh_keeps_the_fresh_value(make_cache: MakeCache)
         assert await cache.get_or_compute("k", source, ttl=30) == "v1"
         source.fail = True
         assert await cache.get_or_compute("k", source, ttl=30) == "v1"
-        await eventually(lambda: not cache._refreshing)
+        await eventually(lambda: not cache.statistics().refreshing)
         assert await cache.get_or_compute("k", source, ttl=30, beta=0) == "v1"

@@ -10,14 +10,14 @@ import redis
 import redis.asyncio
 
 from asyncstampede import BackendError, Stampede
+from asyncstampede._backends.redis.mux import Multiplexer
 from asyncstampede._keys import make_names
-from asyncstampede._mux import Multiplexer
 
 pytestmark = pytest.mark.anyio
 
 
 def _mux(cache: Stampede) -> Multiplexer:
-    mux = cache._backend._mux  # type: ignore[attr-defined]
+    mux = cache._rt.backend._mux  # type: ignore[attr-defined]
     assert isinstance(mux, Multiplexer)
     return mux
 

@@ -1,6 +1,6 @@
 """The lock at its edges: a commit that lands mid-way through another process's miss.
 
-A commit leaves a short-lived marker in the lock (see ``_scripts``). These
+A commit leaves a short-lived marker in the lock (see ``_backends.redis.scripts``). These
 tests stop one instance at the exact step where another's commit can slip
 in, let the commit happen, and check that the late instance neither
 computes again nor waits for nothing. The stops are hooks around the
@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from asyncstampede import Stampede
+from asyncstampede._backends.redis.scripts import COMMITTED, COMMITTED_MS
 from asyncstampede._keys import make_names
-from asyncstampede._scripts import COMMITTED, COMMITTED_MS
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +42,7 @@ async def test_a_read_that_missed_just_before_a_commit_is_not_followed_by_a_comp
     ):
         missed = anyio.Event()
         committed = anyio.Event()
-        read = b._backend.read
+        read = b._rt.backend.read
 
         async def read_then_stall(names: Any) -> bytes | None:
             payload = await read(names)  # the real GET, which misses
@@ -50,7 +50,7 @@ async def test_a_read_that_missed_just_before_a_commit_is_not_followed_by_a_comp
             await committed.wait()  # A computes and commits meanwhile
             return payload
 
-        b._backend.read = read_then_stall  # type: ignore[method-assign]
+        b._rt.backend.read = read_then_stall  # type: ignore[method-assign]
         got: list[str] = []
         async with anyio.create_task_group() as tg:
 
@@ -78,7 +78,7 @@ async def test_a_waiter_whose_lock_was_committed_before_it_watched_does_not_wait
         release = anyio.Event()
         a_started = anyio.Event()
         b_watching = anyio.Event()
-        listener = b._backend.listener
+        listener = b._rt.backend.listener
         watch = listener.watch
 
         async def watch_late(name: bytes, command: str = "PTTL") -> Any:

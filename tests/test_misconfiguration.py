@@ -29,7 +29,7 @@ from asyncstampede import (
     ClosedError,
     Stampede,
 )
-from asyncstampede._redis_errors import MINIMUM_ACL
+from asyncstampede._backends.redis.errors import MINIMUM_ACL
 from asyncstampede.testing import RedisServer, _free_port, find_server_binary
 
 pytestmark = pytest.mark.anyio

@@ -12,6 +12,12 @@ cache hit in Python); a lone command is not held back at all.
 
 Nothing here is essential: while the connection is down (or before it is
 up), `execute` answers `UNAVAILABLE` and the caller uses the pool.
+
+Replies are matched to callers by order alone, so a command is packed before
+its slot is queued (a command that cannot be packed fails its caller and
+nobody else), and a caller waits for the socket to drain once the unsent
+bytes pass `_HIGH_WATER` (a slow server pushes back instead of growing the
+buffer without bound).
 """
 
 from __future__ import annotations
@@ -25,20 +31,20 @@ from typing import Any, Final, final
 
 import anyio
 import anyio.abc
-from redis.asyncio.connection import AbstractConnection
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
-from ._exceptions import BackendRefusedError
-from ._listener import is_connection_trouble
-from ._redis_errors import ProblemLog, address_of, map_error
+from ..._exceptions import BackendRefusedError
+from ..._problems import ProblemLog
+from .errors import is_connection_trouble, map_error
+from .wire import Link, LinkFactory
 
 __all__ = ["UNAVAILABLE", "Multiplexer"]
 
 log = logging.getLogger("asyncstampede")
 
 UNAVAILABLE: Final = object()  # no connection now: read some other way
+# Unsent bytes past which a caller waits for the socket to drain first.
+_HIGH_WATER = 4 * 1024 * 1024
 
 
 class _Slot:
@@ -57,24 +63,21 @@ class Multiplexer:
 
     def __init__(
         self,
-        connection_class: type[AbstractConnection],
-        connection_kwargs: dict[str, Any],
+        new_link: LinkFactory,
         *,
+        address: str,
+        timeout: float,
         problems: ProblemLog | None = None,
     ) -> None:
-        self._address = address_of(connection_kwargs)
+        self._address = address
         self._problems = problems if problems is not None else ProblemLog()
         self.reconnects = 0  # connections re-established after one was lost
         self.connect_errors = 0  # attempts to (re)connect that failed
         self.refused = 0  # of those, refused by the server (password, certificate...)
-        kwargs = dict(connection_kwargs)
-        kwargs["retry"] = Retry(NoBackoff(), 0)
         # The reply reader waits as long as it must; a reply that is late is
         # caught by the watchdog below instead.
-        self._timeout = float(kwargs.get("socket_timeout") or 5.0)
-        kwargs["socket_timeout"] = None
-        self._connection_class = connection_class
-        self._connection_kwargs = kwargs
+        self._timeout = timeout
+        self._new_link = new_link
         self._writer: asyncio.StreamWriter | None = None
         self._slots: deque[_Slot] = deque()  # sent, oldest first
         self._buffer: list[bytes] = []  # packed, not yet written
@@ -102,16 +105,24 @@ class Multiplexer:
         writer = self._writer
         if writer is None:
             return UNAVAILABLE
+        if writer.transport.get_write_buffer_size() > _HIGH_WATER:
+            try:
+                await writer.drain()  # a slow server: wait rather than buffer without bound
+            except OSError:
+                return UNAVAILABLE  # the connection is going: its reader ends the session
+            if writer is not self._writer:
+                return UNAVAILABLE  # the connection was replaced meanwhile
+        packed = self._pack(*args)  # first: a command that cannot be packed has no slot
         slot = _Slot(time.monotonic())
         idle = not self._slots
         self._slots.append(slot)
         if idle and not self._buffer:
             # Nothing in flight: nothing to wait for either, write it now.
-            writer.writelines(self._pack(*args))
+            writer.writelines(packed)
         else:
             # Replies are on their way: gather what this loop turn asks for
             # and write it in one go, after every task ready now has run.
-            self._buffer.extend(self._pack(*args))
+            self._buffer.extend(packed)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -138,18 +149,17 @@ class Multiplexer:
         was_up = False  # a lost connection is worth a warning; each failed retry is not
         ever_up = False
         while True:
-            conn = self._connection_class(**self._connection_kwargs)
+            link = self._new_link()
             connected = False
             try:
-                with anyio.fail_after(self._timeout):
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                writer = getattr(conn, "_writer", None)
-                if not isinstance(writer, asyncio.StreamWriter):
-                    log.warning("asyncstampede: cannot pipeline on %r; using the pool", conn)
+                await link.connect(self._timeout)
+                writer = link.writer()
+                if writer is None:
+                    log.error("asyncstampede: cannot pipeline on this connection; using the pool")
                     if not started:
                         task_status.started()
                     await anyio.sleep_forever()
-                self._pack = conn.pack_command
+                self._pack = link.pack
                 self._writer = writer
                 connected = True
                 if ever_up:
@@ -161,7 +171,7 @@ class Multiplexer:
                 backoff = 0.05
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watchdog)
-                    await self._read_replies(conn)
+                    await self._read_replies(link)
             except Exception as exc:
                 if not connected:
                     self.connect_errors += 1
@@ -187,18 +197,18 @@ class Multiplexer:
                     slot.error = lost
                     slot.done.set()
                 with anyio.CancelScope(shield=True):
-                    await conn.disconnect(nowait=True)
+                    await link.close()
             if not started:
                 started = True
                 task_status.started()
             await anyio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
 
-    async def _read_replies(self, conn: AbstractConnection) -> None:
+    async def _read_replies(self, link: Link) -> None:
         slots = self._slots
         while True:
             try:
-                reply = await conn.read_response(disconnect_on_error=False)
+                reply = await link.read()
                 error = None
             except ResponseError as exc:  # an error reply: only its own read fails
                 reply, error = None, exc

@@ -26,14 +26,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import _scripts
-from ._backend import ACQUIRED, Acquired, Held, Hit
-from ._exceptions import BackendError, BackendRefusedError
-from ._keys import KeyNames, value_name_of
-from ._listener import UNTRACKED, RedisListener
-from ._mux import UNAVAILABLE, Multiplexer
-from ._redis_errors import ProblemLog, address_of, is_refusal, map_error
-from ._scripts import COMMITTED, COMMITTED_MS, committed_ms
+from ..._exceptions import BackendError, BackendRefusedError
+from ..._keys import KeyNames, value_name_of
+from ..._problems import ProblemLog
+from ..base import ACQUIRED, Acquired, Held, Hit
+from ..interest import UNTRACKED, Listener
+from . import scripts as _scripts
+from .errors import address_of, is_refusal, map_error
+from .listener import RedisListener
+from .mux import UNAVAILABLE, Multiplexer
+from .scripts import COMMITTED, COMMITTED_MS, committed_ms
+from .wire import link_factory, pooled_command, redis_py_problems
 
 __all__ = ["RedisBackend"]
 
@@ -58,7 +61,7 @@ class RedisBackend:
                 "with decode_responses=False (the default)"
             )
         self._client = client
-        self._owns_client = owns_client
+        self.owns_client = owns_client
         self._namespace = namespace
         self.address = address_of(kwargs)
         self.problems = problems if problems is not None else ProblemLog()
@@ -92,10 +95,27 @@ class RedisBackend:
         ]
         # False once the server has rejected SET ... NX ... GET (before 7.0).
         self._set_nx_get = True
-        self.listener = RedisListener(
-            pool.connection_class, kwargs, value_name_of, problems=self.problems
+        timeout = float(kwargs.get("socket_timeout") or 5.0)
+        # The connections of our own (see `wire`): the request connection,
+        # and the two that watch locks (RESP2: invalidations come as pub/sub
+        # messages there).
+        # Where redis-py lacks what they rely on, none is made: commands go
+        # through the pool, and waiters wake at lock expiry (logged in run).
+        self._unsupported = redis_py_problems()
+        self.listener: Listener = (
+            Listener()
+            if self._unsupported
+            else RedisListener(
+                link_factory(pool, protocol=2),
+                value_name_of,
+                address=self.address,
+                reply_timeout=timeout,
+                problems=self.problems,
+            )
         )
-        self._mux = Multiplexer(pool.connection_class, kwargs, problems=self.problems)
+        self._mux = Multiplexer(
+            link_factory(pool), address=self.address, timeout=timeout, problems=self.problems
+        )
 
     @property
     def reconnects(self) -> int:
@@ -118,6 +138,16 @@ class RedisBackend:
         Started once the listener is (its first connection attempt made);
         commands go through the pool until their own connection is up.
         """
+        if self._unsupported:
+            self.problems.say(
+                logging.ERROR,
+                "the installed redis-py lacks what asyncstampede's own connections need ("
+                + "; ".join(self._unsupported)
+                + "): every command goes through the pool and waiters wake only at lock "
+                "expiry; install a redis-py version this asyncstampede supports",
+            )
+            task_status.started()
+            return
         async with anyio.create_task_group() as tg:
             await tg.start(self.listener.run)
             tg.start_soon(self._mux.run)
@@ -355,12 +385,7 @@ class RedisBackend:
         for attempt in (1, 2):
             try:
                 async with self._gate:
-                    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-                    try:
-                        await conn.send_command(*args)
-                        return await conn.read_response()
-                    finally:
-                        await pool.release(conn)
+                    return await pooled_command(pool, *args)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 # A new connection cannot fix a refused password or certificate.
                 if attempt == 2 or is_refusal(exc):
@@ -448,5 +473,5 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Close the client if this backend created it."""
-        if self._owns_client:
+        if self.owns_client:
             await self._client.aclose()

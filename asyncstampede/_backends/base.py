@@ -1,9 +1,10 @@
-"""What the coalescing core needs from a store: the `Backend` protocol.
+"""What the request path needs from a store: the `Backend` protocol and its answers.
 
-Two implementations: `RedisBackend` (one Redis, shared by many processes) and
-`MemoryBackend` (embedded mode, one process). The core's request path is the
-same for both, so embedded mode behaves like production, serialization
-errors included.
+Two implementations: ``redis.RedisBackend`` (one Redis, shared by many
+processes) and ``memory.MemoryBackend`` (embedded mode, one process). The
+request path is the same for both, so embedded mode behaves like
+production, serialization errors included. Lock changes reach waiters as
+typed messages (``messages``) through a `Listener` (``interest``).
 """
 
 from __future__ import annotations
@@ -14,23 +15,10 @@ from typing import TYPE_CHECKING, Protocol, final
 if TYPE_CHECKING:
     import anyio.abc
 
-    from ._keys import KeyNames
-    from ._listener import Listener
+    from .._keys import KeyNames
+    from .interest import Listener
 
-__all__ = [
-    "MSG_DONE",
-    "MSG_FAILED",
-    "MSG_VALUE",
-    "Acquired",
-    "Backend",
-    "Held",
-    "Hit",
-]
-
-# First byte of every message delivered to an interest in a lock.
-MSG_VALUE = b"v"  # the committed envelope follows (embedded mode): no read needed
-MSG_DONE = b"d"  # the lock changed (committed, extended, expired...): look again
-MSG_FAILED = b"e"  # the holder gave the lock up without a value: waiters retry
+__all__ = ["ACQUIRED", "Acquired", "Backend", "Held", "Hit"]
 
 
 @final

@@ -11,9 +11,8 @@ Two families (see ``_exceptions``):
   an invalid DB index, a TLS certificate the client does not trust.
 
 Every mapped error names the server's address, the command, the server's
-own words, and, where it is known, what to change (`hint`). `ProblemLog`
-writes them to the ``asyncstampede`` logger at most once per interval per
-kind, so a failing Redis is loud without flooding the log.
+own words, and, where it is known, what to change (`hint`); ``_problems``
+logs them.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-import time
-from typing import Any, Final, final
+from typing import Any, Final
 
 from redis.exceptions import (
     AuthenticationError,
@@ -36,11 +34,11 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
+from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 
 __all__ = [
     "MINIMUM_ACL",
-    "ProblemLog",
+    "is_connection_trouble",
     "address_of",
     "is_refusal",
     "map_error",
@@ -180,46 +178,8 @@ def map_error(
     return BackendUnavailableError(message, address=address, command=command)
 
 
-@final
-class ProblemLog:
-    """Logs Redis problems, each kind at most once per *interval* seconds.
-
-    A kind is the message; what was suppressed since the
-    last line of a kind is counted in the next one. Refusals are logged at
-    ERROR (somebody must act), unavailability at WARNING.
-    """
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self._interval = interval
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def report(self, exc: BackendError, doing: str, *, key: str | None = None) -> None:
-        """Log *exc*, met while *doing* something (a short phrase), unless logged lately.
-
-        ``{key}`` in *doing* is replaced by *key*; messages that differ only
-        by their key are one kind, so an outage over many keys logs one line
-        per interval, not one per key.
-        """
-        level = logging.ERROR if isinstance(exc, BackendRefusedError) else logging.WARNING
-        self.say(
-            level,
-            f"{doing.replace('{key}', repr(key))}: {exc}",
-            kind=f"{doing}: {exc}",
-        )
-
-    def say(self, level: int, message: str, *, kind: str | None = None) -> None:
-        """Log *message* (prefixed ``asyncstampede:``) unless its *kind* was logged lately.
-
-        The kind defaults to the message itself.
-        """
-        kind = message if kind is None else kind
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last[0] < self._interval:
-            self._last[kind] = (last[0], last[1] + 1)
-            return
-        if len(self._last) > 256:  # many distinct kinds: forget the old ones
-            self._last.clear()
-        self._last[kind] = (now, 0)
-        more = f" ({last[1]} more like it since)" if last is not None and last[1] else ""
-        log.log(level, "asyncstampede: %s%s", message, more)
+def is_connection_trouble(exc: BaseException) -> bool:
+    """Whether *exc* (or every exception in a group) is a Redis, socket or timeout error."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_connection_trouble(e) for e in exc.exceptions)
+    return isinstance(exc, (RedisError, OSError, TimeoutError, BackendError))

@@ -1,22 +1,20 @@
-"""Waking waiters: per-key interests, and with Redis one invalidation reader.
+"""Waking waiters with Redis: one invalidation reader, and its tracking connection.
 
-A waiter registers an `Interest` in its key's lock name *before* it asks the
-store about the lock, so nothing that happens to the lock after the question
-can be missed.
-
-With Redis the question is also the subscription. The lock's remaining TTL
-is read with ``PTTL`` on a connection that has client tracking on
-(``CLIENT TRACKING ON REDIRECT <reader>``), and from then on Redis itself
-sends an invalidation message the moment the lock changes: deleted by the
-holder's commit or release, extended, expired, or taken over. A waiting
-process pays one command for that, where per-key pub/sub costs SUBSCRIBE, a
-re-check after the subscription is confirmed, and UNSUBSCRIBE, and the holder
-has nothing to publish.
+A waiter registers an `Interest` in its key's lock name (see ``interest``)
+*before* it asks Redis about the lock. The question is also the
+subscription. The lock's remaining TTL is read with ``PTTL`` on a connection
+that has client tracking on (``CLIENT TRACKING ON REDIRECT <reader>``), and
+from then on Redis itself sends an invalidation message the moment the lock
+changes: deleted by the holder's commit or release, extended, expired, or
+taken over. A waiting process pays one command for that, where per-key
+pub/sub costs SUBSCRIBE, a re-check after the subscription is confirmed, and
+UNSUBSCRIBE, and the holder has nothing to publish.
 
 The invalidations arrive on a RESP2 connection subscribed to
 ``__redis__:invalidate``, read by exactly one task. After every (re)connect
-each interest is told to re-check (``RECHECK``): invalidations sent during a
-gap are lost, and Redis forgets what a connection tracked when it closes.
+each interest is told to re-check (`Signal.RECHECK`): invalidations sent
+during a gap are lost, and Redis forgets what a connection tracked when it
+closes.
 """
 
 from __future__ import annotations
@@ -28,151 +26,22 @@ from collections.abc import Callable
 from typing import Any, final
 
 import anyio
-from redis.asyncio.connection import AbstractConnection
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
+import anyio.abc
+from redis.exceptions import ResponseError
 
-from ._backend import MSG_DONE, MSG_VALUE
-from ._exceptions import BackendError, BackendRefusedError
-from ._redis_errors import ProblemLog, address_of, map_error
+from ..._exceptions import BackendRefusedError
+from ..._problems import ProblemLog
+from ..interest import UNTRACKED, Listener
+from ..messages import Signal, Value
+from .errors import is_connection_trouble, map_error
+from .wire import Link, LinkFactory
 
-__all__ = [
-    "ABSENT",
-    "INVALIDATIONS",
-    "RECHECK",
-    "UNTRACKED",
-    "Interest",
-    "Listener",
-    "RedisListener",
-    "is_connection_trouble",
-]
+__all__ = ["INVALIDATIONS", "RedisListener"]
 
 log = logging.getLogger("asyncstampede")
 
-RECHECK = b"r"  # internal: (re)connected, or told to forget every tracked key
-CHANGED = MSG_DONE  # the lock changed: look again
-ABSENT = b"a"  # the lock changed and there was no value just after: ask about the lock
 INVALIDATIONS = b"__redis__:invalidate"
-
-
-class _Untracked:
-    """The type of `UNTRACKED`."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNTRACKED"
-
-
-UNTRACKED = _Untracked()  # watch() could not send its read on a tracking connection
 _REFUSED = object()  # an error reply on the tracking connection
-
-
-def is_connection_trouble(exc: BaseException) -> bool:
-    """Whether *exc* (or every exception in a group) is a Redis, socket or timeout error."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(is_connection_trouble(e) for e in exc.exceptions)
-    return isinstance(exc, (RedisError, OSError, TimeoutError, BackendError))
-
-
-@final
-class Interest:
-    """One waiter's mailbox for one lock."""
-
-    __slots__ = ("_event", "_pending", "on_value", "resolved")
-
-    def __init__(self) -> None:
-        self._pending: bytes | None = None
-        self._event = anyio.Event()
-        # Called with a value message (embedded mode) before any task switch:
-        # returns True when it has handed the value to the callers itself.
-        self.on_value: Callable[[bytes], bool] | None = None
-        self.resolved = False
-
-    def close(self) -> None:
-        """Take nothing more (its owner now holds the lock itself)."""
-        self.on_value = None
-        self.resolved = True
-
-    def push(self, message: bytes) -> None:
-        """Deliver *message*; a value message is never replaced by a later signal."""
-        if self.resolved:
-            return
-        if message[:1] == MSG_VALUE and self.on_value is not None and self.on_value(message):
-            # The callers are woken straight from the deliverer: one task
-            # switch fewer between the commit and the callers resuming.
-            self.resolved = True
-        elif self._pending is None or self._pending[:1] != MSG_VALUE:
-            self._pending = message
-        self._event.set()
-
-    async def wait(self, within: float) -> bytes | None:
-        """Return the next message, or None when *within* seconds pass first."""
-        if self._pending is None:
-            with anyio.move_on_after(max(within, 0.0)):
-                await self._event.wait()
-        message, self._pending = self._pending, None
-        if message is not None:
-            self._event = anyio.Event()
-        return message
-
-
-class Listener:
-    """In-process dispatch of messages to interests (all of embedded mode)."""
-
-    def __init__(self) -> None:
-        self._interests: dict[bytes, set[Interest]] = {}
-        self._waiting_since = 0.0  # when the interests last went from none to some
-        self.reconnects = 0  # connections re-established after one was lost
-        self.connect_errors = 0  # attempts to (re)connect that failed
-        self.refused = 0  # of those, refused by the server (ACL, password...)
-
-    def register(self, name: bytes) -> Interest:
-        """Return a new interest in *name*; `unregister` it when done."""
-        interest = Interest()
-        interests = self._interests.get(name)
-        if interests is None:
-            if not self._interests:
-                self._waiting_since = anyio.current_time()
-            self._interests[name] = {interest}
-        else:
-            interests.add(interest)
-        return interest
-
-    def unregister(self, name: bytes, interest: Interest) -> None:
-        """Drop *interest*; nothing more is delivered to it."""
-        interests = self._interests.get(name)
-        if interests is not None:
-            interests.discard(interest)
-            if not interests:
-                del self._interests[name]
-
-    def deliver(self, name: bytes, message: bytes) -> None:
-        """Hand *message* to every interest in *name*."""
-        interests = self._interests.get(name)
-        if interests is not None:
-            for interest in interests:
-                interest.push(message)
-
-    def recheck_all(self) -> None:
-        """Tell every interest to look again."""
-        for interests in self._interests.values():
-            for interest in interests:
-                interest.push(RECHECK)
-
-    async def watch(self, name: bytes, command: str = "PTTL") -> Any:
-        """Read lock *name* with *command* (``PTTL`` or ``GET``) and have its changes delivered.
-
-        Returns the reply, or `UNTRACKED` when that cannot be arranged now
-        (the caller reads some other way; the next reconnect tells every
-        interest to re-check). Embedded mode delivers every change by itself.
-        """
-        return UNTRACKED
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Nothing to read in embedded mode."""
-        task_status.started()
 
 
 class _Pending:
@@ -196,16 +65,17 @@ class RedisListener(Listener):
 
     When a watched lock changes, the reader itself sends ``GET value`` on the
     tracker before anybody wakes up, and hands the value to the waiters
-    with the reply (``MSG_VALUE``), or tells them there was none (``ABSENT``):
+    with the reply (`Value`), or tells them there was none (`Signal.ABSENT`):
     the waiting task is not woken just to send that read.
     """
 
     def __init__(
         self,
-        connection_class: type[AbstractConnection],
-        connection_kwargs: dict[str, Any],
+        new_link: LinkFactory,
         value_name: Callable[[bytes], bytes],
         *,
+        address: str,
+        reply_timeout: float,
         read_timeout: float = 1.0,
         ping_after: float = 5.0,
         idle_ping_after: float = 60.0,
@@ -213,23 +83,18 @@ class RedisListener(Listener):
         problems: ProblemLog | None = None,
     ) -> None:
         super().__init__()
-        self._address = address_of(connection_kwargs)
+        self._address = address
         self._problems = problems if problems is not None else ProblemLog()
-        kwargs = dict(connection_kwargs)
-        # RESP2 (invalidations come as pub/sub messages on the reader's
-        # connection), and no silent retries: a lost connection must surface
-        # here so that every waiter re-checks after the reconnect.
-        kwargs["protocol"] = 2
-        kwargs["retry"] = Retry(NoBackoff(), 0)
-        # Reads here wait as long as they must (an idle connection is fine);
-        # each bound is explicit below: handshake replies and PTTL replies
-        # within the pool's socket timeout, a silent reader by its pings.
-        self._reply_timeout = float(kwargs.get("socket_timeout") or 5.0)
-        kwargs["socket_timeout"] = None
-        self._connection_class = connection_class
-        self._connection_kwargs = kwargs
+        # *new_link* makes RESP2 connections (invalidations come as pub/sub
+        # messages on the reader's) that never retry by themselves: a lost
+        # connection must surface here so that every waiter re-checks after
+        # the reconnect. Their reads wait as long as they must (an idle
+        # connection is fine); each bound is explicit below: handshake and
+        # PTTL replies within *reply_timeout*, a silent reader by its pings.
+        self._new_link = new_link
+        self._reply_timeout = reply_timeout
         self._value_name = value_name
-        self._tracker: AbstractConnection | None = None
+        self._tracker: Link | None = None
         self._sent: deque[_Pending] = deque()  # commands sent on the tracker, oldest first
         self._send_lock = anyio.Lock()
         self._read_timeout = read_timeout
@@ -249,7 +114,7 @@ class RedisListener(Listener):
                 if self._tracker is not tracker:
                     return UNTRACKED
                 self._sent.append(pending)
-                await tracker.send_command(command, name, check_health=False)
+                await tracker.send(command, name)
         except Exception as exc:
             log.debug("tracking connection failed: %r", exc)
             pending.done.set()
@@ -262,16 +127,16 @@ class RedisListener(Listener):
             self._end_session(tracker)
         return pending.reply
 
-    def _end_session(self, tracker: AbstractConnection) -> None:
+    def _end_session(self, tracker: Link) -> None:
         """Drop both connections (if *tracker* is still the current one)."""
         if self._tracker is tracker and self._session is not None:
             self._session.cancel()
 
-    async def _read_replies(self, tracker: AbstractConnection) -> None:
+    async def _read_replies(self, tracker: Link) -> None:
         """Hand each reply on the tracking connection to its caller; fail when it closes."""
         while True:
             try:
-                reply = await tracker.read_response(disconnect_on_error=False)  # no timeout
+                reply = await tracker.read()  # no timeout
             except ResponseError:
                 # A refused read (say WRONGTYPE under the namespace) fails
                 # only its own caller, who asks again on the request path,
@@ -284,35 +149,33 @@ class RedisListener(Listener):
                 pending.reply = UNTRACKED if reply is _REFUSED else reply
                 pending.done.set()
             elif reply is _REFUSED:
-                self.deliver(pending.lock, CHANGED)
+                self.deliver(pending.lock, Signal.CHANGED)
             elif reply is None:
-                self.deliver(pending.lock, ABSENT)
+                self.deliver(pending.lock, Signal.ABSENT)
             else:
-                self.deliver(pending.lock, MSG_VALUE + bytes(reply))
+                self.deliver(pending.lock, Value(reply if type(reply) is bytes else bytes(reply)))
 
-    async def _handshake(self, conns: list[AbstractConnection]) -> None:
+    async def _handshake(self, conns: list[Link]) -> None:
         """Connect the reader and the tracker, appending them to *conns* (the caller closes them).
 
         Raises:
             BackendError: Redis failed or refused a step (named in the error).
 
         """
-        reader = self._connection_class(**self._connection_kwargs)
-        tracker = self._connection_class(**self._connection_kwargs)
+        reader = self._new_link()
+        tracker = self._new_link()
         conns += (reader, tracker)
         step: str | None = None  # the command in flight, for the error
         try:
             # The connections' own reads have no timeout (see __init__): a
             # server that accepts and never answers must not hang here.
-            with anyio.fail_after(self._reply_timeout):
-                await reader.connect()  # type: ignore[no-untyped-call]
+            await reader.connect(self._reply_timeout)
             step = "CLIENT ID"
             client_id = int(await self._ask(reader, "CLIENT", "ID"))
             step = "SUBSCRIBE"
             await self._ask(reader, "SUBSCRIBE", INVALIDATIONS)  # the confirmation
             step = None
-            with anyio.fail_after(self._reply_timeout):
-                await tracker.connect()  # type: ignore[no-untyped-call]
+            await tracker.connect(self._reply_timeout)
             step = "CLIENT TRACKING"
             await self._ask(tracker, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
         except Exception as exc:
@@ -327,13 +190,13 @@ class RedisListener(Listener):
             BackendError: the handshake failed (a refusal names the ACL rule to grant).
 
         """
-        conns: list[AbstractConnection] = []
+        conns: list[Link] = []
         try:
             await self._handshake(conns)
         finally:
             with anyio.CancelScope(shield=True):
                 for conn in conns:
-                    await conn.disconnect(nowait=True)
+                    await conn.close()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Read invalidations until cancelled, reconnecting with backoff."""
@@ -341,7 +204,7 @@ class RedisListener(Listener):
         started = False
         was_up = False
         while True:
-            conns: list[AbstractConnection] = []
+            conns: list[Link] = []
             try:
                 await self._handshake(conns)
                 reader, tracker = conns
@@ -385,7 +248,7 @@ class RedisListener(Listener):
                     pending.done.set()
                 with anyio.CancelScope(shield=True):
                     for conn in conns:
-                        await conn.disconnect(nowait=True)
+                        await conn.close()
             if not started:
                 # Redis is unreachable at start-up: do not block the caller;
                 # waiters fall back to their timers until we connect.
@@ -394,15 +257,15 @@ class RedisListener(Listener):
             await anyio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
 
-    async def _ask(self, conn: AbstractConnection, *args: Any) -> Any:
+    async def _ask(self, conn: Link, *args: Any) -> Any:
         """Send one command during the handshake; its reply must come within the timeout."""
-        await conn.send_command(*args, check_health=False)
-        reply = await conn.read_response(timeout=self._reply_timeout, disconnect_on_error=False)
+        await conn.send(*args)
+        reply = await conn.read(self._reply_timeout)
         if reply is None:
             raise ConnectionError(f"no reply to {args[0]} within {self._reply_timeout}s")
         return reply
 
-    async def _read_loop(self, reader: AbstractConnection) -> None:
+    async def _read_loop(self, reader: Link) -> None:
         """Read invalidations; ping a silent reader, and give it up when the ping goes unanswered.
 
         A silent reader is pinged once somebody has waited on it for
@@ -415,9 +278,7 @@ class RedisListener(Listener):
         last_heard = now()
         pinged_at: float | None = None
         while True:
-            response = await reader.read_response(
-                timeout=self._read_timeout, disconnect_on_error=False
-            )
+            response = await reader.read(self._read_timeout)
             if response is not None:
                 last_heard = now()
                 pinged_at = None
@@ -430,7 +291,7 @@ class RedisListener(Listener):
             silent = now() - last_heard
             waited = now() - self._waiting_since if self._interests else 0.0
             if silent >= self._idle_ping_after or min(silent, waited) >= self._ping_after:
-                await reader.send_command("PING", check_health=False)
+                await reader.send("PING")
                 pinged_at = now()
 
     async def _handle(self, response: Any) -> None:
@@ -446,9 +307,8 @@ class RedisListener(Listener):
             return
         if tracker is None:
             for name in watched:
-                self.deliver(name, CHANGED)
+                self.deliver(name, Signal.CHANGED)
             return
         async with self._send_lock:
             self._sent.extend(_Pending(lock) for lock in watched)
-            commands = [("GET", self._value_name(lock)) for lock in watched]
-            await tracker.send_packed_command(tracker.pack_commands(commands), check_health=False)
+            await tracker.send_many([("GET", self._value_name(lock)) for lock in watched])

@@ -8,9 +8,10 @@ from typing import final
 
 import anyio.abc
 
-from ._backend import ACQUIRED, MSG_FAILED, MSG_VALUE, Acquired, Held, Hit
-from ._keys import KeyNames
-from ._listener import Listener
+from .._keys import KeyNames
+from .base import ACQUIRED, Acquired, Held, Hit
+from .interest import Listener
+from .messages import Signal, Value
 
 __all__ = ["MemoryBackend"]
 
@@ -98,7 +99,7 @@ class MemoryBackend:
             return False
         self._put(names.value, payload, ttl_ms)
         del self._locks[names.lock]
-        self.listener.deliver(names.lock, MSG_VALUE + payload)
+        self.listener.deliver(names.lock, Value(payload))
         return True
 
     async def release(self, names: KeyNames, token: bytes) -> bool:
@@ -107,7 +108,7 @@ class MemoryBackend:
         if holder is None or holder[0] != token:
             return False
         del self._locks[names.lock]
-        self.listener.deliver(names.lock, MSG_FAILED)
+        self.listener.deliver(names.lock, Signal.CHANGED)
         return True
 
     async def extend(self, names: KeyNames, token: bytes, lock_ms: int) -> bool:
@@ -128,7 +129,7 @@ class MemoryBackend:
         if (held[0] if held is not None else None) != holder:
             return False
         self._put(names.value, payload, ttl_ms)
-        self.listener.deliver(names.lock, MSG_VALUE + payload)
+        self.listener.deliver(names.lock, Value(payload))
         return True
 
     async def restamp(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
@@ -140,10 +141,10 @@ class MemoryBackend:
         item = self._values.get(names.value)
         now = time.monotonic()
         if item is None or item[1] <= now:
-            self.listener.deliver(names.lock, MSG_FAILED)
+            self.listener.deliver(names.lock, Signal.CHANGED)
             return False
         self._values[names.value] = (payload, min(item[1], now + max(ttl_ms, 1) / 1000))
-        self.listener.deliver(names.lock, MSG_VALUE + payload)
+        self.listener.deliver(names.lock, Value(payload))
         return True
 
     async def lock_holder(self, names: KeyNames) -> bytes | None:
@@ -155,7 +156,7 @@ class MemoryBackend:
         """See `Backend.invalidate`."""
         self._values.pop(names.value, None)
         if self._locks.pop(names.lock, None) is not None:
-            self.listener.deliver(names.lock, MSG_FAILED)
+            self.listener.deliver(names.lock, Signal.CHANGED)
 
     async def aclose(self) -> None:
         """Drop every entry."""

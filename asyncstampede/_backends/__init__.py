@@ -1,0 +1,1 @@
+"""Stores: the `Backend` protocol (``base``), its messages, embedded (``memory``) and Redis."""

@@ -1,0 +1,145 @@
+"""The one door to redis-py's internals: connections of our own, outside the client's pool.
+
+The request connection (``mux``) and the lock watchers (``listener``) need
+what redis-py's public API does not offer: a connection that is not in the
+pool, its stream writer (to write many packed commands in one ``send()``),
+and reads that wait as long as they must or for a bound of their own,
+without redis-py dropping the connection on an error reply. Everything of
+that kind is done here, through `Link`, and nowhere else.
+
+`redis_py_problems` checks, once, that what this module relies on is there.
+When it is not (a redis-py release changed it), the backend logs an ERROR
+and runs without its own connections: every command goes through the
+client's pool and waiters wake at the lock's expiry, slower but correct.
+The package pins redis-py below its next major version for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterable
+from functools import cache
+from typing import Any, final
+
+import anyio
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = ["Link", "LinkFactory", "link_factory", "pooled_command", "redis_py_problems"]
+
+# Keyword arguments of AbstractConnection methods relied on here.
+_NEEDED: dict[str, tuple[str, ...]] = {
+    "read_response": ("timeout", "disconnect_on_error"),
+    "disconnect": ("nowait",),
+    "send_packed_command": ("check_health",),
+    "pack_command": (),
+    "pack_commands": (),
+    "connect": (),
+}
+
+
+@cache
+def redis_py_problems() -> tuple[str, ...]:
+    """Return what this module relies on and the installed redis-py lacks (empty: all there)."""
+    problems = []
+    for method, keywords in _NEEDED.items():
+        fn = getattr(AbstractConnection, method, None)
+        if fn is None:
+            problems.append(f"AbstractConnection.{method} is gone")
+            continue
+        try:
+            parameters = inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # pragma: no cover - C implementations
+            continue
+        problems += [
+            f"AbstractConnection.{method}() takes no {kw}="
+            for kw in keywords
+            if kw not in parameters
+        ]
+    return tuple(problems)
+
+
+@final
+class Link:
+    """One connection of asyncstampede's own (not from the pool), read by one task."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: AbstractConnection) -> None:
+        self._conn = conn
+
+    async def connect(self, within: float) -> None:
+        """Connect and run redis-py's handshake (AUTH, HELLO, SELECT) within *within* seconds."""
+        with anyio.fail_after(within):
+            await self._conn.connect()  # type: ignore[no-untyped-call]
+
+    def writer(self) -> asyncio.StreamWriter | None:
+        """Return the connected stream's writer, or None where redis-py keeps none we can use."""
+        writer = getattr(self._conn, "_writer", None)
+        return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+    def pack(self, *args: Any) -> list[bytes]:
+        """Encode one command in RESP, as this connection would send it."""
+        return self._conn.pack_command(*args)
+
+    async def send(self, *args: Any) -> None:
+        """Send one command (no health check: the reader notices a dead connection)."""
+        await self._conn.send_packed_command(self._conn.pack_command(*args), check_health=False)
+
+    async def send_many(self, commands: Iterable[tuple[Any, ...]]) -> None:
+        """Send several commands in one write."""
+        await self._conn.send_packed_command(self._conn.pack_commands(commands), check_health=False)
+
+    async def read(self, within: float | None = None) -> Any:
+        """Return the next reply, or None if *within* seconds pass first (None: wait for ever).
+
+        An error reply is raised as redis-py's ``ResponseError`` and leaves
+        the connection as it is (the next reply is the next command's).
+
+        Raises:
+            ResponseError: the reply is an error.
+            RedisError, OSError: the connection failed.
+
+        """
+        return await self._conn.read_response(timeout=within, disconnect_on_error=False)
+
+    async def close(self) -> None:
+        """Drop the connection at once (no goodbye to the server)."""
+        await self._conn.disconnect(nowait=True)
+
+
+LinkFactory = Callable[[], Link]
+
+
+def link_factory(pool: ConnectionPool, **overrides: Any) -> LinkFactory:
+    """Return a maker of `Link`s configured like the pool's connections.
+
+    Links never retry by themselves (a lost connection must surface to the
+    task reading it) and never time out a read (each read gives its own
+    bound); *overrides* replace any other setting (``protocol=2``...).
+    """
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    kwargs["socket_timeout"] = None
+    kwargs.update(overrides)
+    connection_class = pool.connection_class
+    return lambda: Link(connection_class(**kwargs))
+
+
+async def pooled_command(pool: ConnectionPool, *args: Any) -> Any:
+    """Send one command on a connection from *pool* and return its reply (redis-py's errors).
+
+    Talks to a pooled connection directly instead of through
+    ``Redis.execute_command`` (whose retry and instrumentation layers cost
+    about a tenth of a cache hit); the caller retries. A cancelled command
+    drops its connection (redis-py does that).
+    """
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_command(*args)
+        return await conn.read_response()
+    finally:
+        await pool.release(conn)

@@ -1,0 +1,124 @@
+"""Calling the compute function: under the hard timeout, as a known computation, then encoded."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import anyio
+
+from ._envelope import encode
+from ._exceptions import ComputeFailedError, ComputeTimeoutError
+from ._flight import Computation, computing
+from ._runtime import Request, Runtime, now_ms
+
+__all__ = ["call", "cancelled_from_outside", "encode_value", "refuse_fn", "run_compute"]
+
+
+async def run_compute(rt: Runtime, req: Request) -> tuple[Any, int]:
+    """Call the compute function under the hard timeout; return value and duration.
+
+    Only the hard timeout's own cancellation becomes `ComputeTimeoutError`:
+    a ``TimeoutError`` the function raises is its own failure. A
+    ``CancelledError`` it raises while nothing cancelled this task (it
+    awaited something another task cancelled) is a failure of this key,
+    `ComputeFailedError`, never a cancellation of the instance.
+    """
+    rt.counters.computes += 1
+    start = time.perf_counter()
+    hard = req.policy.hard_timeout
+    computation = Computation(rt.store, req.names.lock, id(rt), req.flight)
+    chain = computing.set((*computing.get(), computation))
+    rt.counters.computing += 1
+    try:
+        with anyio.CancelScope(
+            deadline=math.inf if hard is None else anyio.current_time() + hard
+        ) as scope:
+            value = await call(req.fn)
+    except anyio.get_cancelled_exc_class() as exc:
+        if cancelled_from_outside():
+            raise
+        rt.counters.compute_errors += 1
+        raise ComputeFailedError(
+            f"the compute of {req.key!r} raised {type(exc).__name__} although nothing "
+            "cancelled the call (did it await a task or future that something else "
+            "cancelled?)"
+        ) from exc
+    except Exception:
+        rt.counters.compute_errors += 1
+        raise
+    finally:
+        rt.counters.computing -= 1
+        computation.active = False
+        computing.reset(chain)
+    if scope.cancelled_caught:
+        rt.counters.compute_errors += 1
+        raise ComputeTimeoutError(f"computing {req.key!r} took over hard_timeout={hard}s")
+    return value, math.ceil((time.perf_counter() - start) * 1000)
+
+
+def encode_value(rt: Runtime, req: Request, value: Any, *, delta_ms: int) -> tuple[bytes, int]:
+    """Encode a fresh value; return it with the Redis TTL it is stored for."""
+    now = now_ms()
+    fresh_ms = req.ttl_ms
+    if value is None and req.policy.negative_ms:
+        fresh_ms = req.policy.negative_ms
+    if req.policy.ttl_jitter:
+        fresh_ms += int(fresh_ms * req.policy.ttl_jitter * random.random())
+    payload = encode(
+        value,
+        created_ms=now,
+        delta_ms=delta_ms,
+        fresh_until_ms=now + fresh_ms,
+        compress_threshold=rt.settings.compress_threshold,
+        max_value_bytes=rt.settings.max_value_bytes,
+    )
+    # Kept past its freshness for as long as it may be served stale.
+    return payload, fresh_ms + max(req.policy.swr_ms, req.policy.sie_ms)
+
+
+async def call(fn: Callable[[], Awaitable[Any]]) -> Any:
+    """Call *fn* and await what it returns, which must be awaitable."""
+    result = fn()
+    if not inspect.isawaitable(result):
+        if inspect.isasyncgen(result) or inspect.isgenerator(result):
+            if inspect.isgenerator(result):
+                result.close()
+            else:
+                await result.aclose()
+            raise TypeError(
+                "fn is a generator function: pass an async function returning the value"
+            )
+        raise TypeError(
+            f"the compute function returned {type(result).__name__}, not an awaitable: pass an "
+            "async function (or a lambda returning a coroutine); for blocking code, pass "
+            "lambda: anyio.to_thread.run_sync(blocking_fn)"
+        )
+    return await result
+
+
+def cancelled_from_outside() -> bool:
+    """Whether the current task is being cancelled (by a cancel scope, or ``Task.cancel``)."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio's Cancelled cannot be raised by hand
+        return True
+    return task is not None and task.cancelling() > 0
+
+
+def refuse_fn(fn: object) -> NoReturn:
+    """Raise the `TypeError` for a compute function that cannot be one."""
+    if inspect.iscoroutine(fn):
+        fn.close()  # never awaited, and never will be: no warning about it
+        raise TypeError(
+            "fn is a coroutine, not a function: pass the function itself, or a lambda "
+            "(get_or_compute(key, lambda: load(42), ttl))"
+        )
+    raise TypeError(f"fn must be a zero-argument async callable, not {type(fn).__name__}")

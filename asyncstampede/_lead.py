@@ -1,0 +1,237 @@
+"""Leading: compute as the lock holder, encode, commit and wake every waiter.
+
+Also the paths that end a lead otherwise: the fail-safe (a failed compute
+serves the stale value and re-stamps it), negative caching (a failure is
+remembered for ``negative_ttl``), a refused commit, and computing without
+the lock (`compute_unlocked`) or without Redis (`compute_uncached`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._compute import encode_value, run_compute
+from ._envelope import DecodeError, decode, encode_failure, restamp
+from ._exceptions import (
+    BackendError,
+    ClosedError,
+    SerializationError,
+    ValueTooLargeError,
+)
+from ._keys import KeyNames
+from ._runtime import Request, Runtime, now_ms
+
+__all__ = ["compute_and_commit", "compute_uncached", "compute_unlocked", "lead", "release_quietly"]
+
+
+def _task_group(rt: Runtime) -> anyio.abc.TaskGroup:
+    if rt.tg is None:
+        raise ClosedError("the Stampede closed during the call")
+    return rt.tg
+
+
+async def lead(rt: Runtime, req: Request, token: bytes) -> Any:
+    """Compute as the lock holder, commit, and wake every waiter.
+
+    With a stale fallback and a ``soft_timeout``, callers get the stale
+    value once the soft timeout passes, while the compute goes on here and
+    still commits its value.
+    """
+    soft = req.policy.soft_timeout
+    if soft is None or req.stale is None:
+        return await compute_and_commit(rt, req, token)
+    done = anyio.Event()
+    outcome: list[Any] = []
+
+    async def run() -> None:
+        try:
+            outcome.append((True, await compute_and_commit(rt, req, token)))
+        except Exception as exc:  # handed to the caller below, or dropped
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    _task_group(rt).start_soon(run)
+    with anyio.move_on_after(soft):
+        await done.wait()
+    if not outcome:
+        stale = req.usable_stale()
+        if stale is not None:
+            rt.counters.soft_timeouts += 1
+            return stale.value
+        await done.wait()  # its stale window closed meanwhile: wait for the compute
+    ok, result = outcome[0]
+    if ok:
+        return result
+    raise result
+
+
+async def compute_and_commit(rt: Runtime, req: Request, token: bytes) -> Any:
+    names = req.names
+    failure: Exception | None = None
+    rt.keeper.hold(token, names)
+    try:
+        value, delta_ms = await run_compute(rt, req)
+        payload, px_ms = encode_value(rt, req, value, delta_ms=delta_ms)
+    except Exception as exc:  # fn failed or timed out, or its value cannot be stored
+        failure = exc
+    except BaseException:
+        # Closing: let the next holder go at once rather than at lock expiry.
+        rt.keeper.drop(token)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            await release_quietly(rt, names, token)
+        raise
+    rt.keeper.drop(token)
+    if failure is not None:
+        req.failed = True
+        if req.usable_stale() is not None:
+            rt.problems.say(
+                logging.WARNING,
+                f"computing {req.key!r} failed; serving its stale value (fail-safe): "
+                f"{type(failure).__name__}: {failure}",
+                kind=f"compute failed, stale served: {type(failure).__name__}",
+            )
+            return await _fail_safe(rt, req, token)
+        if req.policy.negative_ms and not isinstance(
+            failure, (SerializationError, ValueTooLargeError)
+        ):
+            await _remember_failure(rt, req, token, failure)
+        else:
+            await release_quietly(rt, names, token)
+        raise failure
+    try:
+        committed = await rt.backend.commit(names, token, payload, px_ms)
+    except BackendError as exc:
+        # Never taken for a commit: the lock is given up at once, so
+        # waiters elsewhere stop waiting (and find no value).
+        await _commit_failed(rt, exc, req, token)
+        committed = True  # not lost to another holder: Redis failed
+    if not committed:
+        rt.counters.lock_lost += 1
+    return decode(payload, max_value_bytes=rt.settings.max_value_bytes).value
+
+
+async def _commit_failed(rt: Runtime, exc: BackendError, req: Request, token: bytes) -> None:
+    """Handle a commit (or fail-safe re-stamp) that Redis failed or refused.
+
+    The lock is released (a refused script is replaced by a transaction,
+    see `RedisBackend.release`) so waiters in other processes look again
+    at once instead of waiting out ``lock_ttl``. The value computed here
+    still reaches this process's callers when ``fail_open`` is on (the
+    default); otherwise they get *exc*.
+
+    Raises:
+        BackendError: *exc*, when ``fail_open`` is off.
+
+    """
+    if rt.settings.fail_open:
+        rt.failed(exc, "storing {key}; its value is returned uncached", req.key)
+    else:
+        rt.failed(exc, "storing {key}; raising (fail_open is off)", req.key)
+    with anyio.CancelScope(shield=True):
+        await release_quietly(rt, req.names, token)
+    if not rt.settings.fail_open:
+        raise exc
+
+
+async def _fail_safe(rt: Runtime, req: Request, token: bytes) -> Any:
+    """Serve the stale value after a failed compute, and keep serving it a while.
+
+    The stored bytes are written back as fresh for ``fail_safe_throttle``
+    seconds, so a failing backend is retried once per throttle period,
+    not by every request; waiters are woken with it. Nothing moves the
+    windows: the value is never fresh past ``created + ttl +
+    stale_if_error`` and the key expires when the original write would
+    have (``created + ttl + max(stale windows)``), however many
+    failures follow; a key that has run out is not written at all.
+    """
+    stale = req.stale
+    assert stale is not None
+    rt.counters.fail_safe += 1
+    now = now_ms()
+    policy = req.policy
+    origin_ms = stale.origin_fresh_until_ms
+    # Never earlier than it was (a failed early refresh of a fresh value
+    # must not cut its freshness short), never past the window.
+    fresh_until_ms = max(
+        stale.fresh_until_ms,
+        min(now + rt.settings.fail_safe_throttle_ms, origin_ms + policy.sie_ms),
+    )
+    px_ms = origin_ms + max(policy.swr_ms, policy.sie_ms) - now
+    try:
+        payload = restamp(req.stale_payload, fresh_until_ms=fresh_until_ms)
+    except DecodeError:
+        payload = b""
+    if px_ms <= 0 or not payload:  # the window has run out: nothing worth writing
+        await release_quietly(rt, req.names, token)
+        return stale.value
+    try:
+        # Never past the key's current expiry: a caller with a longer
+        # stale window than the writer's does not stretch the writer's.
+        await rt.backend.restamp(req.names, token, payload, px_ms)
+    except BackendError as exc:
+        rt.failed(exc, "re-stamping the stale value of {key}", req.key)
+        await release_quietly(rt, req.names, token)
+    return stale.value
+
+
+async def _remember_failure(rt: Runtime, req: Request, token: bytes, failure: Exception) -> None:
+    """Store a failure marker for ``negative_ttl`` and wake waiters with it."""
+    now = now_ms()
+    payload = encode_failure(
+        f"{type(failure).__name__}: {failure}",
+        created_ms=now,
+        fresh_until_ms=now + req.policy.negative_ms,
+    )
+    try:
+        await rt.backend.commit(req.names, token, payload, req.policy.negative_ms)
+    except BackendError as exc:
+        rt.failed(exc, "remembering the failure of {key}", req.key)
+        await release_quietly(rt, req.names, token)
+
+
+async def release_quietly(rt: Runtime, names: KeyNames, token: bytes) -> None:
+    try:
+        await rt.backend.release(names, token)
+    except BackendError as exc:
+        # The lock expires by itself, and its waiters take over then.
+        rt.failed(exc, "releasing a lock; its waiters wait for it to expire")
+
+
+async def compute_unlocked(rt: Runtime, req: Request) -> Any:
+    """Compute without the lock (the wait bound passed); never replace a value.
+
+    The value is stored only into a gap, and only while the lock is as
+    it was when the compute started and nothing invalidated the key in
+    this process: an invalidation (which deletes the lock) since then
+    would otherwise be undone by a value computed from older data.
+    """
+    holder: bytes | None = None
+    holder_known = True
+    try:
+        holder = await rt.backend.lock_holder(req.names)
+    except BackendError as exc:
+        rt.failed(exc, "reading the lock of {key}", req.key)
+        holder_known = False  # then nothing to compare with: do not store
+    value, delta_ms = await run_compute(rt, req)
+    payload, px_ms = encode_value(rt, req, value, delta_ms=delta_ms)
+    if holder_known and not req.flight.detached:
+        try:
+            await rt.backend.write_if_absent(req.names, payload, px_ms, holder)
+        except BackendError as exc:
+            rt.failed(exc, "storing {key} computed without the lock", req.key)
+    return decode(payload, max_value_bytes=rt.settings.max_value_bytes).value
+
+
+async def compute_uncached(rt: Runtime, req: Request) -> Any:
+    """Compute with Redis unavailable (fail-open): coalesced in this process, nothing stored."""
+    # Redis is unavailable: still coalesced in this process, but nothing
+    # is shared or stored. The value goes through the codec all the same,
+    # so callers see the same types as with a working Redis.
+    value, _ = await run_compute(rt, req)
+    payload, _ = encode_value(rt, req, value, delta_ms=0)
+    return decode(payload, max_value_bytes=rt.settings.max_value_bytes).value

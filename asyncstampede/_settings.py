@@ -1,0 +1,139 @@
+"""A `Stampede`'s settings: validated once, frozen, and typed for ``from_url(**settings)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypedDict, final
+
+from ._freshness import MAX_SECONDS, Policy, positive
+from ._keys import validate_namespace
+
+__all__ = ["MiB", "Settings", "StampedeSettings"]
+
+MiB = 1024 * 1024
+
+
+class StampedeSettings(TypedDict, total=False):
+    """The keyword arguments of `Stampede` other than the client (see `Stampede` for each)."""
+
+    namespace: str
+    lock_ttl: float
+    wait_timeout: float
+    fail_open: bool
+    on_wait_timeout: Literal["compute", "raise"]
+    beta: float
+    stale_while_revalidate: float
+    stale_if_error: float
+    fail_safe_throttle: float
+    soft_timeout: float | None
+    hard_timeout: float | None
+    ttl_jitter: float
+    negative_ttl: float | None
+    compress_threshold: int
+    max_value_bytes: int
+    max_entries: int
+    check: bool
+    share_values: bool
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The instance-wide settings the request path reads (durations in ms, except waits)."""
+
+    namespace: str
+    lock_ms: int
+    wait_timeout: float  # seconds
+    fail_open: bool
+    on_wait_timeout: Literal["compute", "raise"]
+    policy: Policy
+    fail_safe_throttle_ms: int
+    compress_threshold: int
+    max_value_bytes: int
+    max_entries: int
+    check: bool
+    share_values: bool
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        namespace: str,
+        lock_ttl: float,
+        wait_timeout: float,
+        fail_open: bool,
+        on_wait_timeout: Literal["compute", "raise"],
+        beta: float,
+        stale_while_revalidate: float,
+        stale_if_error: float,
+        fail_safe_throttle: float,
+        soft_timeout: float | None,
+        hard_timeout: float | None,
+        ttl_jitter: float,
+        negative_ttl: float | None,
+        compress_threshold: int,
+        max_value_bytes: int,
+        max_entries: int,
+        check: bool,
+        share_values: bool,
+    ) -> Settings:
+        """Validate the arguments of `Stampede` (see there for each).
+
+        Raises:
+            TypeError: a flag is not a bool.
+            ValueError: a setting is out of range.
+
+        """
+        if not (
+            isinstance(lock_ttl, (int, float))
+            and not isinstance(lock_ttl, bool)
+            and 0.01 <= lock_ttl < 86_400
+        ):
+            raise ValueError(f"lock_ttl must be between 0.01 and 86400 seconds, got {lock_ttl!r}")
+        if not (
+            isinstance(wait_timeout, (int, float))
+            and not isinstance(wait_timeout, bool)
+            and 0 < wait_timeout <= MAX_SECONDS
+        ):
+            raise ValueError(f"wait_timeout must be a positive number, got {wait_timeout!r}")
+        for name, n in (
+            ("compress_threshold", compress_threshold),
+            ("max_value_bytes", max_value_bytes),
+        ):
+            if not isinstance(n, int) or n < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be an int of at least 1, got {max_entries!r}")
+        for flag, given in (
+            ("fail_open", fail_open),
+            ("check", check),
+            ("share_values", share_values),
+        ):
+            if not isinstance(given, bool):
+                raise TypeError(f"{flag} must be True or False, not {given!r}")
+        if on_wait_timeout not in ("compute", "raise"):
+            raise ValueError(
+                f"on_wait_timeout must be 'compute' or 'raise', got {on_wait_timeout!r}"
+            )
+        return cls(
+            namespace=validate_namespace(namespace),
+            lock_ms=max(10, round(lock_ttl * 1000)),
+            wait_timeout=float(wait_timeout),
+            fail_open=fail_open,
+            on_wait_timeout=on_wait_timeout,
+            policy=Policy.build(
+                beta=beta,
+                stale_while_revalidate=stale_while_revalidate,
+                stale_if_error=stale_if_error,
+                soft_timeout=soft_timeout,
+                hard_timeout=hard_timeout,
+                ttl_jitter=ttl_jitter,
+                negative_ttl=negative_ttl,
+            ),
+            fail_safe_throttle_ms=round(positive("fail_safe_throttle", fail_safe_throttle) * 1000),
+            compress_threshold=compress_threshold,
+            max_value_bytes=max_value_bytes,
+            max_entries=max_entries,
+            check=check,
+            share_values=share_values,
+        )

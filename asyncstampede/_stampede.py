@@ -1,0 +1,433 @@
+"""`Stampede`: the public face of the request path.
+
+``get_or_compute`` reads the value in the caller's own task (a hit costs one
+round trip and no task switch) and hands a miss to the miss driver. The
+path, module by module:
+
+1. ``_flight``: one resolution per key per process; every local caller
+   awaits it, and no caller's cancellation cancels it.
+2. ``_freshness``: one verdict on every value read (fresh, stale, fallback,
+   expired), and XFetch's early refresh.
+3. ``_resolve``: a miss takes the lock or names its holder, then leads or
+   waits; background refreshes go through it too.
+4. ``_lead`` (and ``_compute``): the lock holder computes under its
+   timeouts, its lock kept alive by ``_lock_keeper``, and commits with one
+   script that wakes every waiter; or serves its stale value (fail-safe).
+5. ``_wait``: everyone else has registered interest in the lock first; one
+   tracked ``PTTL`` says how long it has left and has Redis tell them when
+   it changes. Nothing polls.
+6. ``_backends``: the stores (embedded, Redis), behind one protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Literal, Self, TypeVar, Unpack, final
+
+from redis.asyncio import Redis
+
+from ._backends.base import Backend
+from ._backends.memory import MemoryBackend
+from ._backends.redis.backend import RedisBackend
+from ._backends.redis.client import check_client, client_from_url
+from ._compute import refuse_fn
+from ._flight import check_reentry, computing
+from ._freshness import UNSET, Unset, positive, ttl_ms
+from ._keys import KeyNames, make_names, plain_key
+from ._lifecycle import Lifecycle
+from ._problems import ProblemLog
+from ._read import get
+from ._runtime import Runtime
+from ._settings import MiB, Settings, StampedeSettings
+from ._stats import Statistics
+
+__all__ = ["Stampede"]
+
+T = TypeVar("T")
+
+_NAMES_CACHED = 4096  # keys whose Redis names are kept ready
+
+
+@final
+class Stampede:
+    """Cache-stampede protection for one Redis (or, without one, one process).
+
+    Use it as an async context manager: entering starts the invalidation reader,
+    leaving stops it and every resolution still in flight.
+
+    Args:
+        redis: A ``redis.asyncio.Redis`` client created with
+            ``decode_responses=False``. ``None`` selects embedded mode: an
+            in-process store with the same API and semantics.
+        namespace: Prefix of every Redis key this instance touches.
+        lock_ttl: Seconds a compute lock lives unless extended. The holder
+            extends it every third of that while its compute runs, so it is
+            also how long others wait before taking over from a holder that died.
+        wait_timeout: Upper bound, in seconds, on waiting for another holder;
+            after it the waiter follows ``on_wait_timeout``.
+        on_wait_timeout: ``"compute"`` (default): compute locally and store the
+            value only if none appeared meanwhile; ``"raise"``: raise
+            `WaitTimeoutError`.
+        fail_open: When Redis fails on the request path, compute locally (the
+            default) instead of raising `BackendError`.
+        compress_threshold: Payloads of at least this many bytes are lz4-compressed
+            when that makes them smaller.
+        max_value_bytes: Largest serialized value accepted, and largest declared
+            size accepted when decoding (bounds decompression).
+        max_entries: Capacity of the embedded store (LRU); unused with Redis.
+        beta: XFetch strength (Vattani et al., VLDB 2015): a fresh value is
+            refreshed early, in the background, with a probability that grows
+            as its expiry nears, scaled by how long its compute took. ``0``
+            turns it off. Exactly one process refreshes (the lock decides).
+        stale_while_revalidate: Seconds past freshness during which a value is
+            served at once while one background refresh runs (RFC 5861).
+        stale_if_error: Seconds past freshness during which a value is served
+            when the compute fails, times out, or Redis fails (RFC 5861).
+        fail_safe_throttle: After a failed compute, the stale value is served
+            as fresh for this many seconds before the compute is tried again.
+        soft_timeout: Seconds after which callers get the stale value (if any)
+            while the compute goes on and still fills the cache.
+        hard_timeout: Seconds after which the compute is cancelled and
+            `ComputeTimeoutError` raised (or a stale value served).
+        ttl_jitter: Fraction of the TTL added at random to each write.
+        negative_ttl: Opt-in negative caching: a compute that returns ``None``
+            is stored for this many seconds (instead of the TTL), and one that
+            raises (with no stale value to serve) is remembered for as long:
+            callers then get `ComputeFailedError` without a new compute.
+        check: Run `check` when entering, so a misconfigured Redis (wrong
+            password, missing ACL rules, a full ``noeviction`` server, a
+            database index out of range, TLS trouble) stops the app's start
+            with a `BackendError` naming the cause, instead of being logged
+            while every call computes uncached.
+        share_values: Hand every caller coalesced onto one resolution the
+            same object. Off by default: each caller gets its own copy of a
+            ``dict`` or ``list`` value, as it would from its own read, so
+            one caller's changes never show in another's. Turn it on for
+            large values that callers only read, to save a decode per caller.
+
+    Raises:
+        TypeError: *redis* is not a ``redis.asyncio.Redis`` client (a URL, a
+            synchronous client, a cluster client...), or *fail_open* or
+            *check* or *share_values* is not a bool.
+        ValueError: a setting is out of range, or the client decodes responses.
+
+    Redis failures never reach callers while ``fail_open`` is on: each is
+    counted in `statistics` (``backend_errors``; refusals also in
+    ``refused``) and logged on the ``asyncstampede`` logger with the server's
+    address and its own words, each kind at most every 10 seconds (refusals
+    at ERROR, unavailability at WARNING).
+
+    """
+
+    def __init__(
+        self,
+        redis: Redis | None = None,
+        *,
+        namespace: str = "stampede",
+        lock_ttl: float = 5.0,
+        wait_timeout: float = 30.0,
+        fail_open: bool = True,
+        on_wait_timeout: Literal["compute", "raise"] = "compute",
+        beta: float = 1.0,
+        stale_while_revalidate: float = 0.0,
+        stale_if_error: float = 0.0,
+        fail_safe_throttle: float = 5.0,
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        ttl_jitter: float = 0.0,
+        negative_ttl: float | None = None,
+        compress_threshold: int = 4096,
+        max_value_bytes: int = 64 * MiB,
+        max_entries: int = 10_000,
+        check: bool = False,
+        share_values: bool = False,
+    ) -> None:
+        settings = Settings.build(
+            namespace=namespace,
+            lock_ttl=lock_ttl,
+            wait_timeout=wait_timeout,
+            fail_open=fail_open,
+            on_wait_timeout=on_wait_timeout,
+            beta=beta,
+            stale_while_revalidate=stale_while_revalidate,
+            stale_if_error=stale_if_error,
+            fail_safe_throttle=fail_safe_throttle,
+            soft_timeout=soft_timeout,
+            hard_timeout=hard_timeout,
+            ttl_jitter=ttl_jitter,
+            negative_ttl=negative_ttl,
+            compress_threshold=compress_threshold,
+            max_value_bytes=max_value_bytes,
+            max_entries=max_entries,
+            check=check,
+            share_values=share_values,
+        )
+        problems = ProblemLog()
+        backend: Backend
+        store: object  # what stores the keys (see Runtime.store)
+        if redis is None:
+            backend = store = MemoryBackend(max_entries=max_entries)
+        else:
+            check_client(redis)
+            backend = RedisBackend(
+                redis, owns_client=False, namespace=settings.namespace, problems=problems
+            )
+            store = backend.address
+        self._rt = Runtime(settings, backend, store, problems)
+        self._settings = settings
+        self._namespace = settings.namespace
+        self._lifecycle = Lifecycle(self._rt)
+        self._names: dict[str, KeyNames] = {}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        max_connections: int = 64,
+        socket_timeout: float = 5.0,
+        **settings: Unpack[StampedeSettings],
+    ) -> Stampede:
+        """Create a `Stampede` with its own client for the Redis at *url*.
+
+        Requests go out on one auto-pipelined connection of the instance's
+        own (plus two for lock changes); the client's pool, of up to
+        *max_connections*, is where a command goes while that connection is
+        down, and asyncstampede never asks it for more connections than it
+        has, so a burst waits for a free one instead of failing. A failed
+        command is retried (every command and script is safe to run twice).
+        The client is closed with the instance.
+
+        Args:
+            url: A ``redis://``, ``rediss://`` or ``unix://`` URL.
+            max_connections: Size of the connection pool.
+            socket_timeout: Seconds before a Redis command is deemed failed.
+            **settings: Any keyword argument of `Stampede`.
+
+        Raises:
+            TypeError: *max_connections* is not an int, or a setting has the wrong type.
+            ValueError: *max_connections* is below 1, *socket_timeout* is not a
+                positive number, or a setting is out of range.
+
+        """
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"max_connections must be an int, not {type(max_connections).__name__}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        positive("socket_timeout", socket_timeout)
+        client = client_from_url(
+            url, max_connections=max_connections, socket_timeout=socket_timeout
+        )
+        stampede = cls(client, **settings)
+        backend = stampede._rt.backend
+        assert isinstance(backend, RedisBackend)
+        backend.owns_client = True
+        return stampede
+
+    @property
+    def namespace(self) -> str:
+        """The prefix of every key this instance touches."""
+        return self._namespace
+
+    async def __aenter__(self) -> Self:
+        await self._lifecycle.enter(needs_asyncio=isinstance(self._rt.backend, RedisBackend))
+        if self._settings.check:
+            try:
+                await self.check()
+            except BaseException:
+                await self.aclose()
+                raise
+        return self
+
+    async def check(self) -> None:
+        """Verify that Redis accepts everything this instance will send; raise what it refuses.
+
+        One of each: ``PING``, a read, loading the scripts, a lock taken on
+        a probe key of the namespace (``<namespace>:{asyncstampede:check}:l``,
+        held for at most a second) and released, and the handshake of the
+        connections that watch locks. Embedded mode has nothing to check.
+
+        Raises:
+            BackendRefusedError: Redis refused something (the message has its
+                own words and, where known, the ACL rule or setting to change).
+            BackendUnavailableError: Redis cannot be reached.
+            ClosedError: the instance is not entered or is closed.
+
+        """
+        self._lifecycle.task_group()
+        await self._rt.backend.check(make_names(self._namespace, "asyncstampede:check"))
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the reader and every resolution in flight (their callers get `ClosedError`).
+
+        Callers waiting in tasks outside the ``async with`` block get
+        `ClosedError`; tasks inside it (under its cancel scope, as in a task
+        group opened within it) are cancelled with it.
+
+        Raises:
+            RuntimeError: called from a task other than the one that entered
+                the instance (nothing is changed).
+            ReentrantCallError: called from inside one of this instance's
+                computes (it would cancel itself half-way).
+            WrongEventLoopError: called from another event loop than the one
+                that entered the instance.
+
+        """
+        await self._lifecycle.close()
+
+    def statistics(self) -> Statistics:
+        """Return a snapshot of this instance's counters and gauges."""
+        backend = self._rt.backend
+        return self._rt.counters.snapshot(
+            reconnects=backend.reconnects,
+            connect_errors=backend.connect_errors,
+            refused_connections=backend.refused_connections,
+            in_flight=len(self._rt.flights),
+            refreshing=len(self._rt.refreshing),
+        )
+
+    async def invalidate(self, key: str) -> None:
+        """Delete *key*'s value; no caller in this process gets a value computed before.
+
+        A compute already running for *key* will not write, and once this
+        returns, callers of this process no longer join it: they start a new
+        resolution (callers that joined it before still get its value).
+
+        Raises:
+            TypeError: *key* is not a ``str``.
+            BackendError: Redis failed (the in-process resolution is detached
+                all the same).
+            ReentrantCallError: called from inside the compute of *key*.
+            ClosedError: the instance is not entered or is closed.
+            WrongEventLoopError: called from another event loop.
+
+        """
+        key = plain_key(key)
+        names = make_names(self._namespace, key)
+        self._lifecycle.task_group()
+        rt = self._rt
+        if computing.get():
+            check_reentry(rt.flights, rt.store, key, names.lock, "invalidating")
+        try:
+            await rt.backend.invalidate(names)
+        finally:
+            # Detached, like Go singleflight's Forget: whatever it returns was
+            # computed from data older than this invalidation.
+            flight = rt.flights.pop(key, None)
+            if flight is not None:
+                flight.detached = True
+
+    async def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[[], Awaitable[T]],
+        ttl: float,
+        *,
+        beta: float | Unset = UNSET,
+        stale_while_revalidate: float | Unset = UNSET,
+        stale_if_error: float | Unset = UNSET,
+        soft_timeout: float | Unset | None = UNSET,
+        hard_timeout: float | Unset | None = UNSET,
+        ttl_jitter: float | Unset = UNSET,
+        negative_ttl: float | Unset | None = UNSET,
+    ) -> T:
+        """Return the cached value of *key*, computing it with *fn* at most once.
+
+        Concurrent callers of one key share one resolution in this process and,
+        through the Redis lock, across every process using the same Redis and
+        namespace. The value is fresh for *ttl* seconds; the freshness
+        arguments override the instance's settings for this call (see
+        `Stampede`): left out, the instance's setting applies; ``None``
+        turns ``soft_timeout``, ``hard_timeout`` or ``negative_ttl`` off for
+        the call, ``0`` turns ``beta`` or a stale window off.
+
+        The result is the value as stored: it went through the codec (``bytes``
+        raw, anything else JSON via orjson), so a tuple comes back as a list on
+        every call, the first included. It is the caller's own: changing it
+        changes nothing stored and nothing another caller got (unless the
+        instance was made with ``share_values=True``). See the call's
+        contract in ``docs/how-it-works.md``.
+
+        Args:
+            key: The cache key.
+            fn: A zero-argument callable returning an awaitable of the value.
+            ttl: Seconds the value stays fresh.
+            beta: XFetch early-refresh strength for this call (0 turns it off).
+            stale_while_revalidate: Seconds past freshness a value is still
+                served at once while one refresh runs.
+            stale_if_error: Seconds past freshness a value is served when the
+                compute fails or times out.
+            soft_timeout: Seconds after which a stale value (if any) is served
+                while the compute goes on and still fills the cache.
+            hard_timeout: Seconds after which the compute is cancelled.
+            ttl_jitter: Fraction of *ttl* added at random, so keys written
+                together do not expire together.
+            negative_ttl: Seconds to remember a ``None`` result or a failure.
+
+        Raises:
+            TypeError: *key* is not a ``str`` or *fn* is not callable.
+            ValueError: a duration is not a positive number, or *key* is empty.
+            SerializationError: the computed value cannot be serialized.
+            ValueTooLargeError: the serialized value is over ``max_value_bytes``.
+            ComputeTimeoutError: *hard_timeout* passed and no stale value could
+                be served.
+            ComputeFailedError: the compute failed less than *negative_ttl*
+                ago, or raised ``CancelledError`` by itself.
+            BackendError: Redis failed and ``fail_open`` is off.
+            WaitTimeoutError: waiting passed ``wait_timeout`` and ``on_wait_timeout="raise"``.
+            ReentrantCallError: called from inside the compute of *key* (or
+                of a key whose compute asked for this one).
+            ClosedError: the instance is not entered or is closed.
+            WrongEventLoopError: called from another event loop than the one
+                that entered the instance.
+            Exception: whatever *fn* raised, when no stale value could be
+                served (each coalesced caller gets its own copy of it).
+
+        """
+        if type(key) is not str:
+            key = plain_key(key)  # an enum member names the entry of its text
+        names = self._names.get(key)
+        if names is None:
+            names = self._names_for(key)
+        if not callable(fn):
+            refuse_fn(fn)
+        ttl = ttl_ms(ttl)
+        rt = self._rt
+        policy = self._settings.policy
+        if not (
+            beta is stale_while_revalidate is stale_if_error is soft_timeout is UNSET
+            and hard_timeout is ttl_jitter is negative_ttl is UNSET
+        ):
+            policy = policy.override(
+                beta=beta,
+                stale_while_revalidate=stale_while_revalidate,
+                stale_if_error=stale_if_error,
+                soft_timeout=soft_timeout,
+                hard_timeout=hard_timeout,
+                ttl_jitter=ttl_jitter,
+                negative_ttl=negative_ttl,
+            )
+        tg = self._lifecycle.task_group()
+        asking = (
+            check_reentry(rt.flights, rt.store, key, names.lock, "asking for")
+            if computing.get()
+            else None
+        )
+        return await get(rt, tg, key, names, fn, ttl, policy, asking)  # type: ignore[no-any-return]
+
+    def _names_for(self, key: object) -> KeyNames:
+        """Build (and remember, for hot keys) the Redis names of *key*."""
+        names = make_names(self._namespace, key)
+        if len(self._names) >= _NAMES_CACHED:
+            self._names.clear()  # crude but O(1); hot keys are back in one call
+        self._names[key] = names  # type: ignore[index]  # make_names checked it is a str
+        return names

@@ -1,0 +1,142 @@
+"""Waiting for another holder: returns a value, a takeover, a timeout or a Redis failure.
+
+A waiter never computes: what to do with a takeover (lead), a timeout
+(compute unlocked, or raise) or a failure (fail open) is the miss driver's
+call (``_resolve``). Every value found is judged by the caller's own
+freshness verdict before it is handed over.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias, final
+
+import anyio
+
+from ._backends.base import Acquired, Held, Hit
+from ._backends.interest import Interest
+from ._backends.messages import Signal, Value
+from ._exceptions import BackendError
+from ._runtime import Request, Runtime, value_of
+
+__all__ = ["RESOLVED", "TIMED_OUT", "Served", "WaitOutcome", "takeover_delay", "wait"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A value for the callers: found after a wake-up, or the stale fallback."""
+
+    value: Any
+
+
+@final
+class _Marker:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+TIMED_OUT: Final = _Marker("TIMED_OUT")  # wait_timeout passed, no fallback to serve
+RESOLVED: Final = _Marker("RESOLVED")  # a value message already settled the flight
+
+WaitOutcome: TypeAlias = Served | Acquired | BackendError | _Marker
+
+
+async def wait(
+    rt: Runtime, req: Request, token: bytes, held: Held, interest: Interest, seen: bytes | None
+) -> WaitOutcome:
+    """Wait for another holder's commit: a change of its lock, the takeover timer, or the bound.
+
+    *interest* was registered before the lock was found *held*, so no
+    change since is missed. Each change is a reason to look again, not the
+    answer: a lock is also changed by its extension, or by a takeover.
+    *seen* is a stored payload already found unservable.
+
+    Returns:
+        `Served` (a value, or the stale fallback after ``soft_timeout`` or
+        ``wait_timeout``), `Acquired` (the lock is ours: a takeover),
+        `TIMED_OUT`, `RESOLVED`, or the `BackendError` Redis failed with.
+
+    Raises:
+        ComputeFailedError: the value found is a cached failure.
+
+    """
+    rt.counters.remote_waits += 1
+    rt.counters.waiting += 1
+    try:
+        return await _wait(rt, req, token, held, interest, seen)
+    finally:
+        rt.counters.waiting -= 1
+
+
+async def _wait(
+    rt: Runtime, req: Request, token: bytes, held: Held, interest: Interest, seen: bytes | None
+) -> WaitOutcome:
+    counters = rt.counters
+    now = anyio.current_time
+    started = now()
+    deadline = started + rt.settings.wait_timeout
+    soft = req.policy.soft_timeout if req.stale is not None else None
+    timer = takeover_delay(held.pttl_ms)
+    expires = started + held.pttl_ms / 1000  # when the holder's lock runs out
+    while True:
+        if soft is not None and now() - started >= soft:
+            stale = req.usable_stale()
+            if stale is not None:
+                counters.soft_timeouts += 1
+                return Served(stale.value)
+            soft = None  # its stale window closed meanwhile
+        remaining = deadline - now()
+        if remaining <= 0:
+            counters.wait_timeouts += 1
+            stale = req.usable_stale()
+            return TIMED_OUT if stale is None else Served(stale.value)
+        within = min(timer, remaining)
+        if soft is not None:
+            within = min(within, max(0.0, started + soft - now()))
+        message = await interest.wait(within)
+        if interest.resolved:
+            return RESOLVED
+        if message is not None and message is not Signal.RECHECK and type(message) is not Value:
+            # (A value message reaches this task only when the flight's
+            # handler could not use it: corrupt or too old. Look again.)
+            counters.wakeups += 1
+        if message is None and now() >= deadline:
+            continue
+        # ABSENT: the listener read the value just after the change and
+        # found none, so only the lock is in question.
+        state = await rt.acquire(
+            req.names, token, read=message is not Signal.ABSENT, seen=seen, recheck=True
+        )
+        if isinstance(state, BackendError):
+            return state
+        if isinstance(state, Hit):
+            found = rt.decode(state.payload)
+            if found is not None and req.accepts(found):
+                return Served(value_of(found))
+            # Corrupt, or too old for this call (the stale value it
+            # started from): ask about the lock alone, right away.
+            seen = state.payload
+            timer = 0.0
+            continue
+        if isinstance(state, Acquired):
+            # Whether the timer fired or Redis reported the expiry: a lock
+            # taken once the last one ran out (not released) is a takeover.
+            if now() >= expires - 0.005:
+                counters.takeovers += 1
+            interest.close()
+            return state
+        timer = takeover_delay(state.pttl_ms)
+        expires = now() + state.pttl_ms / 1000
+
+
+def takeover_delay(pttl_ms: int) -> float:
+    """Seconds until a holder's lock expires, plus jitter so waiters spread out."""
+    base = max(pttl_ms, 0) / 1000
+    return base + random.uniform(0.001, 0.005 + base * 0.02)
