@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 __all__ = ["KeyNames", "make_names", "plain_key", "validate_namespace", "value_name_of"]
 
+_NAMES_CACHED = 4096  # keys whose Redis names a NamesCache keeps ready
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -75,6 +76,23 @@ def make_names(namespace: str, key: object) -> KeyNames:
     # surrogatepass: a lone surrogate is still a distinct, storable key.
     base = f"{namespace}:{{{key}}}:".encode("utf-8", "surrogatepass")
     return KeyNames(base + b"v", base + b"l")
+
+
+class NamesCache(dict[str, KeyNames]):
+    """The Redis names of recently used keys of one namespace (hot keys skip building them)."""
+
+    __slots__ = ("namespace",)
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__()
+        self.namespace = namespace
+
+    def __missing__(self, key: str) -> KeyNames:
+        names = make_names(self.namespace, key)
+        if len(self) >= _NAMES_CACHED:
+            self.clear()  # crude but O(1); hot keys are back in one call
+        self[key] = names
+        return names
 
 
 def value_name_of(lock: bytes) -> bytes:

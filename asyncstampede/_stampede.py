@@ -33,8 +33,8 @@ from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import check_client, client_from_url
 from ._compute import refuse_fn
 from ._flight import check_reentry, computing
-from ._freshness import UNSET, Unset, positive, ttl_ms
-from ._keys import KeyNames, make_names, plain_key
+from ._freshness import UNSET, Unset, ttl_ms
+from ._keys import NamesCache, make_names, plain_key
 from ._lifecycle import Lifecycle
 from ._problems import ProblemLog
 from ._read import get
@@ -45,8 +45,6 @@ from ._stats import Statistics
 __all__ = ["Stampede"]
 
 T = TypeVar("T")
-
-_NAMES_CACHED = 4096  # keys whose Redis names are kept ready
 
 
 @final
@@ -178,7 +176,7 @@ class Stampede:
         self._settings = settings
         self._namespace = settings.namespace
         self._lifecycle = Lifecycle(self._rt)
-        self._names: dict[str, KeyNames] = {}
+        self._names = NamesCache(settings.namespace)
 
     @classmethod
     def from_url(
@@ -211,11 +209,6 @@ class Stampede:
                 positive number, or a setting is out of range.
 
         """
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise TypeError(f"max_connections must be an int, not {type(max_connections).__name__}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-        positive("socket_timeout", socket_timeout)
         client = client_from_url(
             url, max_connections=max_connections, socket_timeout=socket_timeout
         )
@@ -395,15 +388,13 @@ class Stampede:
         """
         if type(key) is not str:
             key = plain_key(key)  # an enum member names the entry of its text
-        names = self._names.get(key)
-        if names is None:
-            names = self._names_for(key)
+        names = self._names[key]
         if not callable(fn):
             refuse_fn(fn)
         ttl = ttl_ms(ttl)
         rt = self._rt
         policy = self._settings.policy
-        if not (
+        if not (  # (every override left out: the instance's policy as it is)
             beta is stale_while_revalidate is stale_if_error is soft_timeout is UNSET
             and hard_timeout is ttl_jitter is negative_ttl is UNSET
         ):
@@ -423,11 +414,3 @@ class Stampede:
             else None
         )
         return await get(rt, tg, key, names, fn, ttl, policy, asking)  # type: ignore[no-any-return]
-
-    def _names_for(self, key: object) -> KeyNames:
-        """Build (and remember, for hot keys) the Redis names of *key*."""
-        names = make_names(self._namespace, key)
-        if len(self._names) >= _NAMES_CACHED:
-            self._names.clear()  # crude but O(1); hot keys are back in one call
-        self._names[key] = names  # type: ignore[index]  # make_names checked it is a str
-        return names

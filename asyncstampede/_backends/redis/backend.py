@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, final
 
 import anyio
 import anyio.abc
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ..._exceptions import BackendError, BackendRefusedError
 from ..._keys import KeyNames, value_name_of
@@ -32,11 +28,12 @@ from ..._problems import ProblemLog
 from ..base import ACQUIRED, Acquired, Held, Hit
 from ..interest import UNTRACKED, Listener
 from . import scripts as _scripts
-from .errors import address_of, is_refusal, map_error
+from .errors import address_of
 from .listener import RedisListener
-from .mux import UNAVAILABLE, Multiplexer
+from .mux import Multiplexer
+from .route import Route
 from .scripts import COMMITTED, COMMITTED_MS, committed_ms
-from .wire import link_factory, pooled_command, redis_py_problems
+from .wire import link_factory, redis_py_problems
 
 __all__ = ["RedisBackend"]
 
@@ -65,16 +62,6 @@ class RedisBackend:
         self._namespace = namespace
         self.address = address_of(kwargs)
         self.problems = problems if problems is not None else ProblemLog()
-        # A plain ConnectionPool raises once max_connections are in use: keep
-        # our own commands below that, so a burst waits instead of failing.
-        # (The pool is the fallback: the request path has a pipelined
-        # connection of its own, the listener two more, all outside it.)
-        self._gate: AbstractAsyncContextManager[Any]
-        if isinstance(pool, BlockingConnectionPool):
-            self._gate = nullcontext()
-        else:
-            # fast_acquire: no checkpoint (an extra event-loop turn) when free.
-            self._gate = anyio.Semaphore(max(1, int(pool.max_connections)), fast_acquire=True)
         self._commit = client.register_script(_scripts.COMMIT)
         self._release = client.register_script(_scripts.RELEASE)
         self._extend = client.register_script(_scripts.EXTEND)
@@ -113,9 +100,20 @@ class RedisBackend:
                 problems=self.problems,
             )
         )
-        self._mux = Multiplexer(
-            link_factory(pool), address=self.address, timeout=timeout, problems=self.problems
+        self._route = Route(
+            client,
+            Multiplexer(
+                link_factory(pool), address=self.address, timeout=timeout, problems=self.problems
+            ),
+            address=self.address,
+            namespace=namespace,
+            problems=self.problems,
         )
+        self._mux = self._route.mux
+        self._send = self._route.send
+        self._execute = self._route.execute
+        self._script = self._route.script
+        self._map = self._route.map
 
     @property
     def reconnects(self) -> int:
@@ -160,18 +158,11 @@ class RedisBackend:
         use; a refusal (no permission to load scripts) is logged.
         """
         try:
-            await self._load_scripts()
+            await self._route.load_scripts(self._scripts)
         except BackendRefusedError as exc:
             self.problems.report(exc, "loading the scripts at start")
         except BackendError:
             pass
-
-    async def _load_scripts(self) -> None:
-        for script in self._scripts:
-            try:
-                await self._execute("SCRIPT", "LOAD", script.script)
-            except (RedisError, OSError) as exc:
-                raise self._map(exc, "SCRIPT LOAD") from exc
 
     async def check(self, names: KeyNames) -> None:
         """Send every kind of command asyncstampede uses once; raise the first refusal.
@@ -188,7 +179,7 @@ class RedisBackend:
         """
         await self._send("PING")
         await self._send("GET", names.value)
-        await self._load_scripts()
+        await self._route.load_scripts(self._scripts)
         token = os.urandom(16)
         holder = await self._lock_or_holder(names.lock, token, 1000)
         if holder is None or holder == token:
@@ -201,9 +192,6 @@ class RedisBackend:
     def client(self) -> Redis:
         """The redis-py client in use."""
         return self._client
-
-    def _map(self, exc: BaseException, command: str | None) -> BackendError:
-        return map_error(exc, address=self.address, command=command, namespace=self._namespace)
 
     async def acquire(
         self,
@@ -310,88 +298,6 @@ class RedisBackend:
         data = await self._send("GET", names.value)
         return data if data is None or isinstance(data, bytes) else bytes(data)
 
-    async def _send(self, *args: Any) -> Any:
-        """Send one command of the request path and return its reply.
-
-        Raises:
-            BackendError: Redis failed or refused the command.
-
-        """
-        # `_execute` spelled out: a hit is this call, and a frame less counts.
-        try:
-            reply = await self._mux.execute(*args)
-        except ResponseError as exc:
-            raise self._map(exc, str(args[0])) from exc
-        except RedisError:  # the connection went down with this command in flight
-            reply = UNAVAILABLE
-        if reply is UNAVAILABLE:
-            try:
-                reply = await self._command(*args)
-            except (RedisError, OSError) as exc:
-                raise self._map(exc, str(args[0])) from exc
-        return reply
-
-    async def _execute(self, *args: Any) -> Any:
-        """`_send` with redis-py's own errors.
-
-        On the auto-pipelined connection (see ``_mux``) when it is up, else,
-        or when it fails with the command in flight, on a pooled connection
-        (every command asyncstampede sends is safe to send twice).
-        """
-        try:
-            reply = await self._mux.execute(*args)
-        except ResponseError:
-            raise
-        except RedisError:  # the connection went down with this command in flight
-            reply = UNAVAILABLE
-        if reply is UNAVAILABLE:
-            reply = await self._command(*args)
-        return reply
-
-    async def _script(self, script: AsyncScript, keys: list[bytes], args: list[Any]) -> Any:
-        """Run *script* like `_send`.
-
-        A server that lost it (``NOSCRIPT``: restarted, flushed, failed over)
-        gets it again and the call is repeated once. That is judged by the
-        error's type: redis-py strips the ``NOSCRIPT`` code from its text.
-        """
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            try:
-                return await self._execute(*command)
-            except NoScriptError:
-                self.problems.say(
-                    logging.WARNING,
-                    f"Redis at {self.address} lost its scripts (restarted, flushed or "
-                    "failed over); loading them again",
-                )
-                await self._execute("SCRIPT", "LOAD", script.script)
-                return await self._execute(*command)
-        except (RedisError, OSError) as exc:
-            raise self._map(exc, "EVALSHA") from exc
-
-    async def _command(self, *args: Any) -> Any:
-        """Send one command on a pooled connection and return its reply (redis-py's errors).
-
-        It talks to a pooled connection directly instead of going through
-        ``Redis.execute_command`` (whose retry and instrumentation layers
-        cost about a tenth of a hit). What those layers would do is done
-        here: a connection that fails is replaced and the command tried once
-        more (every command sent this way is safe to repeat); the pool's
-        socket timeouts apply; a cancelled command drops its connection
-        (redis-py does that).
-        """
-        pool = self._client.connection_pool
-        for attempt in (1, 2):
-            try:
-                async with self._gate:
-                    return await pooled_command(pool, *args)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                # A new connection cannot fix a refused password or certificate.
-                if attempt == 2 or is_refusal(exc):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.commit`."""
         reply = await self._script(
@@ -425,7 +331,7 @@ class RedisBackend:
         Returns whether it was deleted, or None when that failed too (logged).
         """
         try:
-            async with self._gate, self._client.pipeline(transaction=True) as pipe:
+            async with self._route.gate, self._client.pipeline(transaction=True) as pipe:
                 await pipe.watch(lock)
                 if await pipe.get(lock) != token:
                     return False

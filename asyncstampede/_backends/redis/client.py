@@ -7,6 +7,8 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from ..._freshness import positive
+
 __all__ = ["check_client", "client_from_url"]
 
 
@@ -42,7 +44,18 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     ``asyncio.Condition`` round on every command, which cost 5-10% of a
     cache hit. A failed command is retried (every command and script
     asyncstampede sends is safe to run twice).
+
+    Raises:
+        TypeError: *max_connections* is not an int.
+        ValueError: *max_connections* is below 1, or *socket_timeout* is not
+            a positive number.
+
     """
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise TypeError(f"max_connections must be an int, not {type(max_connections).__name__}")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+    positive("socket_timeout", socket_timeout)
     pool = ConnectionPool.from_url(
         url,
         max_connections=max_connections,
