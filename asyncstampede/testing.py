@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -106,6 +107,27 @@ class RedisServer:
         if not self._launch(timeout):
             raise RuntimeError(f"{self._binary} did not restart on port {self.port}")
 
+    def pause(self) -> None:
+        """Freeze the server (``SIGSTOP``): what a network partition or a stuck server looks like.
+
+        Connections stay open and nothing answers; `resume` ends it. The
+        server is resumed by `stop` too.
+
+        Raises:
+            RuntimeError: the server is not running.
+
+        """
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a `pause`d server run again (``SIGCONT``)."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("the server is not running")
+        self._proc.send_signal(signum)
+
     def _launch(self, timeout: float) -> bool:
         assert self._dir is not None
         args = [
@@ -149,6 +171,7 @@ class RedisServer:
         """Stop the server and delete its folder."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
             proc.terminate()
             try:
                 proc.wait(5)

@@ -16,8 +16,9 @@ up), `execute` answers `UNAVAILABLE` and the caller uses the pool.
 Replies are matched to callers by order alone, so a command is packed before
 its slot is queued (a command that cannot be packed fails its caller and
 nobody else), and a caller waits for the socket to drain once the unsent
-bytes pass `_HIGH_WATER` (a slow server pushes back instead of growing the
-buffer without bound).
+bytes pass `_HIGH_WATER`: a slow or stopped server pushes back, and the
+buffer stays within that mark plus what one loop turn asks for, instead of
+growing without bound.
 """
 
 from __future__ import annotations
