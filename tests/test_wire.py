@@ -45,7 +45,7 @@ def paused_server() -> Iterator[RedisServer]:
 async def test_a_command_that_cannot_be_encoded_fails_only_its_caller(
     redis_url: str, namespace: str
 ) -> None:
-    """Among 300 concurrent reads, an unencodable command fails alone; every read gets its own reply."""
+    """Among 300 concurrent reads an unencodable command fails alone; each read gets its reply."""
     async with Stampede.from_url(redis_url, namespace=namespace) as cache:
         mux = _mux(cache)
         await _until_connected(mux)
