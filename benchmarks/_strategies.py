@@ -205,10 +205,10 @@ class AsyncStampedePublishedXFetch(AsyncStampede):
     name = "asyncstampede-xfetch-published"
 
     async def start(self, url: str, namespace: str) -> None:
-        from asyncstampede import _core
+        from asyncstampede import _freshness
 
-        _core._XFETCH_REACH = float("inf")  # this worker process only
-        _core._XFETCH_SHARE_OF_TTL = 1.0
+        _freshness._XFETCH_REACH = float("inf")  # this worker process only
+        _freshness._XFETCH_SHARE_OF_TTL = 1.0
         await super().start(url, namespace)
 
 
