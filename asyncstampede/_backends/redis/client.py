@@ -7,8 +7,6 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ..._freshness import positive
-
 __all__ = ["check_client", "client_from_url"]
 
 
@@ -48,14 +46,21 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     Raises:
         TypeError: *max_connections* is not an int.
         ValueError: *max_connections* is below 1, or *socket_timeout* is not
-            a positive number.
+            a positive number of seconds (at most a day).
 
     """
     if isinstance(max_connections, bool) or not isinstance(max_connections, int):
         raise TypeError(f"max_connections must be an int, not {type(max_connections).__name__}")
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-    positive("socket_timeout", socket_timeout)
+    if (
+        isinstance(socket_timeout, bool)
+        or not isinstance(socket_timeout, (int, float))
+        or not 0 < socket_timeout <= 86_400
+    ):
+        raise ValueError(
+            f"socket_timeout must be a positive number of seconds, got {socket_timeout!r}"
+        )
     pool = ConnectionPool.from_url(
         url,
         max_connections=max_connections,
