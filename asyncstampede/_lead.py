@@ -71,6 +71,13 @@ async def lead(rt: Runtime, req: Request, token: bytes) -> Any:
 
 
 async def compute_and_commit(rt: Runtime, req: Request, token: bytes) -> Any:
+    """Compute under the lock *token* (kept alive meanwhile), commit, and return the value.
+
+    A failed compute serves the stale fallback (fail-safe), is remembered
+    (``negative_ttl``), or releases the lock at once, then raises. A commit
+    Redis fails or refuses releases the lock too; the value still reaches
+    the callers unless ``fail_open`` is off.
+    """
     names = req.names
     failure: Exception | None = None
     rt.keeper.hold(token, names)

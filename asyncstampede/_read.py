@@ -19,12 +19,14 @@ import anyio.abc
 from ._envelope import DecodeError, decode
 from ._exceptions import BackendError
 from ._flight import Flight, blocked_on
-from ._freshness import Policy, xfetch_due
+from ._freshness import Policy, Verdict, judge, xfetch_due
 from ._keys import KeyNames
 from ._resolve import resolve, serve
 from ._runtime import Again, Request, Runtime, now_ms, value_of
 
 __all__ = ["get"]
+
+FRESH = Verdict.FRESH
 
 
 async def get(
@@ -75,10 +77,8 @@ async def get(
                 else:
                     # The common case, kept lean: fresh, and XFetch not due.
                     now = now_ms()
-                    if (
-                        now < envelope.fresh_until_ms
-                        and not envelope.failed
-                        and not xfetch_due(now, envelope, policy.beta, 1.0 - random.random())
+                    if judge(envelope, now, policy) is FRESH and not xfetch_due(
+                        now, envelope, policy.beta, 1.0 - random.random()
                     ):
                         rt.counters.hits += 1
                         rt.finish(key, flight, value=envelope.value)
