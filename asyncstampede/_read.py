@@ -1,101 +1,86 @@
-"""The first read: a hit is served in the caller's own task; a miss is handed to the driver.
+"""After the first read: serve what may be served, hand the rest to the miss driver.
 
-Callers of one key in one process share one `Flight`: the first starts it,
-the others join it. The starting caller reads with one plain ``GET`` (one
-round trip, no task switch). Anything but a fresh value goes to the miss
-driver (``_resolve``), in a task of the instance, so that no caller's
-cancellation cancels a resolution others are waiting on.
+The first read is a plain ``GET`` in the caller's own task, in
+``Stampede.get_or_compute`` (one round trip, no task switch, no extra
+frame: a fresh value is returned right there). Everything else comes here,
+synchronously: a value the verdict allows is served (maybe starting one
+background refresh); anything else is handed to the miss driver
+(``_resolve``) in a task of the instance, so that no caller's cancellation
+cancels a resolution others are waiting on.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.abc
 
-from ._envelope import DecodeError, decode
+from ._envelope import Envelope
 from ._exceptions import BackendError
 from ._flight import Flight, blocked_on
-from ._freshness import Policy, Verdict, judge, xfetch_due
+from ._freshness import Policy
 from ._keys import KeyNames
 from ._resolve import resolve, serve
-from ._runtime import Again, Request, Runtime, now_ms, value_of
+from ._runtime import Again, Request, Runtime, value_of
 
-__all__ = ["get"]
+__all__ = ["HANDED_OFF", "LOOK", "await_flight", "hand_off", "read_interrupted"]
 
-FRESH = Verdict.FRESH
+LOOK: Final = Again(read=False)  # nothing usable was read: go for the lock
+HANDED_OFF: Final = object()  # the miss driver resolves the flight
 
 
-async def get(
+def hand_off(
+    rt: Runtime,
+    tg: anyio.abc.TaskGroup,
+    req: Request,
+    first: BackendError | Again,
+    envelope: Envelope | None = None,
+    payload: bytes = b"",
+) -> Any:
+    """Serve *envelope* if its verdict allows; else start the miss driver and return `HANDED_OFF`.
+
+    *first* is what the read gave the driver to start from: a Redis
+    failure, or what to ask again (a stored value not to serve).
+
+    Raises:
+        ComputeFailedError: *envelope* is a cached failure, still fresh.
+
+    """
+    if envelope is not None and serve(rt, req, envelope, payload, xfetch_drawn=True):
+        value = value_of(envelope)
+        rt.finish(req.key, req.flight, value=value)
+        return value
+    tg.start_soon(resolve, rt, req, first)
+    return HANDED_OFF
+
+
+def read_interrupted(
     rt: Runtime,
     tg: anyio.abc.TaskGroup,
     key: str,
     names: KeyNames,
+    flight: Flight,
     fn: Callable[[], Awaitable[Any]],
     ttl_ms: int,
     policy: Policy,
-    asking: Flight | None,
-) -> Any:
-    """Return *key*'s value: joined from a flight, read, or resolved by the driver.
+    exc: BaseException,
+) -> None:
+    """Leave the flight in good hands when the first read ends with *exc* (the caller re-raises).
 
-    *asking* is the flight of the compute this call comes from, if any (its
-    waits are recorded, so cycles between computes are refused).
+    A cancelled caller may have others of this process waiting on its
+    flight: the driver resolves it (reading again first). Any other error
+    fails the flight.
     """
-    flight = rt.flights.get(key)
-    if flight is not None:
-        rt.counters.coalesced += 1
-        if asking is not None:
-            return await blocked_on(asking, flight, started=False)
-        return await flight.outcome()
-    flight = rt.flights[key] = Flight(rt.settings.share_values)
-    req: Request | None = None
-    try:
-        # The first read is a plain GET in the caller's own task: a hit
-        # costs one round trip and no task switch. A miss hands the rest
-        # of the resolution to a task of this instance (see _resolve),
-        # which goes straight for the lock.
-        first: BackendError | Again = Again(read=False)
-        try:
-            payload = await rt.backend.read(names)
-        except BackendError as exc:
-            first = exc
-        except anyio.get_cancelled_exc_class():
-            # Others of this process may be waiting on this flight.
-            req = Request(key, names, flight, fn, ttl_ms, policy)
-            tg.start_soon(resolve, rt, req, Again(read=True))
-            raise
-        else:
-            if payload is not None:
-                try:
-                    envelope = decode(payload, max_value_bytes=rt.settings.max_value_bytes)
-                except DecodeError:
-                    rt.counters.decode_errors += 1
-                    first = Again(read=False, seen=payload)  # corrupt: go for the lock
-                else:
-                    # The common case, kept lean: fresh, and XFetch not due.
-                    now = now_ms()
-                    if judge(envelope, now, policy) is FRESH and not xfetch_due(
-                        now, envelope, policy.beta, 1.0 - random.random()
-                    ):
-                        rt.counters.hits += 1
-                        rt.finish(key, flight, value=envelope.value)
-                        return envelope.value
-                    req = Request(key, names, flight, fn, ttl_ms, policy)
-                    if serve(rt, req, envelope, payload, xfetch_drawn=True):
-                        value = value_of(envelope)
-                        rt.finish(key, flight, value=value)
-                        return value
-                    first = Again(read=False, seen=payload)  # too stale to serve
-        if req is None:
-            req = Request(key, names, flight, fn, ttl_ms, policy)
-        tg.start_soon(resolve, rt, req, first)
-    except BaseException as exc:
-        if not flight.done and not isinstance(exc, anyio.get_cancelled_exc_class()):
-            rt.finish(key, flight, error=exc)
-        raise
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        tg.start_soon(resolve, rt, Request(key, names, flight, fn, ttl_ms, policy), Again(True))
+    elif not flight.done:
+        rt.finish(key, flight, error=exc)
+
+
+async def await_flight(flight: Flight, asking: Flight | None, *, started: bool) -> Any:
+    """Wait for *flight*'s outcome (recording the wait when a compute is *asking*)."""
     if asking is not None:
-        return await blocked_on(asking, flight, started=True)
-    return await flight.outcome(started=True)
+        return await blocked_on(asking, flight, started=started)
+    return await flight.outcome(started=started)

@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from typing import Any, final
 
 import anyio.abc
+from redis.asyncio import Redis
 
 from ._backends.base import Acquired, Backend, Held, Hit
+from ._backends.memory import MemoryBackend
+from ._backends.redis.backend import RedisBackend
+from ._backends.redis.client import check_client
 from ._envelope import DecodeError, Envelope, decode
 from ._exceptions import BackendError, BackendRefusedError, ComputeFailedError
 from ._flight import Flight
@@ -18,7 +22,7 @@ from ._keys import KeyNames
 from ._lock_keeper import LockKeeper
 from ._problems import ProblemLog
 from ._settings import Settings
-from ._stats import Counters
+from ._stats import Counters, Statistics
 
 __all__ = ["Again", "Request", "Runtime", "failure_of", "now_ms", "value_of"]
 
@@ -61,6 +65,56 @@ class Runtime:
         self.refreshing: set[str] = set()  # keys with a background refresh running
         # key -> monotonic time before which no background refresh of it starts
         self.refresh_after: dict[str, float] = {}
+
+    @classmethod
+    def over(cls, redis: Redis | None, settings: Settings) -> Runtime:
+        """Build the parts over *redis* (a client, checked), or embedded when None.
+
+        Raises:
+            TypeError: *redis* is not a ``redis.asyncio.Redis`` client.
+            ValueError: the client decodes responses.
+
+        """
+        problems = ProblemLog()
+        if redis is None:
+            memory = MemoryBackend(max_entries=settings.max_entries)
+            return cls(settings, memory, memory, problems)
+        check_client(redis)
+        backend = RedisBackend(
+            redis, owns_client=False, namespace=settings.namespace, problems=problems
+        )
+        return cls(settings, backend, backend.address, problems)
+
+    @property
+    def over_redis(self) -> bool:
+        """Whether the store is Redis (which needs asyncio)."""
+        return isinstance(self.backend, RedisBackend)
+
+    def own_client(self) -> None:
+        """Close the Redis client with the instance (it is ``from_url``'s own)."""
+        if isinstance(self.backend, RedisBackend):
+            self.backend.owns_client = True
+
+    def statistics(self) -> Statistics:
+        """Return a snapshot of the counters and gauges."""
+        backend = self.backend
+        return self.counters.snapshot(
+            reconnects=backend.reconnects,
+            connect_errors=backend.connect_errors,
+            refused_connections=backend.refused_connections,
+            in_flight=len(self.flights),
+            refreshing=len(self.refreshing),
+        )
+
+    def detach(self, key: str) -> None:
+        """Take *key*'s flight out of the table: nothing it computes is stored or joined.
+
+        Like Go singleflight's ``Forget``, for an invalidation: whatever the
+        flight returns was computed from data older than it.
+        """
+        flight = self.flights.pop(key, None)
+        if flight is not None:
+            flight.detached = True
 
     def failed(self, exc: BackendError, doing: str, key: str | None = None) -> None:
         """Count and log a Redis failure met while *doing* something (a short phrase).

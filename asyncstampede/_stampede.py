@@ -21,24 +21,23 @@ path, module by module:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Literal, Self, TypeVar, Unpack, final
 
 from redis.asyncio import Redis
 
-from ._backends.base import Backend
-from ._backends.memory import MemoryBackend
-from ._backends.redis.backend import RedisBackend
-from ._backends.redis.client import check_client, client_from_url
+from ._backends.redis.client import client_from_url
 from ._compute import refuse_fn
-from ._flight import check_reentry, computing
-from ._freshness import UNSET, Unset, ttl_ms
+from ._envelope import DecodeError, decode
+from ._exceptions import BackendError
+from ._flight import Flight, check_reentry, computing
+from ._freshness import UNSET, Unset, Verdict, judge, ttl_ms, xfetch_due
 from ._keys import NamesCache, make_names, plain_key
 from ._lifecycle import Lifecycle
-from ._problems import ProblemLog
-from ._read import get
-from ._runtime import Runtime
+from ._read import HANDED_OFF, LOOK, await_flight, hand_off, read_interrupted
+from ._runtime import Again, Request, Runtime, now_ms
 from ._settings import MiB, Settings, StampedeSettings
 from ._stats import Statistics
 
@@ -161,18 +160,7 @@ class Stampede:
             check=check,
             share_values=share_values,
         )
-        problems = ProblemLog()
-        backend: Backend
-        store: object  # what stores the keys (see Runtime.store)
-        if redis is None:
-            backend = store = MemoryBackend(max_entries=max_entries)
-        else:
-            check_client(redis)
-            backend = RedisBackend(
-                redis, owns_client=False, namespace=settings.namespace, problems=problems
-            )
-            store = backend.address
-        self._rt = Runtime(settings, backend, store, problems)
+        self._rt = Runtime.over(redis, settings)
         self._settings = settings
         self._namespace = settings.namespace
         self._lifecycle = Lifecycle(self._rt)
@@ -189,12 +177,9 @@ class Stampede:
     ) -> Stampede:
         """Create a `Stampede` with its own client for the Redis at *url*.
 
-        Requests go out on one auto-pipelined connection of the instance's
-        own (plus two for lock changes); the client's pool, of up to
-        *max_connections*, is where a command goes while that connection is
-        down, and asyncstampede never asks it for more connections than it
-        has, so a burst waits for a free one instead of failing. A failed
-        command is retried (every command and script is safe to run twice).
+        The client's pool (of up to *max_connections*) is where commands go
+        while the instance's own connections are down; a burst waits for a
+        free connection instead of failing, and a failed command is retried.
         The client is closed with the instance.
 
         Args:
@@ -213,9 +198,7 @@ class Stampede:
             url, max_connections=max_connections, socket_timeout=socket_timeout
         )
         stampede = cls(client, **settings)
-        backend = stampede._rt.backend
-        assert isinstance(backend, RedisBackend)
-        backend.owns_client = True
+        stampede._rt.own_client()
         return stampede
 
     @property
@@ -224,7 +207,7 @@ class Stampede:
         return self._namespace
 
     async def __aenter__(self) -> Self:
-        await self._lifecycle.enter(needs_asyncio=isinstance(self._rt.backend, RedisBackend))
+        await self._lifecycle.enter(needs_asyncio=self._rt.over_redis)
         if self._settings.check:
             try:
                 await self.check()
@@ -279,14 +262,7 @@ class Stampede:
 
     def statistics(self) -> Statistics:
         """Return a snapshot of this instance's counters and gauges."""
-        backend = self._rt.backend
-        return self._rt.counters.snapshot(
-            reconnects=backend.reconnects,
-            connect_errors=backend.connect_errors,
-            refused_connections=backend.refused_connections,
-            in_flight=len(self._rt.flights),
-            refreshing=len(self._rt.refreshing),
-        )
+        return self._rt.statistics()
 
     async def invalidate(self, key: str) -> None:
         """Delete *key*'s value; no caller in this process gets a value computed before.
@@ -313,11 +289,7 @@ class Stampede:
         try:
             await rt.backend.invalidate(names)
         finally:
-            # Detached, like Go singleflight's Forget: whatever it returns was
-            # computed from data older than this invalidation.
-            flight = rt.flights.pop(key, None)
-            if flight is not None:
-                flight.detached = True
+            rt.detach(key)
 
     async def get_or_compute(
         self,
@@ -354,17 +326,13 @@ class Stampede:
             key: The cache key.
             fn: A zero-argument callable returning an awaitable of the value.
             ttl: Seconds the value stays fresh.
-            beta: XFetch early-refresh strength for this call (0 turns it off).
-            stale_while_revalidate: Seconds past freshness a value is still
-                served at once while one refresh runs.
-            stale_if_error: Seconds past freshness a value is served when the
-                compute fails or times out.
-            soft_timeout: Seconds after which a stale value (if any) is served
-                while the compute goes on and still fills the cache.
-            hard_timeout: Seconds after which the compute is cancelled.
-            ttl_jitter: Fraction of *ttl* added at random, so keys written
-                together do not expire together.
-            negative_ttl: Seconds to remember a ``None`` result or a failure.
+            beta: XFetch strength for this call (``0``: no early refresh).
+            stale_while_revalidate: Seconds a stale value is served while one refresh runs.
+            stale_if_error: Seconds a stale value is served when the compute fails.
+            soft_timeout: Seconds before a stale value is served (``None``: never).
+            hard_timeout: Seconds before the compute is cancelled (``None``: never).
+            ttl_jitter: Fraction of *ttl* added at random to the write.
+            negative_ttl: Seconds to remember ``None`` or a failure (``None``: not).
 
         Raises:
             TypeError: *key* is not a ``str`` or *fn* is not callable.
@@ -413,4 +381,41 @@ class Stampede:
             if computing.get()
             else None
         )
-        return await get(rt, tg, key, names, fn, ttl, policy, asking)  # type: ignore[no-any-return]
+        flight = rt.flights.get(key)
+        if flight is not None:
+            rt.counters.coalesced += 1
+            return await await_flight(flight, asking, started=False)  # type: ignore[no-any-return]
+        flight = rt.flights[key] = Flight(self._settings.share_values)
+        # The first read, in the caller's own task and frame (see _read).
+        try:
+            payload = await rt.backend.read(names)
+        except BackendError as exc:
+            handed = hand_off(rt, tg, Request(key, names, flight, fn, ttl, policy), exc)
+        except BaseException as exc:
+            read_interrupted(rt, tg, key, names, flight, fn, ttl, policy, exc)
+            raise
+        else:
+            envelope = None
+            if payload is not None:
+                try:
+                    envelope = decode(payload, max_value_bytes=self._settings.max_value_bytes)
+                except DecodeError:
+                    rt.counters.decode_errors += 1
+                else:  # the common case, kept lean: fresh, and XFetch not due
+                    now = now_ms()
+                    if judge(envelope, now, policy) is Verdict.FRESH and not xfetch_due(
+                        now, envelope, policy.beta, 1.0 - random.random()
+                    ):
+                        rt.counters.hits += 1
+                        rt.finish(key, flight, value=envelope.value)
+                        return envelope.value  # type: ignore[no-any-return]
+            req = Request(key, names, flight, fn, ttl, policy)
+            first = LOOK if payload is None else Again(read=False, seen=payload)
+            try:
+                handed = hand_off(rt, tg, req, first, envelope, payload or b"")
+            except BaseException as exc:
+                rt.finish(key, flight, error=exc)
+                raise
+        if handed is not HANDED_OFF:
+            return handed  # type: ignore[no-any-return]
+        return await await_flight(flight, asking, started=True)  # type: ignore[no-any-return]
