@@ -1,22 +1,22 @@
 """`Stampede`: the public face of the request path.
 
-``get_or_compute`` reads the value in the caller's own task (a hit costs one
-round trip and no task switch) and hands a miss to the miss driver. The
-path, module by module:
+``get_or_compute`` reads the value in the caller's own task and frame (a
+hit costs one round trip, no task switch); what follows, module by module:
 
 1. ``_flight``: one resolution per key per process; every local caller
    awaits it, and no caller's cancellation cancels it.
 2. ``_freshness``: one verdict on every value read (fresh, stale, fallback,
    expired), and XFetch's early refresh.
-3. ``_resolve``: a miss takes the lock or names its holder, then leads or
+3. ``_read``: a value the verdict allows is served; the rest goes to
+4. ``_resolve``: a miss takes the lock or names its holder, then leads or
    waits; background refreshes go through it too.
-4. ``_lead`` (and ``_compute``): the lock holder computes under its
+5. ``_lead`` (and ``_compute``): the lock holder computes under its
    timeouts, its lock kept alive by ``_lock_keeper``, and commits with one
    script that wakes every waiter; or serves its stale value (fail-safe).
-5. ``_wait``: everyone else has registered interest in the lock first; one
+6. ``_wait``: everyone else has registered interest in the lock first; one
    tracked ``PTTL`` says how long it has left and has Redis tell them when
    it changes. Nothing polls.
-6. ``_backends``: the stores (embedded, Redis), behind one protocol.
+7. ``_backends``: the stores (embedded, Redis), behind one protocol.
 """
 
 from __future__ import annotations
