@@ -66,22 +66,28 @@ _MARKERS = ["o", "s", "D", "^", "v", "P", "X"]
 
 def _plain_ticks(ax: Axes) -> None:
     """Log axes labelled 0.1, 1, 20 rather than 10^-1, 10^0, 2 x 10^1."""
+    from matplotlib.axis import Axis
     from matplotlib.ticker import FuncFormatter
 
-    formatter = FuncFormatter(lambda v, _: _fmt(v))
+    def minor(axis: Axis) -> FuncFormatter:
+        # Minor ticks named at 2 and 5 times a power of ten, enough to read
+        # a long axis without overlaps; all of them on an axis shorter than
+        # a decade, which may have no major tick to read by.
+        def label(v: float, _: object) -> str:
+            if v <= 0:
+                return ""
+            lo, hi = sorted(axis.get_view_interval())
+            if lo > 0 and hi / lo < 10:
+                return _fmt(v)
+            leading = round(v / 10 ** math.floor(math.log10(v)))
+            return _fmt(v) if leading in (2, 5) else ""
+
+        return FuncFormatter(label)
+
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log":
-            axis.set_major_formatter(formatter)
-            axis.set_minor_formatter(FuncFormatter(_minor))
-
-
-def _minor(v: float, _: object) -> str:
-    # Minor ticks named at 2 and 5 times a power of ten: enough to read an
-    # axis that spans less than a decade, not so many they overlap.
-    if v <= 0:
-        return ""
-    leading = round(v / 10 ** math.floor(math.log10(v)))
-    return _fmt(v) if leading in (2, 5) else ""
+            axis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
+            axis.set_minor_formatter(minor(axis))
 
 
 def _bars(
