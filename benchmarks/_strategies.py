@@ -86,7 +86,16 @@ class SleepPoll(Naive):
 
 
 class Cashews:
-    """cashews' ``@cache(ttl=..., lock=True)`` decorator."""
+    """cashews' ``@cache(ttl=..., key=..., lock=True)`` decorator, as its README shows it.
+
+    ``lock=True`` is cashews' documented stampede protection that computes
+    once per herd across processes; it takes a Redis lock around every call,
+    hits included (``SET NX``, ``GET``, an unlock script), which is what its
+    hits cost. The other documented form, ``@cache`` over ``@cache.locked``,
+    locks only on a miss but then computes once per waiting process, one
+    after another (the lock is released, not the value re-read). One
+    decorated function per TTL, made once: never a new decorator per call.
+    """
 
     name = "cashews"
 
@@ -199,16 +208,26 @@ class AsyncStampedeShared(AsyncStampede):
         await self.s.__aenter__()
 
 
+def unbound_xfetch_window() -> None:
+    """Make XFetch in this process draw as published: no bound on its early window.
+
+    The one place the harness reaches into asyncstampede's internals (the
+    constants of ``asyncstampede._freshness``). Called in a worker process
+    only, never in the harness.
+    """
+    from asyncstampede import _freshness as freshness
+
+    freshness._XFETCH_REACH = float("inf")
+    freshness._XFETCH_SHARE_OF_TTL = 1.0
+
+
 class AsyncStampedePublishedXFetch(AsyncStampede):
     """asyncstampede with XFetch as published: its early window not bounded (as in 0.1.0)."""
 
     name = "asyncstampede-xfetch-published"
 
     async def start(self, url: str, namespace: str) -> None:
-        from asyncstampede import _freshness
-
-        _freshness._XFETCH_REACH = float("inf")  # this worker process only
-        _freshness._XFETCH_SHARE_OF_TTL = 1.0
+        unbound_xfetch_window()
         await super().start(url, namespace)
 
 
@@ -223,7 +242,7 @@ class Embedded(AsyncStampede):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    s.name: s  # type: ignore[misc]
+    s.name: s
     for s in (
         Naive,
         SleepPoll,

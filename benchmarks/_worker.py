@@ -20,8 +20,8 @@ Commands (each answered by one line, ``ready`` first of all):
   per second; JSON report of the latencies and computes after WARMUP.
 - ``exit``.
 
-Redis commands sent are counted where redis-py packs them, so a pipeline of
-ten counts ten and the pub/sub connection counts too.
+Workers count nothing in Redis: the harness reads the server's own count
+(see `benchmarks._server`), so no client library is patched here.
 """
 
 from __future__ import annotations
@@ -39,21 +39,10 @@ from typing import Any
 
 import anyio
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.connection import Connection
 
+from ._stats import percentile
 from ._strategies import STRATEGIES
-
-SENT = [0]
-_pack = AbstractConnection.pack_command
-
-
-def _counting_pack(self: AbstractConnection, *args: Any) -> Any:
-    SENT[0] += 1
-    return _pack(self, *args)
-
-
-AbstractConnection.pack_command = _counting_pack  # type: ignore[method-assign]
-
 
 _PAYLOADS: dict[int, list[str]] = {}
 
@@ -71,13 +60,6 @@ def payload(size: int) -> str:
 
 def say(obj: object) -> None:
     print(obj if isinstance(obj, str) else json.dumps(obj), flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def main() -> None:
@@ -185,9 +167,10 @@ async def main() -> None:
 
 
 async def raw_subscriber(url: str, channel: str, ready: anyio.Event) -> None:
+    """The baseline's subscriber: one bare RESP2 connection reading pushed messages."""
     pool = ConnectionPool.from_url(url)
     conn = Connection(**{**pool.connection_kwargs, "protocol": 2})
-    await conn.connect()
+    await conn.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
     await conn.send_command("SUBSCRIBE", channel)
     await conn.read_response()
     ready.set()
@@ -210,7 +193,7 @@ async def herd(
 ) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
-    computes_before, sent_before = computes[0], SENT[0]
+    computes_before = computes[0]
     # Each call's latency runs from its own issue, so a process whose timer
     # fires a little late is not charged for it.
     await anyio.sleep(max(0.0, start - time.time()))
@@ -237,7 +220,6 @@ async def herd(
         "started": started,
         "errors": errors,
         "computes": computes[0] - computes_before,
-        "sent": SENT[0] - sent_before,
     }
 
 
@@ -341,7 +323,7 @@ async def churn(
     weights = list(accumulate(1 / (i + 1) ** zipf for i in range(nkeys)))
     total = weights[-1]
     rng = random.Random()
-    computes_before, sent_before = computes[0], SENT[0]
+    computes_before = computes[0]
     latencies: list[float] = []
     errors = [0]
     shed = 0
@@ -375,7 +357,6 @@ async def churn(
         "shed": shed,
         "seconds": time.perf_counter() - start,
         "computes": computes[0] - computes_before,
-        "sent": SENT[0] - sent_before,
         "errors": errors[0],
         "p50": percentile(latencies, 0.5),
         "p99": percentile(latencies, 0.99),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.__main__ import targets
+from benchmarks._targets import targets
 
 
 def _herd(strategy: str, d: int, c: int, p99: float, computes: float, per_request: float) -> Any:

@@ -1,0 +1,17 @@
+"""The scenarios, one module each; each module's ``run(url, options)`` returns its rows."""
+
+from __future__ import annotations
+
+from .._base import Scenario
+from . import churn, crash, herd, hits, steady, wakeup
+
+SCENARIOS: dict[str, Scenario] = {
+    "herd": herd.run,
+    "hits": hits.run,
+    "churn": churn.run,
+    "crash": crash.run,
+    "steady": steady.run,
+    "wakeup": wakeup.run,
+}
+
+__all__ = ["SCENARIOS"]
