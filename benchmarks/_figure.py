@@ -25,6 +25,7 @@ HIGHER = "higher is better"
 
 _EXTRA = [
     "asyncstampede-shared",
+    "cashews-nolock",
     "asyncstampede-swr",
     "asyncstampede-plain",
     "asyncstampede-xfetch-published",

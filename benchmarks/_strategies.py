@@ -98,6 +98,7 @@ class Cashews:
     """
 
     name = "cashews"
+    lock = True
 
     async def start(self, url: str, namespace: str) -> None:
         from cashews import Cache
@@ -113,7 +114,7 @@ class Cashews:
         if load is None:
             computes = self._current
 
-            @self.cache(ttl=ttl, key=self.ns + ":{key}", lock=True)
+            @self.cache(ttl=ttl, key=self.ns + ":{key}", lock=self.lock)
             async def load(key: str) -> Any:
                 return await computes[key]()
 
@@ -123,6 +124,18 @@ class Cashews:
 
     async def stop(self) -> None:
         await self.cache.close()
+
+
+class CashewsNoLock(Cashews):
+    """cashews' plain ``@cache(ttl=..., key=...)``: its fastest hit, no stampede protection.
+
+    Run beside ``cashews`` in the hits scenario only, so the table shows
+    what its lock costs each hit; without the lock a herd computes once
+    per caller.
+    """
+
+    name = "cashews-nolock"
+    lock = False
 
 
 class AiocacheRedLock:
@@ -253,6 +266,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         AsyncStampedeSWR,
         AsyncStampedePlain,
         AsyncStampedeShared,
+        CashewsNoLock,
         AsyncStampedePublishedXFetch,
     )
 }
