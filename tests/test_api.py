@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -38,6 +39,14 @@ def test_exceptions_share_one_root() -> None:
         obj = getattr(asyncstampede, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, StampedeError), name
+
+
+async def test_each_run_is_on_the_loop_its_id_names(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    """The suite's [uvloop] runs are on uvloop's loop, its [asyncio] runs on asyncio's own."""
+    loop_module = type(asyncio.get_running_loop()).__module__
+    assert loop_module.startswith("uvloop") == bool(anyio_backend[1].get("use_uvloop")), loop_module
 
 
 async def test_statistics_is_a_frozen_record() -> None:
