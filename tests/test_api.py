@@ -15,8 +15,23 @@ pytestmark = pytest.mark.anyio
 
 def test_all_names_exist_and_are_sorted() -> None:
     """Every name in __all__ is importable and the list is sorted."""
-    for name in asyncstampede.__all__:
-        assert getattr(asyncstampede, name) is not None
+    imported: dict[str, object] = {}
+    exec("from asyncstampede import *", imported)  # what a user's star import binds
+    del imported["__builtins__"]
+    assert sorted(imported) == sorted(asyncstampede.__all__)
+    for name, obj in imported.items():
+        # Each name is the object it names, not a stand-in (None, an alias of another).
+        if name == "__version__":
+            assert isinstance(obj, str), obj
+        else:
+            assert getattr(obj, "__name__", None) == name, (name, obj)
+    # ...and nothing public the package defines is left out of __all__.
+    defined = {
+        name
+        for name, obj in vars(asyncstampede).items()
+        if not name.startswith("_") and getattr(obj, "__module__", None) == "asyncstampede"
+    }
+    assert defined <= set(asyncstampede.__all__), defined - set(asyncstampede.__all__)
     assert asyncstampede.__all__ == sorted(asyncstampede.__all__)
 
 
