@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -17,7 +18,12 @@ WORKER = str(Path(__file__).with_name("_worker.py"))
 
 
 class Worker:
-    """One worker process speaking the line protocol of _worker.py."""
+    """One worker process speaking the line protocol of _worker.py.
+
+    Its lines are read by a thread of their own, so that every read here
+    has a deadline: a worker that never answers fails the test when the
+    deadline passes, not when pytest's timeout kills the whole test.
+    """
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
@@ -27,24 +33,36 @@ class Worker:
             text=True,
             env={**os.environ, "PYTHONWARNINGS": "error"},
         )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of output: the process exited
+
+    def _line(self, what: str, timeout: float) -> str:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            pid = self.proc.pid
+            raise AssertionError(f"worker {pid}: no {what} within {timeout:.1f} s") from None
+        assert line, f"worker {self.proc.pid} exited with {self.proc.wait()} before its {what}"
+        return line
 
     def expect(self, word: str, timeout: float = 30) -> None:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = self.proc.stdout.readline().strip()
+        line = self._line(repr(word), timeout).strip()
         assert line == word, f"expected {word!r}, got {line!r}"
-        assert time.monotonic() < deadline
 
     def send(self, word: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(word + "\n")
         self.proc.stdin.flush()
 
-    def report(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, f"worker {self.proc.pid} exited with {self.proc.wait()}"
-        return dict(json.loads(line))
+    def report(self, timeout: float = 30) -> dict[str, Any]:
+        return dict(json.loads(self._line("report", timeout)))
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -54,6 +72,7 @@ class Worker:
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(10)  # the process is gone: its output ends
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
@@ -99,8 +118,8 @@ class CommandLog:
 
     def __enter__(self) -> CommandLog:
         self._thread.start()
-        self._ready.wait(5)
-        time.sleep(0.05)
+        # Set once Redis has acknowledged MONITOR: every command from now on is seen.
+        assert self._ready.wait(10), "MONITOR did not start"
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,6 +3,8 @@
 ``blackhole()`` makes every connection open so far silent in both
 directions, without closing it: what a client sees when a network path dies
 without a FIN or RST. Connections made afterwards work normally.
+``answered`` counts the connections the server has replied on: a client's
+connection is up (its handshake done) once it is counted there.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class BlackholeProxy:
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
         self.port = 0
+        self.answered = 0  # connections the server has replied on so far
 
     def blackhole(self) -> None:
         """Silence every connection made so far (they stay open)."""
@@ -53,16 +56,20 @@ class BlackholeProxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
         self._writers += [writer, up_writer]
         generation = self._generation
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.get_running_loop().create_task(self._pump(src, dst, generation))
+        for src, dst, up in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.get_running_loop().create_task(self._pump(src, dst, generation, up))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _pump(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, generation: int
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, generation: int, up: bool
     ) -> None:
+        first = up  # the server's side: count the connection at its first reply
         while data := await src.read(65536):
             if self._generation == generation:  # else: swallowed, like a dead path
                 dst.write(data)
                 await dst.drain()
+                if first:
+                    first = False
+                    self.answered += 1
         dst.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
+from _conditions import until
 
 from asyncstampede import BackendError, Stampede
 
@@ -43,8 +44,7 @@ async def holder_and_waiter(
             tg.start_soon(outcome, leader, slow, led)
             await started.wait()
             tg.start_soon(outcome, waiter, own, waited)
-            while waiter.statistics().remote_waits == 0:
-                await anyio.sleep(0.01)
+            await until(lambda: waiter.statistics().waiting == 1)  # it watches the lock
             if during is not None:
                 during()
             release.set()

@@ -1,13 +1,16 @@
 """A separate process for multi-process tests; driven over stdin/stdout.
 
-Usage: python _worker.py URL NAMESPACE KEY CONCURRENCY COMPUTE_MS LOCK_TTL [hold]
+Usage: python _worker.py URL NAMESPACE KEY CONCURRENCY COMPUTE_MS LOCK_TTL [hold|announce]
 
 It connects, prints ``ready``, waits for a ``go`` line, then runs CONCURRENCY
 concurrent ``get_or_compute(KEY)`` calls whose compute sleeps COMPUTE_MS. With
 ``hold`` the compute prints ``computing`` and never returns (the test kills the
-process). When the calls end it waits a moment for stray commands, prints
-one JSON line (results, wall-clock finish times, statistics) and waits for
-``exit``.
+process). With ``announce`` it prints ``waiting`` once a call waits on another
+process's lock. When the calls end it lets whatever they set off finish,
+prints one JSON line (results, wall-clock finish times, statistics) and
+waits for ``exit``.
+
+(``... refresh TTL`` runs the XFetch reader loop instead: see `refresh_loop`.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import time
 
 import anyio
+from _conditions import until
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from asyncstampede import Stampede
@@ -27,6 +31,7 @@ from asyncstampede import Stampede
 async def main() -> None:
     url, namespace, key, concurrency, compute_ms, lock_ttl, *mode = sys.argv[1:]
     hold = mode == ["hold"]
+    announce = mode == ["announce"]
     if mode[:1] == ["refresh"]:
         await refresh_loop(url, namespace, key, int(concurrency), int(compute_ms), float(mode[1]))
         return
@@ -58,11 +63,21 @@ async def main() -> None:
                 errors.append(repr(exc))
             finished.append(time.time())
 
+        async def announce_waiting() -> None:
+            await until(lambda: cache.statistics().waiting > 0, within=30)
+            print("waiting", flush=True)
+
         started = time.time()
         async with anyio.create_task_group() as tg:
-            for _ in range(int(concurrency)):
-                tg.start_soon(one)
-        await anyio.sleep(0.3)  # anything the calls set off belongs to this run
+            if announce:
+                tg.start_soon(announce_waiting)
+            async with anyio.create_task_group() as calls:
+                for _ in range(int(concurrency)):
+                    calls.start_soon(one)
+            tg.cancel_scope.cancel()  # the announcement, if it is still due
+        # Anything the calls set off belongs to this run: once every task is
+        # blocked (on Redis or a timer), whatever they had to send is sent.
+        await anyio.wait_all_tasks_blocked()
         report = {
             "pid": os.getpid(),
             "started": started,
@@ -102,7 +117,7 @@ async def refresh_loop(
             while anyio.current_time() < deadline:
                 await cache.get_or_compute(key, compute, ttl=ttl)
                 reads += 1
-                await anyio.sleep(0.005)
+                await anyio.sleep(0.005)  # pacing: a reader reads 200 times a second
 
         async with anyio.create_task_group() as tg:
             for _ in range(readers):

@@ -33,10 +33,21 @@ from asyncstampede.testing import RedisServer
 _counter = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    """redis-py's asyncio client runs on asyncio only."""
-    return "asyncio"
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ],
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    """Every async test runs on asyncio's own loop, then on uvloop's.
+
+    redis-py's asyncio client runs on asyncio only, so trio is not among
+    them: the embedded mode's trio tests run it themselves (``anyio.run``).
+    """
+    backend: tuple[str, dict[str, object]] = request.param
+    return backend
 
 
 @pytest.fixture(scope="session")

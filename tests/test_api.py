@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -14,8 +15,23 @@ pytestmark = pytest.mark.anyio
 
 def test_all_names_exist_and_are_sorted() -> None:
     """Every name in __all__ is importable and the list is sorted."""
-    for name in asyncstampede.__all__:
-        assert getattr(asyncstampede, name) is not None
+    imported: dict[str, object] = {}
+    exec("from asyncstampede import *", imported)  # what a user's star import binds
+    del imported["__builtins__"]
+    assert sorted(imported) == sorted(asyncstampede.__all__)
+    for name, obj in imported.items():
+        # Each name is the object it names, not a stand-in (None, an alias of another).
+        if name == "__version__":
+            assert isinstance(obj, str), obj
+        else:
+            assert getattr(obj, "__name__", None) == name, (name, obj)
+    # ...and nothing public the package defines is left out of __all__.
+    defined = {
+        name
+        for name, obj in vars(asyncstampede).items()
+        if not name.startswith("_") and getattr(obj, "__module__", None) == "asyncstampede"
+    }
+    assert defined <= set(asyncstampede.__all__), defined - set(asyncstampede.__all__)
     assert asyncstampede.__all__ == sorted(asyncstampede.__all__)
 
 
@@ -38,6 +54,14 @@ def test_exceptions_share_one_root() -> None:
         obj = getattr(asyncstampede, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, StampedeError), name
+
+
+async def test_each_run_is_on_the_loop_its_id_names(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    """The suite's [uvloop] runs are on uvloop's loop, its [asyncio] runs on asyncio's own."""
+    loop_module = type(asyncio.get_running_loop()).__module__
+    assert loop_module.startswith("uvloop") == bool(anyio_backend[1].get("use_uvloop")), loop_module
 
 
 async def test_statistics_is_a_frozen_record() -> None:

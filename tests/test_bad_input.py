@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 import redis
+from _conditions import until
 
 from asyncstampede import SerializationError, Stampede, ValueTooLargeError
 from asyncstampede._keys import make_names
@@ -81,7 +82,7 @@ async def test_ten_megabyte_value_round_trips_to_another_instance(
 
     async def compute() -> bytes:
         started.set()
-        await anyio.sleep(0.1)
+        await until(lambda: waiter.statistics().waiting == 1)  # the waiter watches the lock
         return big
 
     async def never() -> bytes:

@@ -36,6 +36,7 @@ def _results(*, p99_past: float = 4.0, per_request: float = 0.09, ratio: float =
 
 
 def test_every_target_met() -> None:
+    """A run that meets every target is judged so, with the herd's p99 figure spelled out."""
     rows = targets(_results())
     assert [row["met"] for row in rows] == ["yes"] * 6
     herd_p99 = next(row for row in rows if "p99" in row["target"])
@@ -45,6 +46,7 @@ def test_every_target_met() -> None:
 
 
 def test_each_miss_is_reported() -> None:
+    """Each target a run misses is named; the ones it meets are not."""
     missed = {
         row["target"]
         for row in targets(_results(p99_past=6.0, per_request=0.1, ratio=0.9))
@@ -58,6 +60,7 @@ def test_each_miss_is_reported() -> None:
 
 
 def test_only_scenarios_that_ran_are_judged() -> None:
+    """A run of one scenario is judged on that scenario's targets alone."""
     assert [row["target"] for row in targets({"hits": _results()["hits"]})] == [
         "hits: at least 0.95x a bare GET"
     ]

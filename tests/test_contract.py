@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import redis
+from _conditions import until
 
 from asyncstampede import (
     ComputeFailedError,
@@ -297,9 +298,8 @@ async def test_another_event_loop_gets_a_prompt_clear_error(make_cache: MakeCach
 
         thread = threading.Thread(target=elsewhere)
         thread.start()
-        with anyio.fail_after(10):
-            while thread.is_alive():
-                await anyio.sleep(0.01)
+        await anyio.to_thread.run_sync(thread.join, 10)  # this loop runs on meanwhile
+        assert not thread.is_alive()
         assert [type(e) for e in outcomes] == [WrongEventLoopError] * 3
         assert "belongs to another event loop" in str(outcomes[0])
         # The owner is untouched: its value is there, and a miss still computes.
@@ -357,7 +357,7 @@ async def test_each_coalesced_caller_gets_its_own_value(make_cache: MakeCache) -
     """Ten callers of one miss each append to the result: each sees only its own append."""
 
     async def load() -> dict[str, Any]:
-        await anyio.sleep(0.05)
+        await until(lambda: cache.statistics().coalesced == 9)  # everyone has joined
         return {"name": "ada", "viewers": []}
 
     async with make_cache() as cache:
@@ -381,7 +381,7 @@ async def test_share_values_hands_every_caller_one_object(make_cache: MakeCache)
     """The documented opt-in: coalesced callers get the very same object (read-only use)."""
 
     async def load() -> dict[str, Any]:
-        await anyio.sleep(0.05)
+        await until(lambda: cache.statistics().coalesced == 4)  # everyone has joined
         return {"rows": list(range(1000))}
 
     async with make_cache(share_values=True) as cache:
@@ -473,7 +473,7 @@ async def test_each_caller_of_a_failed_compute_gets_its_own_exception(
         pass
 
     async def fail() -> str:
-        await anyio.sleep(0.05)
+        await until(lambda: cache.statistics().coalesced == 199)  # everyone has joined
         raise LookupFailed("row 7 is gone")
 
     async with make_cache() as cache:
@@ -496,7 +496,7 @@ async def test_copies_of_an_exception_keep_its_text_and_attributes(make_cache: M
             self.row = row
 
     async def fail() -> str:
-        await anyio.sleep(0.05)
+        await until(lambda: cache.statistics().coalesced == 4)  # everyone has joined
         raise NotFound(7, table="users")
 
     async with make_cache() as cache:
@@ -718,7 +718,7 @@ async def test_the_first_callers_changes_to_its_exception_stay_its_own(
             self.status = status
 
     async def fail() -> str:
-        await anyio.sleep(0.05)
+        await until(lambda: cache.statistics().coalesced == 3)  # the others have joined
         raise Unavailable("db down", status=503)
 
     async with make_cache() as cache:
@@ -763,6 +763,7 @@ async def test_an_unlocked_compute_does_not_undo_an_invalidation(
     holding = anyio.Event()
     release = anyio.Event()
     computing = anyio.Event()
+    invalidated = anyio.Event()
 
     async def hold() -> str:
         holding.set()
@@ -772,7 +773,8 @@ async def test_an_unlocked_compute_does_not_undo_an_invalidation(
     async def load() -> str:
         seen = db["v"]
         computing.set()
-        await anyio.sleep(0.3)
+        if not invalidated.is_set():
+            await invalidated.wait()  # the invalidation lands while it computes
         return seen
 
     async with (
@@ -791,9 +793,8 @@ async def test_an_unlocked_compute_does_not_undo_an_invalidation(
         await computing.wait()  # b waited 0.2 s, then started computing without the lock
         db["v"] = "new"
         await b.invalidate("k")
-        with anyio.fail_after(5):
-            while not got:
-                await anyio.sleep(0.01)
+        invalidated.set()
+        await until(lambda: got)
         assert got == ["old"]  # it asked before the invalidation
         release.set()
         assert await b.get_or_compute("k", load, ttl=30) == "new"
@@ -839,9 +840,7 @@ async def test_a_failed_early_refresh_is_logged_and_not_retried_at_once(
             assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
             await anyio.sleep(0.35)  # the condition is the clock: into the value's second half
             assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
-            with anyio.fail_after(5):
-                while cache.statistics().refresh_errors == 0:
-                    await anyio.sleep(0.01)
+            await until(lambda: cache.statistics().refresh_errors > 0)
             for _ in range(5):
                 assert await cache.get_or_compute("k", source, ttl=0.6) == "v1"
             await anyio.wait_all_tasks_blocked()
@@ -904,7 +903,7 @@ async def test_copies_of_builtin_exceptions_keep_their_fields(
     original = make_error()
 
     async def fail_plainly() -> str:
-        await anyio.sleep(0.05)
+        await until(lambda: cache.statistics().coalesced == 2)  # everyone has joined
         raise original
 
     fields = ("name", "path", "filename", "errno")
@@ -991,6 +990,7 @@ async def test_durations_redis_cannot_hold_are_refused_up_front(
 
 
 def test_bools_are_not_durations() -> None:
+    """lock_ttl=True or wait_timeout=True is refused, not taken for one second."""
     with pytest.raises(ValueError, match="lock_ttl"):
         Stampede(lock_ttl=True)
     with pytest.raises(ValueError, match="wait_timeout"):

@@ -10,6 +10,7 @@ import anyio
 import pytest
 import redis
 import redis.asyncio
+from _conditions import until
 from _proxy import BlackholeProxy
 
 from asyncstampede import BackendError, Stampede, WaitTimeoutError
@@ -118,18 +119,22 @@ async def _waiter_gets_the_value(
             got.append(await waiter.get_or_compute("k", never, ttl=30))
 
         tg.start_soon(wait)
-        await anyio.sleep(0.2)  # the waiter is watching the lock
+        await until(lambda: waiter.statistics().waiting == 1)  # it watches the lock
         await disrupt()
         release.set()
-        with anyio.fail_after(within):
-            while not got:
-                await anyio.sleep(0.01)
+        await until(lambda: got, within=within)
     assert got == ["value"]
     assert waiter.statistics().computes == 0
 
 
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+# The connections an instance keeps open once it has served a call: the lock
+# watcher's two (invalidations and tracking), its request connection, and
+# the pool's one (scripts loaded at start, and the fallback).
+CONNECTIONS = 4
 
 
 async def test_waiters_recheck_after_the_invalidation_reader_reconnects(
@@ -163,7 +168,8 @@ async def test_waiters_recheck_after_the_tracking_connection_drops(
         assert tracking, clients
         for client_id in tracking:
             await admin.client_kill_filter(_id=client_id)
-        await anyio.sleep(0.1)
+        # No pause here: the commit that follows lands before the waiter has
+        # even noticed (let alone replaced) the lost connection.
 
     async with (
         Stampede.from_url(redis_url, namespace=namespace, lock_ttl=60) as leader,
@@ -199,11 +205,9 @@ async def test_waiters_look_again_when_the_server_is_flushed(own_server: RedisSe
                 got.append(await waiter.get_or_compute("k", ok, ttl=30))
 
             tg.start_soon(wait)
-            await anyio.sleep(0.2)  # the waiter is watching the lock
+            await until(lambda: waiter.statistics().waiting == 1)  # it watches the lock
             own_server.command("FLUSHALL")
-            with anyio.fail_after(5):  # far below lock_ttl
-                while not got:
-                    await anyio.sleep(0.01)
+            await until(lambda: got, within=5)  # far below lock_ttl
             tg.cancel_scope.cancel()
         assert got == ["mine"]
         assert waiter.statistics().computes == 1
@@ -342,13 +346,11 @@ async def test_leader_cancelled_during_first_read_hands_the_flight_over(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(first)
-            await anyio.sleep(0.05)
+            await until(lambda: cache.statistics().in_flight == 1)  # its read hangs
             tg.start_soon(second)
-            await anyio.sleep(0.05)
+            await until(lambda: cache.statistics().coalesced == 1)  # second joined it
             scopes[0].cancel()
-            with anyio.fail_after(10):  # far below lock_ttl: no stranded lock to wait out
-                while not got:
-                    await anyio.sleep(0.01)
+            await until(lambda: got, within=10)  # far below lock_ttl: no stranded lock
         assert got == ["v"]
         assert calls == 1
         assert cache.statistics().coalesced == 1
@@ -384,7 +386,7 @@ async def test_half_open_connections_are_given_up_and_nobody_hangs(
                 return "v"
 
             assert await cache.get_or_compute("k", value, ttl=30) == "v"
-            await anyio.sleep(0.2)  # every connection of the instance is up
+            await until(lambda: proxy.answered >= CONNECTIONS)  # every connection is up
             proxy.blackhole()
             with anyio.fail_after(5):  # a hit: the silent connections are replaced
                 assert await cache.get_or_compute("k", value, ttl=30) == "v"

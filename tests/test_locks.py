@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
+from _conditions import until
 
 from asyncstampede import Stampede
 from asyncstampede._backends.redis.scripts import COMMITTED, COMMITTED_MS
@@ -106,8 +107,7 @@ async def test_a_waiter_whose_lock_was_committed_before_it_watched_does_not_wait
             tg.start_soon(waiter)
             with anyio.fail_after(5):
                 await b_watching.wait()
-                while a.statistics().in_flight:
-                    await anyio.sleep(0.005)
+            await until(lambda: a.statistics().in_flight == 0)  # A has committed
             release.set()
         assert got == ["a"]
         assert calls == ["a"]

@@ -21,6 +21,7 @@ import pytest
 import redis
 import redis.asyncio
 import trustme
+from _conditions import until
 
 from asyncstampede import (
     BackendError,
@@ -187,9 +188,7 @@ async def test_the_documented_minimum_acl_is_enough(
             assert await waiter.get_or_compute("k", _value, ttl=60) == "v"
 
         tg.start_soon(wait)
-        with anyio.fail_after(10):
-            while waiter.statistics().remote_waits == 0:
-                await anyio.sleep(0.01)
+        await until(lambda: waiter.statistics().waiting == 1)  # it watches the lock
         release.set()
     stats = waiter.statistics()
     assert (stats.wakeups, stats.takeovers, stats.backend_errors) == (1, 0, 0)

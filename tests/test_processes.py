@@ -80,17 +80,23 @@ def test_killed_lock_holder_is_taken_over(
     holder.expect("ready")
     holder.send("go")
     holder.expect("computing")
-    waiters = [Worker(redis_url, namespace, "k", "50", "50", str(lock_ttl)) for _ in range(3)]
+    waiters = [
+        Worker(redis_url, namespace, "k", "50", "50", str(lock_ttl), "announce") for _ in range(3)
+    ]
     workers.extend(waiters)
     for waiter in waiters:
         waiter.expect("ready")
     for waiter in waiters:
         waiter.send("go")
-    time.sleep(0.3)  # the waiters are now waiting on the holder's lock
+    for waiter in waiters:
+        waiter.expect("waiting")  # on the holder's lock
     killed_at = time.time()
     holder.proc.send_signal(signal.SIGKILL)
     holder.proc.wait()
-    reports = [waiter.report() for waiter in waiters]
+    # Every read is bounded (the bound plus time to write the report): a
+    # waiter that never gets the value fails the test here, not by hanging it.
+    deadline = killed_at + lock_ttl + 1.0 + 10.0
+    reports = [waiter.report(timeout=max(0.0, deadline - time.time())) for waiter in waiters]
     assert not any(r["errors"] for r in reports)
     assert sum(r["stats"]["computes"] for r in reports) == 1
     assert sum(r["stats"]["takeovers"] for r in reports) == 1

@@ -7,6 +7,7 @@ import logging
 import anyio
 import pytest
 import redis
+from _conditions import until
 
 from asyncstampede import Stampede
 from asyncstampede._keys import make_names
@@ -81,13 +82,20 @@ async def test_herd_after_a_server_restart_computes_once_and_stores(
         assert sync.get(make_names("ns", "new").value) is not None
         # Both instances' lock watchers came back (the waiters above were
         # woken by them, or by their re-check after reconnecting).
-        with anyio.fail_after(10):
-            while min(c.statistics().reconnects for c in (a, b)) == 0:
-                await anyio.sleep(0.01)
+        await until(lambda: min(c.statistics().reconnects for c in (a, b)) > 0)
 
 
 async def _value() -> str:
     return "v"
+
+
+def _lock_watcher_up(server: RedisServer) -> bool:
+    """Whether a client is subscribed (the invalidation reader) and one tracks keys."""
+    clients = server.command("CLIENT", "LIST").split(b"\n")
+    flags = [
+        f.removeprefix(b"flags=") for c in clients for f in c.split() if f.startswith(b"flags=")
+    ]
+    return any(b"sub=1" in c.split() for c in clients) and any(b"t" in f for f in flags)
 
 
 async def test_waiters_after_a_restart_mid_compute_get_the_holders_value(
@@ -127,13 +135,9 @@ async def test_waiters_after_a_restart_mid_compute_get_the_holders_value(
         tg.start_soon(lead)
         await started.wait()
         tg.start_soon(wait)
-        with anyio.fail_after(10):
-            while waiter.statistics().remote_waits == 0:
-                await anyio.sleep(0.01)
+        await until(lambda: waiter.statistics().waiting == 1)  # it watches the lock
         own_server.restart()
-        with anyio.fail_after(10):  # far below lock_ttl
-            while not got:
-                await anyio.sleep(0.01)
+        await until(lambda: got)  # far below lock_ttl
         release.set()
     assert sorted(got) == ["holder", "waiter"]
     assert leader.statistics().lock_lost == 1
@@ -149,27 +153,23 @@ async def test_reconnects_count_reconnections_and_failed_attempts_apart(
     # run (not reproduced alone); a handshake step timing out after the
     # connection was made would count as a reconnection.
     async with Stampede.from_url(own_server.url, socket_timeout=2.0) as cache:
-        with anyio.fail_after(10):
-            while cache.statistics().connect_errors < 4:
-                await anyio.sleep(0.01)
+        await until(lambda: cache.statistics().connect_errors >= 4)
         assert cache.statistics().reconnects == 0
         own_server.restart()  # the same port: now it answers
 
         async def value() -> str:
             return "v"
 
-        with anyio.fail_after(10):  # first connections made: still no reconnection
-            while True:
-                await cache.get_or_compute("k", value, ttl=60)
-                if cache.statistics().hits:
-                    break
-                await anyio.sleep(0.05)
-        with anyio.fail_after(10):  # the lock watcher is subscribed again
-            while b"sub=1" not in own_server.command("CLIENT", "LIST", "TYPE", "pubsub"):
-                await anyio.sleep(0.01)
+        async def a_hit() -> bool:
+            await cache.get_or_compute("k", value, ttl=60)
+            return cache.statistics().hits > 0
+
+        await until(a_hit)  # first connections made: still no reconnection
+        # The lock watcher is up: subscribed, and then (its handshake's last
+        # step) tracking. A kill after the subscription alone would fail the
+        # first connection, not end one that was up: no reconnection to count.
+        await until(lambda: _lock_watcher_up(own_server))
         assert cache.statistics().reconnects == 0
         own_server.command("CLIENT", "KILL", "TYPE", "pubsub")
-        with anyio.fail_after(10):
-            while cache.statistics().reconnects == 0:
-                await anyio.sleep(0.01)
+        await until(lambda: cache.statistics().reconnects > 0)
         assert cache.statistics().reconnects == 1

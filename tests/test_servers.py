@@ -11,6 +11,7 @@ import logging
 import anyio
 import pytest
 import redis
+from _conditions import until
 from _herd import Worker, run_herd
 
 from asyncstampede import Stampede
@@ -46,7 +47,7 @@ async def test_failed_compute_hands_the_lock_to_the_waiter_at_once(
 
     async def fail() -> str:
         started.set()
-        await anyio.sleep(0.05)
+        await until(lambda: waiter.statistics().waiting == 1)  # the waiter watches the lock
         raise RuntimeError("db down")
 
     async def ok() -> str:
