@@ -111,18 +111,6 @@ async def test_reads_in_flight_survive_the_connection_being_killed(
     request: pytest.FixtureRequest,
 ) -> None:
     """Kill every client connection while reads are in flight: each still gets its value."""
-    if anyio_backend[1].get("use_uvloop"):
-        # A package bug the uvloop runs found (about one run in thirty here):
-        # the request connection's queued commands are written (Multiplexer._flush,
-        # a call_soon callback) to a transport uvloop has already closed, and
-        # uvloop raises RuntimeError where asyncio's transport ignores the
-        # write; the loop reports it and the test fails. Until the package
-        # treats a closing transport as a lost connection:
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=RuntimeError, strict=False, reason="write to closed uvloop transport"
-            )
-        )
     admin = redis.asyncio.Redis.from_url(redis_url)
     async with Stampede.from_url(redis_url, namespace=namespace) as cache:
         await _fill(cache, 100)

@@ -113,6 +113,10 @@ class Multiplexer:
                 return UNAVAILABLE  # the connection is going: its reader ends the session
             if writer is not self._writer:
                 return UNAVAILABLE  # the connection was replaced meanwhile
+        if writer.transport.is_closing():
+            # Lost, and its reader is about to say so (uvloop raises on a
+            # write to a closing transport; asyncio drops it).
+            return UNAVAILABLE
         packed = self._pack(*args)  # first: a command that cannot be packed has no slot
         slot = _Slot(time.monotonic())
         idle = not self._slots
@@ -138,8 +142,11 @@ class Multiplexer:
         """Write every command queued this loop turn (a session's end empties the queue)."""
         self._flush_scheduled = False
         buffer, self._buffer = self._buffer, []
-        if self._writer is not None and buffer:
-            self._writer.writelines(buffer)
+        writer = self._writer
+        if writer is not None and buffer and not writer.transport.is_closing():
+            writer.writelines(buffer)
+        # (Written to a closing transport, they would raise under uvloop; as
+        # it is, their slots fail when the reader ends the session.)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
