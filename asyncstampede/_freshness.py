@@ -110,16 +110,17 @@ class Policy:
         """Validate and convert user-facing seconds.
 
         Raises:
-            ValueError: a setting is negative, too large, or not a number.
+            TypeError: a setting is not a number (or None where allowed).
+            ValueError: a setting is negative, NaN, or too large.
 
         """
         return cls(
-            beta=non_negative("beta", beta),
+            beta=non_negative("beta", beta, "a factor"),
             swr_ms=round(non_negative("stale_while_revalidate", stale_while_revalidate) * 1000),
             sie_ms=round(non_negative("stale_if_error", stale_if_error) * 1000),
             soft_timeout=None if soft_timeout is None else positive("soft_timeout", soft_timeout),
             hard_timeout=None if hard_timeout is None else positive("hard_timeout", hard_timeout),
-            ttl_jitter=non_negative("ttl_jitter", ttl_jitter),
+            ttl_jitter=non_negative("ttl_jitter", ttl_jitter, "a fraction of the TTL"),
             negative_ms=0
             if negative_ttl is None
             else round(positive("negative_ttl", negative_ttl) * 1000),
@@ -164,12 +165,17 @@ def judge(envelope: Envelope, now_ms: int, policy: Policy) -> Verdict:
     ``stale_while_revalidate``, then a fallback for ``stale_if_error``, both
     counted from the end of the freshness the value was computed with
     (``created + ttl``), which no re-stamp moves. A cached failure is
-    raised while fresh and is never stale. RFC 5861 names the two windows.
+    raised while fresh, to readers with negative caching on (``negative_ttl``;
+    to others it is a miss), and is never stale. RFC 5861 names the two
+    windows.
     """
-    if now_ms < envelope.fresh_until_ms:
-        return Verdict.FAILED if envelope.failed else Verdict.FRESH
     if envelope.failed:
-        return Verdict.EXPIRED
+        # Remembered failures are for readers that use negative caching;
+        # one that turned it off computes (and overwrites it).
+        fresh = now_ms < envelope.fresh_until_ms and policy.negative_ms
+        return Verdict.FAILED if fresh else Verdict.EXPIRED
+    if now_ms < envelope.fresh_until_ms:
+        return Verdict.FRESH
     origin_ms = envelope.origin_fresh_until_ms
     if now_ms < origin_ms + policy.swr_ms:
         return Verdict.STALE
@@ -231,17 +237,25 @@ def ttl_ms(ttl: object) -> int:
     return max(1, round(ttl * 1000))
 
 
-def non_negative(name: str, value: object) -> float:
-    """Return *value* as a float; raise `ValueError` naming *name* unless in [0, `MAX_SECONDS`]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    if not value <= MAX_SECONDS:  # also NaN and infinity
-        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0e} seconds, got {value!r}")
+def non_negative(name: str, value: object, unit: str = "seconds") -> float:
+    """Return *value* as a float, if it is a number in [0, `MAX_SECONDS`].
+
+    Raises:
+        TypeError: *value* is not an int or float (a bool is not one).
+        ValueError: *value* is negative, NaN, or over `MAX_SECONDS`.
+
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number ({unit}), not {type(value).__name__}")
+    if not value >= 0:  # also NaN
+        raise ValueError(f"{name} must be a non-negative number ({unit}), got {value!r}")
+    if not value <= MAX_SECONDS:  # also infinity
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0e} ({unit}), got {value!r}")
     return float(value)
 
 
-def positive(name: str, value: object) -> float:
+def positive(name: str, value: object, unit: str = "seconds") -> float:
     """Like `non_negative`, and zero is refused too."""
-    if non_negative(name, value) <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+        raise ValueError(f"{name} must be a positive number ({unit}), got {value!r}")
+    return non_negative(name, value, unit)

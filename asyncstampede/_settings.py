@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypedDict, final
 
-from ._freshness import MAX_SECONDS, Policy, positive
+from ._freshness import Policy, positive
 from ._keys import validate_namespace
 
 __all__ = ["MiB", "Settings", "StampedeSettings"]
@@ -80,30 +80,24 @@ class Settings:
         """Validate the arguments of `Stampede` (see there for each).
 
         Raises:
-            TypeError: a flag is not a bool.
+            TypeError: a setting has the wrong type (a flag that is not a
+                bool, a duration that is not a number...).
             ValueError: a setting is out of range.
 
         """
-        if not (
-            isinstance(lock_ttl, (int, float))
-            and not isinstance(lock_ttl, bool)
-            and 0.01 <= lock_ttl < 86_400
-        ):
+        if not 0.01 <= positive("lock_ttl", lock_ttl) < 86_400:
             raise ValueError(f"lock_ttl must be between 0.01 and 86400 seconds, got {lock_ttl!r}")
-        if not (
-            isinstance(wait_timeout, (int, float))
-            and not isinstance(wait_timeout, bool)
-            and 0 < wait_timeout <= MAX_SECONDS
+        positive("wait_timeout", wait_timeout)
+        positive("fail_safe_throttle", fail_safe_throttle)
+        for name, n, least in (
+            ("compress_threshold", compress_threshold, 0),
+            ("max_value_bytes", max_value_bytes, 0),
+            ("max_entries", max_entries, 1),
         ):
-            raise ValueError(f"wait_timeout must be a positive number, got {wait_timeout!r}")
-        for name, n in (
-            ("compress_threshold", compress_threshold),
-            ("max_value_bytes", max_value_bytes),
-        ):
-            if not isinstance(n, int) or n < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {n!r}")
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"max_entries must be an int of at least 1, got {max_entries!r}")
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"{name} must be an int, not {type(n).__name__}")
+            if n < least:
+                raise ValueError(f"{name} must be at least {least}, got {n!r}")
         for flag, given in (
             ("fail_open", fail_open),
             ("check", check),

@@ -189,11 +189,15 @@ class Stampede:
             **settings: Any keyword argument of `Stampede`.
 
         Raises:
-            TypeError: *max_connections* is not an int, or a setting has the wrong type.
+            TypeError: *url* is not a str, *max_connections* is not an int, a
+                setting has the wrong type, or is not a setting of `Stampede`.
             ValueError: *max_connections* is below 1, *socket_timeout* is not a
                 positive number, or a setting is out of range.
 
         """
+        unknown = sorted(settings.keys() - StampedeSettings.__optional_keys__)
+        if unknown:
+            raise TypeError(f"Stampede.from_url() got unexpected keyword arguments: {unknown}")
         client = client_from_url(
             url, max_connections=max_connections, socket_timeout=socket_timeout
         )

@@ -256,7 +256,8 @@ def test_embedded_mode_runs_under_trio() -> None:
     ("settings", "error"),
     [
         ({"socket_timeout": 0}, ValueError),
-        ({"socket_timeout": None}, ValueError),
+        ({"socket_timeout": None}, TypeError),
+        ({"socket_timeout": True}, TypeError),
         ({"max_connections": 0}, ValueError),
         ({"max_connections": 2.5}, TypeError),
         ({"fail_open": "no"}, TypeError),

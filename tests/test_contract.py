@@ -991,9 +991,9 @@ async def test_durations_redis_cannot_hold_are_refused_up_front(
 
 def test_bools_are_not_durations() -> None:
     """lock_ttl=True or wait_timeout=True is refused, not taken for one second."""
-    with pytest.raises(ValueError, match="lock_ttl"):
+    with pytest.raises(TypeError, match="lock_ttl"):
         Stampede(lock_ttl=True)
-    with pytest.raises(ValueError, match="wait_timeout"):
+    with pytest.raises(TypeError, match="wait_timeout"):
         Stampede(wait_timeout=True)
 
 

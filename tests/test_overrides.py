@@ -77,6 +77,26 @@ async def test_a_call_can_switch_off_the_instance_negative_caching(make_cache: M
         assert calls == 3
 
 
+async def test_a_call_without_negative_caching_computes_over_a_remembered_failure(
+    make_cache: MakeCache,
+) -> None:
+    """negative_ttl=None also means not taking another call's remembered failure for an answer."""
+
+    async def failing() -> str:
+        raise LookupError("backend down")
+
+    async def working() -> str:
+        return "v"
+
+    async with make_cache() as cache:
+        with pytest.raises(LookupError):
+            await cache.get_or_compute("k", failing, ttl=60, negative_ttl=60)
+        with pytest.raises(ComputeFailedError):  # remembered, for a call that asks for it
+            await cache.get_or_compute("k", working, ttl=60, negative_ttl=60)
+        assert await cache.get_or_compute("k", working, ttl=60) == "v"  # the default: off
+        assert await cache.get_or_compute("k", failing, ttl=60, negative_ttl=60) == "v"
+
+
 async def test_a_call_can_switch_off_xfetch_and_the_stale_windows(make_cache: MakeCache) -> None:
     """beta=0 and stale_while_revalidate=0 override an instance that has both on."""
     calls = 0

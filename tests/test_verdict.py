@@ -26,10 +26,15 @@ def test_each_window_gives_its_verdict() -> None:
 
 def test_a_cached_failure_is_raised_while_fresh_and_never_stale() -> None:
     """A failure marker is a verdict of its own while fresh, and useless after."""
-    policy = Policy(swr_ms=60_000, sie_ms=60_000)
+    policy = Policy(swr_ms=60_000, sie_ms=60_000, negative_ms=1000)
     assert judge(FAILURE, 1999, policy) is Verdict.FAILED
     assert judge(FAILURE, 2000, policy) is Verdict.EXPIRED
     assert not fallback_usable(FAILURE, 1500, policy)
+
+
+def test_a_reader_without_negative_caching_takes_a_cached_failure_for_a_miss() -> None:
+    """negative_ttl off for the reader: another caller's remembered failure is not raised."""
+    assert judge(FAILURE, 1500, Policy(negative_ms=0)) is Verdict.EXPIRED
 
 
 def test_two_readers_judge_one_value_by_their_own_windows_and_clocks() -> None:
@@ -50,20 +55,25 @@ def test_two_readers_judge_one_value_by_their_own_windows_and_clocks() -> None:
     sie=st.integers(0, 10**9),
     offset=st.integers(-(10**9), 3 * 10**9),
     failed=st.booleans(),
+    negative=st.integers(0, 10**9),
 )
 def test_the_verdict_matches_its_definition(
-    created: int, ttl: int, extra: int, swr: int, sie: int, offset: int, failed: bool
-) -> None:
-    """Servable iff fresh, or (not a failure and) within stale_while_revalidate of created + ttl."""
+    created: int, ttl: int, extra: int, swr: int, sie: int, offset: int, failed: bool,
+    negative: int,
+) -> None:  # fmt: skip
+    """Servable iff fresh (a failure: to negative caching), or within swr of created + ttl."""
     envelope = Envelope(
         "v", created_ms=created, delta_ms=0, fresh_until_ms=created + ttl + extra, failed=failed,
         ttl_ms=ttl,
     )  # fmt: skip
-    policy = Policy(swr_ms=swr, sie_ms=sie)
+    policy = Policy(swr_ms=swr, sie_ms=sie, negative_ms=negative)
     now = created + ttl + offset
     verdict = judge(envelope, now, policy)
     fresh = now < envelope.fresh_until_ms
-    assert verdict.servable == (fresh or (not failed and now < created + ttl + swr))
-    assert (verdict is Verdict.FAILED) == (fresh and failed)
+    if failed:
+        assert verdict.servable == (fresh and negative > 0)
+        assert (verdict is Verdict.FAILED) == verdict.servable
+        return
+    assert verdict.servable == (fresh or now < created + ttl + swr)
     if not fresh and not failed and created + ttl + swr <= now < created + ttl + sie:
         assert verdict is Verdict.FALLBACK

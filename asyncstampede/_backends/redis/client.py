@@ -44,7 +44,8 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     asyncstampede sends is safe to run twice).
 
     Raises:
-        TypeError: *max_connections* is not an int.
+        TypeError: *url* is not a str, *max_connections* not an int, or
+            *socket_timeout* not a number.
         ValueError: *max_connections* is below 1, or *socket_timeout* is not
             a positive number of seconds (at most a day).
 
@@ -53,11 +54,15 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
         raise TypeError(f"max_connections must be an int, not {type(max_connections).__name__}")
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-    if (
-        isinstance(socket_timeout, bool)
-        or not isinstance(socket_timeout, (int, float))
-        or not 0 < socket_timeout <= 86_400
-    ):
+    if not isinstance(url, str):
+        raise TypeError(
+            f"url must be a str such as 'redis://host:6379/0', not {type(url).__name__}"
+        )
+    if isinstance(socket_timeout, bool) or not isinstance(socket_timeout, (int, float)):
+        raise TypeError(
+            f"socket_timeout must be a number of seconds, not {type(socket_timeout).__name__}"
+        )
+    if not 0 < socket_timeout <= 86_400:
         raise ValueError(
             f"socket_timeout must be a positive number of seconds, got {socket_timeout!r}"
         )
