@@ -17,6 +17,7 @@ and the machine are in the figure's title.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -679,21 +680,30 @@ def plot(results: Results, options: Options, run_id: str, host: dict[str, Any], 
         return False
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4.6 * nrows + 0.8), squeeze=False)
+    # The title's lines wrapped to the figure's width: one or two panels are
+    # narrower than the machine's description, which was cut off there.
+    # tight_layout leaves room for the title itself (a rect as well left it
+    # twice).
+    title = textwrap.wrap(
+        f"asyncstampede benchmarks, run {run_id}"
+        + (" (--quick)" if options.quick else "")
+        + f": {options.processes} processes",
+        width=70 * cols,
+    ) + textwrap.wrap(
+        f"{host['cpus']} CPUs, {host['platform']}, Python {host['python']}, Redis {host['server']}",
+        width=70 * cols,
+    )
+    head = 0.15 + 0.18 * len(title)  # inches
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(6 * cols, 4.6 * nrows + head + 0.3), squeeze=False
+    )
     flat = [ax for row in axes for ax in row]
     for draw, ax in zip(panels, flat, strict=False):
         draw(ax)
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle(
-        f"asyncstampede benchmarks, run {run_id}"
-        + (" (--quick)" if options.quick else "")
-        + f": {options.processes} processes\n"
-        f"{host['cpus']} CPUs, {host['platform']}, Python {host['python']}, "
-        f"Redis {host['server']}",
-        fontsize=11,
-    )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    fig.suptitle("\n".join(title), fontsize=11)
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
