@@ -10,7 +10,7 @@ the computes the waiters ran themselves beside the time they took, marks a
 strategy that did not wait as not comparable and one stuck at the cap as
 "at least"; churn shows the requests a strategy shed; hits names the bare
 GET each ratio is against; wakeup says how many runs its percentiles rest
-on; herd lines that coincide are drawn apart and each is named. The run id
+on; herd points that coincide are drawn apart and each line's end is named. The run id
 and the machine are in the figure's title.
 """
 
@@ -212,15 +212,6 @@ def _hbars(ax: Axes, names: list[str], values: list[float], labels: list[str]) -
 # ---------------------------------------------------------------- herd
 
 
-def _meet(a: tuple[list[float], list[float]], b: tuple[list[float], list[float]]) -> bool:
-    """Whether two lines share a point (same x, y within 2%), where one would hide the other."""
-    return any(
-        xa == xb and math.isclose(ya, yb, rel_tol=0.02)
-        for xa, ya in zip(*a, strict=True)
-        for xb, yb in zip(*b, strict=True)
-    )
-
-
 def _end_labels(ax: Axes, ends: list[tuple[str, float, str, float]]) -> None:
     """Write each line's end value just right of the plot, pushed apart so none covers another.
 
@@ -268,8 +259,6 @@ def _herd_panels(results: Results) -> list[Callable[[Axes], None]]:
     rows = [r for r in herd if r["concurrency"] == c_max]
 
     def lines(ax: Axes, field: Callable[[Row], float], title: str, better: str) -> None:
-        from matplotlib.transforms import ScaledTranslation
-
         skipped = []
         series: dict[str, tuple[list[float], list[float]]] = {}
         for s in _sorted({r["strategy"] for r in rows}):
@@ -279,70 +268,70 @@ def _herd_panels(results: Results) -> list[Callable[[Axes], None]]:
                 skipped.append(s)  # nothing to draw on a log axis
                 continue
             series[s] = ([float(r["compute_ms"]) for r in mine], ys)
+        _title(ax, f"herd ({p} processes x {c_max}): {title}", better)
         if not series:
-            ax.text(
-                0.5,
-                0.5,
-                "0 for all: nothing to draw on a log axis",
-                transform=ax.transAxes,
-                ha="center",
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            _title(ax, f"herd ({p} processes x {c_max}): {title}", better)
+            ax.text(0.5, 0.5, "0 for all: nothing to draw on a log axis", ha="center", va="center")
+            ax.set_axis_off()
             return
-        # Lines at one value would hide one another: each line that shares a
-        # point with others is drawn a few points above or below them, in the
-        # legend's order (its values stay as they are; the axis label says
-        # so), and each end is labelled, with the strategy's name where
-        # several lines end at one value.
-        shift: dict[str, float] = {}
-        for s in series:
-            mates = [t for t in series if _meet(series[s], series[t])]
-            shift[s] = -(mates.index(s) - (len(mates) - 1) / 2) * _GAP
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        all_x = [x for xs, _ in series.values() for x in xs]
+        left, right = math.log10(min(all_x)), math.log10(max(all_x))
+        pad = 0.05 * max(right - left, 1.0)
+        ax.set_xlim(10 ** (left - pad), 10 ** (right + pad))
+        # Up the side at least a decade, so lines a few percent apart are not
+        # spread out.
+        shown = [y for _, ys in series.values() for y in ys if y > 0]
+        bottom, top = math.log10(min(shown)), math.log10(max(shown))
+        middle, half = (bottom + top) / 2, max(top - bottom, 1.0) / 2 + 0.1
+        ax.set_ylim(10 ** (middle - half), 10 ** (middle + half))
+        per_pt = 2 * half / _height_pt(ax)  # decades per point, near enough
+
+        def shift(s: str, k: int) -> float:
+            """Points the k-th point of *s* is drawn above its value.
+
+            Points at one value would hide one another: each is drawn a few
+            points above or below the others there, in the legend's order
+            (the axis label says so). Points alone stay where they are.
+            """
+            x, y = series[s][0][k], series[s][1][k]
+            mates = [
+                t
+                for t, (tx, ty) in series.items()
+                if any(
+                    a == x and math.isclose(b, y, rel_tol=0.02) for a, b in zip(tx, ty, strict=True)
+                )
+            ]
+            return -(mates.index(s) - (len(mates) - 1) / 2) * _GAP
+
+        moved = False
+        ends = []
         for n, (s, (xs, ys)) in enumerate(series.items()):
+            shifts = [shift(s, k) for k in range(len(ys))]
+            moved = moved or any(shifts)
             ax.plot(
                 xs,
-                ys,
+                [y * 10 ** (d * per_pt) for y, d in zip(ys, shifts, strict=True)],
                 marker=_MARKERS[n % len(_MARKERS)],
                 markersize=6,
                 label=s,
                 color=colour(s),
                 lw=2.5 if s == "asyncstampede" else 1.3,
                 alpha=0.9,
-                transform=ax.transData
-                + ScaledTranslation(0, shift[s] / 72, ax.figure.dpi_scale_trans),
             )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        # The limits by hand: autoscaling cannot read lines drawn shifted. Up
-        # the side, at least a decade, so lines a few percent apart are not
-        # spread out.
-        shown = [y for _, ys in series.values() for y in ys if y > 0]
-        bottom, top = math.log10(min(shown)), math.log10(max(shown))
-        middle, half = (bottom + top) / 2, max(top - bottom, 1.0) / 2 + 0.1
-        ax.set_ylim(10 ** (middle - half), 10 ** (middle + half))
-        ends = []
-        for s, (_, ys) in series.items():
-            if ys[-1] <= 0:
-                continue  # a log axis has no place for it
-            alike = [t for t in series if math.isclose(series[t][1][-1], ys[-1], rel_tol=0.02)]
-            text = _fmt(ys[-1]) + (f" {s}" if len(alike) > 1 else "")
-            ends.append((s, ys[-1], text, shift[s]))
-        all_x = [x for xs, _ in series.values() for x in xs]
-        left, right = math.log10(min(all_x)), math.log10(max(all_x))
-        pad = 0.05 * max(right - left, 1.0)
-        ax.set_xlim(10 ** (left - pad), 10 ** (right + pad))
+            if ys[-1] > 0:  # each end is labelled, named where several end at one value
+                alike = [t for t in series if math.isclose(series[t][1][-1], ys[-1], rel_tol=0.02)]
+                text = _fmt(ys[-1]) + (f" {s}" if len(alike) > 1 else "")
+                ends.append((s, ys[-1], text, shifts[-1]))
         _end_labels(ax, ends)
         _plain_ticks(ax)
         notes = ["compute duration D (ms)"]
-        if any(shift.values()):
-            notes.append("lines at one value drawn a few pt apart")
+        if moved:
+            notes.append("points at one value drawn a few pt apart")
         if skipped:
             notes.append("0 (not drawn on a log axis): " + ", ".join(skipped))
         ax.set_xlabel("\n".join(notes))
         ax.grid(alpha=0.3, which="both")
-        _title(ax, f"herd ({p} processes x {c_max}): {title}", better)
 
     def computes(ax: Axes) -> None:
         lines(
