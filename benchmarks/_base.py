@@ -31,7 +31,7 @@ class Options:
     concurrency: list[int] = field(default_factory=lambda: [10, 50])
     durations: list[int] = field(default_factory=lambda: [10, 100, 1000])
     repeat: int = 3
-    wakeups: int = 500
+    wakeups: int = 1000
     hit_seconds: float = 1.5
     hit_rounds: int = 5
     hit_concurrency: int = 16
