@@ -391,15 +391,16 @@ class Stampede:
             return await await_flight(flight, asking, started=False)  # type: ignore[no-any-return]
         flight = rt.flights[key] = Flight(self._settings.share_values)
         # The first read, in the caller's own task and frame (see _read).
+        envelope = None
+        first: BackendError | Again
         try:
             payload = await rt.backend.read(names)
         except BackendError as exc:
-            handed = hand_off(rt, tg, Request(key, names, flight, fn, ttl, policy), exc)
+            payload, first = b"", exc
         except BaseException as exc:
             read_interrupted(rt, tg, key, names, flight, fn, ttl, policy, exc)
             raise
         else:
-            envelope = None
             if payload is not None:
                 try:
                     envelope = decode(payload, max_value_bytes=self._settings.max_value_bytes)
@@ -413,13 +414,16 @@ class Stampede:
                         rt.counters.hits += 1
                         rt.finish(key, flight, value=envelope.value)
                         return envelope.value  # type: ignore[no-any-return]
-            req = Request(key, names, flight, fn, ttl, policy)
-            first = LOOK if payload is None else Again(read=False, seen=payload)
-            try:
-                handed = hand_off(rt, tg, req, first, envelope, payload or b"")
-            except BaseException as exc:
-                rt.finish(key, flight, error=exc)
-                raise
+                first = Again(read=False, seen=payload)  # not to be served as it is
+            else:
+                payload, first = b"", LOOK
+        try:
+            handed = hand_off(
+                rt, tg, Request(key, names, flight, fn, ttl, policy), first, envelope, payload
+            )
+        except BaseException as exc:  # a cached failure; or the instance closed meanwhile
+            rt.finish(key, flight, error=exc)
+            raise
         if handed is not HANDED_OFF:
             return handed  # type: ignore[no-any-return]
         return await await_flight(flight, asking, started=True)  # type: ignore[no-any-return]
