@@ -47,6 +47,13 @@ RESOLVED: Final = _Marker("RESOLVED")  # a value message already settled the fli
 
 WaitOutcome: TypeAlias = Served | Acquired | BackendError | _Marker
 
+# After a wake-up that changed nothing about the lock, the next look waits
+# this long, doubling with each such wake-up in a row, up to the maximum:
+# the cost of a wait stays bounded (a few dozen commands) whatever wakes it,
+# and a real change behind such noise is seen at most this much later.
+_IDLE_BACKOFF = 0.001
+_IDLE_BACKOFF_MAX = 0.25
+
 
 async def wait(
     rt: Runtime, req: Request, token: bytes, held: Held, interest: Interest, seen: bytes | None
@@ -85,6 +92,7 @@ async def _wait(
     soft = req.policy.soft_timeout if req.stale is not None else None
     timer = takeover_delay(held.pttl_ms)
     expires = started + held.pttl_ms / 1000  # when the holder's lock runs out
+    idle_wakes = 0  # wake-ups in a row after which the lock was as it had been
     while True:
         if soft is not None and now() - started >= soft:
             stale = req.usable_stale()
@@ -103,6 +111,13 @@ async def _wait(
         message = await interest.wait(within)
         if interest.resolved:
             return RESOLVED
+        if idle_wakes and message is not None:
+            # The last wake-ups changed nothing (see _IDLE_BACKOFF): wait a
+            # little, doubling, before looking again; news meanwhile is kept.
+            pause = min(_IDLE_BACKOFF * 2 ** min(idle_wakes, 16), _IDLE_BACKOFF_MAX)
+            await anyio.sleep(max(0.0, min(pause, expires - now(), deadline - now())))
+            if interest.resolved:
+                return RESOLVED
         if message is not None and message is not Signal.RECHECK and type(message) is not Value:
             # (A value message reaches this task only when the flight's
             # handler could not use it: corrupt or too old. Look again.)
@@ -133,7 +148,14 @@ async def _wait(
             interest.close()
             return state
         timer = takeover_delay(state.pttl_ms)
-        expires = now() + state.pttl_ms / 1000
+        was, expires = expires, now() + state.pttl_ms / 1000
+        # Held by the same lock, its expiry where it was: nothing happened to
+        # it (not an extension, not a takeover). Redis reports a key whose
+        # tracking it dropped (a full tracking table) or one written in
+        # another database under the same name; re-watching at once would
+        # cost two commands per such report for the whole wait.
+        unchanged = message is not None and message is not Signal.RECHECK
+        idle_wakes = idle_wakes + 1 if unchanged and abs(expires - was) < 0.05 else 0
 
 
 def takeover_delay(pttl_ms: int) -> float:
