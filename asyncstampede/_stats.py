@@ -54,6 +54,9 @@ class Statistics:
         refresh_errors: Background refreshes whose compute failed (logged at
             WARNING; the served value stays, and the key is not refreshed in
             the background again for ``fail_safe_throttle``).
+        polls: Looks a waiter took by itself at a lock whose changes nothing
+            pushes (Redis refused client tracking, or the connections that
+            watch locks were down); each is two commands.
         in_flight: Keys being resolved right now.
         waiting: Resolutions waiting right now for another holder's lock
             (a gauge: tests and dashboards can wait for it).
@@ -84,6 +87,7 @@ class Statistics:
     fail_safe: int
     soft_timeouts: int
     refresh_errors: int
+    polls: int
     in_flight: int
     waiting: int
     computing: int
@@ -106,6 +110,7 @@ class Counters:
         "hits",
         "lock_lost",
         "misses",
+        "polls",
         "refresh_errors",
         "refused",
         "remote_waits",
@@ -136,6 +141,7 @@ class Counters:
         self.fail_safe = 0
         self.soft_timeouts = 0
         self.refresh_errors = 0
+        self.polls = 0
         self.waiting = 0  # gauges
         self.computing = 0
 
@@ -170,6 +176,7 @@ class Counters:
             fail_safe=self.fail_safe,
             soft_timeouts=self.soft_timeouts,
             refresh_errors=self.refresh_errors,
+            polls=self.polls,
             in_flight=in_flight,
             waiting=self.waiting,
             computing=self.computing,

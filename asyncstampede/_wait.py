@@ -54,6 +54,14 @@ WaitOutcome: TypeAlias = Served | Acquired | BackendError | _Marker
 _IDLE_BACKOFF = 0.001
 _IDLE_BACKOFF_MAX = 0.25
 
+# Where nothing can push a lock's changes (Redis refused client tracking, or
+# the watching connections are down), a waiter looks by itself: first after
+# this long, then after twice as long as the time before, up to a quarter of
+# the lock's TTL. A value is seen at most about as late again as it took to
+# come, and a wait costs a handful of looks (two commands each), never a
+# fixed short interval.
+_POLL_FIRST = 0.01
+
 
 async def wait(
     rt: Runtime, req: Request, token: bytes, held: Held, interest: Interest, seen: bytes | None
@@ -90,9 +98,13 @@ async def _wait(
     started = now()
     deadline = started + rt.settings.wait_timeout
     soft = req.policy.soft_timeout if req.stale is not None else None
-    timer = takeover_delay(held.pttl_ms)
     expires = started + held.pttl_ms / 1000  # when the holder's lock runs out
     idle_wakes = 0  # wake-ups in a row after which the lock was as it had been
+    polls = 0  # looks of our own while nothing pushes the lock's changes
+    poll_most = rt.settings.lock_ms / 4000
+    timer = takeover_delay(held.pttl_ms)
+    if not held.watched:
+        timer = min(timer, _POLL_FIRST)
     while True:
         if soft is not None and now() - started >= soft:
             stale = req.usable_stale()
@@ -148,6 +160,10 @@ async def _wait(
             interest.close()
             return state
         timer = takeover_delay(state.pttl_ms)
+        if not state.watched:
+            polls += 1
+            counters.polls += 1
+            timer = min(timer, _POLL_FIRST * 2 ** min(polls, 30), poll_most)
         was, expires = expires, now() + state.pttl_ms / 1000
         # Held by the same lock, its expiry where it was: nothing happened to
         # it (not an extension, not a takeover). Redis reports a key whose

@@ -195,6 +195,46 @@ async def test_the_documented_minimum_acl_is_enough(
     assert leader.statistics().backend_errors == 0
 
 
+@pytest.mark.parametrize(
+    "rules", ["+@all -client ~* &*", "+@all resetchannels ~*"], ids=["no-client", "no-channels"]
+)
+async def test_without_client_tracking_waiters_poll_instead_of_sleeping_out_the_lock(
+    acl_user: Callable[[str], Awaitable[str]], namespace: str, rules: str
+) -> None:
+    """Tracking refused, lock_ttl 30 s: the waiter gets the value by a few looks of its own."""
+    url = await acl_user(rules)
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "v"
+
+    async with (
+        Stampede.from_url(url, namespace=namespace, lock_ttl=30) as leader,
+        Stampede.from_url(url, namespace=namespace, lock_ttl=30) as waiter,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(leader.get_or_compute, "k", slow, 60)
+        await started.wait()
+        got: list[str] = []
+
+        async def wait() -> None:
+            got.append(await waiter.get_or_compute("k", _value, ttl=60))
+
+        tg.start_soon(wait)
+        await until(lambda: waiter.statistics().polls >= 3)  # looking by itself
+        release.set()
+        with anyio.fail_after(10):  # before: at the lock's expiry, 30 s
+            await until(lambda: got == ["v"], within=10)
+    stats = waiter.statistics()
+    assert stats.takeovers == 0
+    # Doubling from 10 ms: the look that finds the value is at most about as
+    # long after the release as the wait before it; a dozen looks at most.
+    assert 3 <= stats.polls <= 12
+
+
 # --- TLS ---------------------------------------------------------------------
 
 

@@ -38,9 +38,15 @@ class Acquired:
 @final
 @dataclass(frozen=True, slots=True)
 class Held:
-    """The value is missing and another holder has the lock for *pttl_ms* more."""
+    """The value is missing and another holder has the lock for *pttl_ms* more.
+
+    *watched*: the lock's changes will be delivered to its interests. False
+    when the store could not arrange that (Redis refused client tracking,
+    or the watching connections are down): the waiter must look by itself.
+    """
 
     pttl_ms: int
+    watched: bool = True
 
 
 ACQUIRED = Acquired()

@@ -87,7 +87,7 @@ class RedisBackend:
         # and the two that watch locks (RESP2: invalidations come as pub/sub
         # messages there).
         # Where redis-py lacks what they rely on, none is made: commands go
-        # through the pool, and waiters wake at lock expiry (logged in run).
+        # through the pool, and waiters poll (logged in run).
         self._unsupported = redis_py_problems()
         self.listener: Listener = (
             Listener()
@@ -141,8 +141,8 @@ class RedisBackend:
                 logging.ERROR,
                 "the installed redis-py lacks what asyncstampede's own connections need ("
                 + "; ".join(self._unsupported)
-                + "): every command goes through the pool and waiters wake only at lock "
-                "expiry; install a redis-py version this asyncstampede supports",
+                + "): every command goes through the pool and waiters poll; install a "
+                "redis-py version this asyncstampede supports",
             )
             task_status.started()
             return
@@ -253,20 +253,22 @@ class RedisBackend:
         tell a lock near its expiry from that marker costs one more read, of
         the lock itself.
         """
-        pttl = int(await self._look("PTTL", lock))
+        reply = await self.listener.watch(lock, "PTTL")
+        watched = reply is not UNTRACKED
+        pttl = int(reply if watched else await self._send("PTTL", lock))
         if 0 < pttl <= COMMITTED_MS:
             holder = await self._look("GET", lock)
             if holder is None or holder == COMMITTED:
                 return None
         if pttl == -2:
             return None
-        return Held(lock_ms if pttl < 0 else pttl)
+        return Held(lock_ms if pttl < 0 else pttl, watched=watched)
 
     async def _look(self, command: str, lock: bytes) -> Any:
         """Send *command* on *lock*, tracked when the listener can, else on the request path.
 
-        Untracked only while the listener reconnects, and the reconnect tells
-        every waiter to look again.
+        Untracked while the listener reconnects (the reconnect then tells
+        every waiter to look again), or where Redis refuses tracking.
         """
         reply = await self.listener.watch(lock, command)
         return await self._send(command, lock) if reply is UNTRACKED else reply

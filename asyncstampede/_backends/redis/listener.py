@@ -230,7 +230,9 @@ class RedisListener(Listener):
                 self.connect_errors += 1
                 self.refused += 1
                 backoff = 30.0
-                self._problems.report(exc, "watching locks (waiters wake at lock expiry meanwhile)")
+                self._problems.report(
+                    exc, "watching locks (waiters poll meanwhile, a few looks per wait)"
+                )
             except Exception as exc:
                 # Never let the reader die: that would leave waiters on
                 # timers alone. A bug is logged loudly; either way, start over.
