@@ -81,7 +81,11 @@ class Runtime:
             return cls(settings, memory, memory, problems)
         check_client(redis)
         backend = RedisBackend(
-            redis, owns_client=False, namespace=settings.namespace, problems=problems
+            redis,
+            owns_client=False,
+            namespace=settings.namespace,
+            problems=problems,
+            watch=settings.wake == "auto",
         )
         return cls(settings, backend, backend.address, problems)
 
@@ -104,6 +108,7 @@ class Runtime:
             refused_connections=backend.refused_connections,
             in_flight=len(self.flights),
             refreshing=len(self.refreshing),
+            wake=backend.wake,
         )
 
     def detach(self, key: str) -> None:

@@ -34,6 +34,7 @@ class StampedeSettings(TypedDict, total=False):
     max_entries: int
     check: bool
     share_values: bool
+    wake: Literal["auto", "poll"]
 
 
 @final
@@ -53,6 +54,7 @@ class Settings:
     max_entries: int
     check: bool
     share_values: bool
+    wake: Literal["auto", "poll"]
 
     @classmethod
     def build(
@@ -76,6 +78,7 @@ class Settings:
         max_entries: int,
         check: bool,
         share_values: bool,
+        wake: Literal["auto", "poll"] = "auto",
     ) -> Settings:
         """Validate the arguments of `Stampede` (see there for each).
 
@@ -105,6 +108,8 @@ class Settings:
         ):
             if not isinstance(given, bool):
                 raise TypeError(f"{flag} must be True or False, not {given!r}")
+        if wake not in ("auto", "poll"):
+            raise ValueError(f"wake must be 'auto' or 'poll', got {wake!r}")
         if on_wait_timeout not in ("compute", "raise"):
             raise ValueError(
                 f"on_wait_timeout must be 'compute' or 'raise', got {on_wait_timeout!r}"
@@ -130,4 +135,5 @@ class Settings:
             max_entries=max_entries,
             check=check,
             share_values=share_values,
+            wake=wake,
         )

@@ -102,6 +102,11 @@ class Stampede:
             ``dict`` or ``list`` value, as it would from its own read, so
             one caller's changes never show in another's. Turn it on for
             large values that callers only read, to save a decode per caller.
+        wake: How waiters learn that a lock changed. ``"auto"``: Redis tells
+            them (client tracking), and where it refuses, they poll (a few
+            looks per wait; see ``statistics().polls``). ``"poll"``: always
+            poll, for proxies and services without ``CLIENT TRACKING``
+            (nothing is asked of Redis that it would refuse). Redis only.
 
     Raises:
         TypeError: *redis* is not a ``redis.asyncio.Redis`` client (a URL, a
@@ -139,6 +144,7 @@ class Stampede:
         max_entries: int = 10_000,
         check: bool = False,
         share_values: bool = False,
+        wake: Literal["auto", "poll"] = "auto",
     ) -> None:
         settings = Settings.build(
             namespace=namespace,
@@ -159,6 +165,7 @@ class Stampede:
             max_entries=max_entries,
             check=check,
             share_values=share_values,
+            wake=wake,
         )
         self._rt = Runtime.over(redis, settings)
         self._settings = settings

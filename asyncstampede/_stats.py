@@ -64,6 +64,10 @@ class Statistics:
             background refreshes included).
         refreshing: Background refreshes running right now (a gauge: at
             most one per key per process).
+        wake: How waiters learn of lock changes right now: ``"tracking"``
+            (Redis client tracking), ``"poll"`` (they look by themselves:
+            tracking refused, its connections down, or ``wake="poll"``), or
+            ``"in-process"`` (embedded mode).
 
     """
 
@@ -92,6 +96,7 @@ class Statistics:
     waiting: int
     computing: int
     refreshing: int
+    wake: str
 
 
 @final
@@ -153,6 +158,7 @@ class Counters:
         refused_connections: int,
         in_flight: int,
         refreshing: int,
+        wake: str,
     ) -> Statistics:
         """Freeze the counters into a `Statistics` record."""
         return Statistics(
@@ -181,4 +187,5 @@ class Counters:
             waiting=self.waiting,
             computing=self.computing,
             refreshing=refreshing,
+            wake=wake,
         )

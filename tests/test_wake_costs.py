@@ -9,11 +9,13 @@ commands on a server with ``tracking-table-max-keys 1``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import anyio
 import pytest
 import redis
+from _conditions import until
 
 from asyncstampede import Stampede
 from asyncstampede._keys import make_names
@@ -127,3 +129,53 @@ async def test_writes_in_another_database_do_not_make_a_wait_expensive(
     admin.close()
     assert got == ["v"]
     assert looks < 60  # without the back-off: one PTTL per write reported, about 2,000
+
+
+async def test_forced_polling_wakes_waiters_by_looking(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wake='poll' (for proxies without CLIENT): one compute, values by a few looks, a WARNING."""
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "v"
+
+    with caplog.at_level(logging.WARNING, logger="asyncstampede"):
+        async with (
+            Stampede.from_url(redis_url, namespace=namespace, wake="poll", lock_ttl=30) as a,
+            Stampede.from_url(redis_url, namespace=namespace, wake="poll", lock_ttl=30) as b,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(a.get_or_compute, "k", slow, 60)
+            await started.wait()
+            got: list[object] = []
+
+            async def wait() -> None:
+                got.append(await b.get_or_compute("k", slow, ttl=60))
+
+            tg.start_soon(wait)
+            await until(lambda: b.statistics().polls >= 2)
+            release.set()
+            await until(lambda: got == ["v"])
+            stats = b.statistics()
+            assert stats.wake == "poll"
+            assert (stats.computes, stats.wakeups, stats.takeovers) == (0, 0, 0)
+            assert stats.polls <= 12
+    assert any("wake='poll'" in r.getMessage() for r in caplog.records)
+
+
+async def test_statistics_name_how_waiters_wake(redis_url: str, namespace: str) -> None:
+    """statistics().wake: tracking once Redis reports changes; in-process when embedded."""
+    async with Stampede.from_url(redis_url, namespace=namespace) as cache:
+        await until(lambda: cache.statistics().wake == "tracking")
+    async with Stampede(namespace=namespace) as embedded:
+        assert embedded.statistics().wake == "in-process"
+
+
+def test_an_unknown_wake_transport_is_refused() -> None:
+    """wake='pubsub' names the choices instead of being ignored."""
+    with pytest.raises(ValueError, match="'auto' or 'poll'"):
+        Stampede(wake="pubsub")  # type: ignore[arg-type]

@@ -61,6 +61,11 @@ class Backend(Protocol):
         ...
 
     @property
+    def wake(self) -> str:
+        """How waiters learn of lock changes now (see `Statistics.wake`)."""
+        ...
+
+    @property
     def reconnects(self) -> int:
         """Connections of the backend's own re-established after one was lost."""
         ...

@@ -52,6 +52,7 @@ class MemoryBackend:
         while len(self._values) > self._max_entries:
             self._values.popitem(last=False)
 
+    wake = "in-process"  # every change is delivered by the store itself
     reconnects = 0  # nothing to connect in memory
     connect_errors = 0
     refused_connections = 0

@@ -49,6 +49,7 @@ class RedisBackend:
         owns_client: bool,
         namespace: str | None = None,
         problems: ProblemLog | None = None,
+        watch: bool = True,
     ) -> None:
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
@@ -89,9 +90,10 @@ class RedisBackend:
         # Where redis-py lacks what they rely on, none is made: commands go
         # through the pool, and waiters poll (logged in run).
         self._unsupported = redis_py_problems()
+        self._watch = watch  # False: wake="poll", nothing is tracked
         self.listener: Listener = (
             Listener()
-            if self._unsupported
+            if self._unsupported or not watch
             else RedisListener(
                 link_factory(pool, protocol=2),
                 value_name_of,
@@ -114,6 +116,12 @@ class RedisBackend:
         self._execute = self._route.execute
         self._script = self._route.script
         self._map = self._route.map
+
+    @property
+    def wake(self) -> str:
+        """``"tracking"`` while Redis reports lock changes, ``"poll"`` otherwise."""
+        listener = self.listener
+        return "tracking" if isinstance(listener, RedisListener) and listener.tracking else "poll"
 
     @property
     def reconnects(self) -> int:
@@ -146,6 +154,14 @@ class RedisBackend:
             )
             task_status.started()
             return
+        if not self._watch:
+            self.problems.say(
+                logging.WARNING,
+                f"waiters on Redis at {self.address} poll (wake='poll'): each wait costs a "
+                "few looks and sees a value up to about as late again as it took to come; "
+                "where the server allows client tracking (ACL: +client|id +client|tracking "
+                "&__redis__:invalidate), wake='auto' wakes them at the commit",
+            )
         async with anyio.create_task_group() as tg:
             await tg.start(self.listener.run)
             tg.start_soon(self._mux.run)

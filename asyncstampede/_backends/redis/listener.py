@@ -103,6 +103,11 @@ class RedisListener(Listener):
         self._dead_after = dead_after
         self._session: anyio.CancelScope | None = None
 
+    @property
+    def tracking(self) -> bool:
+        """Whether the tracking connection is up (lock changes are reported)."""
+        return self._tracker is not None
+
     async def watch(self, name: bytes, command: str = "PTTL") -> Any:
         """See `Listener.watch`: the read is sent on the tracking connection."""
         tracker = self._tracker
