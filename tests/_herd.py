@@ -25,13 +25,14 @@ class Worker:
     deadline passes, not when pytest's timeout kills the whole test.
     """
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, wake: str = "auto") -> None:
         self.proc = subprocess.Popen(
             [sys.executable, WORKER, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONWARNINGS": "error"},
+            # The worker's Stampede(wake=...): how its waiters learn of lock changes.
+            env={**os.environ, "PYTHONWARNINGS": "error", "WORKER_WAKE": wake},
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -155,10 +156,11 @@ def run_herd(
     concurrency: int,
     compute_ms: int,
     key: str = "hot",
+    wake: str = "auto",
 ) -> tuple[list[dict[str, Any]], CommandLog]:
     """Start the processes, release them at once, return their reports and commands."""
     herd = [
-        Worker(url, namespace, key, str(concurrency), str(compute_ms), "5")
+        Worker(url, namespace, key, str(concurrency), str(compute_ms), "5", wake=wake)
         for _ in range(processes)
     ]
     workers.extend(herd)

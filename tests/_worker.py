@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from typing import Literal
 
 import anyio
 from _conditions import until
@@ -39,7 +40,8 @@ async def main() -> None:
     # attribute the commands it sees (CLIENT LIST maps addresses to names).
     pool = BlockingConnectionPool.from_url(url, client_name=f"worker-{os.getpid()}")
     client = Redis.from_pool(pool)
-    async with Stampede(client, namespace=namespace, lock_ttl=float(lock_ttl)) as cache:
+    wake: Literal["auto", "poll"] = "poll" if os.environ.get("WORKER_WAKE") == "poll" else "auto"
+    async with Stampede(client, namespace=namespace, lock_ttl=float(lock_ttl), wake=wake) as cache:
         await client.ping()
         print("ready", flush=True)
         line = await anyio.to_thread.run_sync(sys.stdin.readline)

@@ -106,6 +106,60 @@ def test_killed_lock_holder_is_taken_over(
     assert latest - killed_at < lock_ttl + 1.0, latest - killed_at
 
 
+def test_herd_of_four_processes_computes_once_when_polling(
+    workers: list[Worker], redis_url: str, namespace: str
+) -> None:
+    """wake='poll': 4 x 50 callers, 200 ms compute: still 1 compute, and a few looks per process."""
+    reports, log = run_herd(
+        workers, redis_url, namespace, processes=4, concurrency=50, compute_ms=200, wake="poll"
+    )
+    assert sum(r["stats"]["computes"] for r in reports) == 1
+    values = [v for r in reports for v in r["results"]]
+    assert len(values) == 200
+    assert all(v == values[0] for v in values)
+    assert not any(r["errors"] for r in reports)
+    assert sum(r["stats"]["wakeups"] for r in reports) == 0  # nothing pushed
+    # Looks at 10, 30, 70, 150, 310 ms...: about 5 each for a 200 ms compute.
+    polls = [r["stats"]["polls"] for r in reports if not r["stats"]["computes"]]
+    assert all(1 <= p <= 8 for p in polls), polls
+    assert "PTTL" in log.commands
+    assert len(log.commands) / 200 < 0.3, log.by_process
+
+
+def test_killed_lock_holder_is_taken_over_when_polling(
+    workers: list[Worker], redis_url: str, namespace: str
+) -> None:
+    """wake='poll', holder SIGKILLed mid-compute: one takeover, values within lock TTL + 1 s."""
+    lock_ttl = 1.0
+    holder = Worker(redis_url, namespace, "k", "1", "50", str(lock_ttl), "hold", wake="poll")
+    workers.append(holder)
+    holder.expect("ready")
+    holder.send("go")
+    holder.expect("computing")
+    waiters = [
+        Worker(redis_url, namespace, "k", "50", "50", str(lock_ttl), "announce", wake="poll")
+        for _ in range(3)
+    ]
+    workers.extend(waiters)
+    for waiter in waiters:
+        waiter.expect("ready")
+    for waiter in waiters:
+        waiter.send("go")
+    for waiter in waiters:
+        waiter.expect("waiting")
+    killed_at = time.time()
+    holder.proc.send_signal(signal.SIGKILL)
+    holder.proc.wait()
+    deadline = killed_at + lock_ttl + 1.0 + 10.0
+    reports = [waiter.report(timeout=max(0.0, deadline - time.time())) for waiter in waiters]
+    assert not any(r["errors"] for r in reports)
+    assert sum(r["stats"]["computes"] for r in reports) == 1
+    assert sum(r["stats"]["takeovers"] for r in reports) == 1
+    assert sum(len(r["results"]) for r in reports) == 150
+    latest = max(t for r in reports for t in r["finished"])
+    assert latest - killed_at < lock_ttl + 1.0, latest - killed_at
+
+
 def test_xfetch_refreshes_once_fleet_wide(
     workers: list[Worker], redis_url: str, namespace: str
 ) -> None:
