@@ -8,6 +8,7 @@ freshness verdict before it is handed over.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, final
@@ -127,7 +128,8 @@ async def _wait(
             # The last wake-ups changed nothing (see _IDLE_BACKOFF): wait a
             # little, doubling, before looking again; news meanwhile is kept.
             pause = min(_IDLE_BACKOFF * 2 ** min(idle_wakes, 16), _IDLE_BACKOFF_MAX)
-            await anyio.sleep(max(0.0, min(pause, expires - now(), deadline - now())))
+            until = min(expires, deadline, math.inf if soft is None else started + soft)
+            await anyio.sleep(max(0.0, min(pause, until - now())))
             if interest.resolved:
                 return RESOLVED
         if message is not None and message is not Signal.RECHECK and type(message) is not Value:
