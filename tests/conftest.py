@@ -19,8 +19,10 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -92,6 +94,30 @@ async def cache(redis_url: str, namespace: str) -> AsyncIterator[Stampede]:
     """A Stampede on the session's Redis."""
     async with Stampede.from_url(redis_url, namespace=namespace) as stampede:
         yield stampede
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Where the Stampede under test stores: "redis" (the session's server) or "embedded"."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make_cache(
+    mode: str, redis_url: str, namespace: str
+) -> Callable[..., AbstractAsyncContextManager[Stampede]]:
+    """Build a Stampede with the given settings, on Redis or embedded (see `mode`)."""
+
+    @asynccontextmanager
+    async def make(**settings: Any) -> AsyncIterator[Stampede]:
+        if mode == "redis":
+            cache = Stampede.from_url(redis_url, namespace=namespace, **settings)
+        else:
+            cache = Stampede(namespace=namespace, **settings)
+        async with cache:
+            yield cache
+
+    return make
 
 
 @pytest.fixture(params=["redis", "embedded"])

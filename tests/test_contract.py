@@ -11,8 +11,8 @@ import logging
 import math
 import threading
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -36,27 +36,6 @@ from asyncstampede._keys import make_names
 pytestmark = pytest.mark.anyio
 
 MakeCache = Callable[..., AbstractAsyncContextManager[Stampede]]
-
-
-@pytest.fixture(params=["redis", "embedded"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def make_cache(mode: str, redis_url: str, namespace: str) -> MakeCache:
-    """Build a Stampede with the given settings, on Redis or embedded."""
-
-    @asynccontextmanager
-    async def make(**settings: Any) -> AsyncIterator[Stampede]:
-        if mode == "redis":
-            cache = Stampede.from_url(redis_url, namespace=namespace, **settings)
-        else:
-            cache = Stampede(namespace=namespace, **settings)
-        async with cache:
-            yield cache
-
-    return make
 
 
 E = TypeVar("E", bound=BaseException)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
@@ -17,22 +16,6 @@ from asyncstampede._keys import make_names
 pytestmark = pytest.mark.anyio
 
 MakeCache = Callable[..., AbstractAsyncContextManager[Stampede]]
-
-
-@pytest.fixture(params=["redis", "embedded"])
-def make_cache(request: pytest.FixtureRequest, redis_url: str, namespace: str) -> MakeCache:
-    """Build a Stampede with the given settings, on Redis or embedded."""
-
-    @asynccontextmanager
-    async def make(**settings: Any) -> AsyncIterator[Stampede]:
-        if request.param == "redis":
-            cache = Stampede.from_url(redis_url, namespace=namespace, **settings)
-        else:
-            cache = Stampede(namespace=namespace, **settings)
-        async with cache:
-            yield cache
-
-    return make
 
 
 class Source:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
@@ -15,22 +14,6 @@ from asyncstampede import ComputeFailedError, ComputeTimeoutError, Stampede
 pytestmark = pytest.mark.anyio
 
 MakeCache = Callable[..., AbstractAsyncContextManager[Stampede]]
-
-
-@pytest.fixture(params=["redis", "embedded"])
-def make_cache(request: pytest.FixtureRequest, redis_url: str, namespace: str) -> MakeCache:
-    """Build a Stampede with the given settings, on Redis or embedded."""
-
-    @asynccontextmanager
-    async def make(**settings: Any) -> AsyncIterator[Stampede]:
-        if request.param == "redis":
-            cache = Stampede.from_url(redis_url, namespace=namespace, **settings)
-        else:
-            cache = Stampede(namespace=namespace, **settings)
-        async with cache:
-            yield cache
-
-    return make
 
 
 async def slow(value: str = "done") -> str:
