@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["KeyNames", "make_names", "plain_key", "validate_namespace", "value_name_of"]
+__all__ = [
+    "KeyNames",
+    "channel_name_of",
+    "lock_name_of",
+    "make_names",
+    "plain_key",
+    "validate_namespace",
+    "value_name_of",
+]
 
 _NAMES_CACHED = 4096  # keys whose Redis names a NamesCache keeps ready
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
@@ -98,3 +106,13 @@ class NamesCache(dict[str, KeyNames]):
 def value_name_of(lock: bytes) -> bytes:
     """Return the value name that goes with the lock name *lock*."""
     return lock[:-1] + b"v"
+
+
+def lock_name_of(name: bytes) -> bytes:
+    """Return the lock name of the key whose value or channel name is *name*."""
+    return name[:-1] + b"l"
+
+
+def channel_name_of(lock: bytes) -> bytes:
+    """Return the channel the scripts tell the lock *lock*'s waiters on (its hash slot)."""
+    return lock[:-1] + b"w"

@@ -85,7 +85,7 @@ class Runtime:
             owns_client=False,
             namespace=settings.namespace,
             problems=problems,
-            watch=settings.wake == "auto",
+            wake=settings.wake,
         )
         return cls(settings, backend, backend.address, problems)
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypedDict, final
+from typing import Final, Literal, TypeAlias, TypedDict, final, get_args
 
 from ._freshness import Policy, positive
 from ._keys import validate_namespace
 
-__all__ = ["MiB", "Settings", "StampedeSettings"]
+__all__ = ["WAKES", "MiB", "Settings", "StampedeSettings", "Wake"]
 
 MiB = 1024 * 1024
+
+Wake: TypeAlias = Literal["auto", "tracking", "tracking-resp3", "keyspace", "channel", "poll"]
+"""How waiters learn that a lock changed (see `Stampede`'s ``wake``)."""
+WAKES: Final[tuple[str, ...]] = get_args(Wake)
 
 
 class StampedeSettings(TypedDict, total=False):
@@ -34,7 +38,7 @@ class StampedeSettings(TypedDict, total=False):
     max_entries: int
     check: bool
     share_values: bool
-    wake: Literal["auto", "poll"]
+    wake: Wake
 
 
 @final
@@ -54,7 +58,7 @@ class Settings:
     max_entries: int
     check: bool
     share_values: bool
-    wake: Literal["auto", "poll"]
+    wake: Wake
 
     @classmethod
     def build(
@@ -78,7 +82,7 @@ class Settings:
         max_entries: int,
         check: bool,
         share_values: bool,
-        wake: Literal["auto", "poll"] = "auto",
+        wake: Wake = "auto",
     ) -> Settings:
         """Validate the arguments of `Stampede` (see there for each).
 
@@ -108,8 +112,9 @@ class Settings:
         ):
             if not isinstance(given, bool):
                 raise TypeError(f"{flag} must be True or False, not {given!r}")
-        if wake not in ("auto", "poll"):
-            raise ValueError(f"wake must be 'auto' or 'poll', got {wake!r}")
+        if wake not in WAKES:
+            choices = ", ".join(repr(w) for w in WAKES)
+            raise ValueError(f"wake must be one of {choices}, got {wake!r}")
         if on_wait_timeout not in ("compute", "raise"):
             raise ValueError(
                 f"on_wait_timeout must be 'compute' or 'raise', got {on_wait_timeout!r}"

@@ -38,7 +38,7 @@ from ._keys import NamesCache, make_names, plain_key
 from ._lifecycle import Lifecycle
 from ._read import HANDED_OFF, LOOK, await_flight, hand_off, read_interrupted
 from ._runtime import Again, Request, Runtime, now_ms
-from ._settings import MiB, Settings, StampedeSettings
+from ._settings import MiB, Settings, StampedeSettings, Wake
 from ._stats import Statistics
 
 __all__ = ["Stampede"]
@@ -102,11 +102,22 @@ class Stampede:
             ``dict`` or ``list`` value, as it would from its own read, so
             one caller's changes never show in another's. Turn it on for
             large values that callers only read, to save a decode per caller.
-        wake: How waiters learn that a lock changed. ``"auto"``: Redis tells
-            them (client tracking), and where it refuses, they poll (a few
-            looks per wait; see ``statistics().polls``). ``"poll"``: always
-            poll, for proxies and services without ``CLIENT TRACKING``
-            (nothing is asked of Redis that it would refuse). Redis only.
+        wake: How waiters in other processes learn that a lock changed
+            (the wake transport). ``"auto"`` (the default) tries, in this
+            order, and uses the first the server allows: ``"tracking"``
+            (client tracking, ``REDIRECT`` to a RESP2 connection),
+            ``"tracking-resp3"`` (client tracking in-band on a RESP3
+            connection), ``"keyspace"`` (keyspace notifications, where the
+            server's ``notify-keyspace-events`` already has ``K``, ``g`` and
+            ``$``; never set by asyncstampede) and ``"channel"`` (the
+            holder's scripts publish on the key's own channel); where none
+            is allowed, waiters poll (a few looks per wait, paced by the
+            lock's TTL; see ``statistics().polls``). Where one is refused at
+            run time, the next is used; after a reconnect the order is tried
+            again. Naming one forces it (refused: waiters poll, and it is
+            logged at ERROR); ``"poll"`` always polls, for proxies with no
+            pub/sub and no ``CLIENT``. ``statistics().wake`` names the one in
+            use; ``docs/operations.md`` lists what each needs. Redis only.
 
     Raises:
         TypeError: *redis* is not a ``redis.asyncio.Redis`` client (a URL, a
@@ -144,7 +155,7 @@ class Stampede:
         max_entries: int = 10_000,
         check: bool = False,
         share_values: bool = False,
-        wake: Literal["auto", "poll"] = "auto",
+        wake: Wake = "auto",
     ) -> None:
         settings = Settings.build(
             namespace=namespace,

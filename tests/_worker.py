@@ -20,13 +20,14 @@ import json
 import os
 import sys
 import time
-from typing import Literal
+from typing import cast
 
 import anyio
 from _conditions import until
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from asyncstampede import Stampede
+from asyncstampede._settings import Wake
 
 
 async def main() -> None:
@@ -40,7 +41,7 @@ async def main() -> None:
     # attribute the commands it sees (CLIENT LIST maps addresses to names).
     pool = BlockingConnectionPool.from_url(url, client_name=f"worker-{os.getpid()}")
     client = Redis.from_pool(pool)
-    wake: Literal["auto", "poll"] = "poll" if os.environ.get("WORKER_WAKE") == "poll" else "auto"
+    wake = cast("Wake", os.environ.get("WORKER_WAKE", "auto"))
     async with Stampede(client, namespace=namespace, lock_ttl=float(lock_ttl), wake=wake) as cache:
         await client.ping()
         print("ready", flush=True)

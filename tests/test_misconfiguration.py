@@ -31,6 +31,7 @@ from asyncstampede import (
     Stampede,
 )
 from asyncstampede._backends.redis.errors import MINIMUM_ACL
+from asyncstampede._settings import Wake
 from asyncstampede.testing import RedisServer, _free_port, find_server_binary
 
 pytestmark = pytest.mark.anyio
@@ -145,21 +146,21 @@ async def test_acl_without_scripting(
     await _misconfigured_app_runs_and_says_so(case, caplog)
 
 
-async def test_acl_without_client_tracking(
+async def test_forced_tracking_without_client(
     acl_user: Callable[[str], Awaitable[str]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An ACL user without CLIENT: the lock watcher's refusal names the rule to grant."""
+    """wake='tracking' for an ACL user without CLIENT: the refusal names the rule to grant."""
     url = await acl_user("+@all -client ~* &*")
-    case = Case(url, ("NOPERM", "+client"))
+    case = Case(url, ("NOPERM", "+client"), settings=(("wake", "tracking"),))
     await _misconfigured_app_runs_and_says_so(case, caplog)
 
 
-async def test_acl_without_the_invalidation_channel(
+async def test_forced_tracking_without_the_invalidation_channel(
     acl_user: Callable[[str], Awaitable[str]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redis 7's default channel rules (none): SUBSCRIBE __redis__:invalidate is refused."""
+    """wake='tracking', Redis 7's default channel rules (none): SUBSCRIBE is refused."""
     url = await acl_user("+@all resetchannels ~*")
-    case = Case(url, ("NOPERM", "&__redis__:invalidate"))
+    case = Case(url, ("NOPERM", "&__redis__:invalidate"), settings=(("wake", "tracking"),))
     await _misconfigured_app_runs_and_says_so(case, caplog)
 
 
@@ -196,12 +197,14 @@ async def test_the_documented_minimum_acl_is_enough(
 
 
 @pytest.mark.parametrize(
-    "rules", ["+@all -client ~* &*", "+@all resetchannels ~*"], ids=["no-client", "no-channels"]
+    ("rules", "wake"),
+    [("+@all -client resetchannels ~*", "auto"), ("+@all -client ~* &*", "tracking")],
+    ids=["nothing-allowed", "forced-tracking-refused"],
 )
-async def test_without_client_tracking_waiters_poll_instead_of_sleeping_out_the_lock(
-    acl_user: Callable[[str], Awaitable[str]], namespace: str, rules: str
+async def test_where_no_wake_is_allowed_waiters_poll_instead_of_sleeping_out_the_lock(
+    acl_user: Callable[[str], Awaitable[str]], namespace: str, rules: str, wake: Wake
 ) -> None:
-    """Tracking refused, lock_ttl 30 s: the waiter gets the value by a few looks of its own."""
+    """No CLIENT and no channels (or a refused forced transport), lock_ttl 30 s: a few looks."""
     url = await acl_user(rules)
     release = anyio.Event()
     started = anyio.Event()
@@ -212,10 +215,11 @@ async def test_without_client_tracking_waiters_poll_instead_of_sleeping_out_the_
         return "v"
 
     async with (
-        Stampede.from_url(url, namespace=namespace, lock_ttl=30) as leader,
-        Stampede.from_url(url, namespace=namespace, lock_ttl=30) as waiter,
+        Stampede.from_url(url, namespace=namespace, lock_ttl=30, wake=wake) as leader,
+        Stampede.from_url(url, namespace=namespace, lock_ttl=30, wake=wake) as waiter,
         anyio.create_task_group() as tg,
     ):
+        assert waiter.statistics().wake == "poll"
         tg.start_soon(leader.get_or_compute, "k", slow, 60)
         await started.wait()
         got: list[str] = []

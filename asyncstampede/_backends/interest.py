@@ -16,7 +16,7 @@ import anyio.abc
 
 from .messages import Message, Signal, Value
 
-__all__ = ["UNTRACKED", "Interest", "Listener"]
+__all__ = ["SUBSCRIBED", "UNTRACKED", "Interest", "Listener"]
 
 
 @final
@@ -29,7 +29,20 @@ class _Untracked:
         return "UNTRACKED"
 
 
-UNTRACKED: Final = _Untracked()  # watch() could not send its read on a tracking connection
+UNTRACKED: Final = _Untracked()  # watch() could not arrange for the lock's changes to be told
+
+
+@final
+class _Subscribed:
+    """The type of `SUBSCRIBED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SUBSCRIBED"
+
+
+SUBSCRIBED: Final = _Subscribed()  # watch() subscribed to the lock's changes: now read it
 
 
 @final
@@ -103,6 +116,18 @@ class Listener:
             interests.discard(interest)
             if not interests:
                 del self._interests[name]
+                self.forget(name)
+
+    def forget(self, name: bytes) -> None:
+        """Nobody waits on *name* any more (a store may stop watching it)."""
+
+    def wanted(self, name: bytes) -> bool:
+        """Whether somebody waits on *name* now."""
+        return name in self._interests
+
+    def waited(self) -> float:
+        """Seconds since somebody started waiting with nobody waiting before (0: nobody waits)."""
+        return anyio.current_time() - self._waiting_since if self._interests else 0.0
 
     def deliver(self, name: bytes, message: Message) -> None:
         """Hand *message* to every interest in *name*."""
@@ -118,11 +143,15 @@ class Listener:
                 interest.push(Signal.RECHECK)
 
     async def watch(self, name: bytes, command: str = "PTTL") -> Any:
-        """Read lock *name* with *command* (``PTTL`` or ``GET``) and have its changes delivered.
+        """Have lock *name*'s changes delivered, reading it with *command* (``PTTL``, ``GET``).
 
-        Returns the reply, or `UNTRACKED` when that cannot be arranged now
-        (the caller reads some other way; the next reconnect tells every
-        interest to re-check). Embedded mode delivers every change by itself.
+        Returns the reply of a read that is also the subscription (client
+        tracking); `SUBSCRIBED` when the changes will be delivered and the
+        caller now reads the lock itself (subscribe, then read: nothing in
+        between is missed); or `UNTRACKED` when neither can be arranged now
+        (the caller reads, and looks again by itself; the next reconnect
+        tells every interest to re-check). Embedded mode delivers every
+        change by itself.
         """
         return UNTRACKED
 

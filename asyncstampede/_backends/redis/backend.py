@@ -23,19 +23,22 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ..._exceptions import BackendError, BackendRefusedError
-from ..._keys import KeyNames, value_name_of
+from ..._keys import KeyNames, make_names, value_name_of
 from ..._problems import ProblemLog
 from ..base import ACQUIRED, Acquired, Held, Hit
-from ..interest import UNTRACKED, Listener
+from ..interest import SUBSCRIBED, UNTRACKED, Listener
 from . import scripts as _scripts
 from .errors import address_of
 from .listener import RedisListener
 from .mux import Multiplexer
 from .route import Route
-from .scripts import COMMITTED, COMMITTED_MS, committed_ms
+from .scripts import COMMITTED, COMMITTED_MS, committed_ms, render
 from .wire import link_factory, redis_py_problems
 
 __all__ = ["RedisBackend"]
+
+# What `Listener.watch` answers when the caller must read the lock itself.
+_READ_YOURSELF = (UNTRACKED, SUBSCRIBED)
 
 
 @final
@@ -49,7 +52,7 @@ class RedisBackend:
         owns_client: bool,
         namespace: str | None = None,
         problems: ProblemLog | None = None,
-        watch: bool = True,
+        wake: str = "auto",
     ) -> None:
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
@@ -63,14 +66,14 @@ class RedisBackend:
         self._namespace = namespace
         self.address = address_of(kwargs)
         self.problems = problems if problems is not None else ProblemLog()
-        self._commit = client.register_script(_scripts.COMMIT)
-        self._release = client.register_script(_scripts.RELEASE)
-        self._extend = client.register_script(_scripts.EXTEND)
-        self._take = client.register_script(_scripts.TAKE)
-        self._take_or_name = client.register_script(_scripts.TAKE_OR_NAME)
-        self._write_if_absent = client.register_script(_scripts.WRITE_IF_ABSENT)
-        self._restamp = client.register_script(_scripts.RESTAMP)
-        self._invalidate = client.register_script(_scripts.INVALIDATE)
+        self._commit = client.register_script(render(_scripts.COMMIT))
+        self._release = client.register_script(render(_scripts.RELEASE))
+        self._extend = client.register_script(render(_scripts.EXTEND))
+        self._take = client.register_script(render(_scripts.TAKE))
+        self._take_or_name = client.register_script(render(_scripts.TAKE_OR_NAME))
+        self._write_if_absent = client.register_script(render(_scripts.WRITE_IF_ABSENT))
+        self._restamp = client.register_script(render(_scripts.RESTAMP))
+        self._invalidate = client.register_script(render(_scripts.INVALIDATE))
         self._scripts = [
             self._commit,
             self._release,
@@ -90,18 +93,21 @@ class RedisBackend:
         # Where redis-py lacks what they rely on, none is made: commands go
         # through the pool, and waiters poll (logged in run).
         self._unsupported = redis_py_problems()
-        self._watch = watch  # False: wake="poll", nothing is tracked
-        self.listener: Listener = (
-            Listener()
-            if self._unsupported or not watch
-            else RedisListener(
-                link_factory(pool, protocol=2),
+        self._wake = wake  # "poll": nothing watches locks
+        if self._unsupported or wake == "poll":
+            self.listener: Listener = Listener()
+        else:
+            resp2, resp3 = link_factory(pool, protocol=2), link_factory(pool, protocol=3)
+            self.listener = RedisListener(
+                lambda protocol: resp3() if protocol == 3 else resp2(),
                 value_name_of,
                 address=self.address,
+                db=int(kwargs.get("db") or 0),
+                probe_lock=make_names(namespace or "asyncstampede", "asyncstampede-probe").lock,
                 reply_timeout=timeout,
+                wake=wake,
                 problems=self.problems,
             )
-        )
         self._route = Route(
             client,
             Multiplexer(
@@ -119,9 +125,10 @@ class RedisBackend:
 
     @property
     def wake(self) -> str:
-        """``"tracking"`` while Redis reports lock changes, ``"poll"`` otherwise."""
+        """The wake transport reporting lock changes now, ``"poll"`` while none does."""
         listener = self.listener
-        return "tracking" if isinstance(listener, RedisListener) and listener.tracking else "poll"
+        transport = listener.transport if isinstance(listener, RedisListener) else None
+        return transport or "poll"
 
     @property
     def reconnects(self) -> int:
@@ -154,13 +161,14 @@ class RedisBackend:
             )
             task_status.started()
             return
-        if not self._watch:
+        if self._wake == "poll":
             self.problems.say(
                 logging.WARNING,
                 f"waiters on Redis at {self.address} poll (wake='poll'): each wait costs a "
                 "few looks and sees a value up to about as late again as it took to come; "
-                "where the server allows client tracking (ACL: +client|id +client|tracking "
-                "&__redis__:invalidate), wake='auto' wakes them at the commit",
+                "where the server allows one of the wake transports (see the operations "
+                "guide: client tracking, keyspace notifications or the key's channel), "
+                "wake='auto' wakes them at the commit",
             )
         async with anyio.create_task_group() as tg:
             await tg.start(self.listener.run)
@@ -271,7 +279,7 @@ class RedisBackend:
         """
         reply = await self.listener.watch(lock, "PTTL")
         watched = reply is not UNTRACKED
-        pttl = int(reply if watched else await self._send("PTTL", lock))
+        pttl = int(await self._send("PTTL", lock) if reply in _READ_YOURSELF else reply)
         if 0 < pttl <= COMMITTED_MS:
             holder = await self._look("GET", lock)
             if holder is None or holder == COMMITTED:
@@ -283,11 +291,12 @@ class RedisBackend:
     async def _look(self, command: str, lock: bytes) -> Any:
         """Send *command* on *lock*, tracked when the listener can, else on the request path.
 
-        Untracked while the listener reconnects (the reconnect then tells
-        every waiter to look again), or where Redis refuses tracking.
+        Sent on the request path where the transport subscribes (it has
+        subscribed first), while the listener reconnects (the reconnect then
+        tells every waiter to look again), or where nothing watches locks.
         """
         reply = await self.listener.watch(lock, command)
-        return await self._send(command, lock) if reply is UNTRACKED else reply
+        return await self._send(command, lock) if reply in _READ_YOURSELF else reply
 
     async def _lock_or_holder(self, lock: bytes, token: bytes, lock_ms: int) -> Any:
         """Take *lock* if it is free, else return its holder's token: ``SET NX PX GET``.

@@ -109,7 +109,10 @@ def _hint(exc: BaseException, text: str, namespace: str | None) -> str | None:
         if match:
             return f"grant the ACL rule +{match.group(1).lower()}"
         if "channel" in text:
-            return "grant the ACL rule &__redis__:invalidate (client tracking's channel)"
+            return (
+                "grant the channel of the wake transport: &__redis__:invalidate (tracking), "
+                "&__keyspace@*__:<namespace>:* (keyspace) or &<namespace>:* (channel)"
+            )
         if "key" in text:
             keys = f"~{namespace}:*" if namespace else "~<namespace>:*"
             return f"grant the ACL rule {keys}"

@@ -1,321 +1,235 @@
-"""Waking waiters with Redis: one invalidation reader, and its tracking connection.
+"""Waking waiters with Redis: the wake transport in use, chosen by probing.
 
 A waiter registers an `Interest` in its key's lock name (see ``interest``)
-*before* it asks Redis about the lock. The question is also the
-subscription. The lock's remaining TTL is read with ``PTTL`` on a connection
-that has client tracking on (``CLIENT TRACKING ON REDIRECT <reader>``), and
-from then on Redis itself sends an invalidation message the moment the lock
-changes: deleted by the holder's commit or release, extended, expired, or
-taken over. A waiting process pays one command for that, where per-key
-pub/sub costs SUBSCRIBE, a re-check after the subscription is confirmed, and
-UNSUBSCRIBE, and the holder has nothing to publish.
+*before* it asks Redis about the lock, and asks through `RedisListener.watch`,
+so that the lock's changes from then on are delivered to it. How they reach
+this process is a wake transport (see ``transports``): client tracking
+(RESP2 with ``REDIRECT``, or RESP3 in-band), keyspace notifications, or the
+key's own channel.
 
-The invalidations arrive on a RESP2 connection subscribed to
-``__redis__:invalidate``, read by exactly one task. After every (re)connect
-each interest is told to re-check (`Signal.RECHECK`): invalidations sent
-during a gap are lost, and Redis forgets what a connection tracked when it
-closes.
+With ``wake="auto"`` the listener tries them in that order at start and
+serves with the first the server allows; where one is refused at run time
+(an ACL changed) it moves on to the next; after a lost connection it starts
+again from the first (an ACL may have been fixed). Where none is allowed,
+waiters poll (``_wait``) and the probing is repeated now and then. A forced
+transport (``wake="channel"``...) is the only one tried. Each change of
+transport is logged with the server's own words.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Final, final
 
 import anyio
 import anyio.abc
-from redis.exceptions import ResponseError
 
-from ..._exceptions import BackendRefusedError
+from ..._exceptions import BackendError, BackendRefusedError
 from ..._problems import ProblemLog
 from ..interest import UNTRACKED, Listener
-from ..messages import Signal, Value
 from .errors import is_connection_trouble, map_error
-from .wire import Link, LinkFactory
+from .transports import AUTO_ORDER, TRANSPORTS, Transport, WakeConfig
+from .wire import Link
 
-__all__ = ["INVALIDATIONS", "RedisListener"]
+__all__ = ["RedisListener"]
 
 log = logging.getLogger("asyncstampede")
 
-INVALIDATIONS = b"__redis__:invalidate"
-_REFUSED = object()  # an error reply on the tracking connection
-
-
-class _Pending:
-    """A command sent on the tracking connection, waiting for its reply."""
-
-    __slots__ = ("done", "lock", "reply")
-
-    def __init__(self, lock: bytes | None = None) -> None:
-        self.lock = lock  # set for a value read on behalf of this lock's waiters
-        self.reply: Any = UNTRACKED
-        self.done = anyio.Event()
+# Where every transport was refused, probe them again this often: an ACL or
+# the server's configuration may have been fixed.
+_REPROBE_AFTER: Final = 30.0
 
 
 @final
 class RedisListener(Listener):
-    """The invalidation reader of a `Stampede` over Redis, and its tracking connection.
-
-    Two connections, each read by one task: the reader (subscribed to
-    invalidations) and the tracker (replies, in the order sent). When either
-    fails, both are replaced and every interest re-checks.
-
-    When a watched lock changes, the reader itself sends ``GET value`` on the
-    tracker before anybody wakes up, and hands the value to the waiters
-    with the reply (`Value`), or tells them there was none (`Signal.ABSENT`):
-    the waiting task is not woken just to send that read.
-    """
+    """The lock-change listener of a `Stampede` over Redis."""
 
     def __init__(
         self,
-        new_link: LinkFactory,
+        new_link: Callable[[int], Link],
         value_name: Callable[[bytes], bytes],
         *,
         address: str,
+        db: int,
+        probe_lock: bytes,
         reply_timeout: float,
-        read_timeout: float = 1.0,
-        ping_after: float = 5.0,
-        idle_ping_after: float = 60.0,
-        dead_after: float = 10.0,
+        wake: str = "auto",
         problems: ProblemLog | None = None,
     ) -> None:
         super().__init__()
-        self._address = address
         self._problems = problems if problems is not None else ProblemLog()
-        # *new_link* makes RESP2 connections (invalidations come as pub/sub
-        # messages on the reader's) that never retry by themselves: a lost
-        # connection must surface here so that every waiter re-checks after
-        # the reconnect. Their reads wait as long as they must (an idle
-        # connection is fine); each bound is explicit below: handshake and
-        # PTTL replies within *reply_timeout*, a silent reader by its pings.
-        self._new_link = new_link
-        self._reply_timeout = reply_timeout
-        self._value_name = value_name
-        self._tracker: Link | None = None
-        self._sent: deque[_Pending] = deque()  # commands sent on the tracker, oldest first
-        self._send_lock = anyio.Lock()
-        self._read_timeout = read_timeout
-        self._ping_after = ping_after
-        self._idle_ping_after = idle_ping_after
-        self._dead_after = dead_after
-        self._session: anyio.CancelScope | None = None
+        self._address = address
+        self._order = AUTO_ORDER if wake == "auto" else (wake,)
+        self._config = WakeConfig(
+            new_link=new_link,
+            value_name=value_name,
+            probe_lock=probe_lock,
+            address=address,
+            db=db,
+            reply_timeout=reply_timeout,
+            problems=self._problems,
+            forced=wake != "auto",
+        )
+        self._serving: Transport | None = None
+        self._refusals: dict[str, BackendRefusedError] = {}  # transport -> its last refusal
 
     @property
-    def tracking(self) -> bool:
-        """Whether the tracking connection is up (lock changes are reported)."""
-        return self._tracker is not None
+    def transport(self) -> str | None:
+        """The transport that reports lock changes now (None: waiters poll)."""
+        serving = self._serving
+        return None if serving is None else serving.name
 
     async def watch(self, name: bytes, command: str = "PTTL") -> Any:
-        """See `Listener.watch`: the read is sent on the tracking connection."""
-        tracker = self._tracker
-        if tracker is None:
+        """See `Listener.watch`."""
+        serving = self._serving
+        if serving is None:
             return UNTRACKED
-        pending = _Pending()
-        try:
-            async with self._send_lock:
-                if self._tracker is not tracker:
-                    return UNTRACKED
-                self._sent.append(pending)
-                await tracker.send(command, name)
-        except Exception as exc:
-            log.debug("tracking connection failed: %r", exc)
-            pending.done.set()
-            return UNTRACKED  # the tracker's reader fails too, and both reconnect
-        with anyio.move_on_after(self._reply_timeout):
-            await pending.done.wait()
-        if not pending.done.is_set():
-            # A half-open connection: nothing else would notice it.
-            log.warning("asyncstampede tracking connection stopped answering; reconnecting")
-            self._end_session(tracker)
-        return pending.reply
+        return await serving.watch(name, command)
 
-    def _end_session(self, tracker: Link) -> None:
-        """Drop both connections (if *tracker* is still the current one)."""
-        if self._tracker is tracker and self._session is not None:
-            self._session.cancel()
-
-    async def _read_replies(self, tracker: Link) -> None:
-        """Hand each reply on the tracking connection to its caller; fail when it closes."""
-        while True:
-            try:
-                reply = await tracker.read()  # no timeout
-            except ResponseError:
-                # A refused read (say WRONGTYPE under the namespace) fails
-                # only its own caller, who asks again on the request path,
-                # where the refusal is counted and logged.
-                reply = _REFUSED
-            if not self._sent:
-                raise ConnectionError(f"unexpected reply on the tracking connection: {reply!r}")
-            pending = self._sent.popleft()
-            if pending.lock is None:
-                pending.reply = UNTRACKED if reply is _REFUSED else reply
-                pending.done.set()
-            elif reply is _REFUSED:
-                self.deliver(pending.lock, Signal.CHANGED)
-            elif reply is None:
-                self.deliver(pending.lock, Signal.ABSENT)
-            else:
-                self.deliver(pending.lock, Value(reply if type(reply) is bytes else bytes(reply)))
-
-    async def _handshake(self, conns: list[Link]) -> None:
-        """Connect the reader and the tracker, appending them to *conns* (the caller closes them).
-
-        Raises:
-            BackendError: Redis failed or refused a step (named in the error).
-
-        """
-        reader = self._new_link()
-        tracker = self._new_link()
-        conns += (reader, tracker)
-        step: str | None = None  # the command in flight, for the error
-        try:
-            # The connections' own reads have no timeout (see __init__): a
-            # server that accepts and never answers must not hang here.
-            await reader.connect(self._reply_timeout)
-            step = "CLIENT ID"
-            client_id = int(await self._ask(reader, "CLIENT", "ID"))
-            step = "SUBSCRIBE"
-            await self._ask(reader, "SUBSCRIBE", INVALIDATIONS)  # the confirmation
-            step = None
-            await tracker.connect(self._reply_timeout)
-            step = "CLIENT TRACKING"
-            await self._ask(tracker, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
-        except Exception as exc:
-            if not is_connection_trouble(exc):
-                raise
-            raise map_error(exc, address=self._address, command=step) from exc
+    def forget(self, name: bytes) -> None:
+        """See `Listener.forget`."""
+        serving = self._serving
+        if serving is not None:
+            serving.forget(name)
 
     async def check(self) -> None:
-        """Connect both connections once, as `run` does, and disconnect them.
+        """Open the first transport the server allows, as `run` does, and close it.
 
         Raises:
-            BackendError: the handshake failed (a refusal names the ACL rule to grant).
+            BackendError: a forced transport is refused (the error names what
+                to grant), or Redis cannot be reached. Under ``wake="auto"``
+                no transport being allowed is not an error (waiters poll):
+                that is logged at WARNING.
 
         """
-        conns: list[Link] = []
-        try:
-            await self._handshake(conns)
-        finally:
-            with anyio.CancelScope(shield=True):
-                for conn in conns:
-                    await conn.close()
+        for kind in self._order:
+            transport = TRANSPORTS[kind](self, self._config)
+            try:
+                await transport.open()
+                return
+            except BackendRefusedError as exc:
+                if self._config.forced:
+                    raise
+                self._refusals[kind] = exc
+            except Exception as exc:
+                raise _as_backend_error(exc, self._address) from exc
+            finally:
+                await transport.close()
+        self._say_polling()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Read invalidations until cancelled, reconnecting with backoff."""
+        """Serve with the first transport allowed until cancelled; reconnect and re-probe."""
         backoff = 0.05
         started = False
         was_up = False
         while True:
-            conns: list[Link] = []
-            try:
-                await self._handshake(conns)
-                reader, tracker = conns
-                self._tracker = tracker
-                if was_up:
-                    self.reconnects += 1
-                was_up = True
-                if not started:
-                    started = True
-                    task_status.started()
-                backoff = 0.05
-                # Whatever was tracked before is forgotten, and changes made
-                # while we were away were never told: everybody looks again.
-                self.recheck_all()
-                async with anyio.create_task_group() as tg:
-                    self._session = tg.cancel_scope
-                    tg.start_soon(self._read_replies, tracker)
-                    await self._read_loop(reader)
-            except BackendRefusedError as exc:
-                # E.g. a proxy or an ACL that refuses CLIENT TRACKING: waiters
-                # still wake at the lock's expiry, just not at the commit.
-                # Ask again now and then: the ACL may be fixed.
-                self.connect_errors += 1
-                self.refused += 1
-                backoff = 30.0
-                self._problems.report(
-                    exc, "watching locks (waiters poll meanwhile, a few looks per wait)"
-                )
-            except Exception as exc:
-                # Never let the reader die: that would leave waiters on
-                # timers alone. A bug is logged loudly; either way, start over.
-                if self._tracker is None:
-                    self.connect_errors += 1
-                if not is_connection_trouble(exc):
-                    log.exception("asyncstampede invalidation reader failed; reconnecting")
-                elif self._tracker is not None or self.connect_errors == 1:
-                    error = map_error(exc, address=self._address)
-                    self._problems.report(error, "watching locks; reconnecting")
-            finally:
-                self._tracker = self._session = None
-                sent, self._sent = self._sent, deque()
-                for pending in sent:  # their callers fall back to a plain read
-                    pending.done.set()
-                with anyio.CancelScope(shield=True):
-                    for conn in conns:
-                        await conn.close()
-            if not started:
-                # Redis is unreachable at start-up: do not block the caller;
-                # waiters fall back to their timers until we connect.
-                started = True
-                task_status.started()
+            lost = await self._serve_first_allowed(was_up, task_status if not started else None)
+            started = True
+            if lost is None:  # every transport refused: waiters poll meanwhile
+                self._say_polling()
+                await anyio.sleep(_REPROBE_AFTER)
+                continue
+            was_up = was_up or lost
             await anyio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
+            backoff = 0.05 if lost else min(backoff * 2, 2.0)
 
-    async def _ask(self, conn: Link, *args: Any) -> Any:
-        """Send one command during the handshake; its reply must come within the timeout."""
-        await conn.send(*args)
-        reply = await conn.read(self._reply_timeout)
-        if reply is None:
-            raise ConnectionError(f"no reply to {args[0]} within {self._reply_timeout}s")
-        return reply
+    async def _serve_first_allowed(
+        self, was_up: bool, task_status: anyio.abc.TaskStatus[None] | None
+    ) -> bool | None:
+        """Open the transports in order and serve with the first allowed, until it fails.
 
-    async def _read_loop(self, reader: Link) -> None:
-        """Read invalidations; ping a silent reader, and give it up when the ping goes unanswered.
-
-        A silent reader is pinged once somebody has waited on it for
-        ``ping_after`` seconds without hearing from it, and after
-        ``idle_ping_after`` otherwise: a short wait (most herds) or no waiter
-        needs no proof that the connection is alive, and a ping costs the
-        server a command.
+        Returns True when a serving transport lost its connection, False
+        when Redis could not be reached, None when every transport was
+        refused. *task_status* is told once a first attempt was made.
         """
-        now = anyio.current_time
-        last_heard = now()
-        pinged_at: float | None = None
-        while True:
-            response = await reader.read(self._read_timeout)
-            if response is not None:
-                last_heard = now()
-                pinged_at = None
-                await self._handle(response)
-                continue
-            if pinged_at is not None:
-                if now() - pinged_at >= self._dead_after - self._ping_after:
-                    raise ConnectionError(f"no reply to PING for {now() - pinged_at:.1f}s")
-                continue
-            silent = now() - last_heard
-            waited = now() - self._waiting_since if self._interests else 0.0
-            if silent >= self._idle_ping_after or min(silent, waited) >= self._ping_after:
-                await reader.send("PING")
-                pinged_at = now()
+        try:
+            for kind in self._order:
+                transport = TRANSPORTS[kind](self, self._config)
+                try:
+                    try:
+                        await transport.open()
+                    except BackendRefusedError as exc:
+                        self._refused(kind, exc)
+                        continue
+                    self._serving = transport
+                    if was_up:
+                        self.reconnects += 1
+                    self._say_serving(kind)
+                    if task_status is not None:
+                        task_status.started()
+                        task_status = None
+                    # Whatever was watched before is forgotten, and changes made
+                    # while nobody listened were never told: everybody looks again.
+                    self.recheck_all()
+                    try:
+                        await transport.serve()
+                    except BackendRefusedError as exc:
+                        # Refused at run time: go on with the next transport now.
+                        self._refused(kind, exc)
+                        self.recheck_all()
+                        continue
+                    return True  # stopped: a connection stopped answering
+                except Exception as exc:
+                    up = self._serving is transport
+                    self._trouble(exc, up)
+                    return up
+                finally:
+                    self._serving = None
+                    await transport.close()
+            return None
+        finally:
+            if task_status is not None:
+                # Redis is unreachable (or refuses everything) at start-up:
+                # do not block the caller; waiters poll until this connects.
+                task_status.started()
 
-    async def _handle(self, response: Any) -> None:
-        if not (isinstance(response, list) and len(response) == 3 and response[0] == b"message"):
-            return  # a PONG, or a confirmation
-        names = response[2]
-        if names is None:  # FLUSHALL / FLUSHDB, or the tracking table overflowed
-            self.recheck_all()
-            return
-        watched = [name for name in names if name in self._interests]
-        tracker = self._tracker
-        if not watched:
-            return
-        if tracker is None:
-            for name in watched:
-                self.deliver(name, Signal.CHANGED)
-            return
-        async with self._send_lock:
-            self._sent.extend(_Pending(lock) for lock in watched)
-            await tracker.send_many([("GET", self._value_name(lock)) for lock in watched])
+    def _refused(self, kind: str, exc: BackendRefusedError) -> None:
+        self._refusals[kind] = exc
+        remaining = self._order[self._order.index(kind) + 1 :]
+        if not remaining:  # the last one: nothing wakes the waiters now
+            self.connect_errors += 1
+            self.refused += 1
+        if self._config.forced:
+            self._problems.report(
+                exc, f"wake={kind!r} (waiters poll meanwhile, a few looks per wait)"
+            )
+        elif remaining:
+            self._problems.say(
+                logging.INFO,
+                f"waking waiters by {kind} is not possible on Redis at {self._address} "
+                f"({exc}); trying {remaining[0]}",
+            )
+
+    def _trouble(self, exc: Exception, up: bool) -> None:
+        """Log a lost or failed connection (a bug loudly); the caller starts over."""
+        if not up:
+            self.connect_errors += 1
+        if not is_connection_trouble(exc) and not isinstance(exc, BackendError):
+            log.exception("asyncstampede lock-change listener failed; reconnecting")
+        elif up or self.connect_errors == 1:
+            self._problems.report(
+                _as_backend_error(exc, self._address), "watching locks; reconnecting"
+            )
+
+    def _say_serving(self, kind: str) -> None:
+        level = logging.DEBUG if kind == self._order[0] else logging.INFO
+        self._problems.say(level, f"waiters on Redis at {self._address} wake by {kind}")
+
+    def _say_polling(self) -> None:
+        """Say that waiters poll, why, and what would let them be woken."""
+        if self._config.forced:
+            return  # its refusal was logged at ERROR, with what to grant
+        reasons = "; ".join(f"{kind}: {exc}" for kind, exc in self._refusals.items())
+        grants = "; or ".join(f"{TRANSPORTS[kind].needs} ({kind})" for kind in self._order)
+        self._problems.say(
+            logging.WARNING,
+            f"Redis at {self._address} allows no way to wake waiters, so they poll (a few "
+            f"looks per wait, a value seen up to about as late again as it took to come). "
+            f"Refused: {reasons}. To be woken at the commit, allow one of: {grants}",
+        )
+
+
+def _as_backend_error(exc: BaseException, address: str) -> BackendError:
+    return exc if isinstance(exc, BackendError) else map_error(exc, address=address)

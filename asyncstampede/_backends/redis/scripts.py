@@ -5,8 +5,19 @@ connection error, so every script is safe to run twice: a retried call
 recognises its own earlier effect instead of reporting a failure.
 KEYS are always the names of one cache key (one hash slot, see ``_keys``).
 
-None of them publishes anything: waiters watch the lock key through client
-tracking (see ``_listener``), so changing the lock is the signal.
+Every script that changes a lock others may wait on also tells its
+waiters on the key's own channel (`channel_name_of`: the lock's name with
+``w`` for ``l``, so it shares the key's hash slot): the envelope when a value
+landed, an empty message otherwise. Waiters using the ``channel`` wake
+transport subscribe to it (see ``transports``); the others watch the lock
+itself, so a publish nobody listens to costs the server almost nothing. The
+publish is a ``pcall``: a user whose ACL forbids it still commits. `render`
+gives the text for a publish command (``PUBLISH``, or ``SPUBLISH`` on a
+Cluster). Two changes tell nobody, because the waiters' own timers already
+cover them: a lock extended while still ours, and a lock taken once the
+previous one expired (nobody publishes an expiry; waiters look when their
+timer, set to the lock's expiry, fires). An extend or commit that finds its
+lock lost does tell (a ``FLUSHALL``, a takeover), so waiters look again.
 
 A commit does not delete the lock: it leaves `COMMITTED` in its place for
 `committed_ms` (at most the value's TTL). A process whose read missed just
@@ -30,6 +41,7 @@ __all__ = [
     "TAKE_OR_NAME",
     "WRITE_IF_ABSENT",
     "committed_ms",
+    "render",
 ]
 
 # What a commit leaves in the lock. Lock tokens are 16 random bytes, so a
@@ -48,6 +60,22 @@ def committed_ms(ttl_ms: int) -> int:
     return COMMITTED_MS if ttl_ms <= 0 else max(1, min(COMMITTED_MS, ttl_ms))
 
 
+# Every script below starts with this: tell(message) publishes on the key's
+# channel, built from the lock's name (always the last of KEYS).
+_TELL = """
+local function tell(message)
+  redis.pcall('PUBLISH_COMMAND', string.sub(KEYS[#KEYS], 1, -2) .. 'w', message)
+end
+"""
+
+
+def render(script: str, publish: str = "PUBLISH") -> str:
+    """Return *script*'s text for publishing with *publish* (``PUBLISH`` or ``SPUBLISH``)."""
+    if publish not in ("PUBLISH", "SPUBLISH"):
+        raise ValueError(f"publish must be PUBLISH or SPUBLISH, not {publish!r}")
+    return (_TELL + script).replace("PUBLISH_COMMAND", publish)
+
+
 # KEYS: value, lock. ARGV: token, envelope, ttl ms (always positive: no key
 # is ever written without an expiry), COMMITTED, its ms.
 # Writes only while the lock is still ours, so a holder whose lock expired or
@@ -60,9 +88,11 @@ COMMIT = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+  tell(ARGV[2])
   return 1
 end
 if redis.call('GET', KEYS[1]) == ARGV[2] then return 2 end
+tell('')
 return 0
 """
 
@@ -78,10 +108,12 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
   local left = redis.call('PTTL', KEYS[1])
   if left <= 0 then
     redis.call('DEL', KEYS[2])
+    tell('')
     return 3
   end
   redis.call('SET', KEYS[1], ARGV[2], 'PX', math.min(left, tonumber(ARGV[3])))
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+  tell(ARGV[2])
   return 1
 end
 if redis.call('GET', KEYS[1]) == ARGV[2] then return 2 end
@@ -94,6 +126,7 @@ return 0
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  tell('')
   return 1
 end
 return 0
@@ -130,6 +163,7 @@ EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
+tell('')
 return 0
 """
 
@@ -145,7 +179,10 @@ WRITE_IF_ABSENT = """
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return 0 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local left = redis.call('PTTL', KEYS[2])
-  if left > 0 then redis.call('PEXPIRE', KEYS[2], left) end
+  if left > 0 then
+    redis.call('PEXPIRE', KEYS[2], left)
+    tell(ARGV[1])
+  end
   return 1
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
@@ -156,6 +193,6 @@ return 0
 # Deleting the lock too means a compute that started before the invalidation
 # cannot commit its (possibly outdated) result; its waiters are told to look.
 INVALIDATE = """
-redis.call('DEL', KEYS[1], KEYS[2])
+if redis.call('DEL', KEYS[1], KEYS[2]) > 0 then tell('') end
 return 1
 """

@@ -32,7 +32,7 @@ __all__ = ["Link", "LinkFactory", "link_factory", "pooled_command", "redis_py_pr
 
 # Keyword arguments of AbstractConnection methods relied on here.
 _NEEDED: dict[str, tuple[str, ...]] = {
-    "read_response": ("timeout", "disconnect_on_error"),
+    "read_response": ("timeout", "disconnect_on_error", "push_request"),
     "disconnect": ("nowait",),
     "send_packed_command": ("check_health",),
     "pack_command": (),
@@ -66,10 +66,11 @@ def redis_py_problems() -> tuple[str, ...]:
 class Link:
     """One connection of asyncstampede's own (not from the pool), read by one task."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_pushes")
 
     def __init__(self, conn: AbstractConnection) -> None:
         self._conn = conn
+        self._pushes = False  # see keep_pushes
 
     async def connect(self, within: float) -> None:
         """Connect and run redis-py's handshake (AUTH, HELLO, SELECT) within *within* seconds."""
@@ -93,22 +94,46 @@ class Link:
         """Send several commands in one write."""
         await self._conn.send_packed_command(self._conn.pack_commands(commands), check_health=False)
 
+    def keep_pushes(self) -> bool:
+        """Have `read` return RESP3 invalidation pushes as they are, in order with the replies.
+
+        Call after `connect`. An invalidation push is read as
+        ``[b"invalidate", names]`` (*names*: a list, or None after a flush);
+        no command sent on such a link has a list for its reply. Returns
+        False where redis-py's parser offers no way to do this.
+        """
+        parser = getattr(self._conn, "_parser", None)
+        set_handler = getattr(parser, "set_invalidation_push_handler", None)
+        if set_handler is None:
+            return False
+        set_handler(_as_is)
+        self._pushes = True
+        return True
+
     async def read(self, within: float | None = None) -> Any:
         """Return the next reply, or None if *within* seconds pass first (None: wait for ever).
 
         An error reply is raised as redis-py's ``ResponseError`` and leaves
-        the connection as it is (the next reply is the next command's).
+        the connection as it is (the next reply is the next command's). On a
+        link that `keep_pushes`, a push is returned like a reply.
 
         Raises:
             ResponseError: the reply is an error.
             RedisError, OSError: the connection failed.
 
         """
-        return await self._conn.read_response(timeout=within, disconnect_on_error=False)
+        return await self._conn.read_response(
+            timeout=within, disconnect_on_error=False, push_request=self._pushes
+        )
 
     async def close(self) -> None:
         """Drop the connection at once (no goodbye to the server)."""
         await self._conn.disconnect(nowait=True)
+
+
+async def _as_is(push: Any) -> Any:
+    """redis-py's push handler for links that `Link.keep_pushes`: the push is the reply."""
+    return push
 
 
 LinkFactory = Callable[[], Link]
