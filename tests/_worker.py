@@ -1,14 +1,16 @@
 """A separate process for multi-process tests; driven over stdin/stdout.
 
-Usage: python _worker.py URL NAMESPACE KEY CONCURRENCY COMPUTE_MS LOCK_TTL [hold|announce]
+Usage: python _worker.py URL NAMESPACE KEY CONCURRENCY COMPUTE_MS LOCK_TTL [hold|gate|announce]
 
 It connects, prints ``ready``, waits for a ``go`` line, then runs CONCURRENCY
 concurrent ``get_or_compute(KEY)`` calls whose compute sleeps COMPUTE_MS. With
 ``hold`` the compute prints ``computing`` and never returns (the test kills the
-process). With ``announce`` it prints ``waiting`` once a call waits on another
-process's lock. When the calls end it lets whatever they set off finish,
-prints one JSON line (results, wall-clock finish times, statistics) and
-waits for ``exit``.
+process). With ``gate`` it prints ``computing`` and waits for a line: ``fail``
+makes it raise, ``return`` makes it return. With ``announce`` it prints
+``waiting`` once a call waits on another process's lock. The environment's
+``WORKER_WAKE`` is its ``Stampede(wake=...)``. When the calls end it lets
+whatever they set off finish, prints one JSON line (results, wall-clock
+finish times, statistics) and waits for ``exit``.
 
 (``... refresh TTL`` runs the XFetch reader loop instead: see `refresh_loop`.)
 """
@@ -33,6 +35,7 @@ from asyncstampede._settings import Wake
 async def main() -> None:
     url, namespace, key, concurrency, compute_ms, lock_ttl, *mode = sys.argv[1:]
     hold = mode == ["hold"]
+    gate = mode == ["gate"]
     announce = mode == ["announce"]
     if mode[:1] == ["refresh"]:
         await refresh_loop(url, namespace, key, int(concurrency), int(compute_ms), float(mode[1]))
@@ -52,6 +55,12 @@ async def main() -> None:
             if hold:
                 print("computing", flush=True)
                 await anyio.sleep(3600)
+            if gate:
+                print("computing", flush=True)
+                order = (await anyio.to_thread.run_sync(sys.stdin.readline)).strip()
+                if order == "fail":
+                    raise RuntimeError("the compute failed, as the test asked")
+                assert order == "return", order
             await anyio.sleep(int(compute_ms) / 1000)
             return {"by": os.getpid(), "payload": "x" * 100}
 
