@@ -177,3 +177,11 @@ def server_of_each_kind(request: pytest.FixtureRequest) -> Iterator[RedisServer]
     """A throwaway server of each kind in turn: Redis 7, Valkey 9, Redis 6.2."""
     with RedisServer(binary=_binary_of(request.param)) as server:
         yield server
+
+
+@pytest.fixture(scope="module", params=["redis-7", "valkey-9", "redis-6.2"])
+def notifying_server_of_each_kind(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """Each kind in turn, started with keyspace notifications (for the keyspace transport)."""
+    binary = _binary_of(request.param)
+    with RedisServer("--notify-keyspace-events", "K$gx", binary=binary) as server:
+        yield server

@@ -165,9 +165,12 @@ class RedisListener(Listener):
                     self.recheck_all()
                     try:
                         await transport.serve()
-                    except BackendRefusedError as exc:
+                    except Exception as exc:
+                        refusal = _refusal_in(exc)
+                        if refusal is None:
+                            raise
                         # Refused at run time: go on with the next transport now.
-                        self._refused(kind, exc)
+                        self._refused(kind, refusal)
                         self.recheck_all()
                         continue
                     return True  # stopped: a connection stopped answering
@@ -229,6 +232,18 @@ class RedisListener(Listener):
             f"looks per wait, a value seen up to about as late again as it took to come). "
             f"Refused: {reasons}. To be woken at the commit, allow one of: {grants}",
         )
+
+
+def _refusal_in(exc: BaseException) -> BackendRefusedError | None:
+    """Return the refusal *exc* is, or holds (a task group's), or None."""
+    if isinstance(exc, BackendRefusedError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _refusal_in(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _as_backend_error(exc: BaseException, address: str) -> BackendError:
