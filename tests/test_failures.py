@@ -15,6 +15,7 @@ from _proxy import BlackholeProxy
 
 from asyncstampede import BackendError, Stampede, WaitTimeoutError
 from asyncstampede._keys import make_names
+from asyncstampede._settings import Wake
 from asyncstampede.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -180,8 +181,18 @@ async def test_waiters_recheck_after_the_tracking_connection_drops(
     await admin.aclose()
 
 
-async def test_waiters_look_again_when_the_server_is_flushed(own_server: RedisServer) -> None:
-    """FLUSHALL drops the holder's lock with everything else: the waiter takes over at once."""
+# How soon a waiter notices FLUSHALL (the flush drops the holder's lock with
+# everything else), by wake transport, for a lock_ttl of 3 s. Tracking is
+# told at once (an invalidation of every key); nothing is published for a
+# flush, so a channel waiter hears of it from the holder's next extension,
+# which finds its lock gone (lock_ttl / 3), and a keyspace waiter looks when
+# its timer, set to the lock's old expiry, fires.
+_FLUSH_NOTICED_WITHIN = {"tracking": 0.0, "tracking-resp3": 0.0, "channel": 1.0, "keyspace": 3.0}
+
+
+@pytest.mark.parametrize("wake", list(_FLUSH_NOTICED_WITHIN))
+async def test_waiters_look_again_when_the_server_is_flushed(wake: Wake) -> None:
+    """FLUSHALL drops the holder's lock with everything else: the waiter takes over."""
     started = anyio.Event()
 
     async def forever() -> str:
@@ -192,31 +203,36 @@ async def test_waiters_look_again_when_the_server_is_flushed(own_server: RedisSe
     async def ok() -> str:
         return "mine"
 
-    async with (
-        Stampede.from_url(own_server.url, lock_ttl=60) as leader,
-        Stampede.from_url(own_server.url, wait_timeout=60) as waiter,
-    ):
-        got: list[str] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(leader.get_or_compute, "k", forever, 30)
-            await started.wait()
+    with RedisServer("--notify-keyspace-events", "K$gx") as server:
+        async with (
+            Stampede.from_url(server.url, lock_ttl=3, wake=wake) as leader,
+            Stampede.from_url(server.url, lock_ttl=3, wait_timeout=60, wake=wake) as waiter,
+        ):
+            got: list[str] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(leader.get_or_compute, "k", forever, 30)
+                await started.wait()
 
-            async def wait() -> None:
-                got.append(await waiter.get_or_compute("k", ok, ttl=30))
+                async def wait() -> None:
+                    got.append(await waiter.get_or_compute("k", ok, ttl=30))
 
-            tg.start_soon(wait)
-            await until(lambda: waiter.statistics().waiting == 1)  # it watches the lock
-            own_server.command("FLUSHALL")
-            await until(lambda: got, within=5)  # far below lock_ttl
-            tg.cancel_scope.cancel()
-        assert got == ["mine"]
-        assert waiter.statistics().computes == 1
+                tg.start_soon(wait)
+                await until(lambda: waiter.statistics().waiting == 1)  # it watches the lock
+                server.command("FLUSHALL")
+                flushed_at = anyio.current_time()
+                await until(lambda: got, within=10)
+                noticed = anyio.current_time() - flushed_at
+                tg.cancel_scope.cancel()
+            assert got == ["mine"]
+            stats = waiter.statistics()
+            assert (stats.wake, stats.computes, stats.polls) == (wake, 1, 0)
+            assert noticed < _FLUSH_NOTICED_WITHIN[wake] + 1.0, noticed
 
 
-async def test_waiters_fall_back_to_the_lock_expiry_without_client_tracking(
+async def test_a_dead_holder_is_taken_over_at_its_lock_expiry_on_the_channel_transport(
     redis_url: str, namespace: str
 ) -> None:
-    """A Redis that refuses CLIENT TRACKING (an ACL here): waiters wake at the lock's expiry."""
+    """No CLIENT (auto picks channel): nobody publishes a dead holder's expiry; the timer does."""
     admin = redis.asyncio.Redis.from_url(redis_url)
     user = f"notrack-{namespace}"
     await admin.acl_setuser(
@@ -237,6 +253,7 @@ async def test_waiters_fall_back_to_the_lock_expiry_without_client_tracking(
                 assert await waiter.get_or_compute("k", ok, ttl=30) == "mine"
             assert anyio.current_time() - started >= 0.4
             stats = waiter.statistics()
+            assert stats.wake == "channel"
             assert (stats.remote_waits, stats.takeovers, stats.computes) == (1, 1, 1)
     finally:
         await admin.acl_deluser(user)
