@@ -55,8 +55,8 @@ class Statistics:
             WARNING; the served value stays, and the key is not refreshed in
             the background again for ``fail_safe_throttle``).
         polls: Looks a waiter took by itself at a lock whose changes nothing
-            pushes (Redis refused client tracking, or the connections that
-            watch locks were down); each is two commands.
+            pushes (Redis allows no wake transport, ``wake="poll"``, or the
+            connections that watch locks were down); each is two commands.
         in_flight: Keys being resolved right now.
         waiting: Resolutions waiting right now for another holder's lock
             (a gauge: tests and dashboards can wait for it).
@@ -64,10 +64,11 @@ class Statistics:
             background refreshes included).
         refreshing: Background refreshes running right now (a gauge: at
             most one per key per process).
-        wake: How waiters learn of lock changes right now: ``"tracking"``
-            (Redis client tracking), ``"poll"`` (they look by themselves:
-            tracking refused, its connections down, or ``wake="poll"``), or
-            ``"in-process"`` (embedded mode).
+        wake: The wake transport waiters in other processes learn of lock
+            changes by right now (see `Stampede`'s ``wake``): ``"tracking"``,
+            ``"tracking-resp3"``, ``"keyspace"``, ``"channel"``; ``"poll"``
+            (they look by themselves: none allowed, its connections down,
+            or ``wake="poll"``); or ``"in-process"`` (embedded mode).
 
     """
 

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import pytest
@@ -23,6 +24,7 @@ import redis.asyncio
 from _conditions import until
 
 from asyncstampede import Stampede
+from asyncstampede._backends.redis.errors import BASE_ACL, WAKE_ACL
 from asyncstampede._keys import make_names
 from asyncstampede._settings import Wake
 from asyncstampede.testing import RedisServer
@@ -172,6 +174,28 @@ async def test_auto_picks_the_first_transport_the_server_allows(
     _woken_at_the_commit(short)
     _woken_at_the_commit(long)
     assert long.commands == short.commands, (long.commands, short.commands)
+
+
+@pytest.mark.parametrize("transport", list(WAKE_ACL))
+async def test_the_documented_rules_of_each_transport_are_enough(
+    transport: str, notifying_url: str, make_user: MakeUser, namespace: str
+) -> None:
+    """BASE_ACL plus WAKE_ACL[transport] (the operations page's rules): auto picks it."""
+    rules = f"{BASE_ACL} {WAKE_ACL[transport]}".replace("<namespace>", namespace)
+    url = await make_user(notifying_url, rules)
+    async with Stampede.from_url(url, namespace=namespace, check=True) as cache:
+        await until(lambda: cache.statistics().wake == transport)
+    wait = await _wait_once(url, notifying_url, namespace, "auto", 0.2)
+    assert wait.wake == transport
+    _woken_at_the_commit(wait)
+
+
+def test_the_operations_page_shows_the_rules_of_each_transport() -> None:
+    """The per-transport ACL lines on the operations page are the tested ones."""
+    page = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    for transport, rules in WAKE_ACL.items():
+        line = f"ACL SETUSER cache on >password {BASE_ACL} {rules}".replace("<namespace>", "app")
+        assert f"{line}  # {transport}" in page.splitlines(), transport
 
 
 @pytest.mark.parametrize("wake", ["auto", "tracking", "tracking-resp3", "keyspace", "channel"])

@@ -37,7 +37,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 
 __all__ = [
+    "BASE_ACL",
     "MINIMUM_ACL",
+    "WAKE_ACL",
     "is_connection_trouble",
     "address_of",
     "is_refusal",
@@ -47,10 +49,23 @@ __all__ = [
 
 log = logging.getLogger("asyncstampede")
 
-# What asyncstampede sends, as one ACL rule set (``<namespace>`` is the
-# instance's). redis-py adds HELLO and CLIENT SETINFO on each connection
-# (SETINFO errors are ignored), and SELECT for a DB other than 0. The scripts
-# run GET, SET, DEL, PEXPIRE and PTTL, which ACLs check like any command.
+# What asyncstampede sends, as ACL rules (``<namespace>`` is the instance's).
+# redis-py adds HELLO and CLIENT SETINFO on each connection (SETINFO errors
+# are ignored), and SELECT for a DB other than 0. The scripts run GET, SET,
+# DEL, PEXPIRE and PTTL, which ACLs check like any command; their PUBLISH is
+# a pcall (refused, it is skipped). Then each wake transport needs its own.
+BASE_ACL: Final = (
+    "resetchannels -@all +hello +ping +select +get +set +del +pexpire +pttl "
+    "+evalsha +script|load +watch +multi +exec ~<namespace>:*"
+)
+WAKE_ACL: Final = {
+    "tracking": "+client|id +client|tracking +subscribe &__redis__:invalidate",
+    "tracking-resp3": "+client|tracking",
+    "keyspace": "+config|get +subscribe +unsubscribe &__keyspace@*__:<namespace>:*",
+    "channel": "+subscribe +unsubscribe +publish &<namespace>:*",
+}
+# The base and the first transport `wake="auto"` tries: the rules to grant
+# where nothing else is known.
 MINIMUM_ACL: Final = (
     "resetchannels &__redis__:invalidate -@all +hello +ping +select "
     "+get +set +del +pexpire +pttl +evalsha +script|load +watch +multi +exec "
