@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ..._exceptions import BackendError, BackendRefusedError
-from ..._keys import KeyNames, make_names, value_name_of
+from ..._keys import KeyNames, value_name_of
 from ..._problems import ProblemLog
 from ..base import ACQUIRED, Acquired, Held, Hit
 from ..interest import SUBSCRIBED, UNTRACKED, Listener
@@ -103,7 +103,7 @@ class RedisBackend:
                 value_name_of,
                 address=self.address,
                 db=int(kwargs.get("db") or 0),
-                probe_lock=make_names(namespace or "asyncstampede", "asyncstampede-probe").lock,
+                namespace=namespace or "asyncstampede",
                 reply_timeout=timeout,
                 wake=wake,
                 problems=self.problems,

@@ -124,9 +124,10 @@ def _hint(exc: BaseException, text: str, namespace: str | None) -> str | None:
         if match:
             return f"grant the ACL rule +{match.group(1).lower()}"
         if "channel" in text:
+            ns = namespace or "<namespace>"
             return (
                 "grant the channel of the wake transport: &__redis__:invalidate (tracking), "
-                "&__keyspace@*__:<namespace>:* (keyspace) or &<namespace>:* (channel)"
+                f"&__keyspace@*__:{ns}:* (keyspace) or &{ns}:* (channel)"
             )
         if "key" in text:
             keys = f"~{namespace}:*" if namespace else "~<namespace>:*"

@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 
 from ..._exceptions import BackendError, BackendRefusedError
+from ..._keys import make_names
 from ..._problems import ProblemLog
 from ..interest import UNTRACKED, Listener
 from .errors import is_connection_trouble, map_error
@@ -53,7 +54,7 @@ class RedisListener(Listener):
         *,
         address: str,
         db: int,
-        probe_lock: bytes,
+        namespace: str,
         reply_timeout: float,
         wake: str = "auto",
         problems: ProblemLog | None = None,
@@ -65,7 +66,8 @@ class RedisListener(Listener):
         self._config = WakeConfig(
             new_link=new_link,
             value_name=value_name,
-            probe_lock=probe_lock,
+            namespace=namespace,
+            probe_lock=make_names(namespace, "asyncstampede-probe").lock,
             address=address,
             db=db,
             reply_timeout=reply_timeout,
@@ -225,7 +227,10 @@ class RedisListener(Listener):
         if self._config.forced:
             return  # its refusal was logged at ERROR, with what to grant
         reasons = "; ".join(f"{kind}: {exc}" for kind, exc in self._refusals.items())
-        grants = "; or ".join(f"{TRANSPORTS[kind].needs} ({kind})" for kind in self._order)
+        grants = "; or ".join(
+            f"{TRANSPORTS[kind].needs} ({kind})".replace("<namespace>", self._config.namespace)
+            for kind in self._order
+        )
         self._problems.say(
             logging.WARNING,
             f"Redis at {self._address} allows no way to wake waiters, so they poll (a few "

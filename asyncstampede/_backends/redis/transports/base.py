@@ -25,7 +25,8 @@ class WakeConfig:
 
     new_link: Callable[[int], Link]  # a new connection speaking RESP *n*
     value_name: Callable[[bytes], bytes]  # a lock's value name
-    probe_lock: bytes  # a lock name of the instance's namespace, for probing permissions
+    namespace: str  # the instance's, for messages
+    probe_lock: bytes  # a lock name of the namespace, for probing permissions
     address: str
     db: int
     reply_timeout: float  # handshake and watch replies must come within this
@@ -109,7 +110,12 @@ class Transport:
         except Exception as exc:
             if not is_connection_trouble(exc):
                 raise
-            raise map_error(exc, address=self._config.address, command=_command_name(args)) from exc
+            raise map_error(
+                exc,
+                address=self._config.address,
+                command=_command_name(args),
+                namespace=self._config.namespace,
+            ) from exc
 
     def _heard(self) -> None:
         self._last_heard = anyio.current_time()

@@ -115,7 +115,10 @@ class _Subscribing(Transport):
                         # A SUBSCRIBE refused now (an ACL changed): this
                         # transport cannot go on; the listener moves on.
                         raise map_error(
-                            exc, address=self._config.address, command="SUBSCRIBE"
+                            exc,
+                            address=self._config.address,
+                            command="SUBSCRIBE",
+                            namespace=self._config.namespace,
                         ) from exc
                     self._heard()
                     self._handle(message)
@@ -139,6 +142,8 @@ class _Subscribing(Transport):
                 confirmed = self._confirmed.get(lock)
                 if confirmed is not None:
                     confirmed.set()
+                    if lock in self._dropping:  # let go of before it was confirmed
+                        self._dirty.set()
 
     async def _send(self, link: Link, *args: Any) -> None:
         async with self._send_lock:
