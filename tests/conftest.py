@@ -63,6 +63,18 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(scope="session")
+def notifying_url() -> Iterator[str]:
+    """A second session server, started with keyspace notifications that cover a lock.
+
+    For the keyspace wake transport, which uses them only where the server
+    already sends them (``K$gx`` here: keyspace channels, generic commands,
+    strings, expiries); the library never sets them.
+    """
+    with RedisServer("--notify-keyspace-events", "K$gx") as server:
+        yield server.url
+
+
 @pytest.fixture
 def own_server() -> Iterator[RedisServer]:
     """A Redis server of this test's own, for tests that stop or reconfigure it."""

@@ -412,20 +412,22 @@ async def test_half_open_connections_are_given_up_and_nobody_hangs(
             assert stats.backend_errors == 0
 
 
+@pytest.mark.parametrize("wake", ["tracking", "tracking-resp3", "keyspace", "channel"])
 async def test_a_waiter_behind_half_open_connections_still_gets_the_value(
-    redis_url: str, namespace: str
+    notifying_url: str, namespace: str, wake: Wake
 ) -> None:
     """The waiter's connections go silent mid-wait: no change report comes, its timer saves it."""
-    async with BlackholeProxy(_port(redis_url)) as proxy:
+    async with BlackholeProxy(_port(notifying_url)) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
 
         async def silence() -> None:  # the commit that follows is never reported
             proxy.blackhole()
 
         async with (
-            Stampede.from_url(redis_url, namespace=namespace, lock_ttl=1) as leader,
-            Stampede.from_url(url, namespace=namespace, socket_timeout=0.5) as waiter,
+            Stampede.from_url(notifying_url, namespace=namespace, lock_ttl=1) as leader,
+            Stampede.from_url(url, namespace=namespace, socket_timeout=0.5, wake=wake) as waiter,
         ):
+            await until(lambda: waiter.statistics().wake == wake)
             await _waiter_gets_the_value(leader, waiter, silence, within=6)
 
 

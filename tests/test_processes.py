@@ -12,13 +12,10 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import redis
 from _herd import Worker, run_herd
-
-from asyncstampede.testing import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +24,6 @@ WAKES = [*PUSHED, "poll"]
 # Transports whose watch is a tracked read: an extension of the lock is
 # reported, and each waiting process looks once (two commands).
 TRACKED = {"tracking", "tracking-resp3"}
-
-
-@pytest.fixture(scope="module")
-def wake_url() -> Iterator[str]:
-    """A server whose keyspace notifications cover what the keyspace transport needs."""
-    with RedisServer("--notify-keyspace-events", "K$gx") as server:
-        yield server.url
 
 
 def _check_wake(reports: list[dict[str, object]], wake: str) -> None:
@@ -45,11 +35,11 @@ def _check_wake(reports: list[dict[str, object]], wake: str) -> None:
 
 @pytest.mark.parametrize("wake", WAKES)
 def test_herd_of_four_processes_computes_once(
-    workers: list[Worker], wake_url: str, namespace: str, wake: str
+    workers: list[Worker], notifying_url: str, namespace: str, wake: str
 ) -> None:
     """4 processes x 50 callers of a missing key, 200 ms compute: 1 compute, 200 values."""
     reports, log = run_herd(
-        workers, wake_url, namespace, processes=4, concurrency=50, compute_ms=200, wake=wake
+        workers, notifying_url, namespace, processes=4, concurrency=50, compute_ms=200, wake=wake
     )
     _check_wake(reports, wake)
     assert sum(r["stats"]["computes"] for r in reports) == 1
@@ -80,7 +70,7 @@ def test_herd_of_four_processes_computes_once(
 
 @pytest.mark.parametrize("wake", WAKES)
 def test_waiting_costs_the_same_commands_for_a_long_compute(
-    workers: list[Worker], wake_url: str, namespace: str, wake: str
+    workers: list[Worker], notifying_url: str, namespace: str, wake: str
 ) -> None:
     """Waiters do not poll: a 2 s compute costs what a 200 ms one does (poll: a stated few more).
 
@@ -91,11 +81,11 @@ def test_waiting_costs_the_same_commands_for_a_long_compute(
     how long the compute takes.
     """
     short_reports, short = run_herd(
-        workers, wake_url, namespace,
+        workers, notifying_url, namespace,
         processes=4, concurrency=50, compute_ms=200, key="short", wake=wake,
     )  # fmt: skip
     reports, long = run_herd(
-        workers, wake_url, namespace,
+        workers, notifying_url, namespace,
         processes=4, concurrency=50, compute_ms=2000, key="long", wake=wake,
     )  # fmt: skip
     _check_wake(reports, wake)
@@ -155,12 +145,12 @@ def _start_waiters(workers: list[Worker], url: str, namespace: str, **kw: str) -
 
 @pytest.mark.parametrize("wake", WAKES)
 def test_killed_lock_holder_is_taken_over(
-    workers: list[Worker], wake_url: str, namespace: str, wake: str
+    workers: list[Worker], notifying_url: str, namespace: str, wake: str
 ) -> None:
     """SIGKILL the holder mid-compute: the others get the value within lock TTL + 1 s."""
     lock_ttl = 1.0
-    holder = _start_holder(workers, wake_url, namespace, "hold", lock_ttl="1.0", wake=wake)
-    waiters = _start_waiters(workers, wake_url, namespace, lock_ttl="1.0", wake=wake)
+    holder = _start_holder(workers, notifying_url, namespace, "hold", lock_ttl="1.0", wake=wake)
+    waiters = _start_waiters(workers, notifying_url, namespace, lock_ttl="1.0", wake=wake)
     killed_at = time.time()
     holder.proc.send_signal(signal.SIGKILL)
     holder.proc.wait()
@@ -180,11 +170,11 @@ def test_killed_lock_holder_is_taken_over(
 
 @pytest.mark.parametrize("wake", WAKES)
 def test_a_failed_compute_wakes_the_other_processes_at_once(
-    workers: list[Worker], wake_url: str, namespace: str, wake: str
+    workers: list[Worker], notifying_url: str, namespace: str, wake: str
 ) -> None:
     """The holder's compute fails (lock_ttl 30 s): one waiter computes at once, the rest get it."""
-    holder = _start_holder(workers, wake_url, namespace, "gate", lock_ttl="30", wake=wake)
-    waiters = _start_waiters(workers, wake_url, namespace, lock_ttl="30", wake=wake)
+    holder = _start_holder(workers, notifying_url, namespace, "gate", lock_ttl="30", wake=wake)
+    waiters = _start_waiters(workers, notifying_url, namespace, lock_ttl="30", wake=wake)
     failed_at = time.time()
     holder.send("fail")
     # Without a wake-up at the release they would sleep out the lock: 30 s.
@@ -201,17 +191,17 @@ def test_a_failed_compute_wakes_the_other_processes_at_once(
 
 @pytest.mark.parametrize("wake", PUSHED)
 def test_a_killed_watching_connection_leaves_nobody_hanging(
-    workers: list[Worker], wake_url: str, namespace: str, wake: str
+    workers: list[Worker], notifying_url: str, namespace: str, wake: str
 ) -> None:
     """The waiters' watching connections are killed, then the holder commits: all get it.
 
     The commit lands while (or before) the waiters reconnect, so it may
     never be told; the reconnect makes every waiter look again.
     """
-    holder = _start_holder(workers, wake_url, namespace, "gate", lock_ttl="30", wake=wake)
-    waiters = _start_waiters(workers, wake_url, namespace, lock_ttl="30", wake=wake)
+    holder = _start_holder(workers, notifying_url, namespace, "gate", lock_ttl="30", wake=wake)
+    waiters = _start_waiters(workers, notifying_url, namespace, lock_ttl="30", wake=wake)
     names = {f"worker-{w.proc.pid}" for w in waiters}
-    admin = redis.Redis.from_url(wake_url)
+    admin = redis.Redis.from_url(notifying_url)
     try:
         watching = [
             c["id"]

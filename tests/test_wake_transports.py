@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +32,6 @@ from asyncstampede.testing import RedisServer
 pytestmark = pytest.mark.anyio
 
 MakeUser = Callable[[str, str], Awaitable[str]]
-
-
-@pytest.fixture(scope="module")
-def notifying_url() -> Iterator[str]:
-    """A Redis 7 whose keyspace notifications cover what the keyspace transport needs."""
-    with RedisServer("--notify-keyspace-events", "K$gx") as server:
-        yield server.url
 
 
 @pytest.fixture
