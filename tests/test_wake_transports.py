@@ -293,3 +293,26 @@ async def test_keyspace_waiters_see_a_value_written_by_another_program(
 
 async def _value(value: str) -> str:
     return value
+
+
+async def test_a_server_without_client_and_config_gets_channel_or_trusted_keyspace(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CLIENT and CONFIG renamed away (as a proxy or a managed service has them): unknown commands.
+
+    Notifications are on, but cannot be read: auto picks channel; forcing
+    keyspace trusts the user (the refused CONFIG GET is logged) and works.
+    """
+    hide = ("--rename-command", "CLIENT", "", "--rename-command", "CONFIG", "")
+    with (
+        RedisServer("--notify-keyspace-events", "K$gx", *hide) as server,
+        caplog.at_level(logging.INFO, logger="asyncstampede"),
+    ):
+        picked = await _wait_once(server.url, server.url, namespace, "auto", 0.2, key="a")
+        forced = await _wait_once(server.url, server.url, namespace, "keyspace", 0.2, key="b")
+    assert (picked.wake, forced.wake) == ("channel", "keyspace")
+    _woken_at_the_commit(picked)
+    _woken_at_the_commit(forced)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("by tracking is not possible" in s and "unknown command" in s for s in said), said
+    assert any("notify-keyspace-events" in s and "trusts" in s for s in said), said

@@ -85,9 +85,23 @@ class Transport:
                 await link.close()
 
     async def _connect(self, protocol: int = 2) -> Link:
+        """Open a connection speaking RESP *protocol* (closed by `close`).
+
+        Raises:
+            BackendError: refused (a login, or ``HELLO 3`` where the server
+                or a proxy has no RESP3) or unavailable.
+
+        """
         link = self._config.new_link(protocol)
         self._links.append(link)
-        await link.connect(self._config.reply_timeout)
+        try:
+            await link.connect(self._config.reply_timeout)
+        except Exception as exc:
+            if not is_connection_trouble(exc):
+                raise
+            raise map_error(
+                exc, address=self._config.address, namespace=self._config.namespace
+            ) from exc
         return link
 
     async def _ask(self, link: Link, *args: Any) -> Any:
