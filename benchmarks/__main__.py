@@ -1,7 +1,8 @@
 """Run the benchmark harness: ``python -m benchmarks [--url URL] [--scenarios ...]``.
 
 Without ``--url`` it starts a throwaway Redis on a free loopback port (the
-same way the tests do) and stops it at the end. It prints markdown tables,
+same way the tests do, with keyspace notifications on for the keyspace wake
+transport's row) and stops it at the end. It prints markdown tables,
 and writes raw JSON and a PNG plot under ``benchmarks/results/``.
 """
 
@@ -12,11 +13,11 @@ import sys
 import time
 from contextlib import ExitStack
 
-from ._base import ALL_STRATEGIES, Options, Results
+from ._base import ALL_STRATEGIES, ALL_TRANSPORTS, Options, Results
 from ._figure import plot
 from ._report import RESULTS, failures, machine, scenario_tables, table, write_json
 from ._scenarios import SCENARIOS
-from ._server import server_info, throwaway_server
+from ._server import KEYSPACE_EVENTS, server_info, throwaway_server
 from ._targets import targets
 
 
@@ -28,6 +29,11 @@ def parse(argv: list[str] | None = None) -> Options:
     add("--url", help="a Redis to use instead of a throwaway one (loopback only)")
     add("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS))
     add("--strategies", default=",".join(ALL_STRATEGIES))
+    add(
+        "--transports",
+        default=",".join(ALL_TRANSPORTS),
+        help="the wake transports of the wake-transports scenario, comma-separated",
+    )
     add("--processes", type=int, default=d.processes)
     add("--concurrency", default="10,50")
     add("--durations", default="10,100,1000", help="compute durations, ms")
@@ -61,6 +67,7 @@ def parse(argv: list[str] | None = None) -> Options:
     add("--quick", action="store_true", help="fewer repetitions, for a smoke run")
     args = parser.parse_args(argv)
     args.strategies = [s for s in args.strategies.split(",") if s]
+    args.transports = [t for t in args.transports.split(",") if t]
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.durations = [int(x) for x in args.durations.split(",")]
     args.steady_rates = [float(x) for x in args.steady_rates.split(",") if x]
@@ -69,9 +76,11 @@ def parse(argv: list[str] | None = None) -> Options:
         options.repeat, options.wakeups, options.hit_rounds = 1, 50, 1
         options.hit_seconds, options.churn_seconds, options.steady_seconds = 1.0, 3.0, 6.0
         options.steady_rate_seconds = 4.0
-    unknown = [s for s in _scenarios(options) if s not in SCENARIOS] + [
-        s for s in options.strategies if s not in ALL_STRATEGIES
-    ]
+    unknown = (
+        [s for s in _scenarios(options) if s not in SCENARIOS]
+        + [s for s in options.strategies if s not in ALL_STRATEGIES]
+        + [t for t in options.transports if t not in ALL_TRANSPORTS]
+    )
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
     return options
@@ -88,7 +97,9 @@ def main() -> None:
     with ExitStack() as stack:
         url = options.url
         if not url:
-            url = stack.enter_context(throwaway_server())
+            # Keyspace notifications (K$gx) for the wake-transports scenario's
+            # keyspace row: asyncstampede never sets them on a server itself.
+            url = stack.enter_context(throwaway_server(*KEYSPACE_EVENTS))
             print(f"started a throwaway server at {url}", file=sys.stderr)
         for name in _scenarios(options):
             results[name] = SCENARIOS[name](url, options)

@@ -14,6 +14,9 @@ Results = dict[str, list[Row]]
 
 # The strategies compared, in the order tables and the figure show them.
 ALL_STRATEGIES = ["naive", "sleep-poll", "cashews", "aiocache", "asyncstampede", "embedded"]
+# The wake transports the wake-transports scenario forces, one row each, in
+# this order: the four ``wake="auto"`` tries, in its order, then polling.
+ALL_TRANSPORTS = ["tracking", "tracking-resp3", "keyspace", "channel", "poll"]
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Options:
     url: str | None = None
     scenarios: str = ""
     strategies: list[str] = field(default_factory=lambda: list(ALL_STRATEGIES))
+    transports: list[str] = field(default_factory=lambda: list(ALL_TRANSPORTS))
     processes: int = 4
     concurrency: list[int] = field(default_factory=lambda: [10, 50])
     durations: list[int] = field(default_factory=lambda: [10, 100, 1000])

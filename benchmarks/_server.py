@@ -21,6 +21,13 @@ import redis
 
 from asyncstampede.testing import RedisServer
 
+# The throwaway server's keyspace notifications: keyspace channels (K) for
+# generic commands such as DEL (g), string commands such as SET ($) and
+# expiries (x), what the keyspace wake transport needs. With no subscriber a
+# notification costs the server a lookup of the channel and nothing else;
+# only the wake-transports scenario's keyspace row subscribes.
+KEYSPACE_EVENTS = ("--notify-keyspace-events", "K$gx")
+
 
 @contextmanager
 def throwaway_server(*server_args: str) -> Iterator[str]:

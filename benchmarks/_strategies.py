@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
 import anyio
@@ -187,8 +187,108 @@ class AsyncStampede:
     async def get(self, key: str, compute: Compute, ttl: float) -> Any:
         return await self.s.get_or_compute(key, compute, ttl)
 
+    def wake_figures(self) -> dict[str, Any]:
+        """How this process's waiters are woken now, and the counts that show it.
+
+        ``wake`` is ``statistics().wake`` (the transport in use, ``poll``,
+        or ``in-process``); the counts are totals so far, for the worker to
+        difference around a herd.
+        """
+        stats = self.s.statistics()
+        return {
+            "wake": stats.wake,
+            "wakeups": stats.wakeups,
+            "polls": stats.polls,
+            "reconnects": stats.reconnects,
+        }
+
     async def stop(self) -> None:
         await self.s.aclose()
+
+
+# The wake transports a `Stampede` can be forced to use (its ``wake``
+# setting, less "auto"), in the order ``wake="auto"`` tries the first four.
+Transport = Literal["tracking", "tracking-resp3", "keyspace", "channel", "poll"]
+TRANSPORTS: tuple[Transport, ...] = ("tracking", "tracking-resp3", "keyspace", "channel", "poll")
+
+
+class WrongWakeError(RuntimeError):
+    """A forced wake transport is not the one in use: the row would measure another."""
+
+
+class _AsyncStampedeWake(AsyncStampede):
+    """asyncstampede with one wake transport forced: ``Stampede.from_url(url, wake=...)``.
+
+    `start` fails when ``statistics().wake`` then names another transport
+    (the server refused the forced one, and waiters poll): a row measured so
+    would be the polling row under another name.
+    """
+
+    wake: ClassVar[Transport]
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.s = Stampede.from_url(url, namespace=namespace, wake=self.wake)
+        await self.s.__aenter__()
+        in_use = self.s.statistics().wake
+        if in_use != self.wake:
+            await self.s.aclose()
+            hint = (
+                " (the server must send keyspace notifications: notify-keyspace-events "
+                "with K, g and $, e.g. redis-server --notify-keyspace-events K$gx)"
+                if self.wake == "keyspace"
+                else ""
+            )
+            raise WrongWakeError(
+                f"{self.name}: statistics().wake is {in_use!r}, not {self.wake!r}{hint}"
+            )
+
+
+class AsyncStampedeTracking(_AsyncStampedeWake):
+    """asyncstampede with ``wake="tracking"``: client tracking, ``REDIRECT`` to a RESP2 reader."""
+
+    name = "asyncstampede-tracking"
+    wake = "tracking"
+
+
+class AsyncStampedeTrackingResp3(_AsyncStampedeWake):
+    """asyncstampede with ``wake="tracking-resp3"``: client tracking in-band on RESP3."""
+
+    name = "asyncstampede-tracking-resp3"
+    wake = "tracking-resp3"
+
+
+class AsyncStampedeKeyspace(_AsyncStampedeWake):
+    """asyncstampede with ``wake="keyspace"``: keyspace notifications of the lock and value."""
+
+    name = "asyncstampede-keyspace"
+    wake = "keyspace"
+
+
+class AsyncStampedeChannel(_AsyncStampedeWake):
+    """asyncstampede with ``wake="channel"``: the key's own channel, published by the scripts."""
+
+    name = "asyncstampede-channel"
+    wake = "channel"
+
+
+class AsyncStampedePoll(_AsyncStampedeWake):
+    """asyncstampede with ``wake="poll"``: nothing pushes; waiters look by themselves."""
+
+    name = "asyncstampede-poll"
+    wake = "poll"
+
+
+# Strategy name -> the transport it forces.
+WAKE_STRATEGIES: dict[str, Transport] = {
+    s.name: s.wake
+    for s in (
+        AsyncStampedeTracking,
+        AsyncStampedeTrackingResp3,
+        AsyncStampedeKeyspace,
+        AsyncStampedeChannel,
+        AsyncStampedePoll,
+    )
+}
 
 
 class AsyncStampedeSWR(AsyncStampede):
@@ -268,5 +368,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
         AsyncStampedeShared,
         CashewsNoLock,
         AsyncStampedePublishedXFetch,
+        AsyncStampedeTracking,
+        AsyncStampedeTrackingResp3,
+        AsyncStampedeKeyspace,
+        AsyncStampedeChannel,
+        AsyncStampedePoll,
     )
 }

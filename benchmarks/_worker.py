@@ -2,10 +2,13 @@
 
     python -m benchmarks._worker STRATEGY URL NAMESPACE
 
-Commands (each answered by one line, ``ready`` first of all):
+Commands (each answered by one line, ``ready`` first of all, or instead a
+line ``failed to start ...`` saying why the strategy could not start):
 
 - ``herd START KEY CONCURRENCY COMPUTE_MS``: at wall-clock START, CONCURRENCY
-  concurrent gets of KEY; answers a JSON report.
+  concurrent gets of KEY; answers a JSON report (for asyncstampede, with the
+  wake transport in use after the herd, and the wake-ups, polls and
+  reconnects during it).
 - ``hold KEY``: one get of KEY whose compute blocks; answers ``computing``
   once the compute runs. ``release`` lets it return ``{"t": <wall clock>}``;
   ``committed`` follows once the get has returned.
@@ -65,7 +68,12 @@ def say(obj: object) -> None:
 async def main() -> None:
     strategy_name, url, namespace = sys.argv[1:4]
     strategy = STRATEGIES[strategy_name]()
-    await strategy.start(url, namespace)
+    try:
+        await strategy.start(url, namespace)
+    except Exception as exc:
+        # Said instead of "ready", so the harness's error (and the row) names it.
+        say(f"failed to start {strategy_name}: {exc!r}")
+        return
     computes = [0]
     release = anyio.Event()
     publisher = Redis.from_url(url)
@@ -194,6 +202,8 @@ async def herd(
     latencies: list[float] = []
     errors: list[str] = []
     computes_before = computes[0]
+    figures = getattr(strategy, "wake_figures", None)  # asyncstampede's only
+    wake_before = figures() if figures is not None else None
     # Each call's latency runs from its own issue, so a process whose timer
     # fires a little late is not charged for it.
     await anyio.sleep(max(0.0, start - time.time()))
@@ -214,13 +224,21 @@ async def herd(
         for _ in range(conc):
             tg.start_soon(one)
     await anyio.sleep(0.3)  # batched UNSUBSCRIBEs and the like belong to this herd
-    return {
+    report = {
         "latencies": latencies,
         "done_at": done_at,
         "started": started,
         "errors": errors,
         "computes": computes[0] - computes_before,
     }
+    if figures is not None and wake_before is not None:
+        # How this process's waiters were woken: the transport in use after
+        # the herd, and what changed during it (wake-ups, polls, reconnects).
+        wake_after = figures()
+        report["wake"] = wake_after["wake"]
+        for name in ("wakeups", "polls", "reconnects"):
+            report[name] = wake_after[name] - wake_before[name]
+    return report
 
 
 async def run_loop(call: Any, seconds: float, conc: int) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._base import Scenario
-from . import churn, crash, herd, hits, steady, wakeup
+from . import churn, crash, herd, hits, steady, wake_transports, wakeup
 
 SCENARIOS: dict[str, Scenario] = {
     "herd": herd.run,
@@ -12,6 +12,7 @@ SCENARIOS: dict[str, Scenario] = {
     "crash": crash.run,
     "steady": steady.run,
     "wakeup": wakeup.run,
+    "wake-transports": wake_transports.run,
 }
 
 __all__ = ["SCENARIOS"]

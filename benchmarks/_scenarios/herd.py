@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from .._base import Options, Row, failed, fresh_namespace, progress
@@ -16,17 +17,32 @@ from .._stats import median, percentile
 Run = tuple[list[dict[str, Any]], Counter[str]]
 
 
+# Looks at one herd's reports of a strategy; raises if the herd must not count.
+Check = Callable[[str, list[dict[str, Any]]], None]
+
+
 def run(url: str, options: Options) -> list[Row]:
     """Every strategy, every compute duration D and concurrency C, ``--repeat`` herds each.
 
     Each herd's server commands are the ``INFO commandstats`` difference
     around it (see `benchmarks._server`); only one strategy runs at a time.
     """
+    return herds(url, options, options.strategies, "herd")
+
+
+def herds(
+    url: str, options: Options, strategies: list[str], label: str, check: Check | None = None
+) -> list[Row]:
+    """The herd rows of *strategies* (see `run`); *label* names the progress bar.
+
+    *check*, if given, sees every herd's reports (warm-up included) as they
+    come; an exception it raises fails the strategy's row, as any other.
+    """
     counter = CommandCounter(url)
     rows: list[Row] = []
     plan = [(d, c) for d in options.durations for c in options.concurrency]
-    bar = progress(len(options.strategies) * len(plan) * options.repeat, "herd")
-    for strategy in options.strategies:
+    bar = progress(len(strategies) * len(plan) * options.repeat, label)
+    for strategy in strategies:
         try:
             with worker_pool(strategy, url, fresh_namespace(), options.processes) as workers:
                 # Warm-up herd, not measured: open every connection the strategy
@@ -34,7 +50,9 @@ def run(url: str, options: Options) -> list[Row]:
                 start = time.time() + 0.2
                 key = f"warmup-{uuid.uuid4().hex[:8]}"
                 widest = max(options.concurrency)
-                ask_all(workers, f"herd {start} {key} {widest} 10")
+                reports = ask_all(workers, f"herd {start} {key} {widest} 10")
+                if check is not None:
+                    check(strategy, reports)
                 for d, c in plan:
                     runs: list[Run] = []
                     for _ in range(options.repeat):
@@ -42,6 +60,8 @@ def run(url: str, options: Options) -> list[Row]:
                         before = counter.read()
                         start = time.time() + 0.3
                         reports = ask_all(workers, f"herd {start} {key} {c} {d}")
+                        if check is not None:
+                            check(strategy, reports)
                         runs.append((reports, counter.since(before)))
                         bar.update()
                     rows.append(_row(strategy, d, c, options.processes, runs))
@@ -57,7 +77,7 @@ def _row(strategy: str, d: int, c: int, p: int, runs: list[Run]) -> Row:
     latencies = [x * 1000 for r in reports for x in r["latencies"]]
     requests = p * c * len(runs)
     commands: Counter[str] = sum((n for _, n in runs), Counter())
-    return {
+    row: Row = {
         "strategy": strategy,
         "compute_ms": d,
         "concurrency": c,
@@ -79,3 +99,9 @@ def _row(strategy: str, d: int, c: int, p: int, runs: list[Run]) -> Row:
         ),
         "errors": sum(len(r["errors"]) for r in reports),
     }
+    if all("wake" in r for r in reports):
+        # asyncstampede's own account (statistics()): how its waiters were woken.
+        row["wake"] = ",".join(sorted({r["wake"] for r in reports}))
+        for name in ("wakeups", "polls", "reconnects"):
+            row[f"{name}_per_herd"] = sum(r[name] for r in reports) / len(runs)
+    return row
