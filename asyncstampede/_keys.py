@@ -16,6 +16,7 @@ __all__ = [
     "KeyNames",
     "channel_name_of",
     "lock_name_of",
+    "lock_of_channel",
     "make_names",
     "plain_key",
     "validate_namespace",
@@ -108,11 +109,21 @@ def value_name_of(lock: bytes) -> bytes:
     return lock[:-1] + b"v"
 
 
-def lock_name_of(name: bytes) -> bytes:
-    """Return the lock name of the key whose value or channel name is *name*."""
-    return name[:-1] + b"l"
+def lock_name_of(value: bytes) -> bytes:
+    """Return the lock name of the key whose value name is *value*."""
+    return value[:-1] + b"l"
 
 
-def channel_name_of(lock: bytes) -> bytes:
-    """Return the channel the scripts tell the lock *lock*'s waiters on (its hash slot)."""
-    return lock[:-1] + b"w"
+def channel_name_of(lock: bytes, db: int) -> bytes:
+    """Return the channel the scripts tell the waiters of *lock* in database *db* on.
+
+    Its hash slot is the lock's; the database is in the name because
+    pub/sub spans databases.
+    """
+    return lock[:-1] + b"w" + str(db).encode()
+
+
+def lock_of_channel(channel: bytes, db: int) -> bytes | None:
+    """Return the lock whose `channel_name_of` in *db* is *channel*, or None."""
+    suffix = b"w" + str(db).encode()
+    return channel[: -len(suffix)] + b"l" if channel.endswith(suffix) else None

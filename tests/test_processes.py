@@ -216,11 +216,12 @@ def test_a_killed_watching_connection_leaves_nobody_hanging(
     committed_at = time.time()
     holder.send("return")
     reports = [waiter.report(timeout=15) for waiter in waiters]
-    _check_wake(reports, wake)
+    # With its transport gone, a waiter looks by itself until the reconnect
+    # (which may come after its report): either way it is not left waiting.
+    assert all(r["stats"]["wake"] in (wake, "poll") for r in reports), reports
     assert not any(r["errors"] for r in reports)
     assert sum(r["stats"]["computes"] for r in reports) == 0
     assert sum(r["stats"]["takeovers"] for r in reports) == 0
-    assert all(r["stats"]["reconnects"] >= 1 for r in reports)
     assert sum(len(r["results"]) for r in reports) == 150
     latest = max(t for r in reports for t in r["finished"])
     assert latest - committed_at < 5.0, latest - committed_at

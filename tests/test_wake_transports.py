@@ -12,6 +12,7 @@ whose looks are stated.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -185,10 +186,10 @@ async def test_the_documented_rules_of_each_transport_are_enough(
 
 def test_the_operations_page_shows_the_rules_of_each_transport() -> None:
     """The per-transport ACL lines on the operations page are the tested ones."""
-    page = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    lines = (Path(__file__).parent.parent / "docs" / "operations.md").read_text().splitlines()
     for transport, rules in WAKE_ACL.items():
         line = f"ACL SETUSER cache on >password {BASE_ACL} {rules}".replace("<namespace>", "app")
-        assert f"{line}  # {transport}" in page.splitlines(), transport
+        assert lines[lines.index(line) - 1] == f"# {transport}", transport
 
 
 @pytest.mark.parametrize("wake", ["auto", "tracking", "tracking-resp3", "keyspace", "channel"])
@@ -212,7 +213,7 @@ async def test_a_transport_refused_at_run_time_hands_over_to_the_next(
     key is refused at run time (NOPERM): nothing is left, so waiters poll,
     and still get the value; the refusal is logged with the server's words.
     """
-    allowed = [make_names(namespace, key).lock[:-1] + b"w" for key in ("asyncstampede-probe", "a")]
+    allowed = [make_names(namespace, key).lock[:-1] + b"w0" for key in ("asyncstampede-probe", "a")]
     rules = "+@all -client resetchannels " + " ".join(f"&{c.decode()}" for c in allowed) + " ~*"
     url = await make_user(redis_url, rules)
     with caplog.at_level(logging.WARNING, logger="asyncstampede"):
@@ -316,3 +317,109 @@ async def test_a_server_without_client_and_config_gets_channel_or_trusted_keyspa
     said = [r.getMessage() for r in caplog.records]
     assert any("by tracking is not possible" in s and "unknown command" in s for s in said), said
     assert any("notify-keyspace-events" in s and "trusts" in s for s in said), said
+
+
+async def _gated(
+    holder: Stampede, waiter: Stampede, key: str, value: object, act: Callable[[], Awaitable[None]]
+) -> object:
+    """The holder computes *value* until *act* (run once the waiter waits) returns; the waiter's."""
+    started, release = anyio.Event(), anyio.Event()
+
+    async def compute() -> object:
+        started.set()
+        await release.wait()
+        return value
+
+    async def other() -> str:
+        return "the waiter computed"
+
+    got: list[object] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder.get_or_compute, key, compute, 60)
+        await started.wait()
+
+        async def wait() -> None:
+            got.append(await waiter.get_or_compute(key, other, ttl=60))
+
+        tg.start_soon(wait)
+        await until(lambda: waiter.statistics().waiting == 1)
+        await act()
+        release.set()
+        with anyio.fail_after(10):  # the lock's TTL is 30 s
+            await until(lambda: bool(got), within=10)
+    return got[0]
+
+
+async def test_channel_waiters_never_take_another_databases_value(
+    redis_url: str, namespace: str
+) -> None:
+    """Two apps, one namespace, databases 0 and 1: a commit in 0 never answers a waiter in 1."""
+    db1 = redis_url.rsplit("/", 1)[0] + "/1"
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, wake="channel") as other_app,
+        Stampede.from_url(db1, namespace=namespace, lock_ttl=30, wake="channel") as holder,
+        Stampede.from_url(db1, namespace=namespace, lock_ttl=30, wake="channel") as waiter,
+    ):
+
+        async def commit_in_database_0() -> None:
+            assert await other_app.get_or_compute("k", lambda: _value("db0"), ttl=60) == "db0"
+
+        got = await _gated(holder, waiter, "k", "db1", commit_in_database_0)
+    assert got == "db1"
+
+
+async def test_waiters_poll_once_their_transport_is_gone(
+    redis_url: str, make_user: MakeUser, namespace: str
+) -> None:
+    """Mid-wait, the ACL loses its channels: Redis drops the subscriber, the reconnect finds
+    nothing allowed, and the waiter polls (it would otherwise sleep out its 30 s lock)."""
+    url = await make_user(redis_url, "+@all -client &* ~*")
+    name = url.split("//", 1)[1].split("@", 1)[0]
+    async with (
+        redis.asyncio.Redis.from_url(redis_url) as admin,
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=30) as holder,
+        Stampede.from_url(url, namespace=namespace, lock_ttl=30) as waiter,
+    ):
+        await until(lambda: waiter.statistics().wake == "channel")
+
+        async def take_the_channels_away() -> None:
+            await admin.execute_command("ACL", "SETUSER", name, "resetchannels")  # type: ignore[no-untyped-call]
+            await until(lambda: waiter.statistics().wake == "poll")
+            await until(lambda: waiter.statistics().polls >= 2)  # looking by itself
+
+        assert await _gated(holder, waiter, "k", "v", take_the_channels_away) == "v"
+    assert waiter.statistics().takeovers == 0
+
+
+async def test_a_user_who_may_not_unsubscribe_gets_polling_not_a_reconnect_loop(
+    redis_url: str, make_user: MakeUser, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The channel probe's UNSUBSCRIBE is refused: a refusal of that transport, said once."""
+    url = await make_user(redis_url, "+@all -client -unsubscribe &* ~*")
+    with caplog.at_level(logging.WARNING, logger="asyncstampede"):
+        async with Stampede.from_url(url, namespace=namespace) as cache:
+            await until(lambda: any("allows no way" in r.getMessage() for r in caplog.records))
+            stats = cache.statistics()
+    assert stats.wake == "poll"
+    assert stats.reconnects == 0
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1, said
+    assert "UNSUBSCRIBE" in said[0], said
+
+
+async def test_a_value_too_big_to_publish_is_read_by_channel_waiters(
+    redis_url: str, namespace: str
+) -> None:
+    """33 MB (past Redis's 32 MB pub/sub output limit): not published; the waiter reads it."""
+    big = os.urandom(33 * 1024 * 1024)  # incompressible: stored as it is
+    async with (
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=30, wake="channel") as holder,
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=30, wake="channel") as waiter,
+    ):
+
+        async def nothing() -> None:
+            pass
+
+        assert await _gated(holder, waiter, "big", big, nothing) == big
+        stats = waiter.statistics()
+    assert (stats.wakeups, stats.reconnects, stats.polls) == (1, 0, 0)

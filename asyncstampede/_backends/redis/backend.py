@@ -20,6 +20,7 @@ from typing import Any, final
 import anyio
 import anyio.abc
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ..._exceptions import BackendError, BackendRefusedError
@@ -120,7 +121,7 @@ class RedisBackend:
         self._mux = self._route.mux
         self._send = self._route.send
         self._execute = self._route.execute
-        self._script = self._route.script
+        self._db = int(kwargs.get("db") or 0)
         self._map = self._route.map
 
     @property
@@ -319,6 +320,10 @@ class RedisBackend:
             except (RedisError, OSError) as exc:
                 raise self._map(exc, "SET") from exc
         return await self._script(self._take_or_name, [lock], [token, lock_ms])
+
+    async def _script(self, script: AsyncScript, keys: list[bytes], args: list[Any]) -> Any:
+        """Run *script*; its last ARGV is the database number (see ``scripts``)."""
+        return await self._route.script(script, keys, [*args, self._db])
 
     async def read(self, names: KeyNames) -> bytes | None:
         """See `Backend.read`."""

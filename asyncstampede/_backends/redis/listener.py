@@ -76,6 +76,8 @@ class RedisListener(Listener):
         )
         self._serving: Transport | None = None
         self._refusals: dict[str, BackendRefusedError] = {}  # transport -> its last refusal
+        self._polling_since: float | None = None  # every transport refused since then
+        self._polling_said: float | None = None  # the spell of polling last logged
 
     @property
     def transport(self) -> str | None:
@@ -119,7 +121,7 @@ class RedisListener(Listener):
                 raise _as_backend_error(exc, self._address) from exc
             finally:
                 await transport.close()
-        self._say_polling()
+        self._say_polling(always=True)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Serve with the first transport allowed until cancelled; reconnect and re-probe."""
@@ -156,6 +158,7 @@ class RedisListener(Listener):
                         self._refused(kind, exc)
                         continue
                     self._serving = transport
+                    self._polling_since = None
                     if was_up:
                         self.reconnects += 1
                     self._say_serving(kind)
@@ -173,7 +176,6 @@ class RedisListener(Listener):
                             raise
                         # Refused at run time: go on with the next transport now.
                         self._refused(kind, refusal)
-                        self.recheck_all()
                         continue
                     return True  # stopped: a connection stopped answering
                 except Exception as exc:
@@ -181,7 +183,11 @@ class RedisListener(Listener):
                     self._trouble(exc, up)
                     return up
                 finally:
-                    self._serving = None
+                    if self._serving is transport:
+                        self._serving = None
+                        # Nothing tells the waiters now: each looks once, finds
+                        # its lock unwatched, and polls until a transport serves.
+                        self.recheck_all()
                     await transport.close()
             return None
         finally:
@@ -193,19 +199,18 @@ class RedisListener(Listener):
     def _refused(self, kind: str, exc: BackendRefusedError) -> None:
         self._refusals[kind] = exc
         remaining = self._order[self._order.index(kind) + 1 :]
-        if not remaining:  # the last one: nothing wakes the waiters now
+        if not remaining and self._polling_since is None:
+            # The last one: nothing wakes the waiters now. Counted (and
+            # logged) once per spell of polling, not at every re-probe.
+            self._polling_since = anyio.current_time()
             self.connect_errors += 1
             self.refused += 1
-        if self._config.forced:
-            self._problems.report(
-                exc, f"wake={kind!r} (waiters poll meanwhile, a few looks per wait)"
-            )
-        elif remaining:
-            self._problems.say(
-                logging.INFO,
-                f"waking waiters by {kind} is not possible on Redis at {self._address} "
-                f"({exc}); trying {remaining[0]}",
-            )
+            if self._config.forced:
+                self._problems.report(
+                    exc, f"wake={kind!r} (waiters poll meanwhile, a few looks per wait)"
+                )
+        if remaining and self._polling_since is None:
+            self._problems.say(logging.INFO, f"waking waiters by {kind} is not possible: {exc}")
 
     def _trouble(self, exc: Exception, up: bool) -> None:
         """Log a lost or failed connection (a bug loudly); the caller starts over."""
@@ -222,10 +227,13 @@ class RedisListener(Listener):
         level = logging.DEBUG if kind == self._order[0] else logging.INFO
         self._problems.say(level, f"waiters on Redis at {self._address} wake by {kind}")
 
-    def _say_polling(self) -> None:
-        """Say that waiters poll, why, and what would let them be woken."""
+    def _say_polling(self, *, always: bool = False) -> None:
+        """Say (once per spell) that waiters poll, why, and what would let them be woken."""
         if self._config.forced:
             return  # its refusal was logged at ERROR, with what to grant
+        if not always and self._polling_said == self._polling_since:
+            return  # said already
+        self._polling_said = self._polling_since
         reasons = "; ".join(f"{kind}: {exc}" for kind, exc in self._refusals.items())
         grants = "; or ".join(
             f"{TRANSPORTS[kind].needs} ({kind})".replace("<namespace>", self._config.namespace)

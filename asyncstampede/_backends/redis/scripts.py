@@ -5,19 +5,21 @@ connection error, so every script is safe to run twice: a retried call
 recognises its own earlier effect instead of reporting a failure.
 KEYS are always the names of one cache key (one hash slot, see ``_keys``).
 
-Every script that changes a lock others may wait on also tells its
-waiters on the key's own channel (`channel_name_of`: the lock's name with
-``w`` for ``l``, so it shares the key's hash slot): the envelope when a value
-landed, an empty message otherwise. Waiters using the ``channel`` wake
-transport subscribe to it (see ``transports``); the others watch the lock
-itself, so a publish nobody listens to costs the server almost nothing. The
-publish is a ``pcall``: a user whose ACL forbids it still commits. `render`
-gives the text for a publish command (``PUBLISH``, or ``SPUBLISH`` on a
-Cluster). Two changes tell nobody, because the waiters' own timers already
-cover them: a lock extended while still ours, and a lock taken once the
-previous one expired (nobody publishes an expiry; waiters look when their
-timer, set to the lock's expiry, fires). An extend or commit that finds its
-lock lost does tell (a ``FLUSHALL``, a takeover), so waiters look again.
+Every script that changes a lock others may wait on also tells its waiters
+on the key's own channel (`channel_name_of`: the lock's name with ``w`` and
+the database number for ``l``, so it shares the key's hash slot): the
+envelope when a value landed (up to `TELL_MOST` bytes), an empty message
+otherwise. Every call passes the database number as its last ARGV. Waiters
+using the ``channel`` wake transport subscribe to it (see ``transports``);
+the others watch the lock itself, so a publish nobody listens to costs the
+server almost nothing. The publish is a ``pcall``: a user whose ACL forbids
+it still commits. `render` gives the text for a publish command
+(``PUBLISH``, or ``SPUBLISH`` on a Cluster). Two changes tell nobody,
+because the waiters' own timers already cover them: a lock extended while
+still ours, and a lock taken once the previous one expired (nobody publishes
+an expiry; waiters look when their timer, set to the lock's expiry, fires).
+An extend or commit that finds its lock lost does tell (a ``FLUSHALL``, a
+takeover), so waiters look again.
 
 A commit does not delete the lock: it leaves `COMMITTED` in its place for
 `committed_ms` (at most the value's TTL). A process whose read missed just
@@ -61,19 +63,29 @@ def committed_ms(ttl_ms: int) -> int:
 
 
 # Every script below starts with this: tell(message) publishes on the key's
-# channel, built from the lock's name (always the last of KEYS).
+# channel, built from the lock's name (always the last of KEYS) and the
+# database number, which every call passes as its last ARGV: pub/sub knows
+# no databases, and a waiter must never take another database's value.
+# A value too big for a subscriber's output buffer (Redis drops a pub/sub
+# client past 32 MB by default) is not sent: its waiters read it instead.
 _TELL = """
 local function tell(message)
-  redis.pcall('PUBLISH_COMMAND', string.sub(KEYS[#KEYS], 1, -2) .. 'w', message)
+  if #message > TELL_MOST then message = '' end
+  local channel = string.sub(KEYS[#KEYS], 1, -2) .. 'w' .. ARGV[#ARGV]
+  redis.pcall('PUBLISH_COMMAND', channel, message)
 end
 """
+
+# The largest envelope a commit publishes itself (bytes).
+TELL_MOST = 512 * 1024
 
 
 def render(script: str, publish: str = "PUBLISH") -> str:
     """Return *script*'s text for publishing with *publish* (``PUBLISH`` or ``SPUBLISH``)."""
     if publish not in ("PUBLISH", "SPUBLISH"):
         raise ValueError(f"publish must be PUBLISH or SPUBLISH, not {publish!r}")
-    return (_TELL + script).replace("PUBLISH_COMMAND", publish)
+    text = _TELL.replace("TELL_MOST", str(TELL_MOST)) + script
+    return text.replace("PUBLISH_COMMAND", publish)
 
 
 # KEYS: value, lock. ARGV: token, envelope, ttl ms (always positive: no key

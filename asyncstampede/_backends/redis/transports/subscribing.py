@@ -9,7 +9,7 @@ import anyio
 from redis.exceptions import ResponseError
 
 from ...._exceptions import BackendRefusedError
-from ...._keys import channel_name_of, lock_name_of
+from ...._keys import channel_name_of, lock_name_of, lock_of_channel
 from ...interest import SUBSCRIBED, UNTRACKED, Listener
 from ...messages import Signal, Value
 from ..errors import map_error
@@ -65,10 +65,8 @@ class _Subscribing(Transport):
         channels = self.channels(self._config.probe_lock)
         for channel in channels:
             await self._ask(link, "SUBSCRIBE", channel)
-        await link.send("UNSUBSCRIBE", *channels)
-        for _ in channels:
-            with anyio.fail_after(self._config.reply_timeout):
-                await link.read()
+        for channel in channels:
+            await self._ask(link, "UNSUBSCRIBE", channel)
         self._link = link
 
     async def watch(self, name: bytes, command: str) -> Any:
@@ -112,12 +110,12 @@ class _Subscribing(Transport):
                     try:
                         message = await link.read()
                     except ResponseError as exc:
-                        # A SUBSCRIBE refused now (an ACL changed): this
-                        # transport cannot go on; the listener moves on.
+                        # A (UN)SUBSCRIBE refused now (an ACL changed):
+                        # this transport cannot go on; the listener moves on.
                         raise map_error(
                             exc,
                             address=self._config.address,
-                            command="SUBSCRIBE",
+                            command="(UN)SUBSCRIBE",
                             namespace=self._config.namespace,
                         ) from exc
                     self._heard()
@@ -179,7 +177,7 @@ class Keyspace(_Subscribing):
     name = "keyspace"
     needs = (
         "notify-keyspace-events with K, g and $ (or KA) on the server, "
-        "+config|get to read it, +subscribe and &__keyspace@*__:<namespace>:*"
+        "+config|get to read it, +subscribe +unsubscribe &__keyspace@*__:<namespace>:*"
     )
 
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
@@ -194,8 +192,10 @@ class Keyspace(_Subscribing):
             if not self._config.forced:
                 raise
             # The user says the server sends them; it cannot be read here.
-            self._config.problems.report(
-                exc, "reading notify-keyspace-events (wake='keyspace' trusts it is set)"
+            self._config.problems.say(
+                logging.WARNING,
+                f"wake='keyspace' trusts that notify-keyspace-events covers locks (K$g): "
+                f"it cannot be read ({exc})",
             )
         else:
             flags = _config_value(reply)
@@ -232,20 +232,21 @@ class Channel(_Subscribing):
     """The key's own channel, on which the holder's scripts publish."""
 
     name = "channel"
-    needs = "+subscribe +publish &<namespace>:*"
+    needs = "+subscribe +unsubscribe +publish &<namespace>:*"
 
     async def open(self) -> None:
         link = await self._connect()
         # The holders publish from scripts (as a pcall: a refusal would go
         # unnoticed there), so prove it is allowed here.
-        await self._ask(link, "PUBLISH", channel_name_of(self._config.probe_lock), b"")
+        probe = channel_name_of(self._config.probe_lock, self._config.db)
+        await self._ask(link, "PUBLISH", probe, b"")
         await self._probe(link)
 
     def channels(self, lock: bytes) -> tuple[bytes, ...]:
-        return (channel_name_of(lock),)
+        return (channel_name_of(lock, self._config.db),)
 
     def lock_of(self, channel: bytes) -> bytes | None:
-        return lock_name_of(channel) if channel.endswith(b"w") else None
+        return lock_of_channel(channel, self._config.db)
 
     def message(self, lock: bytes, data: bytes) -> None:
         self._owner.deliver(lock, Value(data) if data else Signal.CHANGED)
