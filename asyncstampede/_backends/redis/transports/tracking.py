@@ -143,7 +143,7 @@ class Tracking(Transport):
     """
 
     name = "tracking"
-    needs = "+client|id +client|tracking &__redis__:invalidate"
+    needs = "+client|id +client|tracking +subscribe &__redis__:invalidate"
 
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
         super().__init__(owner, config)
