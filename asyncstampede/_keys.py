@@ -6,13 +6,22 @@ the prefix up to and including that ``}``, so they always land in one slot and
 the commit script may touch both. Braces and ``%`` inside the user's key
 are percent-escaped, so the tag is never empty and never cut short, and two
 distinct keys never map to one name.
+
+A key longer than `LONGEST_TAG` bytes (once escaped) is named by its
+SHA-256 instead, behind a ``{`` that no escaped key contains: every name
+stays short (a hostile or careless caller cannot make each command carry
+megabytes), the value and lock still share one slot, and a hashed name
+never equals a plain one (two long keys share a name only if SHA-256
+collides).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import hashlib
+from typing import Final, NamedTuple
 
 __all__ = [
+    "LONGEST_TAG",
     "KeyNames",
     "channel_name_of",
     "lock_name_of",
@@ -23,6 +32,7 @@ __all__ = [
     "value_name_of",
 ]
 
+LONGEST_TAG: Final = 512  # bytes of an escaped key used as it is; longer ones are hashed
 _NAMES_CACHED = 4096  # keys whose Redis names a NamesCache keeps ready
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -83,7 +93,10 @@ def make_names(namespace: str, key: object) -> KeyNames:
     if "{" in key or "}" in key or "%" in key:
         key = key.translate(_ESCAPES)
     # surrogatepass: a lone surrogate is still a distinct, storable key.
-    base = f"{namespace}:{{{key}}}:".encode("utf-8", "surrogatepass")
+    tag = key.encode("utf-8", "surrogatepass")
+    if len(tag) > LONGEST_TAG:
+        tag = b"{" + hashlib.sha256(tag).hexdigest().encode()
+    base = namespace.encode("utf-8", "surrogatepass") + b":{" + tag + b"}:"
     return KeyNames(base + b"v", base + b"l")
 
 

@@ -270,3 +270,23 @@ def test_from_url_refuses_bad_settings_at_once(
     """Settings that could only fail later (blamed on Redis) are refused when building."""
     with pytest.raises(error, match=next(iter(settings))):
         Stampede.from_url(redis_url, **settings)  # type: ignore[arg-type]
+
+
+async def test_a_megabyte_key_is_cached_under_a_short_name(redis_url: str, namespace: str) -> None:
+    """A 1 MB key works, and what Redis stores (and every command carries) is a short name."""
+    key = "x" * 1_000_000
+
+    async def compute() -> str:
+        return "v"
+
+    async with Stampede.from_url(redis_url, namespace=namespace) as cache:
+        assert await cache.get_or_compute(key, compute, ttl=30) == "v"
+        assert await cache.get_or_compute(key, compute, ttl=30) == "v"
+        assert cache.statistics().computes == 1
+    sync = redis.Redis.from_url(redis_url)
+    stored = sync.keys(f"{namespace}:*")
+    sync.close()
+    names = make_names(namespace, key)
+    assert names.value in stored
+    assert set(stored) <= {names.value, names.lock}  # the lock: the commit's marker, 500 ms
+    assert all(len(name) < 200 for name in stored)
