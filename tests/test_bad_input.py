@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import pytest
@@ -290,3 +290,35 @@ async def test_a_megabyte_key_is_cached_under_a_short_name(redis_url: str, names
     assert names.value in stored
     assert set(stored) <= {names.value, names.lock}  # the lock: the commit's marker, 500 ms
     assert all(len(name) < 200 for name in stored)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b[:2] + bytes([99]) + b[3:],  # an envelope version from the future
+        lambda b: b[: len(b) // 2],  # cut short
+        lambda b: b[:2],  # the magic alone
+        lambda b: b'{"json": "written by another program"}',
+    ],
+    ids=["future-version", "truncated", "magic-only", "foreign-json"],
+)
+async def test_envelopes_another_writer_mangled_are_a_counted_miss(
+    cache: Stampede, sync_redis: redis.Redis, mangle: Callable[[bytes], bytes]
+) -> None:
+    """What another program (or version) stored under the namespace: a miss, counted, replaced."""
+
+    async def first() -> str:
+        return "first"
+
+    async def fresh() -> str:
+        return "fresh"
+
+    assert await cache.get_or_compute("k", first, ttl=30) == "first"
+    names = make_names(cache.namespace, "k")
+    stored = sync_redis.get(names.value)
+    assert isinstance(stored, bytes)
+    sync_redis.set(names.value, mangle(stored))
+    assert await cache.get_or_compute("k", fresh, ttl=30) == "fresh"
+    assert cache.statistics().decode_errors == 1
+    assert await cache.get_or_compute("k", fresh, ttl=30) == "fresh"  # now a hit
+    assert cache.statistics().computes == 2
