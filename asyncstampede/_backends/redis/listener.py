@@ -118,7 +118,7 @@ class RedisListener(Listener):
                     raise
                 self._refusals[kind] = exc
             except Exception as exc:
-                raise _as_backend_error(exc, self._address) from exc
+                raise map_error(exc, address=self._address) from exc
             finally:
                 await transport.close()
         self._say_polling(always=True)
@@ -220,7 +220,7 @@ class RedisListener(Listener):
             log.exception("asyncstampede lock-change listener failed; reconnecting")
         elif up or self.connect_errors == 1:
             self._problems.report(
-                _as_backend_error(exc, self._address), "watching locks; reconnecting"
+                map_error(exc, address=self._address), "watching locks; reconnecting"
             )
 
     def _say_serving(self, kind: str) -> None:
@@ -257,7 +257,3 @@ def _refusal_in(exc: BaseException) -> BackendRefusedError | None:
             if found is not None:
                 return found
     return None
-
-
-def _as_backend_error(exc: BaseException, address: str) -> BackendError:
-    return exc if isinstance(exc, BackendError) else map_error(exc, address=address)

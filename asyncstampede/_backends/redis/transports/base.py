@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import anyio
 
+from ...._exceptions import BackendError
 from ...._problems import ProblemLog
 from ...interest import UNTRACKED, Listener
 from ..errors import is_connection_trouble, map_error
@@ -48,7 +49,7 @@ class Transport:
     """
 
     name: ClassVar[str]
-    needs: ClassVar[str]  # what the server must allow, for messages
+    needs: ClassVar[str]  # what the server must allow (its `WAKE_ACL` rules), for messages
 
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
         self._owner = owner
@@ -99,9 +100,7 @@ class Transport:
         except Exception as exc:
             if not is_connection_trouble(exc):
                 raise
-            raise map_error(
-                exc, address=self._config.address, namespace=self._config.namespace
-            ) from exc
+            raise self._mapped(exc) from exc
         return link
 
     async def _ask(self, link: Link, *args: Any) -> Any:
@@ -116,20 +115,17 @@ class Transport:
             with anyio.fail_after(self._config.reply_timeout):
                 return await link.read()
         except TimeoutError as exc:
-            raise map_error(
-                ConnectionError(f"no reply within {self._config.reply_timeout}s"),
-                address=self._config.address,
-                command=_command_name(args),
-            ) from exc
+            silent = ConnectionError(f"no reply within {self._config.reply_timeout}s")
+            raise self._mapped(silent, _command_name(args)) from exc
         except Exception as exc:
             if not is_connection_trouble(exc):
                 raise
-            raise map_error(
-                exc,
-                address=self._config.address,
-                command=_command_name(args),
-                namespace=self._config.namespace,
-            ) from exc
+            raise self._mapped(exc, _command_name(args)) from exc
+
+    def _mapped(self, exc: BaseException, command: str | None = None) -> BackendError:
+        """Return `map_error`'s `BackendError` for *exc*, met on *command* (None: connecting)."""
+        config = self._config
+        return map_error(exc, address=config.address, command=command, namespace=config.namespace)
 
     def _heard(self) -> None:
         self._last_heard = anyio.current_time()

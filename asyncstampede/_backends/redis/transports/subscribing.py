@@ -12,7 +12,7 @@ from ...._exceptions import BackendRefusedError
 from ...._keys import channel_name_of, lock_name_of, lock_of_channel
 from ...interest import SUBSCRIBED, UNTRACKED, Listener
 from ...messages import Signal, Value
-from ..errors import map_error
+from ..errors import WAKE_ACL
 from ..wire import Link
 from .base import Transport, WakeConfig
 
@@ -112,12 +112,7 @@ class _Subscribing(Transport):
                     except ResponseError as exc:
                         # A (UN)SUBSCRIBE refused now (an ACL changed):
                         # this transport cannot go on; the listener moves on.
-                        raise map_error(
-                            exc,
-                            address=self._config.address,
-                            command="(UN)SUBSCRIBE",
-                            namespace=self._config.namespace,
-                        ) from exc
+                        raise self._mapped(exc, "(UN)SUBSCRIBE") from exc
                     self._heard()
                     self._handle(message)
         finally:
@@ -175,10 +170,7 @@ class Keyspace(_Subscribing):
     """Keyspace notifications on the lock and the value, where the server sends them."""
 
     name = "keyspace"
-    needs = (
-        "notify-keyspace-events with K, g and $ (or KA) on the server, "
-        "+config|get to read it, +subscribe +unsubscribe &__keyspace@*__:<namespace>:*"
-    )
+    needs = "notify-keyspace-events with K, g and $ (or KA) on the server, " + WAKE_ACL["keyspace"]
 
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
         super().__init__(owner, config)
@@ -232,7 +224,7 @@ class Channel(_Subscribing):
     """The key's own channel, on which the holder's scripts publish."""
 
     name = "channel"
-    needs = "+subscribe +unsubscribe +publish &<namespace>:*"
+    needs = WAKE_ACL["channel"]
 
     async def open(self) -> None:
         link = await self._connect()

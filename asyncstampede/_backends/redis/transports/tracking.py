@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 from ...._exceptions import BackendRefusedError
 from ...interest import UNTRACKED, Listener
 from ...messages import Signal, Value
+from ..errors import WAKE_ACL
 from ..wire import Link
 from .base import Transport, WakeConfig
 
@@ -143,7 +144,7 @@ class Tracking(Transport):
     """
 
     name = "tracking"
-    needs = "+client|id +client|tracking +subscribe &__redis__:invalidate"
+    needs = WAKE_ACL["tracking"]
 
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
         super().__init__(owner, config)
@@ -192,7 +193,7 @@ class TrackingResp3(Transport):
     """``CLIENT TRACKING ON`` on one RESP3 connection; invalidations come in-band."""
 
     name = "tracking-resp3"
-    needs = "+hello +client|tracking (RESP3: Redis 6 or later)"
+    needs = WAKE_ACL["tracking-resp3"] + " (and RESP3: Redis 6 or later)"
 
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
         super().__init__(owner, config)
