@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._exceptions import BackendError as BackendError
 from ._exceptions import BackendRefusedError as BackendRefusedError
 from ._exceptions import BackendUnavailableError as BackendUnavailableError
+from ._exceptions import CircuitOpenError as CircuitOpenError
 from ._exceptions import ClosedError as ClosedError
 from ._exceptions import ComputeFailedError as ComputeFailedError
 from ._exceptions import ComputeTimeoutError as ComputeTimeoutError
@@ -21,6 +22,7 @@ __all__ = [
     "BackendError",
     "BackendRefusedError",
     "BackendUnavailableError",
+    "CircuitOpenError",
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",

@@ -15,6 +15,7 @@ __all__ = [
     "BackendError",
     "BackendRefusedError",
     "BackendUnavailableError",
+    "CircuitOpenError",
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",
@@ -67,6 +68,16 @@ class BackendError(StampedeError):
 
 class BackendUnavailableError(BackendError):
     """Raised when Redis cannot be reached or does not answer in time (it may come back)."""
+
+
+class CircuitOpenError(BackendUnavailableError):
+    """Raised when Redis is skipped because it failed moments ago (the circuit breaker is open).
+
+    Nothing was sent: after a failure (no answer within ``redis_budget``, a
+    refused or lost connection, a server still loading) calls skip Redis
+    until a probe finds it answering again. See ``Stampede.statistics()``
+    (``breaker``) and the operations guide.
+    """
 
 
 class BackendRefusedError(BackendError):

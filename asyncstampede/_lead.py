@@ -9,6 +9,7 @@ the lock (`compute_unlocked`) or without Redis (`compute_uncached`).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import anyio
@@ -76,7 +77,9 @@ async def compute_and_commit(rt: Runtime, req: Request, token: bytes) -> Any:
     A failed compute serves the stale fallback (fail-safe), is remembered
     (``negative_ttl``), or releases the lock at once, then raises. A commit
     Redis fails or refuses releases the lock too; the value still reaches
-    the callers unless ``fail_open`` is off.
+    the callers unless ``fail_open`` is off. A commit still on its way when
+    the call's budget for Redis runs out goes on in the background (see
+    `_store`).
     """
     names = req.names
     failure: Exception | None = None
@@ -110,30 +113,64 @@ async def compute_and_commit(rt: Runtime, req: Request, token: bytes) -> Any:
         else:
             await release_quietly(rt, names, token)
         raise failure
-    try:
-        committed = await rt.backend.commit(names, token, payload, px_ms)
-    except BackendError as exc:
-        # Never taken for a commit: the lock is given up at once, so
-        # waiters elsewhere stop waiting (and find no value).
-        await _commit_failed(rt, exc, req, token)
-        committed = True  # not lost to another holder: Redis failed
-    if not committed:
-        rt.counters.lock_lost += 1
+    await _store(rt, req, token, payload, px_ms)
     return decode(payload, max_value_bytes=rt.settings.max_value_bytes).value
 
 
+async def _store(rt: Runtime, req: Request, token: bytes, payload: bytes, px_ms: int) -> None:
+    """Commit *payload* under the lock *token*, waiting at most the call's budget for Redis.
+
+    A value computed is never thrown away for lack of time: a commit still
+    on its way when the budget runs out (a busy process, a slow Redis)
+    goes on in the background, within a budget of its own, and the callers
+    go on with the value (or, with ``fail_open`` off, get the overrun).
+    A commit Redis fails or refuses gives the lock up at once (see
+    `_commit_failed`).
+
+    Raises:
+        BackendError: the commit failed, or ran past the budget, and
+            ``fail_open`` is off.
+
+    """
+    tg = rt.tg
+    if tg is None:  # closing: no background to finish in
+        raise ClosedError("the Stampede closed during the call")
+    done = anyio.Event()
+    failure: list[BackendError] = []
+
+    async def commit() -> None:
+        try:
+            work = rt.backend.commit(req.names, token, payload, px_ms)
+            if not await rt.redis(None, work, "COMMIT"):
+                rt.counters.lock_lost += 1
+        except BackendError as exc:
+            failure.append(exc)
+            await _commit_failed(rt, exc, req, token)
+        finally:
+            done.set()
+
+    tg.start_soon(commit)
+    started = anyio.current_time()
+    left = req.redis_left if rt.budgeted else math.inf
+    with anyio.move_on_after(left):
+        await done.wait()
+    req.redis_left -= anyio.current_time() - started
+    if rt.settings.fail_open:
+        return
+    if failure:
+        raise failure[0]
+    if not done.is_set():
+        raise rt.backend.overran("COMMIT", left)
+
+
 async def _commit_failed(rt: Runtime, exc: BackendError, req: Request, token: bytes) -> None:
-    """Handle a commit (or fail-safe re-stamp) that Redis failed or refused.
+    """Log a commit (or fail-safe re-stamp) that Redis failed or refused, and give the lock up.
 
     The lock is released (a refused script is replaced by a transaction,
     see `RedisBackend.release`) so waiters in other processes look again
     at once instead of waiting out ``lock_ttl``. The value computed here
     still reaches this process's callers when ``fail_open`` is on (the
-    default); otherwise they get *exc*.
-
-    Raises:
-        BackendError: *exc*, when ``fail_open`` is off.
-
+    default); otherwise they get *exc* (raised by the caller).
     """
     if rt.settings.fail_open:
         rt.failed(exc, "storing {key}; its value is returned uncached", req.key)
@@ -141,8 +178,6 @@ async def _commit_failed(rt: Runtime, exc: BackendError, req: Request, token: by
         rt.failed(exc, "storing {key}; raising (fail_open is off)", req.key)
     with anyio.CancelScope(shield=True):
         await release_quietly(rt, req.names, token)
-    if not rt.settings.fail_open:
-        raise exc
 
 
 async def _fail_safe(rt: Runtime, req: Request, token: bytes) -> Any:
@@ -179,7 +214,7 @@ async def _fail_safe(rt: Runtime, req: Request, token: bytes) -> Any:
     try:
         # Never past the key's current expiry: a caller with a longer
         # stale window than the writer's does not stretch the writer's.
-        await rt.backend.restamp(req.names, token, payload, px_ms)
+        await rt.redis(req, rt.backend.restamp(req.names, token, payload, px_ms), "RESTAMP")
     except BackendError as exc:
         rt.failed(exc, "re-stamping the stale value of {key}", req.key)
         await release_quietly(rt, req.names, token)
@@ -195,15 +230,17 @@ async def _remember_failure(rt: Runtime, req: Request, token: bytes, failure: Ex
         fresh_until_ms=now + req.policy.negative_ms,
     )
     try:
-        await rt.backend.commit(req.names, token, payload, req.policy.negative_ms)
+        work = rt.backend.commit(req.names, token, payload, req.policy.negative_ms)
+        await rt.redis(req, work, "COMMIT")
     except BackendError as exc:
         rt.failed(exc, "remembering the failure of {key}", req.key)
         await release_quietly(rt, req.names, token)
 
 
 async def release_quietly(rt: Runtime, names: KeyNames, token: bytes) -> None:
+    """Release the lock *token* within a budget of its own; a failure is counted and logged."""
     try:
-        await rt.backend.release(names, token)
+        await rt.redis(None, rt.backend.release(names, token), "RELEASE")
     except BackendError as exc:
         # The lock expires by itself, and its waiters take over then.
         rt.failed(exc, "releasing a lock; its waiters wait for it to expire")
@@ -220,7 +257,7 @@ async def compute_unlocked(rt: Runtime, req: Request) -> Any:
     holder: bytes | None = None
     holder_known = True
     try:
-        holder = await rt.backend.lock_holder(req.names)
+        holder = await rt.redis(req, rt.backend.lock_holder(req.names), "GET")
     except BackendError as exc:
         rt.failed(exc, "reading the lock of {key}", req.key)
         holder_known = False  # then nothing to compare with: do not store
@@ -228,17 +265,37 @@ async def compute_unlocked(rt: Runtime, req: Request) -> Any:
     payload, px_ms = encode_value(rt, req, value, delta_ms=delta_ms)
     if holder_known and not req.flight.detached:
         try:
-            await rt.backend.write_if_absent(req.names, payload, px_ms, holder)
+            work = rt.backend.write_if_absent(req.names, payload, px_ms, holder)
+            await rt.redis(req, work, "WRITE_IF_ABSENT")
         except BackendError as exc:
             rt.failed(exc, "storing {key} computed without the lock", req.key)
     return decode(payload, max_value_bytes=rt.settings.max_value_bytes).value
 
 
-async def compute_uncached(rt: Runtime, req: Request) -> Any:
-    """Compute with Redis unavailable (fail-open): coalesced in this process, nothing stored."""
-    # Redis is unavailable: still coalesced in this process, but nothing
-    # is shared or stored. The value goes through the codec all the same,
-    # so callers see the same types as with a working Redis.
-    value, _ = await run_compute(rt, req)
-    payload, _ = encode_value(rt, req, value, delta_ms=0)
+async def compute_uncached(rt: Runtime, req: Request, token: bytes | None = None) -> Any:
+    """Compute with Redis unavailable (fail-open): coalesced in this process, not waited on.
+
+    The value goes through the codec all the same, so callers see the same
+    types as with a working Redis. *token*: the lock this call asked for
+    when Redis failed (or ran out of its budget): the ``SET`` may have
+    taken it all the same, and then nobody else may compute until it
+    expires. So the value is committed under it in the background, which
+    stores it (and wakes the waiters) if the lock is ours, and does
+    nothing otherwise; skipped while the breaker is open.
+    """
+    value, delta_ms = await run_compute(rt, req)
+    payload, px_ms = encode_value(rt, req, value, delta_ms=delta_ms)
+    breaker = rt.backend.breaker
+    if token is not None and rt.tg is not None and breaker is not None and not breaker.skipping:
+        rt.tg.start_soon(_commit_if_ours, rt, req, token, payload, px_ms)
     return decode(payload, max_value_bytes=rt.settings.max_value_bytes).value
+
+
+async def _commit_if_ours(
+    rt: Runtime, req: Request, token: bytes, payload: bytes, px_ms: int
+) -> None:
+    try:
+        work = rt.backend.commit(req.names, token, payload, px_ms)
+        await rt.redis(None, work, "COMMIT")
+    except BackendError:
+        pass  # the lock expires by itself; the failure that got us here was logged

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, final
 
 import anyio
 
@@ -26,12 +26,17 @@ class LockKeeper:
     extended.
     """
 
-    __slots__ = ("_backend", "_changed", "_held", "_interval", "_lock_ms", "_report")
+    __slots__ = ("_backend", "_changed", "_held", "_interval", "_lock_ms", "_report", "_within")
 
     def __init__(
-        self, backend: Backend, lock_ms: int, report: Callable[[BackendError, str], None]
+        self,
+        backend: Backend,
+        lock_ms: int,
+        report: Callable[[BackendError, str], None],
+        within: Callable[[Coroutine[Any, Any, bool]], Awaitable[bool]],
     ) -> None:
         self._backend = backend
+        self._within = within  # runs an extension within a Redis budget of its own
         self._lock_ms = lock_ms
         self._interval = lock_ms / 3000
         self._report = report  # counts and logs a failed extension
@@ -75,7 +80,7 @@ class LockKeeper:
 
     async def _extend(self, token: bytes, names: KeyNames) -> None:
         try:
-            if not await self._backend.extend(names, token, self._lock_ms):
+            if not await self._within(self._backend.extend(names, token, self._lock_ms)):
                 self._held.pop(token, None)  # lost: commit will notice
         except BackendError as exc:
             # Tried again at the next due time; if it never works, the lock

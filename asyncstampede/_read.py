@@ -74,7 +74,9 @@ def read_interrupted(
     fails the flight.
     """
     if isinstance(exc, anyio.get_cancelled_exc_class()):
-        tg.start_soon(resolve, rt, Request(key, names, flight, fn, ttl_ms, policy), Again(True))
+        budget = rt.settings.redis_budget  # the read was cut short by the caller, not by Redis
+        req = Request(key, names, flight, fn, ttl_ms, policy, budget)
+        tg.start_soon(resolve, rt, req, Again(True))
     elif not flight.done:
         rt.finish(key, flight, error=exc)
 

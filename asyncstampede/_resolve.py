@@ -70,7 +70,7 @@ async def _drive(rt: Runtime, req: Request, token: bytes, first: BackendError | 
         for _ in range(3):
             if not isinstance(state, Again):
                 break
-            found = await rt.acquire(req.names, token, read=state.read, seen=state.seen)
+            found = await rt.acquire(req, token, read=state.read, seen=state.seen)
             if not isinstance(found, Hit):
                 state = found
                 continue
@@ -110,7 +110,7 @@ async def decide(
         if background:
             rt.failed(state, "refreshing {key}; the served value stays", req.key)
             return None
-        return await _on_backend_error(rt, state, req)
+        return await _on_backend_error(rt, state, req, token)
     if isinstance(state, Acquired):
         if interest is None:  # nobody waits: no soft timeout to serve
             return await compute_and_commit(rt, req, token)
@@ -124,7 +124,7 @@ async def decide(
     if isinstance(outcome, Acquired):  # a takeover (the wait closed the interest)
         return await lead(rt, req, token)
     if isinstance(outcome, BackendError):
-        return await _on_backend_error(rt, outcome, req)
+        return await _on_backend_error(rt, outcome, req, token)
     if outcome is RESOLVED:
         return None  # the flight is settled already (see _value_handler)
     assert outcome is TIMED_OUT
@@ -158,7 +158,11 @@ def _value_handler(rt: Runtime, req: Request) -> Callable[[Value], bool]:
     return on_value
 
 
-async def _on_backend_error(rt: Runtime, exc: BackendError, req: Request) -> Any:
+async def _on_backend_error(rt: Runtime, exc: BackendError, req: Request, token: bytes) -> Any:
+    """Serve the stale value, raise (``fail_open`` off), or compute without the cache.
+
+    *token* is the lock the failed step asked for (see `compute_uncached`).
+    """
     stale = req.usable_stale()
     if stale is not None:
         rt.failed(exc, "looking up {key}; serving its stale value", req.key)
@@ -168,7 +172,7 @@ async def _on_backend_error(rt: Runtime, exc: BackendError, req: Request) -> Any
         rt.failed(exc, "looking up {key}; raising (fail_open is off)", req.key)
         raise exc
     rt.failed(exc, "looking up {key}; computing it without the cache", req.key)
-    return await compute_uncached(rt, req)
+    return await compute_uncached(rt, req, token)
 
 
 def serve(
@@ -213,7 +217,9 @@ def _refresh_soon(
     if early:
         rt.counters.early_refreshes += 1
     rt.refreshing.add(req.key)
-    refresh = Request(req.key, req.names, Flight(), req.fn, req.ttl_ms, req.policy)
+    refresh = Request(
+        req.key, req.names, Flight(), req.fn, req.ttl_ms, req.policy, rt.settings.redis_budget
+    )
     refresh.stale, refresh.stale_payload = envelope, payload
     rt.tg.start_soon(_refresh, rt, refresh, payload)
 
@@ -227,7 +233,7 @@ async def _refresh(rt: Runtime, req: Request, payload: bytes) -> None:
     try:
         # A value other than the one served showing up once the lock is
         # ours means another process has just refreshed it: nothing to do.
-        state = await rt.acquire(req.names, token, read=False, seen=payload, watch=False)
+        state = await rt.acquire(req, token, read=False, seen=payload, watch=False)
         await decide(rt, req, token, state, None)
         if req.failed:  # the fail-safe served: counted and logged there
             rt.counters.refresh_errors += 1

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, TypeVar, final
 
+import anyio
 import anyio.abc
 from redis.asyncio import Redis
 
@@ -15,7 +16,8 @@ from ._backends.memory import MemoryBackend
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import check_client
 from ._envelope import DecodeError, Envelope, decode
-from ._exceptions import BackendError, BackendRefusedError, ComputeFailedError
+from ._events import Hook, Hooks
+from ._exceptions import BackendError, BackendRefusedError, CircuitOpenError, ComputeFailedError
 from ._flight import Flight
 from ._freshness import Policy, fallback_usable, judge
 from ._keys import KeyNames
@@ -25,6 +27,8 @@ from ._settings import Settings
 from ._stats import Counters, Statistics
 
 __all__ = ["Again", "Request", "Runtime", "failure_of", "now_ms", "value_of"]
+
+T = TypeVar("T")
 
 
 def now_ms() -> int:
@@ -38,6 +42,7 @@ class Runtime:
 
     __slots__ = (
         "backend",
+        "budgeted",
         "counters",
         "flights",
         "keeper",
@@ -60,22 +65,29 @@ class Runtime:
         self.problems = problems
         self.counters = Counters()
         self.flights: dict[str, Flight] = {}  # key -> its resolution in this process
-        self.keeper = LockKeeper(backend, settings.lock_ms, self.failed)
+        self.keeper = LockKeeper(
+            backend, settings.lock_ms, self.failed, lambda work: self.redis(None, work, "EXTEND")
+        )
         self.tg: anyio.abc.TaskGroup | None = None  # set while entered
         self.refreshing: set[str] = set()  # keys with a background refresh running
         # key -> monotonic time before which no background refresh of it starts
         self.refresh_after: dict[str, float] = {}
+        # Whether the store's work is bounded by redis_budget (nothing in
+        # memory waits).
+        self.budgeted = backend.breaker is not None
 
     @classmethod
-    def over(cls, redis: Redis | None, settings: Settings) -> Runtime:
+    def over(cls, redis: Redis | None, settings: Settings, hooks: Sequence[Hook] = ()) -> Runtime:
         """Build the parts over *redis* (a client, checked), or embedded when None.
 
         Raises:
-            TypeError: *redis* is not a ``redis.asyncio.Redis`` client.
+            TypeError: *redis* is not a ``redis.asyncio.Redis`` client, or a
+                hook is not callable.
             ValueError: the client decodes responses.
 
         """
         problems = ProblemLog()
+        emitter = Hooks(hooks)
         if redis is None:
             memory = MemoryBackend(max_entries=settings.max_entries)
             return cls(settings, memory, memory, problems)
@@ -86,6 +98,8 @@ class Runtime:
             namespace=settings.namespace,
             problems=problems,
             wake=settings.wake,
+            budget=settings.redis_budget,
+            hooks=emitter,
         )
         return cls(settings, backend, backend.address, problems)
 
@@ -102,6 +116,7 @@ class Runtime:
     def statistics(self) -> Statistics:
         """Return a snapshot of the counters and gauges."""
         backend = self.backend
+        breaker = backend.breaker
         return self.counters.snapshot(
             reconnects=backend.reconnects,
             connect_errors=backend.connect_errors,
@@ -109,6 +124,9 @@ class Runtime:
             in_flight=len(self.flights),
             refreshing=len(self.refreshing),
             wake=backend.wake,
+            breaker="closed" if breaker is None else breaker.state,
+            breaker_opens=0 if breaker is None else breaker.opens,
+            short_circuited=0 if breaker is None else breaker.short_circuited,
         )
 
     def detach(self, key: str) -> None:
@@ -125,8 +143,12 @@ class Runtime:
         """Count and log a Redis failure met while *doing* something (a short phrase).
 
         ``{key}`` in *doing* names the cache key; failures that differ only
-        by their key are one kind of message for the rate limit.
+        by their key are one kind of message for the rate limit. A command
+        the open breaker did not send is no new failure: it is counted
+        there (``short_circuited``) and its opening was logged.
         """
+        if isinstance(exc, CircuitOpenError):
+            return
         self.counters.backend_errors += 1
         if isinstance(exc, BackendRefusedError):
             self.counters.refused += 1
@@ -142,9 +164,36 @@ class Runtime:
             del self.flights[key]
         flight.settle(value, error)
 
+    async def redis(self, req: Request | None, work: Coroutine[Any, Any, T], doing: str) -> T:
+        """Await *work* (the store's) within the Redis budget *req* has left.
+
+        *req* None: a budget of its own (background work, a release after
+        a failure). Whatever the work takes is charged to *req*: all the
+        Redis work of one call shares one ``redis_budget``.
+
+        Raises:
+            BackendError: the store failed, or the budget ran out (*doing*
+                names the work in that error; the breaker opens).
+
+        """
+        if not self.budgeted:
+            return await work
+        left = self.settings.redis_budget if req is None else req.redis_left
+        if left <= 0:
+            work.close()
+            raise self.backend.overran(doing, 0.0)
+        started = time.monotonic()
+        try:
+            with anyio.move_on_after(left):
+                return await work
+        finally:
+            if req is not None:
+                req.redis_left -= time.monotonic() - started
+        raise self.backend.overran(doing, left)
+
     async def acquire(
         self,
-        names: KeyNames,
+        req: Request,
         token: bytes,
         *,
         read: bool,
@@ -152,17 +201,21 @@ class Runtime:
         watch: bool = True,
         recheck: bool = False,
     ) -> Hit | Acquired | Held | BackendError:
-        """Run `Backend.acquire` with the lock TTL; a Redis failure is returned, not raised."""
+        """Run `Backend.acquire` with the lock TTL, within *req*'s budget.
+
+        A Redis failure (the budget running out included) is returned, not raised.
+        """
+        work = self.backend.acquire(
+            req.names,
+            token,
+            self.settings.lock_ms,
+            read=read,
+            seen=seen,
+            watch=watch,
+            recheck=recheck,
+        )
         try:
-            return await self.backend.acquire(
-                names,
-                token,
-                self.settings.lock_ms,
-                read=read,
-                seen=seen,
-                watch=watch,
-                recheck=recheck,
-            )
+            return await self.redis(req, work, "the lock")
         except BackendError as exc:
             return exc
 
@@ -194,6 +247,7 @@ class Request:
         "key",
         "names",
         "policy",
+        "redis_left",
         "stale",
         "stale_payload",
         "ttl_ms",
@@ -207,6 +261,7 @@ class Request:
         fn: Callable[[], Awaitable[Any]],
         ttl_ms: int,
         policy: Policy,
+        redis_left: float,
     ) -> None:
         self.key = key
         self.names = names
@@ -214,6 +269,9 @@ class Request:
         self.fn = fn
         self.ttl_ms = ttl_ms
         self.policy = policy
+        # Seconds of Redis work this call may still spend (redis_budget,
+        # less what its first read took); see `Runtime.redis`.
+        self.redis_left = redis_left
         # A stored value past serving but within stale_if_error: the fallback,
         # and its bytes as stored (a fail-safe re-stamps those, never a value
         # a caller may have changed since).

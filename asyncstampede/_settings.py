@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias, TypedDict, final, get_args
 
+from ._events import Hook
 from ._freshness import Policy, positive
 from ._keys import validate_namespace
 
@@ -39,6 +41,8 @@ class StampedeSettings(TypedDict, total=False):
     check: bool
     share_values: bool
     wake: Wake
+    redis_budget: float
+    hooks: Sequence[Hook]
 
 
 @final
@@ -59,6 +63,7 @@ class Settings:
     check: bool
     share_values: bool
     wake: Wake
+    redis_budget: float  # seconds
 
     @classmethod
     def build(
@@ -83,6 +88,7 @@ class Settings:
         check: bool,
         share_values: bool,
         wake: Wake = "auto",
+        redis_budget: float = 0.5,
     ) -> Settings:
         """Validate the arguments of `Stampede` (see there for each).
 
@@ -95,6 +101,10 @@ class Settings:
         if not 0.01 <= positive("lock_ttl", lock_ttl) < 86_400:
             raise ValueError(f"lock_ttl must be between 0.01 and 86400 seconds, got {lock_ttl!r}")
         positive("wait_timeout", wait_timeout)
+        if not 0.001 <= positive("redis_budget", redis_budget) <= 3600:
+            raise ValueError(
+                f"redis_budget must be between 0.001 and 3600 seconds, got {redis_budget!r}"
+            )
         positive("fail_safe_throttle", fail_safe_throttle)
         for name, n, least in (
             ("compress_threshold", compress_threshold, 0),
@@ -141,4 +151,5 @@ class Settings:
             check=check,
             share_values=share_values,
             wake=wake,
+            redis_budget=float(redis_budget),
         )

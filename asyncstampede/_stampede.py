@@ -22,7 +22,8 @@ hit costs one round trip, no task switch); what follows, module by module:
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from time import monotonic
 from types import TracebackType
 from typing import Literal, Self, TypeVar, Unpack, final
 
@@ -31,6 +32,7 @@ from redis.asyncio import Redis
 from ._backends.redis.client import client_from_url
 from ._compute import refuse_fn
 from ._envelope import DecodeError, decode
+from ._events import Hook
 from ._exceptions import BackendError
 from ._flight import Flight, check_reentry, computing
 from ._freshness import UNSET, Unset, Verdict, judge, ttl_ms, xfetch_due
@@ -118,6 +120,19 @@ class Stampede:
             logged at ERROR); ``"poll"`` always polls, for proxies with no
             pub/sub and no ``CLIENT``. ``statistics().wake`` names the one in
             use; ``docs/operations.md`` lists what each needs. Redis only.
+        redis_budget: Seconds all the Redis work of one call may take
+            together (its reads, the lock, looks after a wake-up, the
+            commit; not the compute, not the wait for another holder's
+            value). Past it the call fails open (computes, coalesced per
+            process; serves a stale value where ``stale_if_error``
+            allows) or raises `BackendUnavailableError` (``fail_open=False``),
+            and the circuit breaker opens: calls skip Redis at once
+            (`CircuitOpenError`) until a probe, every 0.5 s at most, finds
+            it answering within a quarter of the budget. Keep it above the
+            time your largest value takes to arrive. Redis only.
+        hooks: Callables each given every event record (see
+            ``asyncstampede.events``; today `BreakerChange`), in the task
+            where it happened; one that raises is logged and ignored.
 
     Raises:
         TypeError: *redis* is not a ``redis.asyncio.Redis`` client (a URL, a
@@ -156,6 +171,8 @@ class Stampede:
         check: bool = False,
         share_values: bool = False,
         wake: Wake = "auto",
+        redis_budget: float = 0.5,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         settings = Settings.build(
             namespace=namespace,
@@ -177,8 +194,9 @@ class Stampede:
             check=check,
             share_values=share_values,
             wake=wake,
+            redis_budget=redis_budget,
         )
-        self._rt = Runtime.over(redis, settings)
+        self._rt = Runtime.over(redis, settings, hooks)
         self._settings = settings
         self._namespace = settings.namespace
         self._lifecycle = Lifecycle(self._rt)
@@ -309,7 +327,7 @@ class Stampede:
         if computing.get():
             check_reentry(rt.flights, rt.store, key, names.lock, "invalidating")
         try:
-            await rt.backend.invalidate(names)
+            await rt.redis(None, rt.backend.invalidate(names), "INVALIDATE")
         finally:
             rt.detach(key)
 
@@ -411,6 +429,7 @@ class Stampede:
         # The first read, in the caller's own task and frame (see _read).
         envelope = None
         first: BackendError | Again
+        started = monotonic()  # the call's budget for Redis starts with its first read
         try:
             payload = await rt.backend.read(names)
         except BackendError as exc:
@@ -435,9 +454,10 @@ class Stampede:
                 first = Again(read=False, seen=payload)  # not to be served as it is
             else:
                 payload, first = b"", LOOK
+        left = self._settings.redis_budget - (monotonic() - started)
         try:
             handed = hand_off(
-                rt, tg, Request(key, names, flight, fn, ttl, policy), first, envelope, payload
+                rt, tg, Request(key, names, flight, fn, ttl, policy, left), first, envelope, payload
             )
         except BaseException as exc:  # a cached failure; or the instance closed meanwhile
             rt.finish(key, flight, error=exc)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import final
 
+from ._events import BreakerState
+
 __all__ = ["Counters", "Statistics"]
 
 
@@ -33,7 +35,9 @@ class Statistics:
         lock_lost: Computes whose lock expired or was invalidated before commit,
             so their value was not written.
         wait_timeouts: Waits that reached ``wait_timeout`` and computed locally.
-        backend_errors: Redis failures met on the request path (refusals included).
+        backend_errors: Redis failures met on the request path (refusals
+            included; a call that ran out of ``redis_budget`` is one). Calls
+            the open breaker kept from Redis are not: see ``short_circuited``.
         refused: Refusals: Redis answered with an error that will not pass by
             itself (``NOPERM``, ``OOM``, ``WRONGTYPE``, a wrong password...), on
             the request path or when connecting the instance's own connections
@@ -69,6 +73,14 @@ class Statistics:
             ``"tracking-resp3"``, ``"keyspace"``, ``"channel"``; ``"poll"``
             (they look by themselves: none allowed, its connections down,
             or ``wake="poll"``); or ``"in-process"`` (embedded mode).
+        breaker: The circuit breaker in front of Redis right now:
+            ``"closed"`` (calls use Redis; always, in embedded mode),
+            ``"open"`` (they skip it and fail open) or ``"half-open"`` (a
+            probe is asking Redis; calls still skip it).
+        breaker_opens: Times the breaker opened: Redis failed to answer a
+            call within ``redis_budget``, or could not be connected to.
+        short_circuited: Commands not sent because the breaker was open
+            (each raised `CircuitOpenError` at once, instead of a round trip).
 
     """
 
@@ -98,6 +110,9 @@ class Statistics:
     computing: int
     refreshing: int
     wake: str
+    breaker: BreakerState
+    breaker_opens: int
+    short_circuited: int
 
 
 @final
@@ -160,6 +175,9 @@ class Counters:
         in_flight: int,
         refreshing: int,
         wake: str,
+        breaker: BreakerState,
+        breaker_opens: int,
+        short_circuited: int,
     ) -> Statistics:
         """Freeze the counters into a `Statistics` record."""
         return Statistics(
@@ -189,4 +207,7 @@ class Counters:
             computing=self.computing,
             refreshing=refreshing,
             wake=wake,
+            breaker=breaker,
+            breaker_opens=breaker_opens,
+            short_circuited=short_circuited,
         )

@@ -141,7 +141,7 @@ async def _wait(
         # ABSENT: the listener read the value just after the change and
         # found none, so only the lock is in question.
         state = await rt.acquire(
-            req.names, token, read=message is not Signal.ABSENT, seen=seen, recheck=True
+            req, token, read=message is not Signal.ABSENT, seen=seen, recheck=True
         )
         if isinstance(state, BackendError):
             return state

@@ -107,6 +107,16 @@ class RedisServer:
         if not self._launch(timeout):
             raise RuntimeError(f"{self._binary} did not restart on port {self.port}")
 
+    def kill(self) -> None:
+        """Kill the server (``SIGKILL``) and leave it down; `restart` brings it back on its port.
+
+        What clients see of a crash: connections reset, then refused.
+        """
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     def pause(self) -> None:
         """Freeze the server (``SIGSTOP``): what a network partition or a stuck server looks like.
 

@@ -321,7 +321,9 @@ async def test_burst_never_fails_on_a_small_plain_pool(redis_url: str, namespace
         return 1
 
     errors: list[BaseException] = []
-    async with Stampede(client, namespace=namespace, fail_open=False) as cache:
+    # (A budget large enough for 3000 calls queued in one loop on a busy
+    # machine: this is about the pool, not about a slow Redis.)
+    async with Stampede(client, namespace=namespace, fail_open=False, redis_budget=60) as cache:
 
         async def one(i: int) -> None:
             try:
@@ -394,10 +396,16 @@ async def test_hit_survives_connections_closed_by_the_server(
 async def test_half_open_connections_are_given_up_and_nobody_hangs(
     redis_url: str, namespace: str
 ) -> None:
-    """Every connection goes silent without closing: reads and waits end within the timeouts."""
+    """Every connection goes silent without closing: they are replaced within the socket timeout.
+
+    (The call's budget is larger here, so the silent connection is given up
+    before the call: the hit comes through a fresh one.)
+    """
     async with BlackholeProxy(_port(redis_url)) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
-        async with Stampede.from_url(url, namespace=namespace, socket_timeout=0.5) as cache:
+        async with Stampede.from_url(
+            url, namespace=namespace, socket_timeout=0.5, redis_budget=5
+        ) as cache:
 
             async def value() -> str:
                 return "v"
@@ -425,7 +433,11 @@ async def test_a_waiter_behind_half_open_connections_still_gets_the_value(
 
         async with (
             Stampede.from_url(notifying_url, namespace=namespace, lock_ttl=1) as leader,
-            Stampede.from_url(url, namespace=namespace, socket_timeout=0.5, wake=wake) as waiter,
+            # (A budget above the socket timeout: the look after the timer
+            # goes through a fresh connection, instead of failing open.)
+            Stampede.from_url(
+                url, namespace=namespace, socket_timeout=0.5, wake=wake, redis_budget=5
+            ) as waiter,
         ):
             await until(lambda: waiter.statistics().wake == wake)
             await _waiter_gets_the_value(leader, waiter, silence, within=6)

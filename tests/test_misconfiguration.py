@@ -302,10 +302,12 @@ async def test_plain_redis_url_to_a_tls_port(
     await _misconfigured_app_runs_and_says_so(case, caplog)
 
 
-async def test_tls_with_the_ca_given_passes_the_check(tls_server: TlsServer) -> None:
+async def test_tls_with_the_ca_given_passes_the_check(
+    tls_server: TlsServer, namespace: str
+) -> None:
     """The same server with ssl_ca_certs: check() passes and values are cached."""
     url = f"rediss://127.0.0.1:{tls_server.tls_port}/0?ssl_ca_certs={tls_server.ca_file}"
-    async with Stampede.from_url(url, check=True) as cache:
+    async with Stampede.from_url(url, check=True, namespace=namespace) as cache:
         assert await cache.get_or_compute("k", _value, ttl=5) == "computed"
         assert await cache.get_or_compute("k", _value, ttl=5) == "computed"
         stats = cache.statistics()

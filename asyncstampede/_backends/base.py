@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Protocol, final
 if TYPE_CHECKING:
     import anyio.abc
 
+    from .._exceptions import BackendError
     from .._keys import KeyNames
+    from .breaker import Breaker
     from .interest import Listener
 
 __all__ = ["ACQUIRED", "Acquired", "Backend", "Held", "Hit"]
@@ -78,6 +80,18 @@ class Backend(Protocol):
     @property
     def refused_connections(self) -> int:
         """Of those failed attempts, the ones the store refused."""
+        ...
+
+    @property
+    def breaker(self) -> Breaker | None:
+        """The circuit breaker in front of the store (None: nothing to break)."""
+        ...
+
+    def overran(self, doing: str, budget: float) -> BackendError:
+        """Return the error for the store's work that ran past the call's budget.
+
+        *doing* names the work, *budget* the seconds it had.
+        """
         ...
 
     async def prepare(self) -> None:

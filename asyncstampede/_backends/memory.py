@@ -8,6 +8,7 @@ from typing import final
 
 import anyio.abc
 
+from .._exceptions import BackendError, BackendUnavailableError
 from .._keys import KeyNames
 from .base import ACQUIRED, Acquired, Held, Hit
 from .interest import Listener
@@ -56,6 +57,11 @@ class MemoryBackend:
     reconnects = 0  # nothing to connect in memory
     connect_errors = 0
     refused_connections = 0
+    breaker = None  # nothing in memory fails or hangs
+
+    def overran(self, doing: str, budget: float) -> BackendError:
+        """Never needed: no operation in memory waits (see `Backend.overran`)."""
+        return BackendUnavailableError(f"the embedded store took over {budget}s for {doing}")
 
     async def prepare(self) -> None:
         """Nothing to prepare in memory."""

@@ -23,16 +23,18 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from ..._exceptions import BackendError, BackendRefusedError
-from ..._keys import KeyNames, value_name_of
+from ..._events import Hooks
+from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
+from ..._keys import KeyNames, make_names, value_name_of
 from ..._problems import ProblemLog
 from ..base import ACQUIRED, Acquired, Held, Hit
+from ..breaker import Breaker
 from ..interest import SUBSCRIBED, UNTRACKED, Listener
 from . import scripts as _scripts
 from .errors import address_of
 from .listener import RedisListener
 from .mux import Multiplexer
-from .route import Route
+from .route import Route, past_breaker
 from .scripts import COMMITTED, COMMITTED_MS, committed_ms, render
 from .wire import link_factory, redis_py_problems
 
@@ -54,6 +56,8 @@ class RedisBackend:
         namespace: str | None = None,
         problems: ProblemLog | None = None,
         wake: str = "auto",
+        budget: float = 0.5,
+        hooks: Hooks | None = None,
     ) -> None:
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
@@ -95,6 +99,19 @@ class RedisBackend:
         # through the pool, and waiters poll (logged in run).
         self._unsupported = redis_py_problems()
         self._wake = wake  # "poll": nothing watches locks
+        self._budget = budget
+        self.breaker = Breaker(
+            address=self.address,
+            budget=budget,
+            problems=self.problems,
+            hooks=hooks,
+            # Opened: waiters fail open now, rather than sleep out a lock
+            # whose holder cannot commit. Closed: they look again.
+            on_change=lambda: self.listener.recheck_all(),
+        )
+        # What the breaker's probe reads: a key of the namespace (which an
+        # ACL allows), never written.
+        self._probe_key = make_names(namespace or "asyncstampede", "asyncstampede:probe").value
         if self._unsupported or wake == "poll":
             self.listener: Listener = Listener()
         else:
@@ -108,15 +125,23 @@ class RedisBackend:
                 reply_timeout=timeout,
                 wake=wake,
                 problems=self.problems,
+                on_unavailable=self.breaker.failed,
             )
         self._route = Route(
             client,
             Multiplexer(
-                link_factory(pool), address=self.address, timeout=timeout, problems=self.problems
+                link_factory(pool),
+                address=self.address,
+                timeout=timeout,
+                budget=budget,
+                problems=self.problems,
+                on_unavailable=self.breaker.failed,
             ),
             address=self.address,
             namespace=namespace,
             problems=self.problems,
+            breaker=self.breaker,
+            budget=budget,
         )
         self._mux = self._route.mux
         self._send = self._route.send
@@ -146,12 +171,35 @@ class RedisBackend:
         """Failed attempts to (re)connect those connections."""
         return self.listener.connect_errors + self._mux.connect_errors
 
+    def overran(self, doing: str, budget: float) -> BackendError:
+        """Return the error for Redis work of a call that ran out of its budget (see `Backend`).
+
+        It does not open the circuit breaker by itself: a silent Redis is
+        caught where the silence is seen (the request connection, a socket
+        timeout, a connection that cannot be made).
+        """
+        return BackendUnavailableError(
+            f"Redis at {self.address} unavailable for {doing}: no reply within the call's "
+            f"budget for Redis ({budget * 1000:.0f} ms left of redis_budget={self._budget})",
+            address=self.address,
+            command=doing,
+        )
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Run the listener and the request connection until cancelled.
+        """Run the listener, the request connection and the breaker's probe until cancelled.
 
         Started once the listener is (its first connection attempt made);
         commands go through the pool until their own connection is up.
         """
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.breaker.run, self._probe)
+            await tg.start(self._run)
+            task_status.started()
+
+    async def _probe(self, within: float) -> None:
+        await self._route.probe(self._probe_key, within)
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         if self._unsupported:
             self.problems.say(
                 logging.ERROR,
@@ -179,11 +227,13 @@ class RedisBackend:
     async def prepare(self) -> None:
         """Load every script once, so no request pays a NOSCRIPT round trip.
 
-        Best effort: if Redis is down now, each script is loaded on first
-        use; a refusal (no permission to load scripts) is logged.
+        Best effort, within one budget: if Redis is down or hung now, each
+        script is loaded on first use; a refusal (no permission to load
+        scripts) is logged.
         """
         try:
-            await self._route.load_scripts(self._scripts)
+            with anyio.move_on_after(self._budget):
+                await self._route.load_scripts(self._scripts)
         except BackendRefusedError as exc:
             self.problems.report(exc, "loading the scripts at start")
         except BackendError:
@@ -195,13 +245,21 @@ class RedisBackend:
         Uses *names* (a probe key of the instance's namespace): a read, a
         lock taken for a second, its ``PTTL`` read, extended and released
         (scripts), the scripts loaded, and the handshake of the connections
-        that watch locks.
+        that watch locks. Sent whatever the circuit breaker says: this is
+        asked for what Redis says now.
 
         Raises:
             BackendRefusedError: Redis refused something asyncstampede needs.
             BackendUnavailableError: Redis cannot be reached.
 
         """
+        past = past_breaker.set(True)
+        try:
+            await self._check(names)
+        finally:
+            past_breaker.reset(past)
+
+    async def _check(self, names: KeyNames) -> None:
         await self._send("PING")
         await self._send("GET", names.value)
         await self._route.load_scripts(self._scripts)

@@ -58,8 +58,12 @@ class RedisListener(Listener):
         reply_timeout: float,
         wake: str = "auto",
         problems: ProblemLog | None = None,
+        on_unavailable: Callable[[BackendError], None] | None = None,
     ) -> None:
         super().__init__()
+        # Told when Redis cannot be connected to again (once it had been).
+        self._on_unavailable = on_unavailable
+        self._ever_up = False
         self._problems = problems if problems is not None else ProblemLog()
         self._address = address
         self._order = AUTO_ORDER if wake == "auto" else (wake,)
@@ -158,6 +162,7 @@ class RedisListener(Listener):
                         self._refused(kind, exc)
                         continue
                     self._serving = transport
+                    self._ever_up = True
                     self._polling_since = None
                     if was_up:
                         self.reconnects += 1
@@ -218,10 +223,13 @@ class RedisListener(Listener):
             self.connect_errors += 1
         if not is_connection_trouble(exc) and not isinstance(exc, BackendError):
             log.exception("asyncstampede lock-change listener failed; reconnecting")
-        elif up or self.connect_errors == 1:
-            self._problems.report(
-                map_error(exc, address=self._address), "watching locks; reconnecting"
-            )
+            return
+        error = map_error(exc, address=self._address)
+        if up or self.connect_errors == 1:
+            self._problems.report(error, "watching locks; reconnecting")
+        refused = isinstance(error, BackendRefusedError)
+        if self._ever_up and not up and not refused and self._on_unavailable is not None:
+            self._on_unavailable(error)
 
     def _say_serving(self, kind: str) -> None:
         level = logging.DEBUG if kind == self._order[0] else logging.INFO

@@ -13,6 +13,20 @@ cache hit in Python); a lone command is not held back at all.
 Nothing here is essential: while the connection is down (or before it is
 up), `execute` answers `UNAVAILABLE` and the caller uses the pool.
 
+Each command has a deadline (the call's budget for Redis, see
+``Stampede(redis_budget=...)``): one timer for the whole connection, armed
+at the soonest deadline, fails every command still unanswered past its own
+with `NoReply`, while the connection stays up (a late reply is matched to
+its slot and dropped). A command that costs no timer of its own is what
+keeps a hit cheap. A missed deadline alone says little about Redis (the
+call may have spent its budget elsewhere, or this process's loop may be
+busy); a connection that has had commands waiting and no reply at all for
+a whole budget is silent: that is reported (``on_unavailable``: the
+circuit breaker opens), and the connection is replaced (a half-open one
+would otherwise hold the breaker open until the socket timeout). The
+watchdog also ends a session whose oldest command has waited past the
+socket timeout.
+
 Replies are matched to callers by order alone, so a command is packed before
 its slot is queued (a command that cannot be packed fails its caller and
 nobody else), and a caller waits for the socket to drain once the unsent
@@ -28,18 +42,19 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final, final
 
 import anyio
 import anyio.abc
 from redis.exceptions import RedisError, ResponseError
 
-from ..._exceptions import BackendRefusedError
+from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ..._problems import ProblemLog
 from .errors import is_connection_trouble, map_error
 from .wire import Link, LinkFactory
 
-__all__ = ["UNAVAILABLE", "Multiplexer"]
+__all__ = ["UNAVAILABLE", "Multiplexer", "NoReply"]
 
 log = logging.getLogger("asyncstampede")
 
@@ -48,14 +63,20 @@ UNAVAILABLE: Final = object()  # no connection now: read some other way
 _HIGH_WATER = 4 * 1024 * 1024
 
 
-class _Slot:
-    __slots__ = ("done", "error", "sent", "value")
+class NoReply(Exception):
+    """No reply came before the command's deadline (it may still have run)."""
 
-    def __init__(self, sent: float) -> None:
+
+class _Slot:
+    __slots__ = ("deadline", "done", "error", "heard", "sent", "value")
+
+    def __init__(self, sent: float, deadline: float, heard: int) -> None:
         self.done = asyncio.Event()
         self.value: Any = None
-        self.error: Exception | None = None
+        self.error: Exception | None = None  # set once: the reply's, or NoReply, or lost
         self.sent = sent
+        self.deadline = deadline
+        self.heard = heard  # replies read when it was sent: none since means silence
 
 
 @final
@@ -68,9 +89,13 @@ class Multiplexer:
         *,
         address: str,
         timeout: float,
+        budget: float = 0.5,
         problems: ProblemLog | None = None,
+        on_unavailable: Callable[[BackendError], None] | None = None,
     ) -> None:
         self._address = address
+        # Told when Redis falls silent, or cannot be connected to again.
+        self._on_unavailable = on_unavailable
         self._problems = problems if problems is not None else ProblemLog()
         self.reconnects = 0  # connections re-established after one was lost
         self.connect_errors = 0  # attempts to (re)connect that failed
@@ -78,6 +103,11 @@ class Multiplexer:
         # The reply reader waits as long as it must; a reply that is late is
         # caught by the watchdog below instead.
         self._timeout = timeout
+        self._budget = budget  # a command's deadline unless its caller gives one
+        self._expiry: asyncio.TimerHandle | None = None  # armed at the soonest deadline
+        self._expiry_at = 0.0
+        self._silent: str | None = None  # why the session must end (the watchdog ends it)
+        self._wake_watchdog = asyncio.Event()
         self._new_link = new_link
         self._writer: asyncio.StreamWriter | None = None
         self._slots: deque[_Slot] = deque()  # sent, oldest first
@@ -91,16 +121,22 @@ class Multiplexer:
         """Whether commands go through this connection now."""
         return self._writer is not None
 
-    async def execute(self, *args: Any) -> Any:
+    async def execute(self, *args: Any, deadline: float | None = None) -> Any:
         """Send one command and return its reply, or `UNAVAILABLE`.
 
         Only for commands that are safe to send again (through the pool)
         when the connection fails with them in flight: every command
         asyncstampede sends is.
 
+        Args:
+            *args: The command and its arguments.
+            deadline: When to stop waiting for the reply (``time.monotonic()``
+                seconds); by default the budget from now.
+
         Raises:
             RedisError: Redis replied with an error, or the connection failed
                 with this command in flight.
+            NoReply: no reply came by *deadline*.
 
         """
         writer = self._writer
@@ -118,9 +154,12 @@ class Multiplexer:
             # write to a closing transport; asyncio drops it).
             return UNAVAILABLE
         packed = self._pack(*args)  # first: a command that cannot be packed has no slot
-        slot = _Slot(time.monotonic())
+        now = time.monotonic()
+        slot = _Slot(now, now + self._budget if deadline is None else deadline, self.replies)
         idle = not self._slots
         self._slots.append(slot)
+        if self._expiry is None or slot.deadline < self._expiry_at:
+            self._arm(slot.deadline)
         if idle and not self._buffer:
             # Nothing in flight: nothing to wait for either, write it now.
             writer.writelines(packed)
@@ -137,6 +176,50 @@ class Multiplexer:
         if slot.error is not None:
             raise slot.error
         return slot.value
+
+    def _arm(self, at: float) -> None:
+        """Have `_expire` run at *at* (``time.monotonic()`` seconds)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = at
+        delay = max(0.0, at - time.monotonic())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """Fail every command unanswered past its deadline; re-arm for the soonest left.
+
+        Reports the connection as silent when no reply at all came for a
+        whole budget while commands waited.
+        """
+        self._expiry = None
+        now = time.monotonic()
+        soonest = None
+        silent = 0.0  # the longest silence an expired command saw: no reply at all since it went
+        for slot in self._slots:
+            if slot.error is not None:
+                continue  # failed already: only its reply is awaited, to be dropped
+            if slot.deadline <= now:
+                waited = now - slot.sent
+                slot.error = NoReply(f"no reply within {waited:.3f}s")
+                slot.done.set()
+                if slot.heard == self.replies:
+                    silent = max(silent, waited)
+            elif soonest is None or slot.deadline < soonest:
+                soonest = slot.deadline
+        if silent >= self._budget and self._silent is None:
+            self._silent = (
+                f"no reply at all for {silent:.3f}s with {len(self._slots)} commands waiting"
+            )
+            self._wake_watchdog.set()
+            if self._on_unavailable is not None:
+                self._on_unavailable(
+                    BackendUnavailableError(
+                        f"Redis at {self._address} unavailable: {self._silent}",
+                        address=self._address,
+                    )
+                )
+        if soonest is not None:
+            self._arm(soonest)
 
     def _flush(self) -> None:
         """Write every command queued this loop turn (a session's end empties the queue)."""
@@ -177,6 +260,8 @@ class Multiplexer:
                     started = True
                     task_status.started()
                 backoff = 0.05
+                self._silent = None
+                self._wake_watchdog = asyncio.Event()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watchdog)
                     await self._read_replies(link)
@@ -195,15 +280,25 @@ class Multiplexer:
                         self._problems.report(error, "request connection lost; using the pool")
                     else:
                         log.debug("asyncstampede request connection not up: %s", error)
+                    # A Redis that worked and cannot be reached now: an
+                    # outage. (Before it ever worked, the request path says
+                    # why, with its hints.)
+                    refused = isinstance(error, BackendRefusedError)
+                    if ever_up and not connected and not refused and self._on_unavailable:
+                        self._on_unavailable(error)
                 was_up = False
             finally:
                 self._writer = None
                 self._buffer = []
+                if self._expiry is not None:
+                    self._expiry.cancel()
+                    self._expiry = None
                 slots, self._slots = self._slots, deque()
                 lost = RedisError("the connection was lost with this command in flight")
                 for slot in slots:
-                    slot.error = lost
-                    slot.done.set()
+                    if slot.error is None:
+                        slot.error = lost
+                        slot.done.set()
                 with anyio.CancelScope(shield=True):
                     await link.close()
             if not started:
@@ -223,13 +318,17 @@ class Multiplexer:
             if not slots:
                 raise ConnectionError(f"unexpected reply on the request connection: {reply!r}")
             slot = slots.popleft()
-            slot.value, slot.error = reply, error
-            slot.done.set()
+            if slot.error is None:  # else its deadline passed: nobody awaits it
+                slot.value, slot.error = reply, error
+                slot.done.set()
             self.replies += 1
 
     async def _watchdog(self) -> None:
-        """End the session when the oldest read waits longer than the socket timeout."""
+        """End the session when it fell silent (see `_expire`), or its oldest read is too late."""
         while True:
-            await anyio.sleep(min(1.0, self._timeout / 2))
+            with anyio.move_on_after(min(1.0, self._timeout / 2)):
+                await self._wake_watchdog.wait()
+            if self._silent is not None:
+                raise TimeoutError(self._silent)
             if self._slots and time.monotonic() - self._slots[0].sent > self._timeout:
                 raise TimeoutError(f"no reply within {self._timeout}s")

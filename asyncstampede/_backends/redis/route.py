@@ -6,13 +6,25 @@ or when the request connection fails with it in flight (every command and
 script asyncstampede sends is safe to send twice). A script the server
 lost is loaded again and run once more. Every redis-py or socket error
 leaves here as a `BackendError` (``errors.map_error``).
+
+Every command has a deadline: by default the budget from now (a hit's one
+``GET``), or the one its caller passes. Past it the command fails as
+unavailable, on either path. That alone does not open the circuit
+breaker (the call may have spent its budget elsewhere, or this process
+may be too busy to read the reply in time); what Redis itself failed does
+(a connection that cannot be made or was lost on both paths, a socket
+timeout, ``LOADING``; the request connection's silence, see ``mux``).
+While the breaker is open no command is sent at all (`CircuitOpenError`);
+only its probe goes through.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
+from contextvars import ContextVar
 from typing import Any, final
 
 import anyio
@@ -22,13 +34,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..._exceptions import BackendError
+from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ..._problems import ProblemLog
+from ..breaker import Breaker
 from .errors import is_refusal, map_error
-from .mux import UNAVAILABLE, Multiplexer
+from .mux import UNAVAILABLE, Multiplexer, NoReply
 from .wire import pooled_command
 
-__all__ = ["Route"]
+__all__ = ["Route", "past_breaker"]
+
+# Set (to True) where commands must reach Redis whatever the breaker says:
+# `Stampede.check`, which is asked for what Redis says now.
+past_breaker: ContextVar[bool] = ContextVar("asyncstampede_past_breaker", default=False)
+
+
+class _Late(RedisTimeoutError):
+    """A deadline of the call's budget passed (not a socket timeout: Redis may be fine)."""
 
 
 @final
@@ -43,9 +64,13 @@ class Route:
         address: str,
         namespace: str | None,
         problems: ProblemLog,
+        breaker: Breaker,
+        budget: float,
     ) -> None:
         self._client = client
         self.mux = mux
+        self.breaker = breaker
+        self.budget = budget
         self.address = address
         self._namespace = namespace
         self.problems = problems
@@ -62,11 +87,18 @@ class Route:
             self.gate = anyio.Semaphore(max(1, int(pool.max_connections)), fast_acquire=True)
 
     def map(self, exc: BaseException, command: str | None) -> BackendError:
-        """Return *exc* (redis-py's, or a socket's) as a `BackendError` naming *command*."""
-        return map_error(exc, address=self.address, command=command, namespace=self._namespace)
+        """Return *exc* (redis-py's, or a socket's) as a `BackendError` naming *command*.
+
+        An unavailability opens the circuit breaker, unless it is only a
+        deadline of ours that passed (`_Late`).
+        """
+        error = map_error(exc, address=self.address, command=command, namespace=self._namespace)
+        if isinstance(error, BackendUnavailableError) and not isinstance(exc, _Late):
+            self.breaker.failed(error)
+        return error
 
     async def load_scripts(self, scripts: Sequence[AsyncScript]) -> None:
-        """Load *scripts* into the server (``SCRIPT LOAD``).
+        """Load *scripts* into the server (``SCRIPT LOAD``), each within the budget.
 
         Raises:
             BackendError: Redis failed or refused.
@@ -78,45 +110,92 @@ class Route:
             except (RedisError, OSError) as exc:
                 raise self.map(exc, "SCRIPT LOAD") from exc
 
-    async def send(self, *args: Any) -> Any:
+    async def send(self, *args: Any, deadline: float | None = None) -> Any:
         """Send one command of the request path and return its reply.
 
+        *deadline* (``time.monotonic()`` seconds) is when to give up on the
+        reply; by default the budget from now.
+
         Raises:
-            BackendError: Redis failed or refused the command.
+            CircuitOpenError: the breaker is open: nothing was sent.
+            BackendError: Redis failed, refused, or sent no reply in time.
 
         """
         # `execute` spelled out: a hit is this call, and a frame less counts.
+        if self.breaker.skipping and not past_breaker.get():
+            raise self.breaker.skip(str(args[0]))
         try:
-            reply = await self.mux.execute(*args)
+            reply = await self.mux.execute(*args, deadline=deadline)
         except ResponseError as exc:
             raise self.map(exc, str(args[0])) from exc
+        except NoReply as exc:
+            raise self.map(self._late(exc), str(args[0])) from exc
         except RedisError:  # the connection went down with this command in flight
             reply = UNAVAILABLE
         if reply is UNAVAILABLE:
             try:
-                reply = await self._pooled(*args)
+                reply = await self._pooled(args, deadline)
             except (RedisError, OSError) as exc:
                 raise self.map(exc, str(args[0])) from exc
         return reply
 
-    async def execute(self, *args: Any) -> Any:
-        """`send` with redis-py's own errors.
+    async def execute(self, *args: Any, deadline: float | None = None) -> Any:
+        """`send` with redis-py's own errors (a missed deadline is redis-py's ``TimeoutError``).
 
         On the auto-pipelined connection (see ``mux``) when it is up, else,
         or when it fails with the command in flight, on a pooled connection
         (every command asyncstampede sends is safe to send twice).
+
+        Raises:
+            CircuitOpenError: the breaker is open: nothing was sent.
+            RedisError: Redis failed, refused, or sent no reply in time.
+
         """
+        if self.breaker.skipping and not past_breaker.get():
+            raise self.breaker.skip(str(args[0]))
+        return await self._execute(args, deadline)
+
+    async def _execute(self, args: tuple[Any, ...], deadline: float | None) -> Any:
         try:
-            reply = await self.mux.execute(*args)
+            reply = await self.mux.execute(*args, deadline=deadline)
         except ResponseError:
             raise
+        except NoReply as exc:
+            raise self._late(exc) from exc
         except RedisError:  # the connection went down with this command in flight
             reply = UNAVAILABLE
         if reply is UNAVAILABLE:
-            reply = await self._pooled(*args)
+            reply = await self._pooled(args, deadline)
         return reply
 
-    async def script(self, script: AsyncScript, keys: list[bytes], args: list[Any]) -> Any:
+    async def probe(self, key: bytes, within: float) -> None:
+        """Read *key* past the breaker, for its probe, within *within* seconds.
+
+        A refusal is an answer (Redis is up, and the request path will say
+        what it refuses).
+
+        Raises:
+            BackendUnavailableError: no answer in time, or a connection
+                that cannot be made.
+
+        """
+        try:
+            await self._execute(("GET", key), time.monotonic() + within)
+        except (RedisError, OSError) as exc:
+            error = map_error(exc, address=self.address, command="GET", namespace=self._namespace)
+            if not isinstance(error, BackendRefusedError):
+                raise error from exc
+
+    def _late(self, exc: Exception) -> _Late:
+        return _Late(f"{exc} (the call's budget for Redis, redis_budget={self.budget})")
+
+    async def script(
+        self,
+        script: AsyncScript,
+        keys: list[bytes],
+        args: list[Any],
+        deadline: float | None = None,
+    ) -> Any:
         """Run *script* like `send`.
 
         A server that lost it (``NOSCRIPT``: restarted, flushed, failed over)
@@ -124,22 +203,27 @@ class Route:
         error's type: redis-py strips the ``NOSCRIPT`` code from its text.
         """
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        if deadline is None:
+            deadline = time.monotonic() + self.budget  # one for the reload and the retry too
         try:
             try:
-                return await self.execute(*command)
+                return await self.execute(*command, deadline=deadline)
             except NoScriptError:
                 self.problems.say(
                     logging.WARNING,
                     f"Redis at {self.address} lost its scripts (restarted, flushed or "
                     "failed over); loading them again",
                 )
-                await self.execute("SCRIPT", "LOAD", script.script)
-                return await self.execute(*command)
+                await self.execute("SCRIPT", "LOAD", script.script, deadline=deadline)
+                return await self.execute(*command, deadline=deadline)
         except (RedisError, OSError) as exc:
             raise self.map(exc, "EVALSHA") from exc
 
-    async def _pooled(self, *args: Any) -> Any:
+    async def _pooled(self, args: tuple[Any, ...], deadline: float | None) -> Any:
         """Send one command on a pooled connection and return its reply (redis-py's errors).
+
+        Given up at *deadline* (by default the budget from now), waiting for
+        a free connection included: redis-py's ``TimeoutError`` then.
 
         It talks to a pooled connection directly instead of going through
         ``Redis.execute_command`` (whose retry and instrumentation layers
@@ -150,12 +234,21 @@ class Route:
         (redis-py does that).
         """
         pool = self._client.connection_pool
-        for attempt in (1, 2):
-            try:
-                async with self.gate:
-                    return await pooled_command(pool, *args)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                # A new connection cannot fix a refused password or certificate.
-                if attempt == 2 or is_refusal(exc):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        left = self.budget if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise _Late(
+                f"no time left for {args[0]} (the call's budget for Redis, "
+                f"redis_budget={self.budget})"
+            )
+        with anyio.move_on_after(left):
+            for attempt in (1, 2):
+                try:
+                    async with self.gate:
+                        return await pooled_command(pool, *args)
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    # A new connection cannot fix a refused password or certificate.
+                    if attempt == 2 or is_refusal(exc):
+                        raise
+        raise _Late(
+            f"no reply within {left:.3f}s (the call's budget for Redis, redis_budget={self.budget})"
+        )

@@ -1,0 +1,26 @@
+"""The event records a `Stampede` hands to its hooks (``Stampede(hooks=[...])``).
+
+A hook is any callable taking one record; it tells the kinds apart with
+``isinstance`` (or ``match``) and ignores kinds it does not know, so new
+kinds can be added without breaking it. Hooks run synchronously in the task
+where the event happened: keep them quick (bump a metric, put the record on
+a queue). A hook that raises is logged and never breaks a request.
+
+Example::
+
+    def on_event(event: asyncstampede.events.Event) -> None:
+        if isinstance(event, BreakerChange):
+            breaker_state.labels(event.address).state(event.state)
+
+    Stampede.from_url(url, hooks=[on_event])
+"""
+
+from __future__ import annotations
+
+from ._events import BreakerChange, BreakerState, Event, Hook
+
+__all__ = ["BreakerChange", "BreakerState", "Event", "Hook"]
+
+for _name in ("BreakerChange",):
+    globals()[_name].__module__ = __name__
+del _name
