@@ -208,7 +208,7 @@ class Multiplexer:
                 soonest = slot.deadline
         if silent >= self._budget and self._silent is None:
             self._silent = (
-                f"no reply at all for {silent:.3f}s with {len(self._slots)} commands waiting"
+                f"no reply at all for {silent:.3f}s with {len(self._slots)} command(s) waiting"
             )
             self._wake_watchdog.set()
             if self._on_unavailable is not None:

@@ -92,8 +92,15 @@ class Route:
         An unavailability opens the circuit breaker, unless it is only a
         deadline of ours that passed (`_Late`).
         """
+        if isinstance(exc, _Late):
+            what = f" for {command.upper()}" if command else ""
+            return BackendUnavailableError(
+                f"Redis at {self.address} unavailable{what}: {exc}",
+                address=self.address,
+                command=command,
+            )
         error = map_error(exc, address=self.address, command=command, namespace=self._namespace)
-        if isinstance(error, BackendUnavailableError) and not isinstance(exc, _Late):
+        if isinstance(error, BackendUnavailableError):
             self.breaker.failed(error)
         return error
 
