@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import lz4.block
 import pytest
 import redis
 from _conditions import until
@@ -299,8 +300,17 @@ async def test_a_megabyte_key_is_cached_under_a_short_name(redis_url: str, names
         lambda b: b[: len(b) // 2],  # cut short
         lambda b: b[:2],  # the magic alone
         lambda b: b'{"json": "written by another program"}',
+        # An lz4 bomb: 1 MB of zeros that claims to unpack to 4 GiB, past
+        # max_value_bytes: refused before anything is allocated.
+        lambda b: (
+            b[:3]
+            + bytes([b[3] | 0x02])
+            + b[4:32]
+            + b"\xff\xff\xff\xff"
+            + lz4.block.compress(bytes(1 << 20), store_size=False)
+        ),
     ],
-    ids=["future-version", "truncated", "magic-only", "foreign-json"],
+    ids=["future-version", "truncated", "magic-only", "foreign-json", "lz4-bomb"],
 )
 async def test_envelopes_another_writer_mangled_are_a_counted_miss(
     cache: Stampede, sync_redis: redis.Redis, mangle: Callable[[bytes], bytes]
