@@ -83,6 +83,10 @@ async def test_statistics_is_a_frozen_record() -> None:
         ({"wait_timeout": -1}, ValueError),
         ({"on_wait_timeout": "sleep"}, ValueError),
         ({"max_value_bytes": -1}, ValueError),
+        ({"redis_budget": 0}, ValueError),
+        ({"redis_budget": 7200}, ValueError),
+        ({"redis_budget": "0.5"}, TypeError),
+        ({"hooks": [42]}, TypeError),
     ],
 )
 def test_bad_settings_are_rejected(kwargs: dict[str, object], error: type[Exception]) -> None:
