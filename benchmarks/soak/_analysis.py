@@ -237,6 +237,10 @@ def _kinds(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
 
 
+def _sum(faults: list[dict[str, Any]], field: str) -> int:
+    return sum(int(f.get(field, 0)) for f in faults)
+
+
 def markdown(document: dict[str, Any]) -> str:
     """The run's summary, as markdown: the verdict's figures, then one row per process."""
     args, total, gens = document["args"], document["totals"], document["generations"]
@@ -256,6 +260,9 @@ def markdown(document: dict[str, Any]) -> str:
         f"| latency p50 / p99 / max, ms | {_fmt(total['p50_ms'])} / {_fmt(total['p99_ms'])} / "
         f"{_fmt(total['max_ms'])} |",
         f"| faults injected | {_kinds(dict(faults))} |",
+        "| connections killed: tracking / pub/sub (tracking gone before their kill) | "
+        f"{_sum(document['faults'], 'tracking')} / {_sum(document['faults'], 'pubsub')} "
+        f"({_sum(document['faults'], 'tracking_gone')}) |",
         f"| key generations | {gens['generations']} |",
         f"| computes per generation, mean / max | {_fmt(gens['mean'])} / {gens['max']} |",
         f"| extra computes, by the fault before them | {_kinds(gens['excess_by_cause'])} |",

@@ -3,10 +3,10 @@
 - ``restart``: the server is killed and started again on the same port, with
   nothing in it (no values, no locks, no scripts): a crash, or a failover
   to an empty replica.
-- ``client-kill``: the connections that watch locks are killed
-  (``CLIENT KILL TYPE pubsub``, and by id every connection ``CLIENT LIST``
-  flags with ``t``, client tracking on), as a proxy or an idle timeout
-  would.
+- ``client-kill``: the connections that watch locks are killed, as a proxy
+  or an idle timeout would: ``CLIENT KILL TYPE pubsub``, and by id every
+  connection ``CLIENT LIST`` flags with ``t`` (client tracking on), in a
+  random order.
 - ``script-flush``: ``SCRIPT FLUSH``: the next script call gets
   ``NOSCRIPT``.
 - ``kill-holder``: a worker is told to block its next compute; once it is
@@ -53,7 +53,7 @@ def inject(kind: str, server: RedisServer, fleet: Fleet, rng: random.Random) -> 
             server.restart()
         done: dict[str, Any] = {"injected": True}
     elif kind == "client-kill":
-        done = _client_kill(server.url)
+        done = _client_kill(server.url, rng)
     elif kind == "script-flush":
         client = redis.Redis.from_url(server.url)
         try:
@@ -68,22 +68,35 @@ def inject(kind: str, server: RedisServer, fleet: Fleet, rng: random.Random) -> 
     return {"kind": kind, "t": started, "took_s": time.time() - started, **done}
 
 
-def _client_kill(url: str) -> dict[str, Any]:
+def _client_kill(url: str, rng: random.Random) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
+    # Which go first, at random: asyncstampede closes its tracking connection
+    # within a millisecond of losing the subscriber it redirects to (and the
+    # other way round), so whichever is killed second is mostly gone already.
+    # Both orders are its paths to test.
+    tracking_first = rng.random() < 0.5
     try:
-        pubsub: int = client.client_kill_filter(_type="pubsub")
         own = client.client_id()
         tracking = [
             c["id"] for c in client.client_list() if "t" in c["flags"] and int(c["id"]) != own
         ]
+        pubsub: int = 0 if tracking_first else client.client_kill_filter(_type="pubsub")
         killed = 0
         for client_id in tracking:
-            # One may be gone already (it was also subscribed): 0 or an error.
+            # One may be gone already (closed by its client): an error, or 0.
             with contextlib.suppress(redis.ResponseError):
                 killed += client.client_kill_filter(_id=client_id)
+        if tracking_first:
+            pubsub = client.client_kill_filter(_type="pubsub")
     finally:
         client.close()
-    return {"injected": True, "pubsub": pubsub, "tracking": killed}
+    return {
+        "injected": True,
+        "first": "tracking" if tracking_first else "pubsub",
+        "pubsub": pubsub,
+        "tracking": killed,
+        "tracking_gone": len(tracking) - killed,
+    }
 
 
 def _kill_holder(fleet: Fleet, rng: random.Random) -> dict[str, Any]:
