@@ -272,7 +272,7 @@ def markdown(document: dict[str, Any]) -> str:
         "| backend errors / reconnects / connect errors / polls | "
         f"{stats.get('backend_errors', 0)} / {stats.get('reconnects', 0)} / "
         f"{stats.get('connect_errors', 0)} / {stats.get('polls', 0)} |",
-        f"| wake transports at the end | {_kinds(total['wake'])} |",
+        f"| wake transports, as each instance last reported | {_kinds(total['wake'])} |",
         f"| worker log lines | {_kinds(document['logs']['levels'])}; "
         f"{document['logs']['tracebacks']} tracebacks |",
         "",
