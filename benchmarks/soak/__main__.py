@@ -5,13 +5,13 @@ each running asyncstampede instances (default settings) with concurrent
 ``get_or_compute`` calls over a key set with short TTLs. At random bounded
 intervals it injects one fault: a server restart on the same port, the
 lock-watching connections killed, ``SCRIPT FLUSH``, or a worker SIGKILLed
-while it holds a lock (a new one takes its place); each kind at least once,
-however short the run. At the end it prints a
-markdown summary and writes the JSON under ``benchmarks/results/``
-(``soak-<run>.json``). It exits 1 if a request hung (no answer within
-``--cap``), a caller got a wrong value, or a worker crashed or would not
-stop; 130 if interrupted. Everything it started stops at the end, Ctrl-C
-included.
+while it holds a lock (a new one takes its place); each kind is tried at
+least once, however short the run (the JSON says whether it could be
+done). At the end it prints a markdown summary and writes the JSON under
+``benchmarks/results/`` (``soak-<run>.json``). It exits 1 if a request
+hung (no answer within ``--cap``), a caller got a wrong value, or a worker
+crashed or would not stop; 130 if interrupted. Everything it started stops
+at the end, Ctrl-C included.
 """
 
 from __future__ import annotations
