@@ -1,4 +1,4 @@
-"""Automation: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s bench``."""
+"""Automation: ``nox -s tests``, ``lint``, ``docs``, ``bench`` and ``soak``."""
 
 from __future__ import annotations
 
@@ -55,3 +55,10 @@ def bench(session: nox.Session) -> None:
     """Run the benchmark harness on a throwaway local server; see docs/benchmarks.md."""
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "bench"))
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Soak asyncstampede under injected faults on a throwaway server; see docs/benchmarks.md."""
+    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "bench"))
+    session.run("python", "-m", "benchmarks.soak", *session.posargs)

@@ -7,7 +7,7 @@ A program, not a test. Its parts:
   throwaway Redis and command counting (``INFO commandstats``); ``_pool``: the
   worker processes; ``_stats``: percentiles.
 - ``_scenarios/``: one module per scenario (herd, hits, churn, crash, steady,
-  wakeup, wake-transports), each driving the workers and turning their
+  wakeup, wake-transports, outage), each driving the workers and turning their
   reports into rows.
 - ``_worker``: one worker process, and ``_strategies``: the caching strategies
   it can run (asyncstampede and its peers, each as its documentation shows it).

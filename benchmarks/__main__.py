@@ -64,6 +64,19 @@ def parse(argv: list[str] | None = None) -> Options:
         help="total reads/s of the refresh-rate sweep (empty: skip it)",
     )
     add("--steady-rate-seconds", type=float, default=d.steady_rate_seconds)
+    add("--outage-before", type=float, default=d.outage_before, help="seconds before the pause")
+    add("--outage-pause", type=float, default=d.outage_pause, help="seconds the server is paused")
+    add("--outage-after", type=float, default=d.outage_after, help="seconds after the pause")
+    add("--outage-rate", type=float, default=d.outage_rate, help="requests/s")
+    add("--outage-hot-keys", type=int, default=d.outage_hot_keys)
+    add("--outage-cold-share", type=float, default=d.outage_cold_share)
+    add("--outage-compute-ms", type=int, default=d.outage_compute_ms)
+    add(
+        "--outage-cap",
+        type=float,
+        default=d.outage_cap,
+        help="seconds before a request counts as hung",
+    )
     add("--quick", action="store_true", help="fewer repetitions, for a smoke run")
     args = parser.parse_args(argv)
     args.strategies = [s for s in args.strategies.split(",") if s]
@@ -76,6 +89,8 @@ def parse(argv: list[str] | None = None) -> Options:
         options.repeat, options.wakeups, options.hit_rounds = 1, 50, 1
         options.hit_seconds, options.churn_seconds, options.steady_seconds = 1.0, 3.0, 6.0
         options.steady_rate_seconds = 4.0
+        # The pause itself stays as long: it is what is measured.
+        options.outage_before, options.outage_after = 2.0, 5.0
     unknown = (
         [s for s in _scenarios(options) if s not in SCENARIOS]
         + [s for s in options.strategies if s not in ALL_STRATEGIES]

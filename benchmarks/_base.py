@@ -55,6 +55,14 @@ class Options:
     steady_ttl: float = 1.0
     steady_rates: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0, 10000.0])
     steady_rate_seconds: float = 10.0
+    outage_before: float = 5.0
+    outage_pause: float = 5.0
+    outage_after: float = 10.0
+    outage_rate: float = 200
+    outage_hot_keys: int = 8
+    outage_cold_share: float = 0.1
+    outage_compute_ms: int = 20
+    outage_cap: float = 30.0
     quick: bool = False
 
 

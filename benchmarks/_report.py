@@ -73,6 +73,18 @@ COLUMNS = {
         "computes",
         "computes_per_ttl",
     ],
+    "outage": [
+        "strategy",
+        "phase",
+        "requests",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "errors",
+        "hung",
+        "computes",
+        "redis_again_s",
+    ],
     # the steady scenario's second table: its rows have a read_rate
     "steady-rates": [
         "strategy",

@@ -202,8 +202,21 @@ class AsyncStampede:
             "reconnects": stats.reconnects,
         }
 
+    def counters(self) -> dict[str, int]:
+        """This instance's ``statistics()`` counters so far (``hits``, ``backend_errors``...).
+
+        Totals, for the worker to sample and the harness to difference; the
+        gauges and ``wake`` are left out.
+        """
+        stats = self.s.statistics()
+        return {name: getattr(stats, name) for name in COUNTERS}
+
     async def stop(self) -> None:
         await self.s.aclose()
+
+
+# The ``statistics()`` counters `AsyncStampede.counters` reports.
+COUNTERS = ("hits", "misses", "computes", "backend_errors", "reconnects", "connect_errors")
 
 
 # The wake transports a `Stampede` can be forced to use (its ``wake``

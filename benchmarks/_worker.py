@@ -21,6 +21,13 @@ line ``failed to start ...`` saying why the strategy could not start):
 - ``steady KEY SECONDS CONCURRENCY COMPUTE_MS TTL WARMUP [RATE]``: readers of
   one hot key for SECONDS, each reading every 10 ms, or together RATE reads
   per second; JSON report of the latencies and computes after WARMUP.
+- ``outage SECONDS RATE HOT COLD_SHARE COMPUTE_MS TTL CAP``: gets each of HOT
+  hot keys once, answers ``{"started": <wall clock>}``, then an open-loop
+  stream of RATE requests per second for SECONDS (a share COLD_SHARE on
+  keys never asked for before, the rest on the hot keys), each request
+  given up after CAP seconds (counted as hung); JSON report of every
+  request (issued at, seconds, outcome), the computes' start times and,
+  for asyncstampede, its ``statistics()`` counters as they changed.
 - ``exit``.
 
 Workers count nothing in Redis: the harness reads the server's own count
@@ -36,6 +43,7 @@ import random
 import sys
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from functools import partial
 from itertools import accumulate
 from typing import Any
@@ -171,6 +179,10 @@ async def main() -> None:
                         strategy, seconds, rate, nkeys, zipf, ms, ttl, size, computes, compute_for
                     )
                 )
+            elif cmd == "outage":
+                seconds, rate, hot = float(args[0]), float(args[1]), int(args[2])
+                cold, ms, ttl, cap = float(args[3]), int(args[4]), float(args[5]), float(args[6])
+                say(await outage(strategy, seconds, rate, hot, cold, ms, ttl, cap, compute_for))
     await strategy.stop()
 
 
@@ -378,6 +390,94 @@ async def churn(
         "errors": errors[0],
         "p50": percentile(latencies, 0.5),
         "p99": percentile(latencies, 0.99),
+    }
+
+
+async def outage(
+    strategy: Any,
+    seconds: float,
+    rate: float,
+    hot: int,
+    cold_share: float,
+    ms: int,
+    ttl: float,
+    cap: float,
+    compute_for: Any,
+) -> dict[str, Any]:
+    """Open loop, as `churn`: RATE requests a second whatever the server does meanwhile.
+
+    The harness pauses the server while this runs and sorts the requests
+    into phases by the wall clock at which each was issued; nothing here
+    knows when. A request unanswered after *cap* seconds is cancelled and
+    reported ``hung``; one that raised is reported by its exception's type.
+    """
+    rng = random.Random()
+    requests: list[tuple[float, float, str]] = []
+    compute_starts: list[float] = []
+    counters = getattr(strategy, "counters", None)  # asyncstampede's only
+    samples: list[list[float]] = []
+
+    async def compute() -> Any:
+        compute_starts.append(time.time())
+        return await compute_for(ms)
+
+    async def one(key: str) -> None:
+        issued, t0 = time.time(), time.perf_counter()
+        outcome = "hung"
+        with anyio.move_on_after(cap) as scope:
+            try:
+                await strategy.get(key, compute, ttl)
+                outcome = "ok"
+            except Exception as exc:  # reported, never hidden
+                outcome = type(exc).__name__
+            except anyio.get_cancelled_exc_class():
+                if scope.cancel_called:
+                    raise  # the cap: hung
+                # Raised by the strategy itself (nothing else cancels these
+                # tasks): an error that reaches the caller, and would
+                # otherwise end the task without a trace.
+                outcome = "CancelledError"
+        requests.append((issued, time.perf_counter() - t0, outcome))
+
+    async def sample(counters: Callable[[], dict[str, int]]) -> None:
+        # The counters each time one changed (looked at every 2 ms): when
+        # hits came back after the pause, to within a look.
+        last: list[float] = samples[-1][1:]
+        while True:
+            now: list[float] = list(counters().values())
+            if now != last:
+                samples.append([time.time(), *now])
+                last = now
+            await anyio.sleep(0.002)
+
+    for i in range(hot):
+        await strategy.get(f"hot-{i}", compute, ttl)
+    if counters is not None:
+        samples.append([time.time(), *counters().values()])  # before the stream starts
+    async with anyio.create_task_group() as outer:
+        if counters is not None:
+            outer.start_soon(sample, counters)
+        async with anyio.create_task_group() as tg:
+            start = time.perf_counter()
+            say({"started": time.time()})
+            issued = 0
+            while (now := time.perf_counter() - start) < seconds:
+                due = int(now * rate) + 1
+                while issued < due:
+                    issued += 1
+                    if rng.random() < cold_share:
+                        key = f"cold-{issued}"
+                    else:
+                        key = f"hot-{rng.randrange(hot)}"
+                    tg.start_soon(one, key)
+                await anyio.sleep(0.002)
+        outer.cancel_scope.cancel()
+    return {
+        "issued": issued,
+        "requests": requests,
+        "computes": compute_starts,
+        "counter_names": list(counters()) if counters is not None else [],
+        "counters": samples,
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._base import Scenario
-from . import churn, crash, herd, hits, steady, wake_transports, wakeup
+from . import churn, crash, herd, hits, outage, steady, wake_transports, wakeup
 
 SCENARIOS: dict[str, Scenario] = {
     "herd": herd.run,
@@ -13,6 +13,7 @@ SCENARIOS: dict[str, Scenario] = {
     "steady": steady.run,
     "wakeup": wakeup.run,
     "wake-transports": wake_transports.run,
+    "outage": outage.run,
 }
 
 __all__ = ["SCENARIOS"]
