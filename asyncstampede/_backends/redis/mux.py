@@ -54,7 +54,7 @@ from ..._problems import ProblemLog
 from .errors import is_connection_trouble, map_error
 from .wire import Link, LinkFactory
 
-__all__ = ["UNAVAILABLE", "Multiplexer", "NoReply"]
+__all__ = ["UNAVAILABLE", "Lost", "Multiplexer", "NoReply"]
 
 log = logging.getLogger("asyncstampede")
 
@@ -65,6 +65,14 @@ _HIGH_WATER = 4 * 1024 * 1024
 
 class NoReply(Exception):
     """No reply came before the command's deadline (it may still have run)."""
+
+
+class Lost(RedisError):
+    """The connection was lost with the command in flight; *deadline* is still the command's."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__("the connection was lost with this command in flight")
+        self.deadline = deadline
 
 
 class _Slot:
@@ -294,10 +302,9 @@ class Multiplexer:
                     self._expiry.cancel()
                     self._expiry = None
                 slots, self._slots = self._slots, deque()
-                lost = RedisError("the connection was lost with this command in flight")
                 for slot in slots:
                     if slot.error is None:
-                        slot.error = lost
+                        slot.error = Lost(slot.deadline)  # sent again on the pool, by then
                         slot.done.set()
                 with anyio.CancelScope(shield=True):
                     await link.close()

@@ -38,7 +38,7 @@ from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailable
 from ..._problems import ProblemLog
 from ..breaker import Breaker
 from .errors import is_refusal, map_error
-from .mux import UNAVAILABLE, Multiplexer, NoReply
+from .mux import UNAVAILABLE, Lost, Multiplexer, NoReply
 from .wire import pooled_command
 
 __all__ = ["Route", "past_breaker"]
@@ -50,6 +50,19 @@ past_breaker: ContextVar[bool] = ContextVar("asyncstampede_past_breaker", defaul
 
 class _Late(RedisTimeoutError):
     """A deadline of the call's budget passed (not a socket timeout: Redis may be fine)."""
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether *exc* says Redis itself failed: a connection, a socket timeout, a busy server.
+
+    Not a deadline of ours (`_Late`), not a command that could not be
+    encoded, not a refusal (the caller has mapped those apart).
+    """
+    if isinstance(exc, _Late):
+        return False
+    if isinstance(exc, ResponseError):
+        return True  # mapped as unavailable: LOADING, BUSY, TRYAGAIN, MASTERDOWN...
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
 
 
 @final
@@ -100,7 +113,7 @@ class Route:
                 command=command,
             )
         error = map_error(exc, address=self.address, command=command, namespace=self._namespace)
-        if isinstance(error, BackendUnavailableError):
+        if isinstance(error, BackendUnavailableError) and _is_outage(exc):
             self.breaker.failed(error)
         return error
 
@@ -137,8 +150,10 @@ class Route:
             raise self.map(exc, str(args[0])) from exc
         except NoReply as exc:
             raise self.map(self._late(exc), str(args[0])) from exc
-        except RedisError:  # the connection went down with this command in flight
-            reply = UNAVAILABLE
+        except Lost as exc:  # the connection went down with this command in flight
+            reply, deadline = UNAVAILABLE, exc.deadline
+        except RedisError as exc:  # (a command that cannot be encoded)
+            raise self.map(exc, str(args[0])) from exc
         if reply is UNAVAILABLE:
             try:
                 reply = await self._pooled(args, deadline)
@@ -169,8 +184,8 @@ class Route:
             raise
         except NoReply as exc:
             raise self._late(exc) from exc
-        except RedisError:  # the connection went down with this command in flight
-            reply = UNAVAILABLE
+        except Lost as exc:  # the connection went down with this command in flight
+            reply, deadline = UNAVAILABLE, exc.deadline
         if reply is UNAVAILABLE:
             reply = await self._pooled(args, deadline)
         return reply
