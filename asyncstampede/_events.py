@@ -11,6 +11,7 @@ logged (at most every 10 seconds per hook) and never breaks the request.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,12 +29,16 @@ BreakerState: TypeAlias = Literal["closed", "open", "half-open"]
 @final
 @dataclass(frozen=True, slots=True)
 class BreakerChange:
-    """The circuit breaker of one Redis changed state.
+    """The circuit breaker of one Redis opened, or closed: one of each per outage.
+
+    (Its probes, which pass through ``half-open``, are not events; the
+    state is in ``Stampede.statistics().breaker``.)
 
     Attributes:
         address: The server (``host:port/db`` or the socket path).
-        state: The new state.
-        previous: The state before.
+        state: ``"open"`` or ``"closed"``.
+        previous: The state before (``"closed"``, or ``"half-open"`` when a
+            probe closed it).
         reason: Why, in words: the failure that opened it (the server's own
             words where it answered), or what the probe found.
         outage: On closing, seconds since it opened; else 0.0.
@@ -61,13 +66,32 @@ class Hooks:
     __slots__ = ("_hooks", "_said")
 
     def __init__(self, hooks: Sequence[Hook] = ()) -> None:
-        hooks = tuple(hooks)
+        """Check *hooks*.
+
+        Raises:
+            TypeError: *hooks* is not a list (or tuple) of callables, or one
+                is an ``async def`` function (hooks are called, never awaited).
+
+        """
+        if not isinstance(hooks, (list, tuple)):
+            raise TypeError(
+                f"hooks must be a list of callables, e.g. hooks=[on_event], "
+                f"not {type(hooks).__name__}"
+            )
         for hook in hooks:
             if not callable(hook):
                 raise TypeError(
                     f"hooks must be callables taking an event, not {type(hook).__name__}"
                 )
-        self._hooks = hooks
+            if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+                type(hook).__call__  # an object whose __call__ is async
+            ):
+                raise TypeError(
+                    f"hook {hook!r} is an async function: hooks are called in the task "
+                    "where the event happened and never awaited; pass a plain function "
+                    "(it may hand the event to a queue or start a task)"
+                )
+        self._hooks = tuple(hooks)
         self._said: dict[int, float] = {}  # hook index -> when its last failure was logged
 
     def __bool__(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import final
 
@@ -11,6 +12,8 @@ from ._exceptions import BackendError, BackendRefusedError
 __all__ = ["ProblemLog", "log"]
 
 log = logging.getLogger("asyncstampede")
+
+_FIGURES = re.compile(r"\d+(?:\.\d+)?")
 
 
 @final
@@ -43,9 +46,11 @@ class ProblemLog:
     def say(self, level: int, message: str, *, kind: str | None = None) -> None:
         """Log *message* (prefixed ``asyncstampede:``) unless its *kind* was logged lately.
 
-        The kind defaults to the message itself.
+        The kind defaults to the message itself. Figures do not make a kind
+        of their own ("no reply within 0.498s" and "... 0.501s" are one), so
+        an outage logs each kind once per interval however its timings vary.
         """
-        kind = message if kind is None else kind
+        kind = _FIGURES.sub("#", message if kind is None else kind)
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last[0] < self._interval:

@@ -127,8 +127,8 @@ class Stampede:
             process; serves a stale value where ``stale_if_error``
             allows) or raises `BackendUnavailableError` (``fail_open=False``),
             and the circuit breaker opens: calls skip Redis at once
-            (`CircuitOpenError`) until a probe, every 0.5 s at most, finds
-            it answering within a quarter of the budget. Keep it above the
+            (`CircuitOpenError`) until a probe (0.5 s at most after the
+            last one ended) finds it answering within the budget. Keep it above the
             time your largest value takes to arrive. Redis only.
         hooks: Callables each given every event record (see
             ``asyncstampede.events``; today `BreakerChange`), in the task

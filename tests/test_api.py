@@ -73,6 +73,10 @@ async def test_statistics_is_a_frozen_record() -> None:
         stats.hits = 1  # type: ignore[misc]
 
 
+async def _async_hook(event: object) -> None:
+    """An async hook: refused (hooks are called, never awaited)."""
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
@@ -87,6 +91,9 @@ async def test_statistics_is_a_frozen_record() -> None:
         ({"redis_budget": 7200}, ValueError),
         ({"redis_budget": "0.5"}, TypeError),
         ({"hooks": [42]}, TypeError),
+        ({"hooks": print}, TypeError),
+        ({"hooks": None}, TypeError),
+        ({"hooks": [_async_hook]}, TypeError),
     ],
 )
 def test_bad_settings_are_rejected(kwargs: dict[str, object], error: type[Exception]) -> None:

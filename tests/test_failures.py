@@ -133,9 +133,9 @@ def _port(url: str) -> int:
 
 
 # The connections an instance keeps open once it has served a call: the lock
-# watcher's two (invalidations and tracking), its request connection, and
-# the pool's one (scripts loaded at start, and the fallback).
-CONNECTIONS = 4
+# watcher's two (invalidations and tracking) and its request connection
+# (the pool's are made only when one of those is down).
+CONNECTIONS = 3
 
 
 async def test_waiters_recheck_after_the_invalidation_reader_reconnects(

@@ -337,3 +337,129 @@ async def test_leaving_during_an_outage_ends_promptly(server: RedisServer, names
     finally:
         server.resume()
     assert values.made == 0  # the stuck calls never computed
+
+
+async def test_a_slow_redis_is_used_again_after_a_pause(
+    server: RedisServer, namespace: str
+) -> None:
+    """Replies 150 ms late (under the budget): after a pause, the probe closes the breaker."""
+    async with FaultProxy(server.port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with _open(url, namespace) as stampede:
+            await _until_connected(stampede)
+            proxy.delay = 0.15
+            values = Values()
+            assert await stampede.get_or_compute("k", values, ttl=60) == 0
+            server.pause()
+            try:
+                with anyio.fail_after(GUARD):
+                    assert await stampede.get_or_compute("k", values, ttl=60) == 1
+            finally:
+                server.resume()
+            await until(lambda: stampede.statistics().breaker == "closed")
+            assert await stampede.get_or_compute("k", values, ttl=60) == 0  # Redis's value
+            assert stampede.statistics().breaker_opens == 1
+
+
+async def test_a_lone_waiter_notices_a_silent_redis_without_waiting_out_the_lock(
+    server: RedisServer, namespace: str
+) -> None:
+    """Nothing else runs: the watching connection's ping goes unanswered, the breaker opens."""
+    release = anyio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "holder"
+
+    async def mine() -> str:
+        return "waiter"
+
+    async with (
+        _open(server.url, namespace, lock_ttl=60.0) as holder,
+        _open(server.url, namespace, lock_ttl=60.0) as waiter,
+    ):
+        await _until_connected(waiter)
+        result: list[str] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder.get_or_compute, "k", slow, 60)
+            await until(lambda: holder.statistics().computing == 1)
+
+            async def wait() -> None:
+                result.append(await waiter.get_or_compute("k", mine, ttl=60))
+
+            tg.start_soon(wait)
+            await until(lambda: waiter.statistics().waiting == 1)
+            server.pause()
+            try:
+                # Its lock has 60 s to live; a ping 2 s into the silence,
+                # unanswered within the budget, opens the breaker.
+                with anyio.fail_after(GUARD):
+                    await until(lambda: result == ["waiter"], within=GUARD)
+            finally:
+                server.resume()
+                release.set()
+        assert waiter.statistics().breaker_opens == 1
+
+
+async def test_every_outage_is_logged_even_within_seconds_of_the_last(
+    server: RedisServer, cache: tuple[Stampede, Recorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two pauses a few seconds apart: two 'opened' lines, two 'closed' lines, four events."""
+    stampede, hooks = cache
+    values = Values()
+    with caplog.at_level(logging.INFO, logger="asyncstampede"):
+        for outage in (1, 2):
+            server.pause()
+            try:
+                with anyio.fail_after(GUARD):
+                    await stampede.get_or_compute(f"k{outage}", values, ttl=60)
+                assert stampede.statistics().breaker_opens == outage
+            finally:
+                server.resume()
+            await until(lambda: stampede.statistics().breaker == "closed")
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("circuit breaker opened" in line for line in lines) == 2, lines
+    assert sum("circuit breaker closed" in line for line in lines) == 2, lines
+    assert hooks.states() == ["open", "closed", "open", "closed"]
+
+
+async def test_a_socket_timeout_shorter_than_the_budget_opens_the_breaker(
+    server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """socket_timeout=0.3 s, redis_budget=5 s: the breaker opens at the socket timeout."""
+    async with Stampede.from_url(
+        server.url, namespace=namespace, socket_timeout=0.3, redis_budget=5
+    ) as stampede:
+        await _until_connected(stampede)
+        values = Values()
+        server.pause()
+        try:
+            with caplog.at_level(logging.WARNING, logger="asyncstampede"):
+                with anyio.fail_after(GUARD):
+                    assert await stampede.get_or_compute("k", values, ttl=60) == 0
+                await until(lambda: stampede.statistics().breaker_opens == 1)
+                with anyio.fail_after(GUARD):
+                    assert await stampede.get_or_compute("k", values, ttl=60) == 1
+        finally:
+            server.resume()
+    opened = [r.getMessage() for r in caplog.records if "breaker opened" in r.getMessage()]
+    assert len(opened) == 1, opened
+    assert "socket timeout" in opened[0], opened
+
+
+async def test_a_redis_hung_at_start_costs_entering_and_one_call_a_budget(
+    server: RedisServer, namespace: str
+) -> None:
+    """Entering does not wait for the socket timeout; the first call opens the breaker."""
+    server.pause()
+    try:
+        with anyio.fail_after(GUARD):
+            async with _open(server.url, namespace) as stampede:
+                values = Values()
+                assert await stampede.get_or_compute("k", values, ttl=60) == 0
+                assert stampede.statistics().breaker_opens == 1
+                skipped = stampede.statistics().short_circuited
+                assert await stampede.get_or_compute("k", values, ttl=60) == 1
+                assert stampede.statistics().short_circuited > skipped
+    finally:
+        server.resume()

@@ -4,27 +4,29 @@ A hung or unreachable Redis must cost a call its budget once, not on every
 call for as long as the outage lasts. The breaker is the memory of the
 outage between calls (the pattern of Nygard's *Release It!*, 2007):
 
-- **closed**: commands go to Redis. The first failure that reaches the
-  request path as *unavailable* (no reply within the call's budget, a
-  connection that cannot be made, a server still loading; after the
-  route's own retry on a fresh connection) opens it. A refusal (``NOPERM``,
-  ``OOM``, a wrong password) does not: Redis answered, and skipping it
+- **closed**: commands go to Redis. What Redis itself did opens it (see
+  `Breaker.failed`'s callers): a connection silent for a whole budget while
+  commands or a ping wait on it, a socket timeout, a connection that
+  cannot be made again, a server still loading. A call that merely ran out
+  of its own budget does not (its process may be busy), nor does a refusal
+  (``NOPERM``, ``OOM``, a wrong password): Redis answered, and skipping it
   would hide a misconfiguration instead of reporting it.
 - **open**: every command raises `CircuitOpenError` at once, without a
-  round trip; callers fail open (compute, coalesced per process; a stale
-  value where their policy allows) or get the error (``fail_open=False``).
+  round trip; callers fail open (compute, coalesced per process) or get
+  the error (``fail_open=False``).
 - **half-open**: one probe at a time (a ``GET`` of a probe key of the
-  namespace, within the budget) asks Redis. Answered within a quarter of
-  the budget (a call needs a few round trips), it closes; otherwise it
-  opens again, and the next probe follows after 50 ms, doubling up to
-  0.5 s (plus jitter, so processes do not probe in step).
+  namespace) asks Redis; answered within the budget (a refusal is an
+  answer), it closes. Otherwise it is open again, and the next probe
+  starts 50 ms after this one ended, doubling up to 0.5 s (with jitter, so
+  processes do not probe in step). Callers still skip Redis meanwhile.
 
-Each change is logged (opening at WARNING with the failure in the
-server's words, closing at INFO with the outage's length), counted in
-``statistics()``, handed to the hooks, and makes every waiter look at its
-lock again (``on_change``): on opening, they fail open instead of sleeping
-out a lock whose holder cannot commit; on closing, they find the value
-or the lock as Redis has it now.
+Opening and closing are the changes: each is logged (opening at WARNING
+with the failure in the server's words, closing at INFO with the
+outage's length; never rate-limited), counted in ``statistics()`` (whose
+``breaker`` also shows ``half-open`` while a probe runs), handed to the
+hooks, and makes every waiter look at its lock again (``on_change``): on
+opening they fail open instead of sleeping out a lock whose holder cannot
+commit; on closing they find the value or the lock as Redis has it now.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ class Breaker:
         "_address",
         "_budget",
         "_hooks",
+        "_log",
         "_on_change",
         "_opened_at",
-        "_problems",
         "_reason",
         "_wake",
         "opens",
@@ -71,13 +73,14 @@ class Breaker:
         *,
         address: str,
         budget: float,
-        problems: ProblemLog,
         hooks: Hooks | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self._address = address
-        self._budget = budget
-        self._problems = problems
+        self._budget = budget  # a probe's answer must come within this
+        # Every change is logged, however soon after the last (each opening
+        # is an outage, and a breaker that flaps must be seen to).
+        self._log = ProblemLog(interval=0.0)
         self._hooks = hooks if hooks is not None else Hooks()
         self._on_change = on_change
         self.state: BreakerState = "closed"
@@ -99,19 +102,26 @@ class Breaker:
             command=command,
         )
 
+    @property
+    def reason(self) -> str:
+        """The failure that opened the breaker (or the latest probe's), in words."""
+        return self._reason
+
     def failed(self, error: BackendError) -> None:
-        """Open on *error* (an unavailability met by the request path) if closed."""
+        """Open on *error* (Redis itself failed: silent, unreachable, loading) if closed."""
         if self.state == "closed":
             self._opened_at = time.monotonic()
             self.opens += 1
-            self._change("open", str(error))
+            self._reason = str(error)
+            self._change("open", self._reason)
             self._wake.set()
 
-    async def run(self, probe: Callable[[float], Awaitable[object]]) -> None:
+    async def run(self, probe: Callable[[float], Awaitable[str | None]]) -> None:
         """Probe Redis while open, one probe at a time, until cancelled.
 
-        *probe* sends one command within the given seconds and raises
-        `BackendError` when Redis fails it.
+        *probe* sends one command within the given seconds, and returns
+        None, or the refusal Redis answered with (an answer all the same);
+        it raises `BackendError` when Redis fails it.
         """
         pause = _FIRST_PROBE
         while True:
@@ -121,39 +131,35 @@ class Breaker:
                 self._wake = anyio.Event()
                 continue
             await anyio.sleep(pause * (0.75 + random.random() / 2))
-            self._change("half-open", "probing")
+            self.state = "half-open"  # (not an event: the breaker is still open to callers)
             started = anyio.current_time()
             try:
                 with anyio.fail_after(self._budget):
-                    await probe(self._budget)
+                    refusal = await probe(self._budget)
             except (BackendError, TimeoutError) as exc:
-                reason = str(exc) or f"no answer within the {self._budget}s budget"
-                self._change("open", f"probe failed: {reason}")
+                # What CircuitOpenError names from now on: the latest cause.
+                self._reason = str(exc) or f"no reply within the {self._budget}s budget"
+                self.state = "open"
                 pause = min(pause * 2, _PROBE_MOST)
                 continue
-            took = anyio.current_time() - started
-            if took > self._budget / 4:
-                # Answered, but slowly (or a reply held up by a pause that
-                # just ended): ask again soon rather than trust it yet.
-                self._change("open", f"probe answered in {took * 1000:.0f} ms")
-                pause = _FIRST_PROBE
-                continue
+            took = (anyio.current_time() - started) * 1000
+            answer = f"refused: {refusal}" if refusal else "answered"
             outage = time.monotonic() - self._opened_at
-            self._change("closed", f"a probe was answered in {took * 1000:.1f} ms", outage)
+            self._change("closed", f"a probe was {answer} in {took:.1f} ms", outage)
 
     def _change(self, state: BreakerState, reason: str, outage: float = 0.0) -> None:
+        """Open (from closed) or close: logged, handed to the hooks, waiters told."""
         previous, self.state = self.state, state
         self.skipping = state != "closed"
-        if state == "open" and previous == "closed":
-            self._reason = reason
-            self._problems.say(
+        if state == "open":
+            self._log.say(
                 logging.WARNING,
                 f"circuit breaker opened: {reason}; calls skip Redis at {self._address} "
-                "(and fail open) until a probe finds it answering",
+                "until a probe finds it answering",
                 kind="breaker opened",
             )
-        elif state == "closed":
-            self._problems.say(
+        else:
+            self._log.say(
                 logging.INFO,
                 f"circuit breaker closed: Redis at {self._address} answers again "
                 f"({reason}) after {outage:.1f}s; calls use it",
@@ -161,5 +167,5 @@ class Breaker:
             )
         if self._hooks:
             self._hooks.emit(BreakerChange(self._address, state, previous, reason, outage))
-        if self._on_change is not None and "closed" in (state, previous):
+        if self._on_change is not None:
             self._on_change()

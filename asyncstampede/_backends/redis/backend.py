@@ -103,7 +103,6 @@ class RedisBackend:
         self.breaker = Breaker(
             address=self.address,
             budget=budget,
-            problems=self.problems,
             hooks=hooks,
             # Opened: waiters fail open now, rather than sleep out a lock
             # whose holder cannot commit. Closed: they look again.
@@ -126,6 +125,7 @@ class RedisBackend:
                 wake=wake,
                 problems=self.problems,
                 on_unavailable=self.breaker.failed,
+                ping_reply=budget,
             )
         self._route = Route(
             client,
@@ -179,8 +179,9 @@ class RedisBackend:
         timeout, a connection that cannot be made).
         """
         return BackendUnavailableError(
-            f"Redis at {self.address} unavailable for {doing}: no reply within the call's "
-            f"budget for Redis ({budget * 1000:.0f} ms left of redis_budget={self._budget})",
+            f"Redis at {self.address} unavailable for {doing}: no reply within the "
+            f"{budget * 1000:.0f} ms left of the call's budget for Redis "
+            f"(redis_budget={self._budget})",
             address=self.address,
             command=doing,
         )
@@ -196,8 +197,8 @@ class RedisBackend:
             await tg.start(self._run)
             task_status.started()
 
-    async def _probe(self, within: float) -> None:
-        await self._route.probe(self._probe_key, within)
+    async def _probe(self, within: float) -> str | None:
+        return await self._route.probe(self._probe_key, within)
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         if self._unsupported:
@@ -220,8 +221,20 @@ class RedisBackend:
                 "wake='auto' wakes them at the commit",
             )
         async with anyio.create_task_group() as tg:
-            await tg.start(self.listener.run)
+            # The listener's first attempt is awaited (so the first calls
+            # find their waiters woken, not polling), but only for one
+            # budget: a hung Redis must not hold the app's start-up for the
+            # socket timeout.
+            listening = anyio.Event()
+
+            async def listen() -> None:
+                await tg.start(self.listener.run)
+                listening.set()
+
+            tg.start_soon(listen)
             tg.start_soon(self._mux.run)
+            with anyio.move_on_after(self._budget):
+                await listening.wait()
             task_status.started()
 
     async def prepare(self) -> None:

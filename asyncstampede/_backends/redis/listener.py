@@ -32,6 +32,7 @@ from ..._problems import ProblemLog
 from ..interest import UNTRACKED, Listener
 from .errors import is_connection_trouble, map_error
 from .transports import AUTO_ORDER, TRANSPORTS, Transport, WakeConfig
+from .transports.base import Silent
 from .wire import Link
 
 __all__ = ["RedisListener"]
@@ -59,6 +60,7 @@ class RedisListener(Listener):
         wake: str = "auto",
         problems: ProblemLog | None = None,
         on_unavailable: Callable[[BackendError], None] | None = None,
+        ping_reply: float = 5.0,
     ) -> None:
         super().__init__()
         # Told when Redis cannot be connected to again (once it had been).
@@ -77,6 +79,7 @@ class RedisListener(Listener):
             reply_timeout=reply_timeout,
             problems=self._problems,
             forced=wake != "auto",
+            ping_reply=ping_reply,
         )
         self._serving: Transport | None = None
         self._refusals: dict[str, BackendRefusedError] = {}  # transport -> its last refusal
@@ -227,8 +230,13 @@ class RedisListener(Listener):
         error = map_error(exc, address=self._address)
         if up or self.connect_errors == 1:
             self._problems.report(error, "watching locks; reconnecting")
+        # An outage: Redis silent while a waiter needed it (its ping went
+        # unanswered), or a Redis that worked cannot be connected to again.
+        # (Before it ever worked, the request path says why, with its hints;
+        # a connection merely lost, as to CLIENT KILL, is no outage.)
         refused = isinstance(error, BackendRefusedError)
-        if self._ever_up and not up and not refused and self._on_unavailable is not None:
+        outage = _silent_in(exc) or (self._ever_up and not up)
+        if outage and not refused and self._on_unavailable is not None:
             self._on_unavailable(error)
 
     def _say_serving(self, kind: str) -> None:
@@ -253,6 +261,15 @@ class RedisListener(Listener):
             f"looks per wait, a value seen up to about as late again as it took to come). "
             f"Refused: {reasons}. To be woken at the commit, allow one of: {grants}",
         )
+
+
+def _silent_in(exc: BaseException) -> bool:
+    """Whether *exc* is, or holds (a task group's), an unanswered ping."""
+    if isinstance(exc, Silent):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_silent_in(inner) for inner in exc.exceptions)
+    return False
 
 
 def _refusal_in(exc: BaseException) -> BackendRefusedError | None:

@@ -338,4 +338,12 @@ class Multiplexer:
             if self._silent is not None:
                 raise TimeoutError(self._silent)
             if self._slots and time.monotonic() - self._slots[0].sent > self._timeout:
-                raise TimeoutError(f"no reply within {self._timeout}s")
+                silence = f"no reply within the socket timeout ({self._timeout}s)"
+                if self._on_unavailable is not None:
+                    self._on_unavailable(
+                        BackendUnavailableError(
+                            f"Redis at {self._address} unavailable: {silence}",
+                            address=self._address,
+                        )
+                    )
+                raise TimeoutError(silence)

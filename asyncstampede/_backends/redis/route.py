@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ..._problems import ProblemLog
 from ..breaker import Breaker
-from .errors import is_refusal, map_error
+from .errors import is_refusal, map_error, server_text
 from .mux import UNAVAILABLE, Lost, Multiplexer, NoReply
 from .wire import pooled_command
 
@@ -151,6 +151,9 @@ class Route:
         except NoReply as exc:
             raise self.map(self._late(exc), str(args[0])) from exc
         except Lost as exc:  # the connection went down with this command in flight
+            # Sent again on the pool within what is left of its deadline,
+            # even with the breaker just opened: a half-open connection is
+            # replaced, and a silent Redis costs no more than the budget.
             reply, deadline = UNAVAILABLE, exc.deadline
         except RedisError as exc:  # (a command that cannot be encoded)
             raise self.map(exc, str(args[0])) from exc
@@ -185,31 +188,50 @@ class Route:
         except NoReply as exc:
             raise self._late(exc) from exc
         except Lost as exc:  # the connection went down with this command in flight
+            # Sent again on the pool within what is left of its deadline,
+            # even with the breaker just opened: a half-open connection is
+            # replaced, and a silent Redis costs no more than the budget.
             reply, deadline = UNAVAILABLE, exc.deadline
         if reply is UNAVAILABLE:
             reply = await self._pooled(args, deadline)
         return reply
 
-    async def probe(self, key: bytes, within: float) -> None:
+    async def probe(self, key: bytes, within: float) -> str | None:
         """Read *key* past the breaker, for its probe, within *within* seconds.
 
-        A refusal is an answer (Redis is up, and the request path will say
-        what it refuses).
+        Returns None, or the refusal Redis answered with: an answer all the
+        same (Redis is up, and the request path will say what it refuses).
 
         Raises:
             BackendUnavailableError: no answer in time, or a connection
                 that cannot be made.
 
         """
+        past = past_breaker.set(True)
         try:
             await self._execute(("GET", key), time.monotonic() + within)
         except (RedisError, OSError) as exc:
             error = map_error(exc, address=self.address, command="GET", namespace=self._namespace)
             if not isinstance(error, BackendRefusedError):
                 raise error from exc
+            return server_text(exc)
+        finally:
+            past_breaker.reset(past)
+        return None
 
     def _late(self, exc: Exception) -> _Late:
         return _Late(f"{exc} (the call's budget for Redis, redis_budget={self.budget})")
+
+    def _silent(self, waited: float) -> None:
+        """Open the breaker if a pooled command had no reply for a whole budget (*waited* s)."""
+        if waited >= self.budget:
+            self.breaker.failed(
+                BackendUnavailableError(
+                    f"Redis at {self.address} unavailable: no reply on a pooled connection "
+                    f"for {waited:.3f}s",
+                    address=self.address,
+                )
+            )
 
     async def script(
         self,
@@ -262,15 +284,20 @@ class Route:
                 f"no time left for {args[0]} (the call's budget for Redis, "
                 f"redis_budget={self.budget})"
             )
+        asked: float | None = None  # when the command had a connection (past the gate)
         with anyio.move_on_after(left):
             for attempt in (1, 2):
                 try:
                     async with self.gate:
+                        asked = time.monotonic()
                         return await pooled_command(pool, *args)
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     # A new connection cannot fix a refused password or certificate.
                     if attempt == 2 or is_refusal(exc):
                         raise
+        if asked is not None:  # (not while waiting for a free connection: that is ours)
+            self._silent(time.monotonic() - asked)
         raise _Late(
-            f"no reply within {left:.3f}s (the call's budget for Redis, redis_budget={self.budget})"
+            f"no reply by the call's deadline (the call's budget for Redis, "
+            f"redis_budget={self.budget})"
         )

@@ -15,9 +15,13 @@ from ...interest import UNTRACKED, Listener
 from ..errors import is_connection_trouble, map_error
 from ..wire import Link
 
-__all__ = ["Transport", "WakeConfig"]
+__all__ = ["Silent", "Transport", "WakeConfig"]
 
 log = logging.getLogger("asyncstampede")
+
+
+class Silent(ConnectionError):
+    """A connection's ping went unanswered: Redis is silent (not merely a lost connection)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +37,12 @@ class WakeConfig:
     reply_timeout: float  # handshake and watch replies must come within this
     problems: ProblemLog
     forced: bool  # the user chose this transport (wake="keyspace"...), not auto
-    ping_after: float = 5.0  # ping a silent connection somebody has waited on this long
+    # Ping a silent connection somebody has waited on this long (a holder
+    # extending its lock every lock_ttl/3, 1.7 s by default, is heard before).
+    ping_after: float = 2.0
     idle_ping_after: float = 60.0  # ...or that nobody waits on, this long
-    dead_after: float = 10.0  # a ping unanswered this long after the silence began: gone
-    beat: float = 1.0  # how often the silence is looked at
+    ping_reply: float = 5.0  # a ping unanswered this long: Redis is silent (redis_budget)
+    beat: float = 0.5  # how often the silence is looked at
 
 
 class Transport:
@@ -144,8 +150,8 @@ class Transport:
         while True:
             await anyio.sleep(config.beat)
             if self._pinged_at is not None:
-                if now() - self._pinged_at >= config.dead_after - config.ping_after:
-                    raise ConnectionError(f"no reply to PING for {now() - self._pinged_at:.1f}s")
+                if now() - self._pinged_at >= config.ping_reply:
+                    raise Silent(f"no reply to PING for {now() - self._pinged_at:.3f}s")
                 continue
             silent = now() - self._last_heard
             waited = self._owner.waited()
