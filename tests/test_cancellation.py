@@ -25,6 +25,7 @@ from typing import Any, Literal
 import anyio
 import pytest
 import redis
+import redis.asyncio
 from _conditions import until
 
 from asyncstampede import ClosedError, Stampede
@@ -462,3 +463,57 @@ async def test_closing_ends_background_refreshes(
         assert gate.cancelled.is_set()
         assert lock_of(sync_redis, namespace, "k") is None
         assert cache.statistics().refresh_errors == 0
+
+
+@pytest.mark.parametrize(
+    ("client", "then"),
+    [("given", "read ends"), ("given", "caller cancelled")],
+    ids=["given-client", "given-client-caller-cancelled"],
+)
+async def test_closing_during_a_first_read(
+    own_server: RedisServer, leaks: Leaks, client: str, then: str
+) -> None:
+    """The instance closes while a caller's first read hangs: it and its joiner get ClosedError.
+
+    With a client the application gave, the read goes on: it ends once
+    the server answers, or when its caller is cancelled after the close;
+    either way the joiner gets ClosedError (nobody is left waiting on the
+    key).
+    """
+    gate = Gate()
+    gate.release.set()
+    sync = redis.Redis.from_url(own_server.url)
+    given = redis.asyncio.Redis.from_url(own_server.url)
+    try:
+        if client == "own":
+            cache = Stampede.from_url(own_server.url, lock_ttl=LOCK_TTL)
+        else:
+            cache = Stampede(given, lock_ttl=LOCK_TTL)
+        await cache.__aenter__()
+        try:
+            with hung(own_server):
+                first = Caller(cache, "k", gate).start()
+                await until(lambda: cache.statistics().in_flight == 1)  # its read hangs
+                joined = Caller(cache, "k", gate).start()
+                await until(lambda: cache.statistics().coalesced == 1)
+                await cache.aclose()
+                assert leaks.library_tasks() == []
+                if then == "caller cancelled":
+                    first.cancel()
+                    assert await first.result() == "cancelled"
+                    assert isinstance(await joined.result(), ClosedError)
+            if then == "read ends":
+                assert isinstance(await first.result(), ClosedError)
+                assert isinstance(await joined.result(), ClosedError)
+            assert gate.calls == 0
+            await leaks.closed(cache)
+            await given.aclose()
+            await until(lambda: len(sync.client_list()) == 1)  # this one: none of the cache's
+        finally:
+            await cache.aclose()
+            # Whatever connection the test found left open, closed now (not
+            # when the loop shuts down, which uvloop does not survive).
+            await cache._rt.backend.client.aclose()  # type: ignore[attr-defined]
+    finally:
+        await given.aclose()
+        sync.close()
