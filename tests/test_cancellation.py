@@ -467,18 +467,19 @@ async def test_closing_ends_background_refreshes(
 
 @pytest.mark.parametrize(
     ("client", "then"),
-    [("given", "read ends"), ("given", "caller cancelled")],
-    ids=["given-client", "given-client-caller-cancelled"],
+    [("own", "read ends"), ("given", "read ends"), ("given", "caller cancelled")],
+    ids=["own-client", "given-client", "given-client-caller-cancelled"],
 )
 async def test_closing_during_a_first_read(
     own_server: RedisServer, leaks: Leaks, client: str, then: str
 ) -> None:
     """The instance closes while a caller's first read hangs: it and its joiner get ClosedError.
 
-    With a client the application gave, the read goes on: it ends once
-    the server answers, or when its caller is cancelled after the close;
-    either way the joiner gets ClosedError (nobody is left waiting on the
-    key).
+    With a client of the instance's own (``from_url``), closing ends the
+    read, and opens no connection that would stay open. With a client the
+    application gave, the read goes on: it ends once the server answers,
+    or when its caller is cancelled after the close; either way the joiner
+    gets ClosedError (nobody is left waiting on the key).
     """
     gate = Gate()
     gate.release.set()
