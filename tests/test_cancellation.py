@@ -29,6 +29,7 @@ import redis.asyncio
 from _conditions import until
 
 from asyncstampede import ClosedError, Stampede
+from asyncstampede._backends.redis.mux import Multiplexer
 from asyncstampede._backends.redis.scripts import COMMITTED
 from asyncstampede._envelope import encode
 from asyncstampede._keys import make_names
@@ -210,6 +211,12 @@ class Caller:
         await asyncio.wait([self._task])  # ended (a cancelled task is cancelled, not failed)
         assert len(self.outcome) == 1, self.outcome
         return self.outcome[0]
+
+
+def request_connection(cache: Stampede) -> Multiplexer:
+    """The instance's own auto-pipelined connection (to tell whether it is up)."""
+    mux: Multiplexer = cache._rt.backend._mux  # type: ignore[attr-defined]
+    return mux
 
 
 def lock_of(sync_redis: redis.Redis, namespace: str, key: str) -> bytes | None:
@@ -421,6 +428,52 @@ async def test_closing_ends_remote_waits(
     finally:
         sync.delete(lock)
         sync.close()
+
+
+@pytest.mark.parametrize("ending", ["re-raises late", "returns late"], ids=["reraises", "swallows"])
+async def test_closing_waits_for_a_compute_that_ignores_cancellation_a_while(
+    redis_url: str, namespace: str, sync_redis: redis.Redis, leaks: Leaks, ending: str
+) -> None:
+    """A compute shields its clean-up (or swallows the cancellation): close waits, no lock stays.
+
+    The clean-up outlasts the request connection, so whatever the resolution
+    sends next (the release; a commit, for the compute that returns a value)
+    goes through the pool, where a cancelled command never leaves.
+    """
+    started = anyio.Event()
+    cancelled = anyio.Event()
+    let_go = anyio.Event()
+
+    async def stubborn() -> str:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            with anyio.CancelScope(shield=True):
+                await let_go.wait()  # its clean-up, deaf to the cancellation
+            if ending == "re-raises late":
+                raise
+        return "late"
+
+    async def clean_up_later() -> None:
+        await cancelled.wait()
+        # Its clean-up outlasts the request connection (closed with the
+        # instance): what it sends next goes through the pool.
+        await until(lambda: not request_connection(cache).connected)
+        let_go.set()
+
+    async with entered(redis_url, namespace) as cache:
+        callers = [Caller(cache, "k", stubborn).start() for _ in range(2)]
+        await started.wait()
+        await until(lambda: cache.statistics().coalesced == 1)
+        spawn(clean_up_later())
+        await cache.aclose()  # returns only once the compute has ended
+        assert let_go.is_set()
+        await leaks.closed(cache)
+        assert_no_lock_left(sync_redis, namespace, "k")
+        outcomes = [await c.result() for c in callers]
+        assert all(isinstance(o, ClosedError) for o in outcomes), outcomes
 
 
 async def test_closing_ends_a_compute_that_went_on_past_the_soft_timeout(
