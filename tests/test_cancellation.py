@@ -254,6 +254,67 @@ def seed(
     sync_redis.set(make_names(namespace, key).value, payload, px=600_000)
 
 
+class ReplyHoldingProxy:
+    """A loopback proxy in front of Redis; a connection that sends *marker* gets no more replies.
+
+    Its commands still reach the server: what a client sees when the
+    answer to a command that took effect is slow to come back.
+    """
+
+    def __init__(self, target_port: int, marker: bytes) -> None:
+        self._target_port = target_port
+        self._marker = marker
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> ReplyHoldingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        for writer in self._writers:
+            writer.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        self._writers += [writer, up_writer]
+        held = [False]  # this connection's replies are withheld from now on
+        pumps = (self._commands(reader, up_writer, held), self._replies(up_reader, writer, held))
+        for pump in pumps:
+            task = asyncio.get_running_loop().create_task(pump, name=f"{__name__}.proxy")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _commands(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: list[bool]
+    ) -> None:
+        while data := await src.read(65536):
+            held[0] = held[0] or self._marker in data
+            dst.write(data)
+            await dst.drain()
+        dst.close()
+
+    @staticmethod
+    async def _replies(
+        src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: list[bool]
+    ) -> None:
+        while data := await src.read(65536):
+            if not held[0]:
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+
 @asynccontextmanager
 async def entered(url: str, namespace: str, **settings: Any) -> AsyncIterator[Stampede]:
     """A Stampede entered by this task, not closed on the way out (the test closes it)."""
@@ -571,3 +632,27 @@ async def test_closing_during_a_first_read(
     finally:
         await given.aclose()
         sync.close()
+
+
+async def test_closing_during_a_lock_attempt_lets_the_lock_go(
+    redis_url: str, namespace: str, sync_redis: redis.Redis, leaks: Leaks
+) -> None:
+    """The instance closes while the answer to its lock attempt is on its way: the lock is released.
+
+    Redis has given it the lock (the ``SET NX`` took effect); the reply is
+    withheld, so the resolution is cancelled by the close before it knows.
+    """
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with (
+        ReplyHoldingProxy(port, marker=b"$2\r\nNX\r\n") as proxy,  # SET ... NX
+        entered(proxy.url, namespace) as cache,
+    ):
+        await until(lambda: request_connection(cache).connected)
+        gate = Gate()
+        caller = Caller(cache, "k", gate).start()
+        await until(lambda: lock_of(sync_redis, namespace, "k") is not None)  # taken
+        await cache.aclose()
+        await leaks.closed(cache)
+        assert lock_of(sync_redis, namespace, "k") is None  # released, not left to expire
+        assert isinstance(await caller.result(), ClosedError)
+        assert gate.calls == 0
