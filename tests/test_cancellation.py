@@ -39,6 +39,9 @@ from asyncstampede.testing import RedisServer
 pytestmark = pytest.mark.anyio
 
 LOCK_TTL = 30.0  # far beyond every test's bound: a lock still there was not released
+# Where a test keeps Redis from answering, the call's budget for Redis is as
+# far beyond: what is tested is a cancellation or the close, not the budget.
+BUDGET = 30.0
 How = Literal["task.cancel", "cancel scope"]
 HOWS: list[How] = ["task.cancel", "cancel scope"]
 
@@ -396,7 +399,7 @@ async def test_a_caller_cancelled_during_its_first_read_hands_the_key_over(
     gate.release.set()
     sync = redis.Redis.from_url(own_server.url)
     try:
-        async with entered(own_server.url, "ns") as cache:
+        async with entered(own_server.url, "ns", redis_budget=BUDGET) as cache:
             with hung(own_server):
                 first = Caller(cache, "k", gate).start(how)
                 await until(lambda: cache.statistics().in_flight == 1)  # its read hangs
@@ -601,9 +604,9 @@ async def test_closing_during_a_first_read(
     given = redis.asyncio.Redis.from_url(own_server.url)
     try:
         if client == "own":
-            cache = Stampede.from_url(own_server.url, lock_ttl=LOCK_TTL)
+            cache = Stampede.from_url(own_server.url, lock_ttl=LOCK_TTL, redis_budget=BUDGET)
         else:
-            cache = Stampede(given, lock_ttl=LOCK_TTL)
+            cache = Stampede(given, lock_ttl=LOCK_TTL, redis_budget=BUDGET)
         await cache.__aenter__()
         try:
             with hung(own_server):
@@ -645,7 +648,7 @@ async def test_closing_during_a_lock_attempt_lets_the_lock_go(
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with (
         ReplyHoldingProxy(port, marker=b"$2\r\nNX\r\n") as proxy,  # SET ... NX
-        entered(proxy.url, namespace) as cache,
+        entered(proxy.url, namespace, redis_budget=BUDGET) as cache,
     ):
         await until(lambda: request_connection(cache).connected)
         gate = Gate()
