@@ -659,3 +659,33 @@ async def test_closing_during_a_lock_attempt_lets_the_lock_go(
         assert lock_of(sync_redis, namespace, "k") is None  # released, not left to expire
         assert isinstance(await caller.result(), ClosedError)
         assert gate.calls == 0
+
+
+@pytest.mark.parametrize("outage", ["stopped", "paused"])
+async def test_closing_during_an_outage(own_server: RedisServer, leaks: Leaks, outage: str) -> None:
+    """Redis is gone (stopped) or silent (paused), computes run uncached: close ends them the same.
+
+    The breaker is open and probing, the connections are reconnecting or
+    waiting on a server that does not answer: none of that outlives the
+    close, and the close does not wait on the server.
+    """
+    gate = Gate()
+    warm = Gate()
+    warm.release.set()
+    async with entered(own_server.url, "ns") as cache:
+        assert await cache.get_or_compute("warm", warm, 60) == "v"  # it worked: then the outage
+        if outage == "stopped":
+            own_server.stop()
+        else:
+            own_server.pause()
+        try:
+            callers = [Caller(cache, f"k{i % 3}", gate).start() for i in range(9)]
+            await until(lambda: cache.statistics().computing == 3)  # failed open, one per key
+            await cache.aclose()
+            await leaks.closed(cache)
+            outcomes = [await c.result() for c in callers]
+            assert all(isinstance(o, ClosedError) for o in outcomes), outcomes
+            assert gate.cancelled.is_set()
+        finally:
+            if outage == "paused":
+                own_server.resume()
