@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from _conditions import until
 
 from asyncstampede import ClosedError, Stampede
 from asyncstampede._backends.redis.mux import Multiplexer
-from asyncstampede._backends.redis.scripts import COMMITTED
+from asyncstampede._backends.redis.scripts import COMMITTED, TAKE_OR_NAME, render
 from asyncstampede._envelope import encode
 from asyncstampede._keys import make_names
 from asyncstampede._settings import Wake
@@ -642,12 +643,19 @@ async def test_closing_during_a_lock_attempt_lets_the_lock_go(
 ) -> None:
     """The instance closes while the answer to its lock attempt is on its way: the lock is released.
 
-    Redis has given it the lock (the ``SET NX`` took effect); the reply is
-    withheld, so the resolution is cancelled by the close before it knows.
+    Redis has given it the lock (the ``SET NX``, or the script taking it,
+    took effect); the reply is withheld, so the resolution is cancelled by
+    the close before it knows.
     """
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    # SET ... NX GET, or before Redis 7 (which refuses that) the script instead
+    version = str(sync_redis.info("server")["redis_version"])
+    if tuple(int(part) for part in version.split(".")[:2]) >= (7, 0):
+        marker = b"$2\r\nNX\r\n"
+    else:
+        marker = hashlib.sha1(render(TAKE_OR_NAME).encode()).hexdigest().encode()
     async with (
-        ReplyHoldingProxy(port, marker=b"$2\r\nNX\r\n") as proxy,  # SET ... NX
+        ReplyHoldingProxy(port, marker) as proxy,
         entered(proxy.url, namespace, redis_budget=BUDGET) as cache,
     ):
         await until(lambda: request_connection(cache).connected)
