@@ -79,8 +79,27 @@ async def compute_and_commit(rt: Runtime, req: Request, token: bytes) -> Any:
     Redis fails or refuses releases the lock too; the value still reaches
     the callers unless ``fail_open`` is off. A commit still on its way when
     the call's budget for Redis runs out goes on in the background (see
-    `_store`).
+    `_store`). Cancelled (the instance closes) at any step, it releases the
+    lock before it stops.
     """
+    try:
+        return await _compute_and_commit(rt, req, token)
+    except Exception:
+        raise
+    except BaseException:
+        # Closing: let the next holder go at once rather than at lock expiry.
+        # Not only while fn runs: a compute that ignored the cancellation and
+        # returned is cancelled at its commit, whose command may not have
+        # gone out (the request connection closes too). A release frees the
+        # lock only while it holds our token: after a commit that landed, or
+        # a fail-safe's marker, it changes nothing.
+        rt.keeper.drop(token)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            await release_quietly(rt, req.names, token)
+        raise
+
+
+async def _compute_and_commit(rt: Runtime, req: Request, token: bytes) -> Any:
     names = req.names
     failure: Exception | None = None
     rt.keeper.hold(token, names)
@@ -89,12 +108,6 @@ async def compute_and_commit(rt: Runtime, req: Request, token: bytes) -> Any:
         payload, px_ms = encode_value(rt, req, value, delta_ms=delta_ms)
     except Exception as exc:  # fn failed or timed out, or its value cannot be stored
         failure = exc
-    except BaseException:
-        # Closing: let the next holder go at once rather than at lock expiry.
-        rt.keeper.drop(token)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-            await release_quietly(rt, names, token)
-        raise
     rt.keeper.drop(token)
     if failure is not None:
         req.failed = True

@@ -74,6 +74,10 @@ class Lifecycle:
             # Registered first so it runs last, once the task group (whose
             # cancel scope the caller's task is inside) has exited.
             stack.push_async_callback(rt.backend.aclose)
+            # Runs once the task group has exited, before the backend closes:
+            # a call it outlived (a first read still on its way) finds no task
+            # group to start work in, and tells its callers so (ClosedError).
+            stack.callback(setattr, rt, "tg", None)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(rt.backend.run)
             tg.start_soon(rt.keeper.run)
@@ -110,7 +114,6 @@ class Lifecycle:
         if rt.tg is not None:
             rt.tg.cancel_scope.cancel()
         await stack.aclose()
-        rt.tg = None
 
     def task_group(self) -> anyio.abc.TaskGroup:
         """Return the instance's task group, refusing a call it cannot serve.

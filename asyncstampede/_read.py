@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
-import anyio.abc
 
 from ._envelope import Envelope
-from ._exceptions import BackendError
+from ._exceptions import BackendError, ClosedError
 from ._flight import Flight, blocked_on
 from ._freshness import Policy
 from ._keys import KeyNames
@@ -33,7 +32,6 @@ HANDED_OFF: Final = object()  # the miss driver resolves the flight
 
 def hand_off(
     rt: Runtime,
-    tg: anyio.abc.TaskGroup,
     req: Request,
     first: BackendError | Again,
     envelope: Envelope | None = None,
@@ -44,21 +42,27 @@ def hand_off(
     *first* is what the read gave the driver to start from: a Redis
     failure, or what to ask again (a stored value not to serve).
 
+    The instance's task group is looked up now, not when the call began:
+    the read may have outlasted it (the instance closed meanwhile).
+
     Raises:
         ComputeFailedError: *envelope* is a cached failure, still fresh.
+        ClosedError: the instance closed during the read.
 
     """
     if envelope is not None and serve(rt, req, envelope, payload, xfetch_drawn=True):
         value = value_of(envelope)
         rt.finish(req.key, req.flight, value=value)
         return value
+    tg = rt.tg
+    if tg is None:
+        raise ClosedError("the Stampede closed during the call")
     tg.start_soon(resolve, rt, req, first)
     return HANDED_OFF
 
 
 def read_interrupted(
     rt: Runtime,
-    tg: anyio.abc.TaskGroup,
     key: str,
     names: KeyNames,
     flight: Flight,
@@ -70,13 +74,17 @@ def read_interrupted(
     """Leave the flight in good hands when the first read ends with *exc* (the caller re-raises).
 
     A cancelled caller may have others of this process waiting on its
-    flight: the driver resolves it (reading again first). Any other error
-    fails the flight.
+    flight: the driver resolves it (reading again first), or, once the
+    instance has closed, they get `ClosedError`. Any other error fails the
+    flight.
     """
-    if isinstance(exc, anyio.get_cancelled_exc_class()):
+    tg = rt.tg
+    if isinstance(exc, anyio.get_cancelled_exc_class()) and tg is not None:
         budget = rt.settings.redis_budget  # the read was cut short by the caller, not by Redis
         req = Request(key, names, flight, fn, ttl_ms, policy, budget)
         tg.start_soon(resolve, rt, req, Again(True))
+    elif isinstance(exc, anyio.get_cancelled_exc_class()):
+        rt.finish(key, flight, error=ClosedError("the Stampede closed during the call"))
     elif not flight.done:
         rt.finish(key, flight, error=exc)
 

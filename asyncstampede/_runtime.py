@@ -203,7 +203,11 @@ class Runtime:
     ) -> Hit | Acquired | Held | BackendError:
         """Run `Backend.acquire` with the lock TTL, within *req*'s budget.
 
-        A Redis failure (the budget running out included) is returned, not raised.
+        A Redis failure (the budget running out included) is returned, not
+        raised. Cancelled (the instance closes) with its lock attempt on the
+        way, it releases the lock before it stops: Redis may have given it
+        the lock all the same, and nobody else would let it go before its
+        expiry.
         """
         work = self.backend.acquire(
             req.names,
@@ -218,6 +222,14 @@ class Runtime:
             return await self.redis(req, work, "the lock")
         except BackendError as exc:
             return exc
+        except BaseException:
+            # (A release frees the lock only while it holds *token*.)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                try:
+                    await self.redis(None, self.backend.release(req.names, token), "RELEASE")
+                except BackendError as exc:
+                    self.failed(exc, "releasing a lock; its waiters wait for it to expire")
+            raise
 
     def decode(self, payload: bytes) -> Envelope | None:
         """Decode a stored envelope, or count it as corrupt and return None."""

@@ -415,7 +415,7 @@ class Stampede:
                 ttl_jitter=ttl_jitter,
                 negative_ttl=negative_ttl,
             )
-        tg = self._lifecycle.task_group()
+        self._lifecycle.task_group()  # (refuses a closed instance, another loop)
         asking = (
             check_reentry(rt.flights, rt.store, key, names.lock, "asking for")
             if computing.get()
@@ -435,7 +435,7 @@ class Stampede:
         except BackendError as exc:
             payload, first = b"", exc
         except BaseException as exc:
-            read_interrupted(rt, tg, key, names, flight, fn, ttl, policy, exc)
+            read_interrupted(rt, key, names, flight, fn, ttl, policy, exc)
             raise
         else:
             if payload is not None:
@@ -457,7 +457,7 @@ class Stampede:
         left = self._settings.redis_budget - (monotonic() - started)
         try:
             handed = hand_off(
-                rt, tg, Request(key, names, flight, fn, ttl, policy, left), first, envelope, payload
+                rt, Request(key, names, flight, fn, ttl, policy, left), first, envelope, payload
             )
         except BaseException as exc:  # a cached failure; or the instance closed meanwhile
             rt.finish(key, flight, error=exc)

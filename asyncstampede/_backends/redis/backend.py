@@ -481,6 +481,7 @@ class RedisBackend:
         await self._script(self._invalidate, [names.value, names.lock], [])
 
     async def aclose(self) -> None:
-        """Close the client if this backend created it."""
+        """Send nothing more; close the client if this backend created it."""
+        self._route.closed = True
         if self.owns_client:
             await self._client.aclose()

@@ -34,7 +34,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
+from ..._exceptions import (
+    BackendError,
+    BackendRefusedError,
+    BackendUnavailableError,
+    ClosedError,
+)
 from ..._problems import ProblemLog
 from ..breaker import Breaker
 from .errors import is_refusal, map_error, server_text
@@ -87,6 +92,10 @@ class Route:
         self.address = address
         self._namespace = namespace
         self.problems = problems
+        # Set once the instance has closed: a command still on its way then
+        # (a caller's first read outlasting the close) raises ClosedError
+        # instead of opening a pooled connection that nothing would close.
+        self.closed = False
         pool = client.connection_pool
         # A plain ConnectionPool raises once max_connections are in use: keep
         # our own commands below that, so a burst waits instead of failing.
@@ -275,7 +284,8 @@ class Route:
         here: a connection that fails is replaced and the command tried once
         more (every command sent this way is safe to repeat); the pool's
         socket timeouts apply; a cancelled command drops its connection
-        (redis-py does that).
+        (redis-py does that). Once the instance has closed, no connection is
+        taken (`ClosedError`).
         """
         pool = self._client.connection_pool
         left = self.budget if deadline is None else deadline - time.monotonic()
@@ -287,6 +297,8 @@ class Route:
         asked: float | None = None  # when the command had a connection (past the gate)
         with anyio.move_on_after(left):
             for attempt in (1, 2):
+                if self.closed:  # (not an outage: nothing for the breaker)
+                    raise ClosedError("the Stampede closed during the call")
                 try:
                     async with self.gate:
                         asked = time.monotonic()
