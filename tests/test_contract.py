@@ -989,16 +989,19 @@ async def test_a_strict_process_never_gets_a_lenient_writers_old_value(
         return "old"
 
     async def slow_new() -> str:
-        await anyio.sleep(1.0)
+        await anyio.sleep(2.0)
         return "new"
 
+    # A's lock is extended every 0.5 s (lock_ttl/3) while its refresh runs:
+    # each extension wakes B. (With a 0.3 s lock, one extension late by
+    # 0.2 s on a loaded machine let the lock lapse, and B took it over.)
     async with (
-        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=0.3) as a,
-        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=0.3) as b,
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=1.5) as a,
+        Stampede.from_url(redis_url, namespace=namespace, lock_ttl=1.5) as b,
     ):
         await a.get_or_compute("k", old, ttl=0.1, stale_while_revalidate=60)
         await anyio.sleep(0.15)  # the condition is the clock: stale, within A's window
         assert await a.get_or_compute("k", slow_new, ttl=0.1, stale_while_revalidate=60) == "old"
-        with anyio.fail_after(5):
+        with anyio.fail_after(10):
             assert await b.get_or_compute("k", slow_new, ttl=0.1) == "new"
         assert b.statistics().computes == 0  # it waited for A's refresh

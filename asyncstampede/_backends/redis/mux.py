@@ -68,11 +68,15 @@ class NoReply(Exception):
 
 
 class Lost(RedisError):
-    """The connection was lost with the command in flight; *deadline* is still the command's."""
+    """The connection was lost with the command in flight; *deadline* is still the command's.
 
-    def __init__(self, deadline: float) -> None:
+    *closing*: it was closed because the instance is closing.
+    """
+
+    def __init__(self, deadline: float, *, closing: bool = False) -> None:
         super().__init__("the connection was lost with this command in flight")
         self.deadline = deadline
+        self.closing = closing
 
 
 class _Slot:
@@ -247,6 +251,7 @@ class Multiplexer:
         started = False
         was_up = False  # a lost connection is worth a warning; each failed retry is not
         ever_up = False
+        closing = False
         while True:
             link = self._new_link()
             connected = False
@@ -273,6 +278,9 @@ class Multiplexer:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watchdog)
                     await self._read_replies(link)
+            except anyio.get_cancelled_exc_class():
+                closing = True
+                raise
             except Exception as exc:
                 if not connected:
                     self.connect_errors += 1
@@ -304,7 +312,8 @@ class Multiplexer:
                 slots, self._slots = self._slots, deque()
                 for slot in slots:
                     if slot.error is None:
-                        slot.error = Lost(slot.deadline)  # sent again on the pool, by then
+                        # Sent again on the pool, by then (unless closing).
+                        slot.error = Lost(slot.deadline, closing=closing)
                         slot.done.set()
                 with anyio.CancelScope(shield=True):
                     await link.close()

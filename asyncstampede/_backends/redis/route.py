@@ -160,6 +160,8 @@ class Route:
         except NoReply as exc:
             raise self.map(self._late(exc), str(args[0])) from exc
         except Lost as exc:  # the connection went down with this command in flight
+            if exc.closing:  # a read is of no use to a closing instance
+                raise ClosedError("the Stampede closed during the call") from exc
             # Sent again on the pool within what is left of its deadline,
             # even with the breaker just opened: a half-open connection is
             # replaced, and a silent Redis costs no more than the budget.
