@@ -144,7 +144,9 @@ class Stampede:
     counted in `statistics` (``backend_errors``; refusals also in
     ``refused``) and logged on the ``asyncstampede`` logger with the server's
     address and its own words, each kind at most every 10 seconds (refusals
-    at ERROR, unavailability at WARNING).
+    at ERROR, unavailability at WARNING). A Redis that stops answering costs
+    a call at most ``redis_budget``; the circuit breaker then keeps later
+    calls from waiting on it (see ``docs/how-it-works.md``, "Outages").
 
     """
 
