@@ -19,6 +19,7 @@ from ._compute import encode_value, run_compute
 from ._envelope import DecodeError, decode, encode_failure, restamp
 from ._exceptions import (
     BackendError,
+    CircuitOpenError,
     ClosedError,
     SerializationError,
     ValueTooLargeError,
@@ -26,7 +27,14 @@ from ._exceptions import (
 from ._keys import KeyNames
 from ._runtime import Request, Runtime, now_ms
 
-__all__ = ["compute_and_commit", "compute_uncached", "compute_unlocked", "lead", "release_quietly"]
+__all__ = [
+    "compute_and_commit",
+    "compute_uncached",
+    "compute_unlocked",
+    "lead",
+    "let_go",
+    "release_quietly",
+]
 
 
 def _task_group(rt: Runtime) -> anyio.abc.TaskGroup:
@@ -156,6 +164,11 @@ async def _store(rt: Runtime, req: Request, token: bytes, payload: bytes, px_ms:
             work = rt.backend.commit(req.names, token, payload, px_ms)
             if not await rt.redis(None, work, "COMMIT"):
                 rt.counters.lock_lost += 1
+        except CircuitOpenError as exc:
+            # Redis is being skipped: the commit is owed, and made (or the
+            # lock let go) as soon as the breaker closes.
+            failure.append(exc)
+            rt.owe(req.names, token, payload, px_ms)
         except BackendError as exc:
             failure.append(exc)
             await _commit_failed(rt, exc, req, token)
@@ -251,12 +264,23 @@ async def _remember_failure(rt: Runtime, req: Request, token: bytes, failure: Ex
 
 
 async def release_quietly(rt: Runtime, names: KeyNames, token: bytes) -> None:
-    """Release the lock *token* within a budget of its own; a failure is counted and logged."""
+    """Release the lock *token* within a budget of its own; a failure is counted and logged.
+
+    Skipped by the open breaker, the release is owed: made when it closes.
+    """
     try:
         await rt.redis(None, rt.backend.release(names, token), "RELEASE")
+    except CircuitOpenError:
+        rt.owe(names, token)
     except BackendError as exc:
         # The lock expires by itself, and its waiters take over then.
         rt.failed(exc, "releasing a lock; its waiters wait for it to expire")
+
+
+def let_go(rt: Runtime, names: KeyNames, token: bytes) -> None:
+    """Release the lock *token* in the background (see `release_quietly`)."""
+    if rt.tg is not None:
+        rt.tg.start_soon(release_quietly, rt, names, token)
 
 
 async def compute_unlocked(rt: Runtime, req: Request) -> Any:
@@ -298,8 +322,7 @@ async def compute_uncached(rt: Runtime, req: Request, token: bytes | None = None
     """
     value, delta_ms = await run_compute(rt, req)
     payload, px_ms = encode_value(rt, req, value, delta_ms=delta_ms)
-    breaker = rt.backend.breaker
-    if token is not None and rt.tg is not None and breaker is not None and not breaker.skipping:
+    if token is not None and rt.tg is not None:
         rt.tg.start_soon(_commit_if_ours, rt, req, token, payload, px_ms)
     return decode(payload, max_value_bytes=rt.settings.max_value_bytes).value
 
@@ -310,5 +333,7 @@ async def _commit_if_ours(
     try:
         work = rt.backend.commit(req.names, token, payload, px_ms)
         await rt.redis(None, work, "COMMIT")
+    except CircuitOpenError:
+        rt.owe(req.names, token, payload, px_ms)  # made when the breaker closes
     except BackendError:
         pass  # the lock expires by itself; the failure that got us here was logged

@@ -70,18 +70,19 @@ def read_interrupted(
     ttl_ms: int,
     policy: Policy,
     exc: BaseException,
+    redis_left: float,
 ) -> None:
     """Leave the flight in good hands when the first read ends with *exc* (the caller re-raises).
 
     A cancelled caller may have others of this process waiting on its
-    flight: the driver resolves it (reading again first), or, once the
+    flight: the driver resolves it (reading again first) within what is
+    left of the call's budget for Redis (*redis_left*, s), or, once the
     instance has closed, they get `ClosedError`. Any other error fails the
     flight.
     """
     tg = rt.tg
     if isinstance(exc, anyio.get_cancelled_exc_class()) and tg is not None:
-        budget = rt.settings.redis_budget  # the read was cut short by the caller, not by Redis
-        req = Request(key, names, flight, fn, ttl_ms, policy, budget)
+        req = Request(key, names, flight, fn, ttl_ms, policy, redis_left)
         tg.start_soon(resolve, rt, req, Again(True))
     elif isinstance(exc, anyio.get_cancelled_exc_class()):
         rt.finish(key, flight, error=ClosedError("the Stampede closed during the call"))

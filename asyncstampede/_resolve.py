@@ -30,10 +30,10 @@ from ._backends.base import Acquired, Held, Hit
 from ._backends.interest import Interest
 from ._backends.messages import Value
 from ._envelope import Envelope
-from ._exceptions import BackendError, ClosedError, WaitTimeoutError
+from ._exceptions import BackendError, CircuitOpenError, ClosedError, WaitTimeoutError
 from ._flight import Flight, computing
 from ._freshness import Verdict, judge, xfetch_due
-from ._lead import compute_and_commit, compute_uncached, compute_unlocked, lead
+from ._lead import compute_and_commit, compute_uncached, compute_unlocked, lead, let_go
 from ._runtime import Again, Request, Runtime, failure_of, now_ms, value_of
 from ._wait import RESOLVED, TIMED_OUT, Served, wait
 
@@ -84,7 +84,9 @@ async def _drive(rt: Runtime, req: Request, token: bytes, first: BackendError | 
             # The stored value changed under us three times, each time to one
             # that cannot be served: compute, and store only into a gap.
             return await compute_unlocked(rt, req)
-        return await decide(rt, req, token, state, interest, seen)
+        # (A failed first read asked for no lock: nothing of ours to settle.)
+        asked = state is not first
+        return await decide(rt, req, token, state, interest, seen, asked_lock=asked)
     finally:
         listener.unregister(req.names.lock, interest)
 
@@ -96,6 +98,8 @@ async def decide(
     state: Hit | Acquired | Held | BackendError,
     interest: Interest | None,
     seen: bytes | None = None,
+    *,
+    asked_lock: bool = True,
 ) -> Any:
     """Lead, wait or fall back, given what Redis said about the lock.
 
@@ -110,7 +114,7 @@ async def decide(
         if background:
             rt.failed(state, "refreshing {key}; the served value stays", req.key)
             return None
-        return await _on_backend_error(rt, state, req, token)
+        return await _on_backend_error(rt, state, req, token if asked_lock else None)
     if isinstance(state, Acquired):
         if interest is None:  # nobody waits: no soft timeout to serve
             return await compute_and_commit(rt, req, token)
@@ -158,18 +162,30 @@ def _value_handler(rt: Runtime, req: Request) -> Callable[[Value], bool]:
     return on_value
 
 
-async def _on_backend_error(rt: Runtime, exc: BackendError, req: Request, token: bytes) -> Any:
+async def _on_backend_error(
+    rt: Runtime, exc: BackendError, req: Request, token: bytes | None
+) -> Any:
     """Serve the stale value, raise (``fail_open`` off), or compute without the cache.
 
-    *token* is the lock the failed step asked for (see `compute_uncached`).
+    *token* is the lock the failed step asked for, if it did: its ``SET``
+    may have taken the lock all the same (a reply that came too late, a
+    connection lost after sending). The value computed is then committed
+    under it (see `compute_uncached`); otherwise the lock is let go in the
+    background, so nobody waits for it until it expires.
     """
+    if isinstance(exc, CircuitOpenError):
+        token = None  # nothing was sent
     stale = req.usable_stale()
     if stale is not None:
         rt.failed(exc, "looking up {key}; serving its stale value", req.key)
         rt.counters.fail_safe += 1
+        if token is not None:
+            let_go(rt, req.names, token)
         return stale.value
     if not rt.settings.fail_open:
         rt.failed(exc, "looking up {key}; raising (fail_open is off)", req.key)
+        if token is not None:
+            let_go(rt, req.names, token)
         raise exc
     rt.failed(exc, "looking up {key}; computing it without the cache", req.key)
     return await compute_uncached(rt, req, token)

@@ -30,6 +30,8 @@ __all__ = ["Again", "Request", "Runtime", "failure_of", "now_ms", "value_of"]
 
 T = TypeVar("T")
 
+_OWED_MOST = 4096  # commits and releases owed since an outage, kept at most
+
 
 def now_ms() -> int:
     """Wall-clock milliseconds: what envelopes are stamped with, across hosts."""
@@ -46,6 +48,7 @@ class Runtime:
         "counters",
         "flights",
         "keeper",
+        "owed",
         "problems",
         "refresh_after",
         "refreshing",
@@ -75,6 +78,13 @@ class Runtime:
         # Whether the store's work is bounded by redis_budget (nothing in
         # memory waits).
         self.budgeted = backend.breaker is not None
+        # Commits and releases of our locks the open breaker kept from Redis:
+        # token -> (names, payload or None for a release, px_ms). Made as soon
+        # as it closes, so no lock of ours outlives the outage by its TTL
+        # (nor a lock extension sent before a pause, which Redis runs after).
+        self.owed: dict[bytes, tuple[KeyNames, bytes | None, int]] = {}
+        if backend.breaker is not None:
+            backend.breaker.on_close.append(self._settle_soon)
 
     @classmethod
     def over(cls, redis: Redis | None, settings: Settings, hooks: Sequence[Hook] = ()) -> Runtime:
@@ -128,6 +138,42 @@ class Runtime:
             breaker_opens=0 if breaker is None else breaker.opens,
             short_circuited=0 if breaker is None else breaker.short_circuited,
         )
+
+    def owe(
+        self, names: KeyNames, token: bytes, payload: bytes | None = None, px_ms: int = 0
+    ) -> None:
+        """Remember a commit of *payload* (None: a release) under the lock *token*, for later.
+
+        At most `_OWED_MOST` are kept (the oldest go first: their locks are
+        the likeliest to have expired).
+        """
+        if len(self.owed) >= _OWED_MOST:
+            del self.owed[next(iter(self.owed))]
+        self.owed[token] = (names, payload, px_ms)
+
+    def _settle_soon(self) -> None:
+        if self.owed and self.tg is not None:
+            self.tg.start_soon(self._settle)
+
+    async def _settle(self) -> None:
+        """Make the owed commits (or release the locks), now that Redis answers again.
+
+        A commit stores the value (and wakes the waiters) only while the lock
+        is still ours; a release deletes it only then too. Either way the
+        lock is let go at once instead of at its expiry.
+        """
+        owed, self.owed = self.owed, {}
+        for token, (names, payload, px_ms) in owed.items():
+            try:
+                if payload is not None:
+                    work = self.backend.commit(names, token, payload, px_ms)
+                    if await self.redis(None, work, "COMMIT"):
+                        continue
+                await self.redis(None, self.backend.release(names, token), "RELEASE")
+            except CircuitOpenError:
+                self.owe(names, token, payload, px_ms)  # open again: next time
+            except BackendError as exc:
+                self.failed(exc, "settling a commit or release owed since an outage")
 
     def detach(self, key: str) -> None:
         """Take *key*'s flight out of the table: nothing it computes is stored or joined.

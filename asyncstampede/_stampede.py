@@ -437,7 +437,8 @@ class Stampede:
         except BackendError as exc:
             payload, first = b"", exc
         except BaseException as exc:
-            read_interrupted(rt, key, names, flight, fn, ttl, policy, exc)
+            left = self._settings.redis_budget - (monotonic() - started)
+            read_interrupted(rt, key, names, flight, fn, ttl, policy, exc, left)
             raise
         else:
             if payload is not None:

@@ -463,3 +463,64 @@ async def test_a_redis_hung_at_start_costs_entering_and_one_call_a_budget(
                 assert stampede.statistics().short_circuited > skipped
     finally:
         server.resume()
+
+
+async def test_a_value_computed_during_an_outage_is_stored_when_it_ends(
+    server: RedisServer, namespace: str
+) -> None:
+    """The commit the open breaker kept from Redis is made when it closes; no lock is left."""
+    release = anyio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "v1"
+
+    async def quick() -> str:
+        return "v2"
+
+    admin = redis.Redis(port=server.port)
+    try:
+        async with _open(server.url, namespace) as stampede:
+            await _until_connected(stampede)
+            result: list[str] = []
+            async with anyio.create_task_group() as tg:
+
+                async def lead() -> None:
+                    result.append(await stampede.get_or_compute("k", slow, ttl=60))
+
+                tg.start_soon(lead)
+                await until(lambda: stampede.statistics().computing == 1)  # it holds the lock
+                server.pause()
+                try:
+                    with anyio.fail_after(GUARD):  # another call meets the silence
+                        await stampede.get_or_compute("other", quick, ttl=60)
+                    assert stampede.statistics().breaker != "closed"
+                    release.set()  # its commit is skipped: owed
+                    await until(lambda: result == ["v1"])
+                finally:
+                    server.resume()
+            await until(lambda: stampede.statistics().breaker == "closed")
+            await until(lambda: admin.exists(f"{namespace}:{{k}}:v") == 1)
+            with anyio.fail_after(1):  # a hit: no lock to wait for
+                assert await stampede.get_or_compute("k", quick, ttl=60) == "v1"
+    finally:
+        admin.close()
+
+
+async def test_with_fail_open_off_a_lock_attempt_past_the_budget_is_let_go(
+    server: RedisServer, namespace: str
+) -> None:
+    """Replies 0.3 s late: the call raises at the budget, and the lock its SET took is released."""
+    admin = redis.Redis(port=server.port)
+    try:
+        async with FaultProxy(server.port) as proxy:
+            url = f"redis://127.0.0.1:{proxy.port}/0"
+            async with _open(url, namespace, fail_open=False) as stampede:
+                await _until_connected(stampede)
+                proxy.delay = 0.3
+                with anyio.fail_after(GUARD), pytest.raises(BackendUnavailableError):
+                    await stampede.get_or_compute("k", Values(), ttl=60)
+                # The SET landed (lock_ttl is 5 s); the release follows at once.
+                await until(lambda: admin.exists(f"{namespace}:{{k}}:l") == 0, within=3)
+    finally:
+        admin.close()

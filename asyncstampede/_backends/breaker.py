@@ -62,6 +62,7 @@ class Breaker:
         "_opened_at",
         "_reason",
         "_wake",
+        "on_close",
         "opens",
         "short_circuited",
         "skipping",
@@ -83,6 +84,7 @@ class Breaker:
         self._log = ProblemLog(interval=0.0)
         self._hooks = hooks if hooks is not None else Hooks()
         self._on_change = on_change
+        self.on_close: list[Callable[[], None]] = []  # called each time it closes
         self.state: BreakerState = "closed"
         self.skipping = False  # open or half-open: the test on every command
         self.opens = 0  # times it opened
@@ -169,3 +171,6 @@ class Breaker:
             self._hooks.emit(BreakerChange(self._address, state, previous, reason, outage))
         if self._on_change is not None:
             self._on_change()
+        if state == "closed":
+            for settle in self.on_close:
+                settle()

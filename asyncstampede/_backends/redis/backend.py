@@ -100,6 +100,7 @@ class RedisBackend:
         self._unsupported = redis_py_problems()
         self._wake = wake  # "poll": nothing watches locks
         self._budget = budget
+        self._entered_at = 0.0  # when `run` began: entering gets one budget in all
         self.breaker = Breaker(
             address=self.address,
             budget=budget,
@@ -192,6 +193,7 @@ class RedisBackend:
         Started once the listener is (its first connection attempt made);
         commands go through the pool until their own connection is up.
         """
+        self._entered_at = anyio.current_time()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.breaker.run, self._probe)
             await tg.start(self._run)
@@ -240,12 +242,14 @@ class RedisBackend:
     async def prepare(self) -> None:
         """Load every script once, so no request pays a NOSCRIPT round trip.
 
-        Best effort, within one budget: if Redis is down or hung now, each
-        script is loaded on first use; a refusal (no permission to load
-        scripts) is logged.
+        Best effort, within what is left of one budget since entering began
+        (`run`, which waits for the connections, shares it): if Redis is
+        down or hung now, each script is loaded on first use; a refusal (no
+        permission to load scripts) is logged.
         """
+        left = self._budget - (anyio.current_time() - self._entered_at)
         try:
-            with anyio.move_on_after(self._budget):
+            with anyio.move_on_after(max(left, 0.0)):
                 await self._route.load_scripts(self._scripts)
         except BackendRefusedError as exc:
             self.problems.report(exc, "loading the scripts at start")

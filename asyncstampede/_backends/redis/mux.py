@@ -61,6 +61,8 @@ log = logging.getLogger("asyncstampede")
 UNAVAILABLE: Final = object()  # no connection now: read some other way
 # Unsent bytes past which a caller waits for the socket to drain first.
 _HIGH_WATER = 4 * 1024 * 1024
+# A timer run this much later than set says the loop was busy (seconds).
+_BUSY = 0.05
 
 
 class NoReply(Exception):
@@ -205,6 +207,9 @@ class Multiplexer:
         """
         self._expiry = None
         now = time.monotonic()
+        # Run late: this process's loop was busy (blocked), and the replies
+        # may be waiting unread. Its silence proves nothing about Redis.
+        busy = now - self._expiry_at > _BUSY
         soonest = None
         silent = 0.0  # the longest silence an expired command saw: no reply at all since it went
         for slot in self._slots:
@@ -218,7 +223,7 @@ class Multiplexer:
                     silent = max(silent, waited)
             elif soonest is None or slot.deadline < soonest:
                 soonest = slot.deadline
-        if silent >= self._budget and self._silent is None:
+        if silent >= self._budget and self._silent is None and not busy:
             self._silent = (
                 f"no reply at all for {silent:.3f}s with {len(self._slots)} command(s) waiting"
             )

@@ -148,9 +148,11 @@ class Transport:
         config = self._config
         now = anyio.current_time
         while True:
+            slept = now()
             await anyio.sleep(config.beat)
+            busy = now() - slept > config.beat + 0.05  # the loop was blocked: replies unread
             if self._pinged_at is not None:
-                if now() - self._pinged_at >= config.ping_reply:
+                if now() - self._pinged_at >= config.ping_reply and not busy:
                     raise Silent(f"no reply to PING for {now() - self._pinged_at:.3f}s")
                 continue
             silent = now() - self._last_heard
