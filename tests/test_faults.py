@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import redis
 from _conditions import until
@@ -524,3 +526,24 @@ async def test_with_fail_open_off_a_lock_attempt_past_the_budget_is_let_go(
                 await until(lambda: admin.exists(f"{namespace}:{{k}}:l") == 0, within=3)
     finally:
         admin.close()
+
+
+async def test_a_blocked_loop_does_not_open_the_breaker(
+    server: RedisServer, cache: tuple[Stampede, Recorder]
+) -> None:
+    """This process's loop blocked 0.7 s (Redis fine) with a read in flight: no outage."""
+    stampede, hooks = cache
+    values = Values()
+    assert await stampede.get_or_compute("k", values, ttl=60) == 0
+    async with anyio.create_task_group() as tg:
+
+        async def hits() -> None:
+            for _ in range(20):  # (the read in flight fails open: its budget ran out)
+                await stampede.get_or_compute("k", values, ttl=60)
+
+        tg.start_soon(hits)
+        await anyio.lowlevel.checkpoint()  # its first read goes out...
+        time.sleep(0.7)  # ...and the fault: the loop blocked past the budget  # noqa: ASYNC251
+    assert stampede.statistics().breaker_opens == 0
+    assert hooks.states() == []
+    assert await stampede.get_or_compute("k", values, ttl=60) == 0  # Redis, as ever
