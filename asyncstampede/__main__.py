@@ -1,0 +1,81 @@
+"""``asyncstampede doctor [URL]`` (also ``python -m asyncstampede doctor``): judge a Redis.
+
+Reads, never writes. Prints a table for a person, or with ``--json`` every
+figure and verdict for a machine. Exit status: 0 healthy, 1 warnings, 2
+critical, 3 when Redis cannot be reached or refuses ``INFO``: fit for a
+health check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import anyio
+from redis.asyncio import Redis
+
+from ._doctor import Diagnosis, diagnose
+from ._exceptions import BackendError
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = argparse.ArgumentParser(prog="asyncstampede", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    doctor = commands.add_parser("doctor", help="tell why a Redis stampedes, and what to change")
+    doctor.add_argument("url", nargs="?", default="redis://127.0.0.1:6379/0")
+    doctor.add_argument(
+        "--interval", type=float, default=3.0, help="seconds between the two readings"
+    )
+    doctor.add_argument("--json", action="store_true", help="every figure and verdict, as JSON")
+    args = parser.parse_args(argv)
+    if args.interval < 0:
+        parser.error("--interval must be at least 0")
+    try:
+        found = anyio.run(_diagnose, args.url, args.interval)
+    except BackendError as exc:
+        print(f"asyncstampede doctor: {exc}", file=sys.stderr)
+        return 3
+    except ValueError as exc:  # a URL redis-py cannot read
+        print(f"asyncstampede doctor: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(found.as_dict(), indent=2) if args.json else _table(found))
+    return found.exit_status
+
+
+async def _diagnose(url: str, interval: float) -> Diagnosis:
+    client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    try:
+        return await diagnose(client, interval=interval)
+    finally:
+        await client.aclose()
+
+
+def _table(found: Diagnosis) -> str:
+    f = found.figures
+    share = f.get("memory_share")
+    lines = [
+        f"Redis at {found.address} ({found.version}), read {found.interval:g} s apart",
+        f"  memory   {f['used_memory']:,} bytes used"
+        + (f", {share:.0%} of maxmemory {f['maxmemory']:,}" if share is not None else "")
+        + f", policy {f['maxmemory_policy']}",
+        f"  keys     {f['keys']:,} ({f['keys_without_ttl']:,} without a TTL)",
+        f"  traffic  {f['ops_per_s']:,} ops/s, hits {f['hits_per_s']:.1f}/s, "
+        f"misses {f['misses_per_s']:.1f}/s, evicted {f['evicted_keys_per_s']:.1f}/s, "
+        f"expired {f['expired_keys_per_s']:.1f}/s",
+        f"  clients  {f['connected_clients']} connected, {f['blocked_clients']} blocked",
+        "",
+    ]
+    if not found.verdicts:
+        lines.append("ok: nothing to change")
+    for verdict in found.verdicts:
+        lines.append(f"{verdict.severity.upper():8} {verdict.code}: {verdict.title}")
+        lines.append(f"         {verdict.advice}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

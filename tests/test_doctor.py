@@ -1,0 +1,139 @@
+"""``asyncstampede doctor`` on real servers set up well and badly, each started here."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from asyncstampede.__main__ import main
+from asyncstampede.testing import RedisServer
+
+
+def _doctor(url: str, capsys: pytest.CaptureFixture[str], *more: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    status = main(["doctor", url, "--json", *more])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def _codes(report: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    return {v["code"]: v["severity"] for v in report["verdicts"]}
+
+
+@pytest.fixture
+def full_noeviction() -> Iterator[RedisServer]:
+    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
+        client = redis.Redis(port=server.port)
+        refused = None
+        for i in range(10_000):  # bounded: 10 MB would do, 2 MB is the limit
+            try:
+                client.set(f"k{i}", b"x" * 1000)
+            except redis.exceptions.ResponseError as exc:  # OOM: full
+                refused = exc
+                break
+        client.close()
+        assert refused is not None
+        assert "maxmemory" in str(refused)
+        yield server
+
+
+def test_a_full_noeviction_server_is_critical(
+    full_noeviction: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, report = _doctor(full_noeviction.url, capsys, "--interval", "0.2")
+    assert status == 2
+    assert _codes(report)["noeviction"] == "critical"
+    assert report["figures"]["oom_errors"] >= 1
+    assert report["config"]["maxmemory-policy"] == "noeviction"
+    noeviction = next(v for v in report["verdicts"] if v["code"] == "noeviction")
+    assert "allkeys-lru" in noeviction["advice"]
+
+
+def test_a_healthy_cache_server_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        client = redis.Redis(port=server.port)
+        for i in range(100):
+            client.set(f"k{i}", b"v", ex=60)
+            client.get(f"k{i}")
+        client.close()
+        status, report = _doctor(server.url, capsys, "--interval", "0.2")
+    assert status == 0, report["verdicts"]
+    assert report["severity"] in ("ok", "info")
+    assert set(report) >= {"address", "version", "interval", "config", "figures", "verdicts"}
+    assert report["figures"]["keys"] == 100
+    assert report["figures"]["keys_without_ttl"] == 0
+
+
+def test_volatile_lru_with_keys_without_ttl_is_a_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru") as server:
+        client = redis.Redis(port=server.port)
+        for i in range(50):
+            client.set(f"forever{i}", b"v")
+        client.close()
+        status, report = _doctor(server.url, capsys, "--interval", "0")
+    assert status == 1
+    assert _codes(report)["volatile-without-ttl"] == "warning"
+    assert report["figures"]["keys_without_ttl"] == 50
+
+
+def test_evictions_while_sampling_are_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru") as server:
+        stop = threading.Event()
+
+        def write() -> None:  # a bounded loopback write load, while the doctor samples
+            client = redis.Redis(port=server.port)
+            for i in range(20_000):
+                if stop.is_set():
+                    break
+                client.set(f"k{i}", b"x" * 2000)
+            client.close()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            status, report = _doctor(server.url, capsys, "--interval", "1")
+        finally:
+            stop.set()
+            writer.join()
+    assert status == 1
+    assert _codes(report)["evictions"] == "warning"
+    assert report["figures"]["evicted_keys_per_s"] > 0
+
+
+def test_a_user_refused_config_is_told_and_judged_from_info(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
+        admin = redis.Redis(port=server.port)
+        admin.acl_setuser(
+            "app", enabled=True, passwords=["+pw"], commands=["+@all", "-config"], keys=["*"]
+        )
+        admin.close()
+        url = f"redis://app:pw@127.0.0.1:{server.port}/0"
+        status, report = _doctor(url, capsys, "--interval", "0")
+    assert report["config"] is None
+    assert "NOPERM" in report["config_refused"]
+    codes = _codes(report)
+    assert codes["config-refused"] == "info"
+    assert codes["noeviction"] == "warning"  # from INFO's maxmemory_policy, not yet full
+    assert status == 1
+
+
+def test_an_unreachable_server_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    with RedisServer() as server:
+        url = server.url
+    assert main(["doctor", url, "--interval", "0"]) == 3
+    assert "unavailable" in capsys.readouterr().err
+
+
+def test_the_table_for_a_person(
+    full_noeviction: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["doctor", full_noeviction.url, "--interval", "0"]) == 2
+    out = capsys.readouterr().out
+    assert "CRITICAL noeviction" in out
+    assert "policy noeviction" in out
