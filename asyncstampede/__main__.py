@@ -31,11 +31,17 @@ def main(argv: list[str] | None = None) -> int:
         "--interval", type=float, default=3.0, help="seconds between the two readings"
     )
     doctor.add_argument("--json", action="store_true", help="every figure and verdict, as JSON")
+    doctor.add_argument(
+        "--sample", type=int, default=1000, help="keys to look at (a bounded SCAN); 0: none"
+    )
+    doctor.add_argument("--namespace", help="look at this namespace's keys only")
     args = parser.parse_args(argv)
     if args.interval < 0:
         parser.error("--interval must be at least 0")
+    if args.sample < 0:
+        parser.error("--sample must be at least 0")
     try:
-        found = anyio.run(_diagnose, args.url, args.interval)
+        found = anyio.run(_diagnose, args.url, args.interval, args.sample, args.namespace)
     except BackendError as exc:
         print(f"asyncstampede doctor: {exc}", file=sys.stderr)
         return 3
@@ -46,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     return found.exit_status
 
 
-async def _diagnose(url: str, interval: float) -> Diagnosis:
+async def _diagnose(url: str, interval: float, sample: int, namespace: str | None) -> Diagnosis:
     client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
     try:
-        return await diagnose(client, interval=interval)
+        return await diagnose(client, interval=interval, sample=sample, namespace=namespace)
     finally:
         await client.aclose()
 
@@ -67,8 +73,15 @@ def _table(found: Diagnosis) -> str:
         f"misses {f['misses_per_s']:.1f}/s, evicted {f['evicted_keys_per_s']:.1f}/s, "
         f"expired {f['expired_keys_per_s']:.1f}/s",
         f"  clients  {f['connected_clients']} connected, {f['blocked_clients']} blocked",
-        "",
     ]
+    sample = f.get("sample")
+    if sample:
+        lines.append(
+            f"  sample   {sample['sampled']} keys: {sample.get('without_ttl', 0)} without a "
+            f"TTL, sizes p50 {sample.get('size_p50', 0):,} / max {sample.get('size_max', 0):,} "
+            "bytes"
+        )
+    lines.append("")
     if not found.verdicts:
         lines.append("ok: nothing to change")
     for verdict in found.verdicts:

@@ -38,6 +38,9 @@ CONFIG_KEYS: Final = (
     "lfu-decay-time",
 )
 _HEADROOM: Final = 0.9  # used memory past this share of maxmemory: little headroom
+_BIG: Final = 1024 * 1024  # a value this big (bytes) eats the cache
+_SCANS_MOST: Final = 200  # SCAN calls at most, however few keys match
+_CLUSTER: Final = 0.2  # this share of the sampled TTLs ending in one second: no jitter
 _FULL: Final = 0.98  # past this, a noeviction server refuses writes any moment
 
 
@@ -105,25 +108,101 @@ class Diagnosis:
         return record
 
 
-async def diagnose(client: Redis, *, interval: float = 3.0) -> Diagnosis:
+async def diagnose(
+    client: Redis, *, interval: float = 3.0, sample: int = 1000, namespace: str | None = None
+) -> Diagnosis:
     """Read *client*'s server twice, *interval* seconds apart, and judge it.
+
+    Args:
+        client: A ``redis.asyncio.Redis`` client.
+        interval: Seconds between the two readings (rates are over it).
+        sample: Keys to look at (a bounded ``SCAN``, then ``PTTL`` and
+            ``MEMORY USAGE`` of each, ``OBJECT FREQ`` under an LFU policy);
+            0 looks at none.
+        namespace: Look at this namespace's keys only (``<namespace>:*``).
 
     Raises:
         BackendError: Redis cannot be reached, or refuses ``INFO``.
-        ValueError: *interval* is negative.
+        ValueError: *interval* or *sample* is negative.
 
     """
     if interval < 0:
         raise ValueError(f"interval must be at least 0 seconds, got {interval!r}")
+    if sample < 0:
+        raise ValueError(f"sample must be at least 0 keys, got {sample!r}")
     address = address_of(client.connection_pool.connection_kwargs)
     try:
         before = await client.info("everything")
         config, refused = await _config(client)
+        policy = (config or {}).get("maxmemory-policy", str(before.get("maxmemory_policy", "")))
+        keys = await _sample(client, sample, namespace, lfu="lfu" in policy)
         await anyio.sleep(interval)
         after = await client.info("everything")
     except RedisError as exc:
         raise map_error(exc, address=address, command="INFO") from exc
-    return judge(address, before, after, interval, config, refused)
+    return judge(address, before, after, interval, config, refused, keys)
+
+
+async def _sample(
+    client: Redis, sample: int, namespace: str | None, *, lfu: bool
+) -> dict[str, Any] | None:
+    """Look at up to *sample* keys: TTLs, sizes, and (LFU) access frequencies."""
+    if sample == 0:
+        return None
+    names: list[bytes] = []
+    cursor = 0
+    for _ in range(_SCANS_MOST):
+        cursor, batch = await client.scan(
+            cursor, match=f"{namespace}:*" if namespace else None, count=min(sample, 1000)
+        )
+        names.extend(n if isinstance(n, bytes) else str(n).encode() for n in batch)
+        if cursor == 0 or len(names) >= sample:
+            break
+    names = names[:sample]
+    if not names:
+        return {"sampled": 0}
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.pttl(name)
+            pipe.memory_usage(name)
+            if lfu:
+                pipe.object("FREQ", name)
+        replies = await pipe.execute(raise_on_error=False)
+    step = 3 if lfu else 2
+    ttls = [r for r in replies[0::step] if isinstance(r, int)]
+    sizes = sorted(
+        ((int(r), n) for r, n in zip(replies[1::step], names, strict=True) if isinstance(r, int)),
+        reverse=True,
+    )
+    with_ttl = [t for t in ttls if t >= 0]
+    ending: dict[int, int] = {}
+    for t in with_ttl:
+        ending[t // 1000] = ending.get(t // 1000, 0) + 1
+    busiest = max(ending.values(), default=0)
+    record: dict[str, Any] = {
+        "sampled": len(names),
+        "without_ttl": sum(1 for t in ttls if t == -1),
+        "ttl_busiest_second": busiest,
+        "with_ttl": len(with_ttl),
+        "size_p50": sizes[len(sizes) // 2][0] if sizes else 0,
+        "size_max": sizes[0][0] if sizes else 0,
+        "biggest": [{"key": _text(n), "bytes": b} for b, n in sizes[:5]],
+    }
+    if lfu:
+        freqs = sorted(
+            (
+                (int(r), n)
+                for r, n in zip(replies[2::step], names, strict=True)
+                if isinstance(r, int)
+            ),
+            reverse=True,
+        )
+        record["hottest"] = [{"key": _text(n), "freq": f} for f, n in freqs[:5]]
+    return record
+
+
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
 
 
 async def _config(client: Redis) -> tuple[dict[str, str] | None, str | None]:
@@ -152,10 +231,15 @@ def judge(
     interval: float,
     config: dict[str, str] | None,
     config_refused: str | None,
+    keys: dict[str, Any] | None = None,
 ) -> Diagnosis:
-    """Return the verdicts on two ``INFO`` readings *interval* s apart (a pure function)."""
+    """Return the verdicts on two ``INFO`` readings *interval* s apart (a pure function).
+
+    *keys* is what the key sample found (see `diagnose`), if one was taken.
+    """
     verdicts: list[Verdict] = []
     figures = _figures(before, after, interval, config)
+    figures["sample"] = keys
     policy = figures["maxmemory_policy"]
     maxmemory = figures["maxmemory"]
     used = figures["used_memory"]
@@ -177,6 +261,8 @@ def judge(
     _version(verdicts, version, kind)
     _memory(verdicts, policy, maxmemory, used, figures)
     _traffic(verdicts, figures, interval, policy)
+    if keys:
+        _keys(verdicts, keys)
     verdicts.sort(key=lambda v: -SEVERITIES.index(v.severity))
     return Diagnosis(
         address=address,
@@ -329,5 +415,58 @@ def _traffic(
                 "read again: check the TTLs against how often keys are asked for, and the "
                 "evictions.",
                 {"hits_per_s": hits, "misses_per_s": misses},
+            )
+        )
+
+
+def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
+    sampled = keys.get("sampled", 0)
+    if keys.get("size_max", 0) >= _BIG:
+        biggest = keys["biggest"][0]
+        verdicts.append(
+            Verdict(
+                "big-values",
+                "warning",
+                f"values of {keys['size_max']:,} bytes in the sample (the biggest: "
+                f"{biggest['key']!r})",
+                "A big value evicts many small ones and is slow to read (a miss on it is "
+                "costly, a herd on it more so). Store less per key, or compress: "
+                "asyncstampede's compress_threshold lz4-compresses values from 4 KiB.",
+                {"size_max": keys["size_max"], "biggest": keys["biggest"]},
+            )
+        )
+    with_ttl, busiest = keys.get("with_ttl", 0), keys.get("ttl_busiest_second", 0)
+    if with_ttl >= 20 and busiest >= _CLUSTER * with_ttl:
+        verdicts.append(
+            Verdict(
+                "ttl-cluster",
+                "warning",
+                f"{busiest} of {with_ttl} sampled keys with a TTL expire within the same second",
+                "Keys written together with one TTL expire together: a wave of misses. Add "
+                "jitter to the TTL (asyncstampede: ttl_jitter=0.1 adds up to 10%).",
+                {"with_ttl": with_ttl, "ttl_busiest_second": busiest},
+            )
+        )
+    if keys.get("hottest"):
+        verdicts.append(
+            Verdict(
+                "hot-keys",
+                "info",
+                "the hottest sampled keys (LFU): "
+                + ", ".join(f"{h['key']!r} ({h['freq']})" for h in keys["hottest"]),
+                "Hot keys are where a stampede hurts: keep them cached with "
+                "asyncstampede's early refresh (beta) and stale_while_revalidate.",
+                {"hottest": keys["hottest"]},
+            )
+        )
+    if sampled and keys.get("without_ttl", 0) == sampled:
+        verdicts.append(
+            Verdict(
+                "no-ttl",
+                "info",
+                f"none of the {sampled} sampled keys has a TTL",
+                "Cache entries without a TTL are never refreshed unless evicted; give each "
+                "a TTL (asyncstampede always does).",
+                {"sampled": sampled},
             )
         )

@@ -55,7 +55,7 @@ def test_a_healthy_cache_server_passes(capsys: pytest.CaptureFixture[str]) -> No
     with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
         client = redis.Redis(port=server.port)
         for i in range(100):
-            client.set(f"k{i}", b"v", ex=60)
+            client.set(f"k{i}", b"v", ex=60 + i)  # TTLs with jitter
             client.get(f"k{i}")
         client.close()
         status, report = _doctor(server.url, capsys, "--interval", "0.2")
@@ -137,3 +137,33 @@ def test_the_table_for_a_person(
     out = capsys.readouterr().out
     assert "CRITICAL noeviction" in out
     assert "policy noeviction" in out
+
+
+def test_the_key_sample_finds_clustered_ttls_big_values_and_hot_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bounded SCAN of one namespace: TTLs written together, a 2 MB value, LFU's hot keys."""
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lfu") as server:
+        client = redis.Redis(port=server.port)
+        for i in range(50):
+            client.set(f"app:k{i}", b"v", ex=300)  # one TTL, written together
+        client.set("app:big", b"x" * (2 * 1024 * 1024), ex=3000)
+        for _ in range(200):
+            client.get("app:k7")  # a hot key
+        for i in range(30):
+            client.set(f"other:{i}", b"v")  # not in the namespace: not sampled
+        client.close()
+        status, report = _doctor(
+            server.url, capsys, "--interval", "0", "--namespace", "app", "--sample", "100"
+        )
+    sample = report["figures"]["sample"]
+    assert sample["sampled"] == 51
+    assert sample["without_ttl"] == 0
+    assert sample["biggest"][0]["key"] == "app:big"
+    codes = _codes(report)
+    assert codes["ttl-cluster"] == "warning"
+    assert codes["big-values"] == "warning"
+    assert codes["hot-keys"] == "info"
+    hot = next(v for v in report["verdicts"] if v["code"] == "hot-keys")
+    assert hot["figures"]["hottest"][0]["key"] == "app:k7"
+    assert status == 1
