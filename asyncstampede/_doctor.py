@@ -20,7 +20,11 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ._backends.redis.errors import address_of, map_error, server_text
+from ._backends.redis.backend import RedisBackend
+from ._backends.redis.errors import WAKE_ACL, address_of, map_error, server_text
+from ._backends.redis.listener import RedisListener
+from ._backends.redis.transports import AUTO_ORDER
+from ._exceptions import BackendError
 
 __all__ = ["SEVERITIES", "Diagnosis", "Severity", "Verdict", "diagnose", "judge"]
 
@@ -136,11 +140,28 @@ async def diagnose(
         config, refused = await _config(client)
         policy = (config or {}).get("maxmemory-policy", str(before.get("maxmemory_policy", "")))
         keys = await _sample(client, sample, namespace, lfu="lfu" in policy)
+        wake = await _wake(client, namespace)
         await anyio.sleep(interval)
         after = await client.info("everything")
     except RedisError as exc:
         raise map_error(exc, address=address, command="INFO") from exc
-    return judge(address, before, after, interval, config, refused, keys)
+    return judge(address, before, after, interval, config, refused, keys, wake)
+
+
+async def _wake(client: Redis, namespace: str | None) -> dict[str, Any] | None:
+    """Which wake transport asyncstampede would get here, and why not the better ones."""
+    backend = RedisBackend(client, owns_client=False, namespace=namespace or "stampede")
+    listener = backend.listener
+    if not isinstance(listener, RedisListener):
+        return None  # this redis-py lacks what the transports need (logged on use)
+    try:
+        picked = await listener.pick()
+    except BackendError as exc:
+        return {"transport": None, "error": str(exc), "refused": {}}
+    return {
+        "transport": picked or "poll",
+        "refused": {kind: str(exc) for kind, exc in listener.refusals.items()},
+    }
 
 
 async def _sample(
@@ -232,6 +253,7 @@ def judge(
     config: dict[str, str] | None,
     config_refused: str | None,
     keys: dict[str, Any] | None = None,
+    wake: dict[str, Any] | None = None,
 ) -> Diagnosis:
     """Return the verdicts on two ``INFO`` readings *interval* s apart (a pure function).
 
@@ -240,6 +262,7 @@ def judge(
     verdicts: list[Verdict] = []
     figures = _figures(before, after, interval, config)
     figures["sample"] = keys
+    figures["wake"] = wake
     policy = figures["maxmemory_policy"]
     maxmemory = figures["maxmemory"]
     used = figures["used_memory"]
@@ -263,6 +286,8 @@ def judge(
     _traffic(verdicts, figures, interval, policy)
     if keys:
         _keys(verdicts, keys)
+    if wake and wake.get("transport"):
+        _wake_verdict(verdicts, wake)
     verdicts.sort(key=lambda v: -SEVERITIES.index(v.severity))
     return Diagnosis(
         address=address,
@@ -470,3 +495,39 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
                 {"sampled": sampled},
             )
         )
+
+
+def _wake_verdict(verdicts: list[Verdict], wake: dict[str, Any]) -> None:
+    transport = wake["transport"]
+    better = AUTO_ORDER if transport == "poll" else AUTO_ORDER[: AUTO_ORDER.index(transport)]
+    refused = wake["refused"]
+    grants = "; or ".join(f"{WAKE_ACL[kind]} ({kind})" for kind in better)
+    reasons = "; ".join(f"{kind}: {refused[kind]}" for kind in better if kind in refused)
+    if transport == "poll":
+        verdicts.append(
+            Verdict(
+                "wake",
+                "warning",
+                "asyncstampede's waiters would poll here: no wake transport is allowed",
+                f"Waiters look by themselves (a few looks per wait, a value seen up to about "
+                f"as late again as it took to come). Refused: {reasons}. Grant one of: "
+                f"{grants} (ACL rules; <namespace> is the Stampede's).",
+                wake,
+            )
+        )
+        return
+    advice = "The best there is: nothing to change."
+    if better:
+        advice = (
+            f"Works; the transports before it were refused ({reasons}). To use the first, "
+            f"grant {WAKE_ACL[AUTO_ORDER[0]]}."
+        )
+    verdicts.append(
+        Verdict(
+            "wake",
+            "info",
+            f"asyncstampede's waiters would wake by {transport}",
+            advice,
+            wake,
+        )
+    )

@@ -64,6 +64,8 @@ def test_a_healthy_cache_server_passes(capsys: pytest.CaptureFixture[str]) -> No
     assert set(report) >= {"address", "version", "interval", "config", "figures", "verdicts"}
     assert report["figures"]["keys"] == 100
     assert report["figures"]["keys_without_ttl"] == 0
+    assert report["figures"]["wake"]["transport"] == "tracking"
+    assert _codes(report)["wake"] == "info"
 
 
 def test_volatile_lru_with_keys_without_ttl_is_a_warning(
@@ -120,6 +122,35 @@ def test_a_user_refused_config_is_told_and_judged_from_info(
     codes = _codes(report)
     assert codes["config-refused"] == "info"
     assert codes["noeviction"] == "warning"  # from INFO's maxmemory_policy, not yet full
+    assert status == 1
+    # A new user has no channels (Redis 7): no REDIRECT, but RESP3 tracking.
+    assert report["figures"]["wake"]["transport"] == "tracking-resp3"
+    wake = next(v for v in report["verdicts"] if v["code"] == "wake")
+    assert "&__redis__:invalidate" in wake["advice"]
+
+
+def test_a_user_allowed_no_wake_transport_is_told_what_to_grant(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with RedisServer() as server:
+        admin = redis.Redis(port=server.port)
+        admin.acl_setuser(
+            "app",
+            enabled=True,
+            passwords=["+pw"],
+            commands=["+@all", "-client", "-config"],
+            keys=["*"],
+            channels=[],
+            reset_channels=True,
+        )
+        admin.close()
+        url = f"redis://app:pw@127.0.0.1:{server.port}/0"
+        status, report = _doctor(url, capsys, "--interval", "0", "--namespace", "app")
+    assert report["figures"]["wake"]["transport"] == "poll"
+    wake = next(v for v in report["verdicts"] if v["code"] == "wake")
+    assert wake["severity"] == "warning"
+    assert "NOPERM" in wake["advice"]
+    assert "+client|tracking" in wake["advice"]
     assert status == 1
 
 

@@ -115,11 +115,24 @@ class RedisListener(Listener):
                 that is logged at WARNING.
 
         """
+        if await self.pick() is None:
+            self._say_polling(always=True)
+
+    async def pick(self) -> str | None:
+        """Return the first transport the server allows (opened and closed), or None.
+
+        None: none is allowed, waiters would poll (`refusals` says why).
+        Logs nothing.
+
+        Raises:
+            BackendError: as `check`.
+
+        """
         for kind in self._order:
             transport = TRANSPORTS[kind](self, self._config)
             try:
                 await transport.open()
-                return
+                return kind
             except BackendRefusedError as exc:
                 if self._config.forced:
                     raise
@@ -128,7 +141,12 @@ class RedisListener(Listener):
                 raise map_error(exc, address=self._address) from exc
             finally:
                 await transport.close()
-        self._say_polling(always=True)
+        return None
+
+    @property
+    def refusals(self) -> dict[str, BackendRefusedError]:
+        """Each wake transport refused so far, with the server's refusal."""
+        return dict(self._refusals)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Serve with the first transport allowed until cancelled; reconnect and re-probe."""
