@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import anyio
@@ -35,21 +36,31 @@ def main(argv: list[str] | None = None) -> int:
         "--sample", type=int, default=1000, help="keys to look at (a bounded SCAN); 0: none"
     )
     doctor.add_argument("--namespace", help="look at this namespace's keys only")
+    doctor.add_argument(
+        "--watch", action="store_true", help="read again and again until interrupted (Ctrl-C)"
+    )
     args = parser.parse_args(argv)
     if args.interval < 0:
         parser.error("--interval must be at least 0")
     if args.sample < 0:
         parser.error("--sample must be at least 0")
+    colour = not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    status = 0
     try:
-        found = anyio.run(_diagnose, args.url, args.interval, args.sample, args.namespace)
-    except BackendError as exc:
-        print(f"asyncstampede doctor: {exc}", file=sys.stderr)
-        return 3
-    except ValueError as exc:  # a URL redis-py cannot read
-        print(f"asyncstampede doctor: {exc}", file=sys.stderr)
-        return 3
-    print(json.dumps(found.as_dict(), indent=2) if args.json else _table(found))
-    return found.exit_status
+        while True:
+            try:
+                found = anyio.run(_diagnose, args.url, args.interval, args.sample, args.namespace)
+            except (BackendError, ValueError) as exc:  # (ValueError: a URL redis-py cannot read)
+                print(f"asyncstampede doctor: {exc}", file=sys.stderr)
+                status = 3
+            else:
+                print(json.dumps(found.as_dict(), indent=2) if args.json else _table(found, colour))
+                status = found.exit_status
+            if not args.watch:
+                return status
+            print(flush=True)
+    except KeyboardInterrupt:
+        return status
 
 
 async def _diagnose(url: str, interval: float, sample: int, namespace: str | None) -> Diagnosis:
@@ -60,7 +71,10 @@ async def _diagnose(url: str, interval: float, sample: int, namespace: str | Non
         await client.aclose()
 
 
-def _table(found: Diagnosis) -> str:
+_COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[31;1m"}
+
+
+def _table(found: Diagnosis, colour: bool = False) -> str:
     f = found.figures
     share = f.get("memory_share")
     lines = [
@@ -85,7 +99,10 @@ def _table(found: Diagnosis) -> str:
     if not found.verdicts:
         lines.append("ok: nothing to change")
     for verdict in found.verdicts:
-        lines.append(f"{verdict.severity.upper():8} {verdict.code}: {verdict.title}")
+        word = f"{verdict.severity.upper():8}"
+        if colour:
+            word = f"{_COLOURS.get(verdict.severity, '')}{word}\033[0m"
+        lines.append(f"{word} {verdict.code}: {verdict.title}")
         lines.append(f"         {verdict.advice}")
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """The doctor: why a Redis stampedes, from what it says about itself, and what to change.
 
 It reads, never writes: ``INFO`` (server, memory, stats, keyspace, clients,
-errorstats) twice, an interval apart, and ``CONFIG GET`` where the server
+errorstats) twice, an interval apart (after its own key sample and wake
+probe, so they are not in the rates), and ``CONFIG GET`` where the server
 allows it (managed services and restricted ACL users refuse it: that is
 said, and the rest is worked out from ``INFO``). It never runs ``CONFIG
 SET``: each verdict says what an operator could change, and why.
@@ -136,11 +137,13 @@ async def diagnose(
         raise ValueError(f"sample must be at least 0 keys, got {sample!r}")
     address = address_of(client.connection_pool.connection_kwargs)
     try:
-        before = await client.info("everything")
+        memory = await client.info("memory")
         config, refused = await _config(client)
-        policy = (config or {}).get("maxmemory-policy", str(before.get("maxmemory_policy", "")))
+        policy = (config or {}).get("maxmemory-policy", str(memory.get("maxmemory_policy", "")))
+        # The doctor's own reads come before the interval, not in its figures.
         keys = await _sample(client, sample, namespace, lfu="lfu" in policy)
         wake = await _wake(client, namespace)
+        before = await client.info("everything")
         await anyio.sleep(interval)
         after = await client.info("everything")
     except RedisError as exc:

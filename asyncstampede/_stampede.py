@@ -25,12 +25,14 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic
 from types import TracebackType
-from typing import Literal, Self, TypeVar, Unpack, final
+from typing import Literal, Self, TypeVar, Unpack, cast, final
 
 from redis.asyncio import Redis
 
+from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import client_from_url
 from ._compute import refuse_fn
+from ._doctor import Diagnosis, diagnose
 from ._envelope import DecodeError, decode
 from ._events import Hook
 from ._exceptions import BackendError
@@ -305,6 +307,32 @@ class Stampede:
     def statistics(self) -> Statistics:
         """Return a snapshot of this instance's counters and gauges."""
         return self._rt.statistics()
+
+    async def diagnose(self, *, interval: float = 3.0, sample: int = 1000) -> Diagnosis:
+        """Judge this instance's Redis, as ``asyncstampede doctor`` does (it only reads).
+
+        Args:
+            interval: Seconds between the two ``INFO`` readings (the rates'
+                window); the call takes at least that long.
+            sample: Keys of this instance's namespace to look at (0: none).
+
+        Returns:
+            The figures and the verdicts, worst first (see `Diagnosis`).
+
+        Raises:
+            RuntimeError: the instance is embedded (it has no Redis to judge).
+            ClosedError: the instance is not entered or is closed.
+            BackendError: Redis cannot be reached, or refuses ``INFO``.
+            ValueError: *interval* or *sample* is negative.
+
+        """
+        self._lifecycle.task_group()
+        if not self._rt.over_redis:
+            raise RuntimeError(
+                "diagnose() judges a Redis: this Stampede is embedded (made without a client)"
+            )
+        client = cast("RedisBackend", self._rt.backend).client
+        return await diagnose(client, interval=interval, sample=sample, namespace=self._namespace)
 
     async def invalidate(self, key: str) -> None:
         """Delete *key*'s value; no caller in this process gets a value computed before.

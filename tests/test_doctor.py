@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from asyncstampede import Stampede
 from asyncstampede.__main__ import main
+from asyncstampede.doctor import Diagnosis
 from asyncstampede.testing import RedisServer
 
 
@@ -198,3 +200,33 @@ def test_the_key_sample_finds_clustered_ttls_big_values_and_hot_keys(
     hot = next(v for v in report["verdicts"] if v["code"] == "hot-keys")
     assert hot["figures"]["hottest"][0]["key"] == "app:k7"
     assert status == 1
+
+
+@pytest.mark.anyio
+async def test_an_application_gets_the_same_record_from_its_stampede(namespace: str) -> None:
+    """await cache.diagnose(): the namespace's keys sampled, the verdicts as the CLI's."""
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru") as server:
+        client = redis.Redis(port=server.port)
+        for i in range(5):
+            client.set(f"{namespace}:forever{i}", b"v")  # written by some other program
+        client.close()
+        async with Stampede.from_url(server.url, namespace=namespace) as cache:
+
+            async def value() -> str:
+                return "v"
+
+            await cache.get_or_compute("k", value, ttl=60)
+            found = await cache.diagnose(interval=0)
+    assert isinstance(found, Diagnosis)
+    assert found.exit_status == 1
+    assert {v.code for v in found.verdicts} >= {"volatile-without-ttl", "wake"}
+    # Its value (and the commit's marker on the lock, while it lasts) and the five others.
+    assert found.figures["sample"]["sampled"] in (6, 7)
+    assert found.figures["sample"]["without_ttl"] == 5
+
+
+@pytest.mark.anyio
+async def test_an_embedded_stampede_has_no_redis_to_diagnose() -> None:
+    async with Stampede() as cache:
+        with pytest.raises(RuntimeError, match="embedded"):
+            await cache.diagnose()
