@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, TypeAlias, final
 
 import anyio
+import lz4.block
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -211,6 +212,7 @@ async def _sample(
         "size_p50": sizes[len(sizes) // 2][0] if sizes else 0,
         "size_max": sizes[0][0] if sizes else 0,
         "biggest": [{"key": _text(n), "bytes": b} for b, n in sizes[:5]],
+        "lz4_ratio": await _compressible(client, [n for _, n in sizes[:3]]),
     }
     if lfu:
         freqs = sorted(
@@ -223,6 +225,22 @@ async def _sample(
         )
         record["hottest"] = [{"key": _text(n), "freq": f} for f, n in freqs[:5]]
     return record
+
+
+async def _compressible(client: Redis, names: list[bytes]) -> float | None:
+    """How small lz4 makes the first 64 KiB of the biggest string values (None: no strings)."""
+    head = 0
+    packed = 0
+    for name in names:
+        try:
+            data = await client.getrange(name, 0, 65535)
+        except ResponseError:  # not a string (WRONGTYPE)
+            continue
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        if raw:
+            head += len(raw)
+            packed += len(lz4.block.compress(raw, store_size=False))
+    return packed / head if head else None
 
 
 def _text(name: bytes) -> str:
@@ -330,6 +348,7 @@ def _figures(
         "misses_per_s": misses * per_second,
         "hit_ratio": hits / (hits + misses) if hits + misses else None,
         "ops_per_s": int(after.get("instantaneous_ops_per_sec", 0)),
+        "ops_per_s_before": int(before.get("instantaneous_ops_per_sec", 0)),
         "connected_clients": int(after.get("connected_clients", 0)),
         "blocked_clients": int(after.get("blocked_clients", 0)),
         "oom_errors": int(after.get("errorstat_OOM", {}).get("count", 0))
@@ -433,7 +452,22 @@ def _traffic(
             )
         )
     hits, misses = figures["hits_per_s"], figures["misses_per_s"]
-    if misses > hits and misses > 1.0:
+    ops, ops_before = figures["ops_per_s"], figures["ops_per_s_before"]
+    if misses > hits and misses > 1.0 and ops_before > 0 and ops <= 0.7 * ops_before:
+        verdicts.append(
+            Verdict(
+                "stampede",
+                "critical",
+                f"misses outpace hits and ops/s fell from {ops_before} to {ops}: clients "
+                "are waiting for the backend",
+                "What a stampede looks like from Redis: every caller missed at once and "
+                "went to the database. Single-flight the computes (asyncstampede's "
+                "get_or_compute), refresh hot keys early, and find what emptied the cache "
+                "(evictions, TTLs ending together, a flush).",
+                {"hits_per_s": hits, "misses_per_s": misses, "ops_per_s": ops},
+            )
+        )
+    elif misses > hits and misses > 1.0:
         verdicts.append(
             Verdict(
                 "misses",
@@ -459,8 +493,18 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
                 f"{biggest['key']!r})",
                 "A big value evicts many small ones and is slow to read (a miss on it is "
                 "costly, a herd on it more so). Store less per key, or compress: "
-                "asyncstampede's compress_threshold lz4-compresses values from 4 KiB.",
-                {"size_max": keys["size_max"], "biggest": keys["biggest"]},
+                "asyncstampede's compress_threshold lz4-compresses values from 4 KiB"
+                + (
+                    f" (lz4 makes the biggest sampled values {ratio:.0%} of their size)"
+                    if (ratio := keys.get("lz4_ratio")) is not None
+                    else ""
+                )
+                + ".",
+                {
+                    "size_max": keys["size_max"],
+                    "biggest": keys["biggest"],
+                    "lz4_ratio": keys.get("lz4_ratio"),
+                },
             )
         )
     with_ttl, busiest = keys.get("with_ttl", 0), keys.get("ttl_busiest_second", 0)

@@ -11,6 +11,7 @@ import redis
 
 from asyncstampede import Stampede
 from asyncstampede.__main__ import main
+from asyncstampede._doctor import judge
 from asyncstampede.doctor import Diagnosis
 from asyncstampede.testing import RedisServer
 
@@ -193,6 +194,9 @@ def test_the_key_sample_finds_clustered_ttls_big_values_and_hot_keys(
     assert sample["sampled"] == 51
     assert sample["without_ttl"] == 0
     assert sample["biggest"][0]["key"] == "app:big"
+    assert sample["lz4_ratio"] < 0.1  # 2 MiB of one byte: lz4 would help, and it says so
+    big = next(v for v in report["verdicts"] if v["code"] == "big-values")
+    assert "lz4 makes" in big["advice"]
     codes = _codes(report)
     assert codes["ttl-cluster"] == "warning"
     assert codes["big-values"] == "warning"
@@ -230,3 +234,48 @@ async def test_an_embedded_stampede_has_no_redis_to_diagnose() -> None:
     async with Stampede() as cache:
         with pytest.raises(RuntimeError, match="embedded"):
             await cache.diagnose()
+
+
+# The --json shape the operations guide documents.
+DOCUMENTED_FIGURES = {
+    "used_memory", "maxmemory", "maxmemory_policy", "memory_share", "keys",
+    "keys_without_ttl", "evicted_keys_per_s", "expired_keys_per_s", "hits_per_s",
+    "misses_per_s", "hit_ratio", "ops_per_s", "ops_per_s_before", "connected_clients",
+    "blocked_clients", "oom_errors", "sample", "wake",
+}  # fmt: skip
+DOCUMENTED_SAMPLE = {
+    "sampled", "without_ttl", "with_ttl", "ttl_busiest_second", "size_p50", "size_max",
+    "biggest", "lz4_ratio",
+}  # fmt: skip
+
+
+def test_the_json_has_the_documented_shape(
+    full_noeviction: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, report = _doctor(full_noeviction.url, capsys, "--interval", "0")
+    assert set(report) == {
+        "address", "version", "interval", "config", "config_refused", "figures",
+        "verdicts", "severity", "exit_status",
+    }  # fmt: skip
+    assert set(report["figures"]) == DOCUMENTED_FIGURES
+    assert set(report["figures"]["sample"]) == DOCUMENTED_SAMPLE
+    assert set(report["figures"]["wake"]) == {"transport", "refused"}
+    for verdict in report["verdicts"]:
+        assert set(verdict) == {"code", "severity", "title", "advice", "figures"}
+        assert verdict["severity"] in ("info", "warning", "critical")
+
+
+def test_misses_outpacing_hits_while_ops_fall_read_as_a_stampede() -> None:
+    """The runbook's signature, judged from two INFO readings (the verdict is a pure function)."""
+    before = {"redis_version": "7.0.15", "keyspace_hits": 1000, "keyspace_misses": 100,
+              "instantaneous_ops_per_sec": 5000, "maxmemory_policy": "allkeys-lru"}  # fmt: skip
+    after = {**before, "keyspace_hits": 1100, "keyspace_misses": 2100,
+             "instantaneous_ops_per_sec": 1200}  # fmt: skip
+    found = judge("127.0.0.1:6379/0", before, after, 2.0, {"maxmemory": "1000000"}, None)
+    stampede = next(v for v in found.verdicts if v.code == "stampede")
+    assert stampede.severity == "critical"
+    assert found.exit_status == 2
+    calm = judge("127.0.0.1:6379/0", before, {**after, "instantaneous_ops_per_sec": 5200},
+                 2.0, {"maxmemory": "1000000"}, None)  # fmt: skip
+    assert "stampede" not in {v.code for v in calm.verdicts}
+    assert "misses" in {v.code for v in calm.verdicts}
