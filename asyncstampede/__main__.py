@@ -2,8 +2,8 @@
 
 Reads, never writes. Prints a table for a person, or with ``--json`` every
 figure and verdict for a machine. Exit status: 0 healthy, 1 warnings, 2
-critical, 3 when Redis cannot be reached or refuses ``INFO``: fit for a
-health check.
+critical, 3 when it cannot judge (Redis unreachable, ``INFO`` refused, bad
+arguments), 130 when interrupted: fit for a health check.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 import sys
+import time
+from typing import NoReturn
 
 import anyio
 from redis.asyncio import Redis
@@ -22,9 +24,16 @@ from ._exceptions import BackendError
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Exit 3 on bad arguments: 2 means critical."""
+        self.print_usage(sys.stderr)
+        self.exit(3, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = argparse.ArgumentParser(prog="asyncstampede", description=__doc__)
+    parser = _Parser(prog="asyncstampede", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     doctor = commands.add_parser("doctor", help="tell why a Redis stampedes, and what to change")
     doctor.add_argument("url", nargs="?", default="redis://127.0.0.1:6379/0")
@@ -40,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         "--watch", action="store_true", help="read again and again until interrupted (Ctrl-C)"
     )
     args = parser.parse_args(argv)
-    if args.interval < 0:
-        parser.error("--interval must be at least 0")
+    if not 0 <= args.interval <= 3600:  # (NaN fails this too)
+        parser.error("--interval must be a number of seconds from 0 to 3600")
     if args.sample < 0:
         parser.error("--sample must be at least 0")
     colour = not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -59,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.watch:
                 return status
             print(flush=True)
+            time.sleep(max(args.interval, 1.0))  # like watch -n: one reading a second at most
     except KeyboardInterrupt:
-        return status
+        return 130
 
 
 async def _diagnose(url: str, interval: float, sample: int, namespace: str | None) -> Diagnosis:

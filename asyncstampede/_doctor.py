@@ -47,6 +47,18 @@ _HEADROOM: Final = 0.9  # used memory past this share of maxmemory: little headr
 _BIG: Final = 1024 * 1024  # a value this big (bytes) eats the cache
 _SCANS_MOST: Final = 200  # SCAN calls at most, however few keys match
 _CLUSTER: Final = 0.2  # this share of the sampled TTLs ending in one second: no jitter
+_CLUSTER_TTL_MS: Final = 10_000  # only TTLs this long are judged (short ones end together anyway)
+_EMPTY_SAMPLE: Final[dict[str, Any]] = {
+    "sampled": 0,
+    "without_ttl": 0,
+    "with_ttl": 0,
+    "ttl_busiest_second": 0,
+    "size_p50": 0,
+    "size_max": 0,
+    "biggest": [],
+    "lz4_ratio": None,
+    "refused": None,
+}
 _FULL: Final = 0.98  # past this, a noeviction server refuses writes any moment
 
 
@@ -138,15 +150,15 @@ async def diagnose(
         raise ValueError(f"sample must be at least 0 keys, got {sample!r}")
     address = address_of(client.connection_pool.connection_kwargs)
     try:
-        memory = await client.info("memory")
         config, refused = await _config(client)
-        policy = (config or {}).get("maxmemory-policy", str(memory.get("maxmemory_policy", "")))
-        # The doctor's own reads come before the interval, not in its figures.
-        keys = await _sample(client, sample, namespace, lfu="lfu" in policy)
-        wake = await _wake(client, namespace)
         before = await client.info("everything")
         await anyio.sleep(interval)
         after = await client.info("everything")
+        # The doctor's own reads come after the readings: not in the rates,
+        # nor in Redis's moving average of ops/s.
+        policy = (config or {}).get("maxmemory-policy", str(after.get("maxmemory_policy", "")))
+        keys = await _sample(client, sample, namespace, lfu="lfu" in policy)
+        wake = await _wake(client, namespace)
     except RedisError as exc:
         raise map_error(exc, address=address, command="INFO") from exc
     return judge(address, before, after, interval, config, refused, keys, wake)
@@ -161,10 +173,11 @@ async def _wake(client: Redis, namespace: str | None) -> dict[str, Any] | None:
     try:
         picked = await listener.pick()
     except BackendError as exc:
-        return {"transport": None, "error": str(exc), "refused": {}}
+        return {"transport": None, "refused": {}, "error": str(exc)}
     return {
         "transport": picked or "poll",
         "refused": {kind: str(exc) for kind, exc in listener.refusals.items()},
+        "error": None,
     }
 
 
@@ -177,15 +190,19 @@ async def _sample(
     names: list[bytes] = []
     cursor = 0
     for _ in range(_SCANS_MOST):
-        cursor, batch = await client.scan(
-            cursor, match=f"{namespace}:*" if namespace else None, count=min(sample, 1000)
-        )
+        try:
+            cursor, batch = await client.scan(
+                cursor, match=f"{namespace}:*" if namespace else None, count=1000
+            )
+        except ResponseError as exc:  # SCAN refused (an ACL): no sample, the rest stands
+            return {**_EMPTY_SAMPLE, "refused": server_text(exc)}
         names.extend(n if isinstance(n, bytes) else str(n).encode() for n in batch)
         if cursor == 0 or len(names) >= sample:
             break
-    names = names[:sample]
+    # asyncstampede's own locks (and commit markers, 0.5 s) say nothing of the cache.
+    names = [n for n in names if not n.endswith(b"}:l")][:sample]
     if not names:
-        return {"sampled": 0}
+        return dict(_EMPTY_SAMPLE)
     async with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.pttl(name)
@@ -194,6 +211,9 @@ async def _sample(
                 pipe.object("FREQ", name)
         replies = await pipe.execute(raise_on_error=False)
     step = 3 if lfu else 2
+    refusals = [r for r in replies if isinstance(r, Exception)]
+    if refusals:  # PTTL, MEMORY or OBJECT refused (an ACL): figures it cannot stand behind
+        return {**_EMPTY_SAMPLE, "sampled": len(names), "refused": server_text(refusals[0])}
     ttls = [r for r in replies[0::step] if isinstance(r, int)]
     sizes = sorted(
         ((int(r), n) for r, n in zip(replies[1::step], names, strict=True) if isinstance(r, int)),
@@ -202,13 +222,15 @@ async def _sample(
     with_ttl = [t for t in ttls if t >= 0]
     ending: dict[int, int] = {}
     for t in with_ttl:
-        ending[t // 1000] = ending.get(t // 1000, 0) + 1
+        if t >= _CLUSTER_TTL_MS:  # short TTLs end close together anyway
+            ending[t // 1000] = ending.get(t // 1000, 0) + 1
     busiest = max(ending.values(), default=0)
     record: dict[str, Any] = {
         "sampled": len(names),
         "without_ttl": sum(1 for t in ttls if t == -1),
         "ttl_busiest_second": busiest,
         "with_ttl": len(with_ttl),
+        "refused": None,
         "size_p50": sizes[len(sizes) // 2][0] if sizes else 0,
         "size_max": sizes[0][0] if sizes else 0,
         "biggest": [{"key": _text(n), "bytes": b} for b, n in sizes[:5]],
@@ -233,8 +255,10 @@ async def _compressible(client: Redis, names: list[bytes]) -> float | None:
     packed = 0
     for name in names:
         try:
+            if await client.type(name) not in (b"string", "string"):
+                continue  # (TYPE does not count as an access for LRU or LFU)
             data = await client.getrange(name, 0, 65535)
-        except ResponseError:  # not a string (WRONGTYPE)
+        except ResponseError:  # refused (an ACL)
             continue
         raw = data.encode() if isinstance(data, str) else bytes(data)
         if raw:
@@ -287,19 +311,19 @@ def judge(
     policy = figures["maxmemory_policy"]
     maxmemory = figures["maxmemory"]
     used = figures["used_memory"]
-    version = str(after.get("redis_version", "?"))
-    kind = (
-        "valkey" if "valkey_version" in after or after.get("server_name") == "valkey" else "redis"
-    )
+    valkey = "valkey_version" in after or after.get("server_name") == "valkey"
+    kind = "valkey" if valkey else "redis"
+    version = str(after.get("valkey_version" if valkey else "redis_version", "?"))
     if config_refused is not None:
         verdicts.append(
             Verdict(
                 "config-refused",
                 "info",
                 "CONFIG GET is refused: maxmemory and the policy come from INFO",
-                "Nothing to change for asyncstampede (it never needs CONFIG). For the "
-                f"settings INFO lacks, ask the provider or run as a user allowed "
-                f"+config|get. The server said: {config_refused}",
+                "asyncstampede needs CONFIG GET only to use keyspace notifications (the "
+                "keyspace wake transport; see the wake verdict). For the settings INFO "
+                "lacks, ask the provider or run as a user allowed +config|get. The server "
+                f"said: {config_refused}",
             )
         )
     _version(verdicts, version, kind)
@@ -309,6 +333,18 @@ def judge(
         _keys(verdicts, keys)
     if wake and wake.get("transport"):
         _wake_verdict(verdicts, wake)
+    elif wake and wake.get("error"):
+        verdicts.append(
+            Verdict(
+                "wake",
+                "warning",
+                "probing the wake transports failed: asyncstampede's waiters may poll here",
+                f"A connection that watches locks could not be set up: {wake['error']}. "
+                "Check that the server (or a proxy in front of it) allows pub/sub and "
+                "CLIENT TRACKING on a connection of its own.",
+                wake,
+            )
+        )
     verdicts.sort(key=lambda v: -SEVERITIES.index(v.severity))
     return Diagnosis(
         address=address,
@@ -351,10 +387,14 @@ def _figures(
         "ops_per_s_before": int(before.get("instantaneous_ops_per_sec", 0)),
         "connected_clients": int(after.get("connected_clients", 0)),
         "blocked_clients": int(after.get("blocked_clients", 0)),
-        "oom_errors": int(after.get("errorstat_OOM", {}).get("count", 0))
-        if isinstance(after.get("errorstat_OOM"), dict)
-        else 0,
+        # Over the interval: the server's count is since it started (or CONFIG RESETSTAT).
+        "oom_errors": _oom(after) - _oom(before),
     }
+
+
+def _oom(info: dict[str, Any]) -> int:
+    stat = info.get("errorstat_OOM")
+    return int(stat.get("count", 0)) if isinstance(stat, dict) else 0
 
 
 def _version(verdicts: list[Verdict], version: str, kind: str) -> None:
@@ -505,6 +545,16 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
                     "biggest": keys["biggest"],
                     "lz4_ratio": keys.get("lz4_ratio"),
                 },
+            )
+        )
+    if keys.get("refused"):
+        verdicts.append(
+            Verdict(
+                "sample-refused",
+                "info",
+                "the key sample was refused: its figures are left out",
+                f"The server said: {keys['refused']}. Allow +scan, +pttl, +memory|usage "
+                "(and +object|freq under LFU) to see TTLs and sizes, or pass --sample 0.",
             )
         )
     with_ttl, busiest = keys.get("with_ttl", 0), keys.get("ttl_busiest_second", 0)
