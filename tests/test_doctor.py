@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -19,6 +20,14 @@ from asyncstampede.testing import RedisServer
 def _doctor(url: str, capsys: pytest.CaptureFixture[str], *more: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     status = main(["doctor", url, "--json", *more])
     return status, json.loads(capsys.readouterr().out)
+
+
+def _app_user(server: RedisServer, commands: list[str], **acl: Any) -> str:
+    """Create the ACL user ``app`` (password ``pw``, every key) with *commands*; its URL."""
+    admin = redis.Redis(port=server.port)
+    admin.acl_setuser("app", enabled=True, passwords=["+pw"], commands=commands, keys=["*"], **acl)
+    admin.close()
+    return f"redis://app:pw@127.0.0.1:{server.port}/0"
 
 
 def _codes(report: dict) -> dict[str, str]:  # type: ignore[type-arg]
@@ -113,12 +122,7 @@ def test_a_user_refused_config_is_told_and_judged_from_info(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
-        admin = redis.Redis(port=server.port)
-        admin.acl_setuser(
-            "app", enabled=True, passwords=["+pw"], commands=["+@all", "-config"], keys=["*"]
-        )
-        admin.close()
-        url = f"redis://app:pw@127.0.0.1:{server.port}/0"
+        url = _app_user(server, ["+@all", "-config"])
         status, report = _doctor(url, capsys, "--interval", "0")
     assert report["config"] is None
     assert "NOPERM" in report["config_refused"]
@@ -136,18 +140,7 @@ def test_a_user_allowed_no_wake_transport_is_told_what_to_grant(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with RedisServer() as server:
-        admin = redis.Redis(port=server.port)
-        admin.acl_setuser(
-            "app",
-            enabled=True,
-            passwords=["+pw"],
-            commands=["+@all", "-client", "-config"],
-            keys=["*"],
-            channels=[],
-            reset_channels=True,
-        )
-        admin.close()
-        url = f"redis://app:pw@127.0.0.1:{server.port}/0"
+        url = _app_user(server, ["+@all", "-client", "-config"], channels=[], reset_channels=True)
         status, report = _doctor(url, capsys, "--interval", "0", "--namespace", "app")
     assert report["figures"]["wake"]["transport"] == "poll"
     wake = next(v for v in report["verdicts"] if v["code"] == "wake")
@@ -312,12 +305,7 @@ def test_short_ttls_and_its_own_locks_are_no_ttl_cluster(
 
 def test_a_user_refused_scan_gets_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
     with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
-        admin = redis.Redis(port=server.port)
-        admin.acl_setuser(
-            "app", enabled=True, passwords=["+pw"], commands=["+@all", "-scan"], keys=["*"]
-        )
-        admin.close()
-        url = f"redis://app:pw@127.0.0.1:{server.port}/0"
+        url = _app_user(server, ["+@all", "-scan"])
         status, report = _doctor(url, capsys, "--interval", "0")
     assert "NOPERM" in report["figures"]["sample"]["refused"]
     assert _codes(report)["sample-refused"] == "info"

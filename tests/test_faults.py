@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -250,10 +251,16 @@ async def test_a_slow_redis_never_holds_a_call_past_its_budget_and_values_still_
             await until(lambda: stampede.statistics().in_flight == 0)
 
 
-async def test_a_waiter_fails_open_when_the_breaker_opens(
+@asynccontextmanager
+async def _a_waiter_behind_a_paused_holder(
     server: RedisServer, namespace: str
-) -> None:
-    """A waiter in another instance does not sleep out a lock whose holder cannot commit."""
+) -> AsyncIterator[tuple[Stampede, list[str]]]:
+    """One instance holds "k" (60 s lock, its compute gated); another waits; Redis is paused.
+
+    Yields the waiter's instance and the list its call's value lands in
+    (``"waiter"``: it failed open). Redis is resumed, and the holder let go,
+    at the end.
+    """
     release = anyio.Event()
 
     async def slow() -> str:
@@ -280,15 +287,27 @@ async def test_a_waiter_fails_open_when_the_breaker_opens(
             await until(lambda: waiter.statistics().waiting == 1)
             server.pause()
             try:
-                # Another call of the waiter's instance meets the silence: the
-                # breaker opens, and the waiter looks at once (lock_ttl is 60 s).
-                with anyio.fail_after(GUARD):
-                    assert await waiter.get_or_compute("other", mine, ttl=60) == "waiter"
-                    await until(lambda: result == ["waiter"])
+                yield waiter, result
             finally:
                 server.resume()
                 release.set()
-        assert waiter.statistics().breaker_opens == 1
+
+
+async def test_a_waiter_fails_open_when_the_breaker_opens(
+    server: RedisServer, namespace: str
+) -> None:
+    """A waiter in another instance does not sleep out a lock whose holder cannot commit."""
+
+    async def mine() -> str:
+        return "waiter"
+
+    async with _a_waiter_behind_a_paused_holder(server, namespace) as (waiter, result):
+        # Another call of the waiter's instance meets the silence: the
+        # breaker opens, and the waiter looks at once (lock_ttl is 60 s).
+        with anyio.fail_after(GUARD):
+            assert await waiter.get_or_compute("other", mine, ttl=60) == "waiter"
+            await until(lambda: result == ["waiter"])
+    assert waiter.statistics().breaker_opens == 1
 
 
 async def test_a_hook_that_raises_breaks_nothing(
@@ -367,40 +386,12 @@ async def test_a_lone_waiter_notices_a_silent_redis_without_waiting_out_the_lock
     server: RedisServer, namespace: str
 ) -> None:
     """Nothing else runs: the watching connection's ping goes unanswered, the breaker opens."""
-    release = anyio.Event()
-
-    async def slow() -> str:
-        await release.wait()
-        return "holder"
-
-    async def mine() -> str:
-        return "waiter"
-
-    async with (
-        _open(server.url, namespace, lock_ttl=60.0) as holder,
-        _open(server.url, namespace, lock_ttl=60.0) as waiter,
-    ):
-        await _until_connected(waiter)
-        result: list[str] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(holder.get_or_compute, "k", slow, 60)
-            await until(lambda: holder.statistics().computing == 1)
-
-            async def wait() -> None:
-                result.append(await waiter.get_or_compute("k", mine, ttl=60))
-
-            tg.start_soon(wait)
-            await until(lambda: waiter.statistics().waiting == 1)
-            server.pause()
-            try:
-                # Its lock has 60 s to live; a ping 2 s into the silence,
-                # unanswered within the budget, opens the breaker.
-                with anyio.fail_after(GUARD):
-                    await until(lambda: result == ["waiter"], within=GUARD)
-            finally:
-                server.resume()
-                release.set()
-        assert waiter.statistics().breaker_opens == 1
+    async with _a_waiter_behind_a_paused_holder(server, namespace) as (waiter, result):
+        # Its lock has 60 s to live; a ping 2 s into the silence,
+        # unanswered within the budget, opens the breaker.
+        with anyio.fail_after(GUARD):
+            await until(lambda: result == ["waiter"], within=GUARD)
+    assert waiter.statistics().breaker_opens == 1
 
 
 async def test_every_outage_is_logged_even_within_seconds_of_the_last(
