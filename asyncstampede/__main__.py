@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 from redis.asyncio import Redis
@@ -50,9 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not 0 <= args.interval <= 3600:  # (NaN fails this too)
-        parser.error("--interval must be a number of seconds from 0 to 3600")
+        doctor.error("--interval must be a number of seconds from 0 to 3600")
     if args.sample < 0:
-        parser.error("--sample must be at least 0")
+        doctor.error("--sample must be at least 0")
+    parts = urlsplit(args.url)
+    database = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        # (redis-py would read database 0 without a word)
+        doctor.error(
+            f"the URL's path names the database by number (redis://host:port/0), not {parts.path!r}"
+        )
+    if args.namespace is not None:
+        try:
+            args.namespace.encode()
+        except UnicodeEncodeError:
+            doctor.error("--namespace must be UTF-8 text (asyncstampede's namespaces are)")
     colour = not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     status = 0
     try:
@@ -61,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                 found = anyio.run(_diagnose, args.url, args.interval, args.sample, args.namespace)
             except (BackendError, ValueError) as exc:  # (ValueError: a URL redis-py cannot read)
                 print(f"asyncstampede doctor: {exc}", file=sys.stderr)
+                if isinstance(exc, BackendError):
+                    print(
+                        "asyncstampede doctor: is the server up, and is this its URL? Give it "
+                        "as redis://[user:password@]host:port/db (default "
+                        "redis://127.0.0.1:6379/0).",
+                        file=sys.stderr,
+                    )
                 status = 3
             else:
                 print(json.dumps(found.as_dict(), indent=2) if args.json else _table(found, colour))
@@ -84,27 +106,45 @@ async def _diagnose(url: str, interval: float, sample: int, namespace: str | Non
 _COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[31;1m"}
 
 
-def _table(found: Diagnosis, colour: bool = False) -> str:
+def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> str:
+    """Render *found* for a person: figures, then verdicts, wrapped to *width* columns."""
+    width = width or min(shutil.get_terminal_size().columns, 100)
     f = found.figures
     share = f.get("memory_share")
+    traffic = (
+        f"  traffic  {f['ops_per_s']:,} ops/s, hits {f['hits_per_s']:.1f}/s, "
+        f"misses {f['misses_per_s']:.1f}/s, evicted {f['evicted_keys_per_s']:.1f}/s, "
+        f"expired {f['expired_keys_per_s']:.1f}/s"
+        if found.interval > 0
+        else f"  traffic  {f['ops_per_s']:,} ops/s; no rates or traffic verdicts (--interval 0)"
+    )
     lines = [
         f"Redis at {found.address} ({found.version}), read {found.interval:g} s apart",
         f"  memory   {f['used_memory']:,} bytes used"
         + (f", {share:.0%} of maxmemory {f['maxmemory']:,}" if share is not None else "")
         + f", policy {f['maxmemory_policy']}",
         f"  keys     {f['keys']:,} ({f['keys_without_ttl']:,} without a TTL)",
-        f"  traffic  {f['ops_per_s']:,} ops/s, hits {f['hits_per_s']:.1f}/s, "
-        f"misses {f['misses_per_s']:.1f}/s, evicted {f['evicted_keys_per_s']:.1f}/s, "
-        f"expired {f['expired_keys_per_s']:.1f}/s",
-        f"  clients  {f['connected_clients']} connected, {f['blocked_clients']} blocked",
+        traffic,
+        f"  clients  {f['connected_clients']} connected"
+        + (f" of maxclients {f['maxclients']:,}" if f.get("maxclients") else "")
+        + f", {f['blocked_clients']} blocked",
     ]
     sample = f.get("sample")
-    if sample:
+    if sample and not sample["sampled"]:
+        lines.append("  sample   no keys to look at")
+    elif sample:
         lines.append(
-            f"  sample   {sample['sampled']} keys: {sample.get('without_ttl', 0)} without a "
+            f"  sample   {sample['sampled']} key{'' if sample['sampled'] == 1 else 's'}: "
+            f"{sample.get('without_ttl', 0)} without a "
             f"TTL, sizes p50 {sample.get('size_p50', 0):,} / max {sample.get('size_max', 0):,} "
             "bytes"
         )
+    # The figures wrap under their own column.
+    lines = [
+        wrapped
+        for line in lines
+        for wrapped in textwrap.wrap(line, width, subsequent_indent=" " * 11, drop_whitespace=True)
+    ]
     lines.append("")
     if not found.verdicts:
         lines.append("ok: nothing to change")
@@ -112,8 +152,12 @@ def _table(found: Diagnosis, colour: bool = False) -> str:
         word = f"{verdict.severity.upper():8}"
         if colour:
             word = f"{_COLOURS.get(verdict.severity, '')}{word}\033[0m"
-        lines.append(f"{word} {verdict.code}: {verdict.title}")
-        lines.append(f"         {verdict.advice}")
+        title = textwrap.wrap(f"{verdict.code}: {verdict.title}", width - 9)
+        lines.append(f"{word} {title[0]}")
+        lines.extend(f"{' ' * 9}{more}" for more in title[1:])
+        lines.extend(
+            textwrap.wrap(verdict.advice, width, initial_indent=" " * 9, subsequent_indent=" " * 9)
+        )
     return "\n".join(lines)
 
 

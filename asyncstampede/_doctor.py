@@ -42,6 +42,7 @@ CONFIG_KEYS: Final = (
     "tracking-table-max-keys",
     "lfu-log-factor",
     "lfu-decay-time",
+    "maxclients",
 )
 _HEADROOM: Final = 0.9  # used memory past this share of maxmemory: little headroom
 _BIG: Final = 1024 * 1024  # a value this big (bytes) eats the cache
@@ -60,6 +61,8 @@ _EMPTY_SAMPLE: Final[dict[str, Any]] = {
     "refused": None,
 }
 _FULL: Final = 0.98  # past this, a noeviction server refuses writes any moment
+_CROWDED: Final = 0.9  # connected clients past this share of maxclients: new ones may be refused
+_NAME_SHOWN: Final = 60  # characters of a key name shown in a verdict's title
 
 
 @final
@@ -271,6 +274,15 @@ def _text(name: bytes) -> str:
     return name.decode("utf-8", "backslashreplace")
 
 
+def _shown(name: str) -> str:
+    """*name* quoted for a title: its start, when it is long (the figures keep it whole)."""
+    return repr(name if len(name) <= _NAME_SHOWN else f"{name[: _NAME_SHOWN - 1]}…")
+
+
+def _share(ratio: float) -> str:
+    return "under 1%" if ratio < 0.01 else f"{ratio:.0%}"
+
+
 async def _config(client: Redis) -> tuple[dict[str, str] | None, str | None]:
     try:
         config: dict[str, str] = {}
@@ -329,6 +341,7 @@ def judge(
     _version(verdicts, version, kind)
     _memory(verdicts, policy, maxmemory, used, figures)
     _traffic(verdicts, figures, interval, policy)
+    _clients(verdicts, figures)
     if keys:
         _keys(verdicts, keys)
     if wake and wake.get("transport"):
@@ -339,9 +352,11 @@ def judge(
                 "wake",
                 "warning",
                 "probing the wake transports failed: asyncstampede's waiters may poll here",
-                f"A connection that watches locks could not be set up: {wake['error']}. "
-                "Check that the server (or a proxy in front of it) allows pub/sub and "
-                "CLIENT TRACKING on a connection of its own.",
+                f"A connection that watches locks could not be set up: "
+                f"{wake['error'].rstrip('.')}. "
+                "Each asyncstampede process opens a connection of its own to watch locks: "
+                "check that the server is not at maxclients (see the clients figures), and "
+                "that it (or a proxy in front of it) allows pub/sub and CLIENT TRACKING.",
                 wake,
             )
         )
@@ -386,6 +401,7 @@ def _figures(
         "ops_per_s": int(after.get("instantaneous_ops_per_sec", 0)),
         "ops_per_s_before": int(before.get("instantaneous_ops_per_sec", 0)),
         "connected_clients": int(after.get("connected_clients", 0)),
+        "maxclients": int((config or {}).get("maxclients", after.get("maxclients", 0)) or 0),
         "blocked_clients": int(after.get("blocked_clients", 0)),
         # Over the interval: the server's count is since it started (or CONFIG RESETSTAT).
         "oom_errors": _oom(after) - _oom(before),
@@ -521,6 +537,25 @@ def _traffic(
         )
 
 
+def _clients(verdicts: list[Verdict], figures: dict[str, Any]) -> None:
+    connected, most = figures["connected_clients"], figures["maxclients"]
+    if most and connected >= _CROWDED * most:
+        verdicts.append(
+            Verdict(
+                "maxclients",
+                "critical" if connected >= most else "warning",
+                f"{connected} client{'' if connected == 1 else 's'} connected of maxclients "
+                f"{most}: new connections "
+                + ("are refused" if connected >= most else "will soon be refused"),
+                "A refused connection is an outage for the process that asked: its calls "
+                "fail open and compute. Each asyncstampede process holds a few connections "
+                "(its pool, one that watches locks); raise maxclients (CONFIG SET "
+                "maxclients <n>, within the host's file limit) or pool connections.",
+                {"connected_clients": connected, "maxclients": most},
+            )
+        )
+
+
 def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
     sampled = keys.get("sampled", 0)
     if keys.get("size_max", 0) >= _BIG:
@@ -530,12 +565,12 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
                 "big-values",
                 "warning",
                 f"values of {keys['size_max']:,} bytes in the sample (the biggest: "
-                f"{biggest['key']!r})",
+                f"{_shown(biggest['key'])})",
                 "A big value evicts many small ones and is slow to read (a miss on it is "
                 "costly, a herd on it more so). Store less per key, or compress: "
                 "asyncstampede's compress_threshold lz4-compresses values from 4 KiB"
                 + (
-                    f" (lz4 makes the biggest sampled values {ratio:.0%} of their size)"
+                    f" (lz4 makes the biggest sampled values {_share(ratio)} of their size)"
                     if (ratio := keys.get("lz4_ratio")) is not None
                     else ""
                 )
@@ -575,7 +610,7 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
                 "hot-keys",
                 "info",
                 "the hottest sampled keys (LFU): "
-                + ", ".join(f"{h['key']!r} ({h['freq']})" for h in keys["hottest"]),
+                + ", ".join(f"{_shown(h['key'])} ({h['freq']})" for h in keys["hottest"]),
                 "Hot keys are where a stampede hurts: keep them cached with "
                 "asyncstampede's early refresh (beta) and stale_while_revalidate.",
                 {"hottest": keys["hottest"]},

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,6 +171,84 @@ def test_the_table_for_a_person(
     assert "policy noeviction" in out
 
 
+def test_the_table_wraps_to_the_terminal_and_shortens_long_key_names(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2 MB value under a 300-byte binary name: the title shows its start, JSON all of it."""
+    name = b"app:\xff" + b"n" * 300
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.set(name, b"\0" * (2 * 1024 * 1024), ex=3000)
+        client.close()
+        monkeypatch.setenv("COLUMNS", "72")
+        assert main(["doctor", server.url, "--interval", "0", "--sample", "10"]) == 1
+        table = capsys.readouterr().out
+        _, report = _doctor(server.url, capsys, "--interval", "0", "--sample", "10")
+    assert max(len(line) for line in table.splitlines()) <= 72
+    assert "big-values: values of" in table
+    assert "…'" in table  # the name's start, then an ellipsis
+    assert "sample   1 key:" in table
+    assert "under 1% of their size" in " ".join(table.split())  # 2 MiB of zeros: not "0%"
+    assert "no rates or traffic verdicts (--interval 0)" in table
+    assert report["figures"]["sample"]["biggest"][0]["key"] == "app:\\xff" + "n" * 300
+
+
+def test_a_server_at_maxclients_is_critical_and_its_wake_probe_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """maxclients 1: the doctor's own connection is the last one; the watcher's is refused."""
+    with RedisServer("--maxclients", "1") as server:
+        status, report = _doctor(server.url, capsys, "--interval", "0")
+    codes = _codes(report)
+    assert codes["maxclients"] == "critical"
+    assert report["figures"]["maxclients"] == 1
+    assert report["figures"]["wake"]["transport"] is None
+    assert report["figures"]["wake"]["error"]
+    assert codes["wake"] == "warning"
+    wake = next(v for v in report["verdicts"] if v["code"] == "wake")
+    assert "maxclients" in wake["advice"]
+    assert status == 2
+
+
+@pytest.mark.parametrize(
+    ("more", "words"),
+    [
+        (["redis://127.0.0.1:6379/abc"], "names the database by number"),
+        (["--namespace", "\udcff"], "--namespace must be UTF-8"),  # (argv's undecodable byte)
+        (["--interval", "nan"], "--interval must be"),
+        (["--sample", "-1"], "--sample must be"),
+    ],
+)
+def test_bad_arguments_exit_3_and_say_what_to_give(
+    more: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["doctor", *more])
+    assert stopped.value.code == 3
+    assert words in capsys.readouterr().err
+
+
+def test_watch_reads_again_a_second_apart_until_interrupted() -> None:
+    """--watch with --interval 0: each reading waits a second (no busy loop); Ctrl-C exits 130."""
+    seen: list[float] = []
+    with RedisServer() as server, subprocess.Popen(
+        [sys.executable, "-m", "asyncstampede", "doctor", server.url, "--watch",
+         "--interval", "0", "--sample", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as watching:  # fmt: skip
+        assert watching.stdout is not None
+        for line in watching.stdout:
+            if line.startswith("Redis at"):
+                seen.append(time.monotonic())
+                if len(seen) == 3:
+                    break
+        watching.send_signal(signal.SIGINT)
+        assert watching.wait(timeout=30) == 130
+    assert len(seen) == 3
+    assert min(b - a for a, b in itertools.pairwise(seen)) >= 0.9  # the pause is the behaviour
+
+
 def test_the_key_sample_finds_clustered_ttls_big_values_and_hot_keys(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -234,7 +317,7 @@ DOCUMENTED_FIGURES = {
     "used_memory", "maxmemory", "maxmemory_policy", "memory_share", "keys",
     "keys_without_ttl", "evicted_keys_per_s", "expired_keys_per_s", "hits_per_s",
     "misses_per_s", "hit_ratio", "ops_per_s", "ops_per_s_before", "connected_clients",
-    "blocked_clients", "oom_errors", "sample", "wake",
+    "maxclients", "blocked_clients", "oom_errors", "sample", "wake",
 }  # fmt: skip
 DOCUMENTED_SAMPLE = {
     "sampled", "without_ttl", "with_ttl", "ttl_busiest_second", "size_p50", "size_max",
