@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._cached import Cached as Cached
+from ._codec import Codec as Codec
 from ._exceptions import BackendError as BackendError
 from ._exceptions import BackendRefusedError as BackendRefusedError
 from ._exceptions import BackendUnavailableError as BackendUnavailableError
@@ -15,6 +17,7 @@ from ._exceptions import StampedeError as StampedeError
 from ._exceptions import ValueTooLargeError as ValueTooLargeError
 from ._exceptions import WaitTimeoutError as WaitTimeoutError
 from ._exceptions import WrongEventLoopError as WrongEventLoopError
+from ._freshness import Freshness as Freshness
 from ._stampede import Stampede as Stampede
 from ._stats import Statistics as Statistics
 
@@ -22,10 +25,13 @@ __all__ = [
     "BackendError",
     "BackendRefusedError",
     "BackendUnavailableError",
+    "Cached",
     "CircuitOpenError",
     "ClosedError",
+    "Codec",
     "ComputeFailedError",
     "ComputeTimeoutError",
+    "Freshness",
     "ReentrantCallError",
     "SerializationError",
     "Stampede",

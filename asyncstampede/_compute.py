@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import math
 import random
@@ -12,12 +13,20 @@ from typing import Any, NoReturn
 
 import anyio
 
+from ._codec import Codec
 from ._envelope import encode
 from ._exceptions import ComputeFailedError, ComputeTimeoutError
 from ._flight import Computation, computing
 from ._runtime import Request, Runtime, now_ms
 
-__all__ = ["call", "cancelled_from_outside", "encode_value", "refuse_fn", "run_compute"]
+__all__ = [
+    "call",
+    "cancelled_from_outside",
+    "compute_with",
+    "encode_value",
+    "refuse_fn",
+    "run_compute",
+]
 
 
 async def run_compute(rt: Runtime, req: Request) -> tuple[Any, int]:
@@ -102,6 +111,18 @@ async def call(fn: Callable[[], Awaitable[Any]]) -> Any:
     return await result
 
 
+def compute_with(
+    fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], codec: Codec[Any] | None
+) -> Callable[[], Awaitable[Any]]:
+    """Return the compute ``fn(*args)``, its value in *codec*'s stored form (None stays None)."""
+
+    async def compute() -> Any:
+        value = await call(functools.partial(fn, *args) if args else fn)
+        return value if codec is None or value is None else codec.dump(value)
+
+    return compute
+
+
 def cancelled_from_outside() -> bool:
     """Whether the current task is being cancelled (by a cancel scope, or ``Task.cancel``)."""
     if anyio.current_effective_deadline() == -math.inf:
@@ -121,4 +142,4 @@ def refuse_fn(fn: object) -> NoReturn:
             "fn is a coroutine, not a function: pass the function itself, or a lambda "
             "(get_or_compute(key, lambda: load(42), ttl))"
         )
-    raise TypeError(f"fn must be a zero-argument async callable, not {type(fn).__name__}")
+    raise TypeError(f"fn must be an async callable, not {type(fn).__name__}")

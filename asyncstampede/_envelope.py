@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import lz4.block
 import orjson
 
+from ._codec import cannot_store
 from ._exceptions import SerializationError, ValueTooLargeError
 
 __all__ = ["DecodeError", "Envelope", "decode", "encode", "encode_failure", "restamp"]
@@ -48,6 +49,9 @@ FLAG_FAILURE = 0x04
 _KNOWN_FLAGS = FLAG_RAW | FLAG_LZ4 | FLAG_FAILURE
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
+# Dataclasses and datetimes would come back as a dict or a str: refused (see
+# _codec), never stored as something other than what the caller's types say.
+_FAITHFUL = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 class DecodeError(Exception):
@@ -82,8 +86,10 @@ def encode(
     """Serialize *value* into an envelope, fresh for ``fresh_until_ms - created_ms``.
 
     ``bytes`` (and ``bytearray``/``memoryview``) are stored raw; everything
-    else goes through orjson. The payload is lz4-compressed when it is at least
-    *compress_threshold* bytes long and compression makes it smaller.
+    else goes through orjson, except what would not come back as itself
+    (a dataclass, a ``datetime``, a pydantic model: a codec's work). The
+    payload is lz4-compressed when it is at least *compress_threshold*
+    bytes long and compression makes it smaller.
 
     Raises:
         SerializationError: orjson cannot serialize *value*, or cannot do so
@@ -98,11 +104,9 @@ def encode(
         flags |= FLAG_RAW
     else:
         try:
-            payload = orjson.dumps(value)
+            payload = orjson.dumps(value, option=_FAITHFUL)
         except (orjson.JSONEncodeError, TypeError) as exc:
-            raise SerializationError(
-                f"cannot serialize a value of type {type(value).__name__}: {exc}"
-            ) from exc
+            raise SerializationError(cannot_store(value, exc)) from exc
         # orjson writes NaN and infinities as null: found only where a null is.
         if b"null" in payload and (where := _non_finite(value)) is not None:
             raise SerializationError(

@@ -15,11 +15,15 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Final, final
+from datetime import timedelta
+from typing import Final, TypedDict, final
 
 from ._envelope import Envelope
 
 __all__ = [
+    "FRESHNESS",
+    "Freshness",
+    "refuse_unknown",
     "MAX_SECONDS",
     "UNSET",
     "Policy",
@@ -55,6 +59,43 @@ class Unset(enum.Enum):
 
 
 UNSET: Final = Unset.UNSET
+
+
+class Freshness(TypedDict, total=False):
+    """A call's freshness settings, each overriding the instance's (see `Stampede`).
+
+    Seconds throughout. Left out, the instance's setting applies; ``None``
+    turns ``soft_timeout``, ``hard_timeout`` or ``negative_ttl`` off for
+    the call, ``0`` turns ``beta`` or a stale window off.
+    """
+
+    beta: float
+    stale_while_revalidate: float
+    stale_if_error: float
+    soft_timeout: float | None
+    hard_timeout: float | None
+    ttl_jitter: float
+    negative_ttl: float | None
+
+
+FRESHNESS: Final = frozenset(Freshness.__optional_keys__)
+
+
+def refuse_unknown(overrides: Freshness, where: str) -> Freshness:
+    """Return *overrides*, if each is a freshness setting.
+
+    Raises:
+        TypeError: one is not (an argument meant for the compute, say).
+
+    """
+    unknown = sorted(overrides.keys() - FRESHNESS)
+    if unknown:
+        raise TypeError(
+            f"{where}() got keyword arguments that are not freshness settings: {unknown}; "
+            "pass the compute's arguments positionally after ttl, or bind keywords with "
+            "functools.partial(fn, name=value)"
+        )
+    return overrides
 
 
 @final
@@ -129,13 +170,13 @@ class Policy:
     def override(
         self,
         *,
-        beta: float | Unset,
-        stale_while_revalidate: float | Unset,
-        stale_if_error: float | Unset,
-        soft_timeout: float | Unset | None,
-        hard_timeout: float | Unset | None,
-        ttl_jitter: float | Unset,
-        negative_ttl: float | Unset | None,
+        beta: float | Unset = UNSET,
+        stale_while_revalidate: float | Unset = UNSET,
+        stale_if_error: float | Unset = UNSET,
+        soft_timeout: float | Unset | None = UNSET,
+        hard_timeout: float | Unset | None = UNSET,
+        ttl_jitter: float | Unset = UNSET,
+        negative_ttl: float | Unset | None = UNSET,
     ) -> Policy:
         """Return this policy with a call's arguments applied (`UNSET` keeps the instance's).
 
@@ -219,17 +260,19 @@ def xfetch_due(now_ms: int, envelope: Envelope, beta: float, draw: float) -> boo
 
 
 def ttl_ms(ttl: object) -> int:
-    """Return *ttl* (seconds) in milliseconds, at least 1.
+    """Return *ttl* (seconds, or a ``timedelta``) in milliseconds, at least 1.
 
     Raises:
-        TypeError: *ttl* is not a number.
+        TypeError: *ttl* is not a number or a ``timedelta``.
         ValueError: *ttl* is not positive, or over `MAX_SECONDS`.
 
     """
     if type(ttl) is int and 0 < ttl <= MAX_SECONDS:
         return ttl * 1000
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+        raise TypeError(f"ttl must be a number of seconds or a timedelta, not {type(ttl).__name__}")
     if not (0 < ttl <= MAX_SECONDS):
         raise ValueError(
             f"ttl must be a positive number of seconds, at most {MAX_SECONDS:.0e}, got {ttl!r}"

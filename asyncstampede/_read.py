@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import anyio
 
+from ._codec import Codec
 from ._envelope import Envelope
 from ._exceptions import BackendError, ClosedError
 from ._flight import Flight, blocked_on
@@ -71,6 +72,7 @@ def read_interrupted(
     policy: Policy,
     exc: BaseException,
     redis_left: float,
+    codec: Codec[Any] | None = None,
 ) -> None:
     """Leave the flight in good hands when the first read ends with *exc* (the caller re-raises).
 
@@ -82,7 +84,7 @@ def read_interrupted(
     """
     tg = rt.tg
     if isinstance(exc, anyio.get_cancelled_exc_class()) and tg is not None:
-        req = Request(key, names, flight, fn, ttl_ms, policy, redis_left)
+        req = Request(key, names, flight, fn, ttl_ms, policy, redis_left, codec)
         tg.start_soon(resolve, rt, req, Again(True))
     elif isinstance(exc, anyio.get_cancelled_exc_class()):
         rt.finish(key, flight, error=ClosedError("the Stampede closed during the call"))

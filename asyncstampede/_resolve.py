@@ -74,7 +74,7 @@ async def _drive(rt: Runtime, req: Request, token: bytes, first: BackendError | 
             if not isinstance(found, Hit):
                 state = found
                 continue
-            envelope = rt.decode(found.payload)
+            envelope = rt.decode(found.payload, req.codec)
             if envelope is not None and serve(rt, req, envelope, found.payload):
                 return value_of(envelope)
             seen = found.payload
@@ -149,7 +149,7 @@ def _value_handler(rt: Runtime, req: Request) -> Callable[[Value], bool]:
     key, flight = req.key, req.flight
 
     def on_value(message: Value) -> bool:
-        envelope = rt.decode(message.payload)
+        envelope = rt.decode(message.payload, req.codec)
         if envelope is None or not req.accepts(envelope):
             return False  # corrupt, or too old for this call (the stale value it started from)
         rt.counters.wakeups += 1
@@ -234,7 +234,14 @@ def _refresh_soon(
         rt.counters.early_refreshes += 1
     rt.refreshing.add(req.key)
     refresh = Request(
-        req.key, req.names, Flight(), req.fn, req.ttl_ms, req.policy, rt.settings.redis_budget
+        req.key,
+        req.names,
+        Flight(),
+        req.fn,
+        req.ttl_ms,
+        req.policy,
+        rt.settings.redis_budget,
+        req.codec,
     )
     refresh.stale, refresh.stale_payload = envelope, payload
     rt.tg.start_soon(_refresh, rt, refresh, payload)

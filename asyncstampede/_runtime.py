@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, final
+from typing import Any, Final, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -15,6 +16,7 @@ from ._backends.base import Acquired, Backend, Held, Hit
 from ._backends.memory import MemoryBackend
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import check_client
+from ._codec import Codec
 from ._envelope import DecodeError, Envelope, decode
 from ._events import Hook, Hooks
 from ._exceptions import BackendError, BackendRefusedError, CircuitOpenError, ComputeFailedError
@@ -26,7 +28,7 @@ from ._problems import ProblemLog
 from ._settings import Settings
 from ._stats import Counters, Statistics
 
-__all__ = ["Again", "Request", "Runtime", "failure_of", "now_ms", "value_of"]
+__all__ = ["MISFIT", "Again", "Request", "Runtime", "failure_of", "now_ms", "value_of"]
 
 T = TypeVar("T")
 
@@ -277,13 +279,45 @@ class Runtime:
                     self.failed(exc, "releasing a lock; its waiters wait for it to expire")
             raise
 
-    def decode(self, payload: bytes) -> Envelope | None:
-        """Decode a stored envelope, or count it as corrupt and return None."""
+    def decode(self, payload: bytes, codec: Codec[Any] | None = None) -> Envelope | None:
+        """Decode a stored envelope, or count it as corrupt and return None.
+
+        With a *codec*, a value it cannot load (stored before its type
+        changed, say) counts as corrupt too: it is computed anew.
+        """
         try:
-            return decode(payload, max_value_bytes=self.settings.max_value_bytes)
+            envelope = decode(payload, max_value_bytes=self.settings.max_value_bytes)
         except DecodeError:
             self.counters.decode_errors += 1
             return None
+        if codec is not None and not self.fits(envelope, codec):
+            return None
+        return envelope
+
+    def fits(self, envelope: Envelope, codec: Codec[Any]) -> bool:
+        """Tell whether *codec* loads *envelope*'s value; count and log it when not."""
+        return envelope.failed or self.load(envelope.value, codec) is not MISFIT
+
+    def load(self, value: Any, codec: Codec[Any]) -> Any:
+        """Return *value* loaded by *codec*, or `MISFIT` (counted, logged) when it does not fit."""
+        if value is None:
+            return None
+        try:
+            return codec.load(value)
+        except (ValueError, TypeError) as exc:
+            self._misfit(codec, exc)
+            return MISFIT
+
+    def _misfit(self, codec: Codec[Any], exc: Exception) -> None:
+        self.counters.decode_errors += 1
+        self.problems.say(
+            logging.WARNING,
+            f"a stored value does not fit {codec!r}, so it is computed anew: {exc}",
+            kind=f"misfit {codec!r}",
+        )
+
+
+MISFIT: Final = object()  # a stored value the call's codec could not load: a miss
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +333,7 @@ class Request:
     """Everything one resolution needs, passed down the request path."""
 
     __slots__ = (
+        "codec",
         "failed",
         "flight",
         "fn",
@@ -320,6 +355,7 @@ class Request:
         ttl_ms: int,
         policy: Policy,
         redis_left: float,
+        codec: Codec[Any] | None = None,
     ) -> None:
         self.key = key
         self.names = names
@@ -336,6 +372,9 @@ class Request:
         self.stale: Envelope | None = None
         self.stale_payload = b""
         self.failed = False  # the compute failed (and a stale value may have hidden it)
+        # The type the first caller asked for (model=): a stored value that
+        # does not fit it is not served, like a corrupt one (see Runtime.decode).
+        self.codec = codec
 
     def accepts(self, envelope: Envelope) -> bool:
         """Tell whether a value may be handed to this request's callers now (see `judge`)."""

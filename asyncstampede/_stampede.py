@@ -23,31 +23,48 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from time import monotonic
 from types import TracebackType
-from typing import Literal, Self, TypeVar, Unpack, cast, final
+from typing import (
+    Any,
+    Literal,
+    ParamSpec,
+    Self,
+    TypeVar,
+    TypeVarTuple,
+    Unpack,
+    cast,
+    final,
+    overload,
+)
 
 from redis.asyncio import Redis
 
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import client_from_url
-from ._compute import refuse_fn
+from ._cached import Cached, KeySpec
+from ._codec import Codec, Stored, Validator, codec_for
+from ._compute import compute_with, refuse_fn
 from ._doctor import Diagnosis, diagnose
 from ._envelope import DecodeError, decode
 from ._events import Hook
-from ._exceptions import BackendError
+from ._exceptions import BackendError, SerializationError
 from ._flight import Flight, check_reentry, computing
-from ._freshness import UNSET, Unset, Verdict, judge, ttl_ms, xfetch_due
+from ._freshness import Freshness, Verdict, judge, refuse_unknown, ttl_ms, xfetch_due
 from ._keys import NamesCache, make_names, plain_key
 from ._lifecycle import Lifecycle
 from ._read import HANDED_OFF, LOOK, await_flight, hand_off, read_interrupted
-from ._runtime import Again, Request, Runtime, now_ms
+from ._runtime import MISFIT, Again, Request, Runtime, now_ms
 from ._settings import MiB, Settings, StampedeSettings, Wake
 from ._stats import Statistics
 
 __all__ = ["Stampede"]
 
-T = TypeVar("T")
+S = TypeVar("S", bound=Stored)
+M = TypeVar("M")
+Ts = TypeVarTuple("Ts")
+P = ParamSpec("P")
 
 
 @final
@@ -334,6 +351,82 @@ class Stampede:
         client = cast("RedisBackend", self._rt.backend).client
         return await diagnose(client, interval=interval, sample=sample, namespace=self._namespace)
 
+    @overload
+    def cached(
+        self,
+        ttl: float | timedelta,
+        *,
+        key: KeySpec = None,
+        model: None = None,
+        **overrides: Unpack[Freshness],
+    ) -> Callable[[Callable[P, Awaitable[S]]], Cached[P, S]]: ...
+
+    @overload
+    def cached(
+        self,
+        ttl: float | timedelta,
+        *,
+        key: KeySpec = None,
+        model: type[M] | Codec[M] | Validator[M],
+        **overrides: Unpack[Freshness],
+    ) -> Callable[[Callable[P, Awaitable[M]]], Cached[P, M]]: ...
+
+    def cached(
+        self,
+        ttl: float | timedelta,
+        *,
+        key: KeySpec = None,
+        model: object = None,
+        **overrides: Unpack[Freshness],
+    ) -> Callable[[Callable[P, Awaitable[Any]]], Cached[P, Any]]:
+        """Decorate an async function so each call goes through `get_or_compute`.
+
+        ::
+
+            @cache.cached(ttl=300, key="user:{user_id}", model=User)
+            async def load_user(user_id: int) -> User: ...
+
+            user = await load_user(42)           # cached under "user:42"
+            await load_user.invalidate(42)       # after an update
+
+        The wrapped function keeps its signature for type checkers, and
+        works on methods (``self`` is bound, and left out of default keys).
+
+        Args:
+            ttl: Seconds (or a ``timedelta``) each value stays fresh.
+            key: How a call's key is made: a template formatted with the
+                call's arguments (bound to the function's parameters,
+                defaults applied; ``"{user.id}"`` reaches an attribute), a
+                callable given the call's arguments and returning a str, or
+                None: the function's qualified name and its arguments as JSON
+                (``module.load_user:{"user_id":42}``). The instance's
+                namespace prefixes it, as for every key.
+            model: The type values come back as (see `get_or_compute`).
+            **overrides: Freshness settings for every call (see `Freshness`).
+
+        Returns:
+            A decorator giving a `Cached` function (``__call__``, ``invalidate``
+            and ``key``, each taking the function's arguments).
+
+        Raises:
+            TypeError: the decorated object is not an async function; *key*
+                is not a str, a callable or None; a template names no
+                parameter of the function; a keyword is not a freshness
+                setting; *model* is not a type pydantic validates nor a
+                `Codec`. At a call: arguments the default key cannot hold as
+                JSON (pass *key*), or whatever calling the function with them
+                would raise.
+            ValueError: *ttl* is not a positive duration.
+
+        """
+
+        def decorate(fn: Callable[P, Awaitable[Any]]) -> Cached[P, Any]:
+            return Cached.make(self, fn, ttl, key, model, overrides)
+
+        ttl_ms(ttl)  # (refused at once, before any function is decorated)
+        refuse_unknown(overrides, "cached")
+        return decorate
+
     async def invalidate(self, key: str) -> None:
         """Delete *key*'s value; no caller in this process gets a value computed before.
 
@@ -361,53 +454,82 @@ class Stampede:
         finally:
             rt.detach(key)
 
+    @overload
     async def get_or_compute(
         self,
         key: str,
-        fn: Callable[[], Awaitable[T]],
-        ttl: float,
-        *,
-        beta: float | Unset = UNSET,
-        stale_while_revalidate: float | Unset = UNSET,
-        stale_if_error: float | Unset = UNSET,
-        soft_timeout: float | Unset | None = UNSET,
-        hard_timeout: float | Unset | None = UNSET,
-        ttl_jitter: float | Unset = UNSET,
-        negative_ttl: float | Unset | None = UNSET,
-    ) -> T:
-        """Return the cached value of *key*, computing it with *fn* at most once.
+        fn: Callable[[*Ts], Awaitable[S]],
+        ttl: float | timedelta,
+        *args: *Ts,
+        model: None = None,
+        **overrides: Unpack[Freshness],
+    ) -> S: ...
+
+    @overload
+    async def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[[*Ts], Awaitable[M]],
+        ttl: float | timedelta,
+        *args: *Ts,
+        model: type[M] | Codec[M] | Validator[M],
+        **overrides: Unpack[Freshness],
+    ) -> M: ...
+
+    async def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[[*Ts], Awaitable[Any]],
+        ttl: float | timedelta,
+        *args: *Ts,
+        model: object = None,
+        **overrides: Unpack[Freshness],
+    ) -> Any:
+        """Return the cached value of *key*, computing it with ``fn(*args)`` at most once.
 
         Concurrent callers of one key share one resolution in this process and,
         through the Redis lock, across every process using the same Redis and
-        namespace. The value is fresh for *ttl* seconds; the freshness
-        arguments override the instance's settings for this call (see
-        `Stampede`): left out, the instance's setting applies; ``None``
-        turns ``soft_timeout``, ``hard_timeout`` or ``negative_ttl`` off for
-        the call, ``0`` turns ``beta`` or a stale window off.
+        namespace. The value is fresh for *ttl*; the freshness settings
+        (``beta``, ``stale_while_revalidate``, ``stale_if_error``,
+        ``soft_timeout``, ``hard_timeout``, ``ttl_jitter``, ``negative_ttl``:
+        see `Stampede`, and `Freshness`) override the instance's for this
+        call: left out, the instance's setting applies; ``None`` turns
+        ``soft_timeout``, ``hard_timeout`` or ``negative_ttl`` off for the
+        call, ``0`` turns ``beta`` or a stale window off.
 
-        The result is the value as stored: it went through the codec (``bytes``
-        raw, anything else JSON via orjson), so a tuple comes back as a list on
-        every call, the first included. It is the caller's own: changing it
+        Without *model*, the value comes back as stored: ``bytes`` raw,
+        anything else as its JSON (a tuple comes back as a list, on every
+        call, the first included); a value that would not come back as
+        itself (a dataclass, a pydantic model, a ``datetime``) is refused
+        with `SerializationError`. With ``model=User`` (any type pydantic
+        validates: a ``BaseModel``, a dataclass, a ``TypedDict``,
+        ``list[User]``; the ``pydantic`` extra), or a `Codec`, the compute's
+        value is stored in its JSON form and every caller gets a ``User``
+        back; a stored value that no longer fits (the type changed) is
+        computed anew, like a corrupt one. Every caller of one key should
+        name the same model. The result is the caller's own: changing it
         changes nothing stored and nothing another caller got (unless the
         instance was made with ``share_values=True``). See the call's
         contract in ``docs/how-it-works.md``.
 
         Args:
             key: The cache key.
-            fn: A zero-argument callable returning an awaitable of the value.
-            ttl: Seconds the value stays fresh.
-            beta: XFetch strength for this call (``0``: no early refresh).
-            stale_while_revalidate: Seconds a stale value is served while one refresh runs.
-            stale_if_error: Seconds a stale value is served when the compute fails.
-            soft_timeout: Seconds before a stale value is served (``None``: never).
-            hard_timeout: Seconds before the compute is cancelled (``None``: never).
-            ttl_jitter: Fraction of *ttl* added at random to the write.
-            negative_ttl: Seconds to remember ``None`` or a failure (``None``: not).
+            fn: An async callable returning the value; called as ``fn(*args)``
+                (for keyword arguments, pass ``functools.partial(fn, k=v)``).
+            ttl: Seconds (or a ``timedelta``) the value stays fresh.
+            *args: Positional arguments for *fn*.
+            model: The type the value comes back as (or a `Codec`); None:
+                as stored.
+            **overrides: Freshness settings for this call (see `Freshness`).
 
         Raises:
-            TypeError: *key* is not a ``str`` or *fn* is not callable.
+            TypeError: *key* is not a ``str``, *fn* is not callable, a keyword
+                is not a freshness setting, or *model* is not a type pydantic
+                validates nor a `Codec`.
+            ImportError: *model* is a type and pydantic is not installed.
             ValueError: a duration is not a positive number, or *key* is empty.
-            SerializationError: the computed value cannot be serialized.
+            SerializationError: the computed value cannot be stored (the
+                message says how to).
             ValueTooLargeError: the serialized value is over ``max_value_bytes``.
             ComputeTimeoutError: *hard_timeout* passed and no stale value could
                 be served.
@@ -432,19 +554,14 @@ class Stampede:
         ttl = ttl_ms(ttl)
         rt = self._rt
         policy = self._settings.policy
-        if not (  # (every override left out: the instance's policy as it is)
-            beta is stale_while_revalidate is stale_if_error is soft_timeout is UNSET
-            and hard_timeout is ttl_jitter is negative_ttl is UNSET
-        ):
-            policy = policy.override(
-                beta=beta,
-                stale_while_revalidate=stale_while_revalidate,
-                stale_if_error=stale_if_error,
-                soft_timeout=soft_timeout,
-                hard_timeout=hard_timeout,
-                ttl_jitter=ttl_jitter,
-                negative_ttl=negative_ttl,
-            )
+        if overrides:  # (none: the instance's policy as it is)
+            policy = policy.override(**refuse_unknown(overrides, "get_or_compute"))
+        codec = None if model is None else codec_for(model)
+        compute = (
+            compute_with(fn, args, codec)
+            if args or codec is not None
+            else cast("Callable[[], Awaitable[Any]]", fn)
+        )
         self._lifecycle.task_group()  # (refuses a closed instance, another loop)
         asking = (
             check_reentry(rt.flights, rt.store, key, names.lock, "asking for")
@@ -454,7 +571,8 @@ class Stampede:
         flight = rt.flights.get(key)
         if flight is not None:
             rt.counters.coalesced += 1
-            return await await_flight(flight, asking, started=False)  # type: ignore[no-any-return]
+            value = await await_flight(flight, asking, started=False)
+            return value if codec is None else _loaded(codec, value)
         flight = rt.flights[key] = Flight(self._settings.share_values)
         # The first read, in the caller's own task and frame (see _read).
         envelope = None
@@ -466,7 +584,7 @@ class Stampede:
             payload, first = b"", exc
         except BaseException as exc:
             left = self._settings.redis_budget - (monotonic() - started)
-            read_interrupted(rt, key, names, flight, fn, ttl, policy, exc, left)
+            read_interrupted(rt, key, names, flight, compute, ttl, policy, exc, left, codec)
             raise
         else:
             if payload is not None:
@@ -479,20 +597,46 @@ class Stampede:
                     if judge(envelope, now, policy) is Verdict.FRESH and not xfetch_due(
                         now, envelope, policy.beta, 1.0 - random.random()
                     ):
-                        rt.counters.hits += 1
-                        rt.finish(key, flight, value=envelope.value)
-                        return envelope.value  # type: ignore[no-any-return]
+                        if codec is None:
+                            rt.counters.hits += 1
+                            rt.finish(key, flight, value=envelope.value)
+                            return envelope.value
+                        typed = rt.load(envelope.value, codec)
+                        if typed is not MISFIT:
+                            rt.counters.hits += 1
+                            rt.finish(key, flight, value=envelope.value)
+                            return typed
+                        envelope = None
+                    elif codec is not None and not rt.fits(envelope, codec):
+                        envelope = None
                 first = Again(read=False, seen=payload)  # not to be served as it is
             else:
                 payload, first = b"", LOOK
         left = self._settings.redis_budget - (monotonic() - started)
         try:
             handed = hand_off(
-                rt, Request(key, names, flight, fn, ttl, policy, left), first, envelope, payload
+                rt,
+                Request(key, names, flight, compute, ttl, policy, left, codec),
+                first,
+                envelope,
+                payload,
             )
         except BaseException as exc:  # a cached failure; or the instance closed meanwhile
             rt.finish(key, flight, error=exc)
             raise
-        if handed is not HANDED_OFF:
-            return handed  # type: ignore[no-any-return]
-        return await await_flight(flight, asking, started=True)  # type: ignore[no-any-return]
+        if handed is HANDED_OFF:
+            handed = await await_flight(flight, asking, started=True)
+        return handed if codec is None else _loaded(codec, handed)
+
+
+def _loaded(codec: Codec[Any], value: Any) -> Any:
+    """Return a resolved *value* as *codec*'s type (it was checked, or just stored by it)."""
+    if value is None:
+        return None
+    try:
+        return codec.load(value)
+    except (ValueError, TypeError) as exc:  # the codec does not read what it writes
+        raise SerializationError(
+            f"{codec!r} cannot read back what it stored ({exc}); a codec's load() must "
+            "accept what its dump() returns"
+        ) from exc

@@ -33,7 +33,7 @@ async def holder_and_waiter(
 
     async def outcome(cache: Stampede, fn: object, into: list[object]) -> None:
         try:
-            into.append(await cache.get_or_compute("k", fn, ttl=60))  # type: ignore[arg-type]
+            into.append(await cache.get_or_compute("k", fn, ttl=60))  # type: ignore[call-overload]
         except BackendError as exc:
             into.append(exc)
 

@@ -28,7 +28,7 @@ async def test_non_str_key_raises_type_error(any_cache: Stampede, key: object) -
         return 1
 
     with pytest.raises(TypeError, match="must be str"):
-        await any_cache.get_or_compute(key, compute, ttl=5)  # type: ignore[arg-type]
+        await any_cache.get_or_compute(key, compute, ttl=5)  # type: ignore[call-overload]
     with pytest.raises(TypeError):
         await any_cache.invalidate(key)  # type: ignore[arg-type]
     assert calls == 0
@@ -47,7 +47,7 @@ async def test_unserializable_value_raises_and_writes_nothing(
 
     async def one() -> None:
         try:
-            await cache.get_or_compute("k", compute, ttl=5)
+            await cache.get_or_compute("k", compute, ttl=5)  # type: ignore[call-arg, type-var]
         except SerializationError as exc:
             errors.append(exc)
 
@@ -177,7 +177,7 @@ async def test_a_sync_compute_function_is_a_type_error_and_poisons_nothing(
 
     async def one() -> None:
         try:
-            await any_cache.get_or_compute("k", blocking, ttl=5)  # type: ignore[arg-type]
+            await any_cache.get_or_compute("k", blocking, ttl=5)  # type: ignore[arg-type, call-arg]
         except TypeError as exc:
             errors.append(exc)
 
@@ -202,7 +202,7 @@ async def test_a_coroutine_instead_of_a_function_is_refused_and_closed(any_cache
         raise AssertionError("must not run")
 
     with pytest.raises(TypeError, match="coroutine"):
-        await any_cache.get_or_compute("k", load(), ttl=5)  # type: ignore[arg-type]
+        await any_cache.get_or_compute("k", load(), ttl=5)  # type: ignore[call-overload]
 
 
 async def test_a_generator_function_is_refused_before_running(any_cache: Stampede) -> None:
@@ -213,7 +213,7 @@ async def test_a_generator_function_is_refused_before_running(any_cache: Stamped
         yield 1
 
     with pytest.raises(TypeError, match="generator"):
-        await any_cache.get_or_compute("k", values, ttl=5)  # type: ignore[arg-type]
+        await any_cache.get_or_compute("k", values, ttl=5)  # type: ignore[arg-type, call-arg]
 
 
 def test_redis_mode_under_trio_says_to_use_asyncio(redis_url: str) -> None:

@@ -286,4 +286,4 @@ async def test_bad_ttl_raises_value_error(any_cache: Stampede, ttl: float) -> No
 async def test_non_callable_fn_raises_type_error(any_cache: Stampede) -> None:
     """fn must be callable."""
     with pytest.raises(TypeError, match="fn"):
-        await any_cache.get_or_compute("k", 42, ttl=1)  # type: ignore[arg-type]
+        await any_cache.get_or_compute("k", 42, ttl=1)  # type: ignore[call-overload]

@@ -41,7 +41,7 @@ async def _fill(cache: Stampede, keys: int) -> None:
         await cache.get_or_compute(f"k{i}", value, ttl=60)
 
 
-async def never() -> object:
+async def never() -> str:
     raise AssertionError("a cached value must not be computed again")
 
 

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -331,7 +332,7 @@ async def _gated(
     """The holder computes *value* until *act* (run once the waiter waits) returns; the waiter's."""
     started, release = anyio.Event(), anyio.Event()
 
-    async def compute() -> object:
+    async def compute() -> Any:
         started.set()
         await release.wait()
         return value

@@ -1,0 +1,179 @@
+"""Codecs: how a value of the caller's type becomes what the envelope stores, and back.
+
+Without one, values are stored as they are: ``bytes`` raw, anything else as
+JSON (orjson), and what comes back is that JSON (a ``dict``, a ``list``...).
+A value that would not come back as itself (a dataclass, a pydantic model,
+a ``datetime``) is refused with the fix in the message, rather than stored
+as a ``dict`` or a string while the caller's types say otherwise.
+
+With ``model=`` the call names the type it wants back: a `Codec` turns the
+computed value into its stored form and every read back into that type.
+Any type pydantic's ``TypeAdapter`` knows (a ``BaseModel``, a dataclass, a
+``TypedDict``, ``list[User]``...) works with the ``pydantic`` extra; any
+object with ``dump`` and ``load`` (the `Codec` protocol) works without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, final, runtime_checkable
+
+from ._exceptions import SerializationError
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
+
+__all__ = ["Codec", "Stored", "Validator", "cannot_store", "codec_for"]
+
+T = TypeVar("T")
+
+# What a call without a model may return, for type checkers: what JSON holds
+# (a mapping's values are checked when the value is stored), or bytes.
+Stored: TypeAlias = (
+    "bool | int | float | str | bytes | Sequence[Stored] | Mapping[str, object] | None"
+)
+
+
+@runtime_checkable
+class Codec(Protocol[T]):
+    """Turns values of one type into what the cache stores, and back.
+
+    The stored form is ``bytes`` (stored as they are) or a value orjson
+    serializes faithfully (``dict``, ``list``, ``str``, numbers, ``bool``,
+    ``None``); ``load`` gets back what ``dump`` gave (bytes, or the JSON
+    as parsed). Every caller of one key must use the same codec (or one
+    that reads what it writes). ``None`` is never given to either: a
+    compute that returns ``None`` stores ``None`` (see ``negative_ttl``).
+    """
+
+    def dump(self, value: T, /) -> object:
+        """Return *value*'s stored form.
+
+        Raises:
+            SerializationError: *value* cannot be stored (say why, and what to do).
+
+        """
+        ...
+
+    def load(self, stored: Any, /) -> T:
+        """Return the value whose stored form is *stored*.
+
+        Raises:
+            ValueError: *stored* does not fit the type (a value stored before
+                the type changed, say): the cache treats it as a miss and
+                computes anew.
+
+        """
+        ...
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Validator(Protocol[T_co]):
+    """What ``model=`` takes besides a type and a `Codec`: a pydantic ``TypeAdapter``."""
+
+    def validate_python(self, stored: Any, /) -> T_co:
+        """Return the value whose JSON form is *stored* (``ValueError``: it does not fit)."""
+        ...
+
+
+@final
+class _Adapted:
+    """A `Codec` over a pydantic ``TypeAdapter``: JSON form out, validated type back."""
+
+    __slots__ = ("_adapter", "_name")
+
+    def __init__(self, adapter: TypeAdapter[Any], name: str) -> None:
+        self._adapter = adapter
+        self._name = name
+
+    def dump(self, value: object, /) -> object:
+        from pydantic_core import PydanticSerializationError
+
+        try:
+            return self._adapter.dump_python(value, mode="json", warnings="error")
+        except PydanticSerializationError as exc:
+            raise SerializationError(
+                f"cannot store a {type(value).__name__} as model={self._name}: {exc}; return "
+                f"a {self._name} from the compute, or pass the model it returns"
+            ) from exc
+
+    def load(self, stored: Any, /) -> object:
+        # (pydantic's ValidationError is a ValueError: a misfit is a miss.)
+        return self._adapter.validate_python(stored)
+
+    def __repr__(self) -> str:
+        return f"<codec for {self._name}>"
+
+
+def codec_for(model: object) -> Codec[Any] | None:
+    """Return the codec *model* stands for (None: none, values as stored).
+
+    Raises:
+        ImportError: *model* is a type and pydantic is not installed.
+        TypeError: *model* is neither a type pydantic knows nor a `Codec`.
+
+    """
+    if model is None:
+        return None
+    if not isinstance(model, type) and isinstance(model, Codec):
+        return model
+    if hasattr(model, "validate_python") and hasattr(model, "dump_python"):  # a TypeAdapter
+        return _Adapted(model, repr(getattr(model, "_type", model)))  # type: ignore[arg-type]
+    return _adapted(model)
+
+
+@functools.lru_cache(maxsize=512)
+def _adapted(model: Any) -> Codec[Any]:
+    name = getattr(model, "__name__", None) or repr(model)
+    try:
+        from pydantic import PydanticSchemaGenerationError, TypeAdapter
+    except ImportError as exc:
+        raise ImportError(
+            f"model={name} needs pydantic: pip install 'asyncstampede[pydantic]' (or pass "
+            "an object with dump() and load(), an asyncstampede.Codec)"
+        ) from exc
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(model)
+    except (PydanticSchemaGenerationError, TypeError) as exc:
+        raise TypeError(
+            f"model={name!s} is not a type pydantic can validate ({exc}); pass a class "
+            "(a pydantic BaseModel, a dataclass, a TypedDict), a type such as list[User], "
+            "or an asyncstampede.Codec"
+        ) from exc
+    return _Adapted(adapter, name)
+
+
+def cannot_store(value: object, error: Exception) -> str:
+    """Say why *value* cannot be stored without a model (orjson raised *error*), and the fix."""
+    kind = type(value).__name__
+    hint = _hint(value)
+    if hint is None:
+        hint = (
+            "pass model=<the type the compute returns> so it comes back as that type (pip "
+            "install 'asyncstampede[pydantic]'), or return only JSON types (str, int, float, "
+            "bool, None, list, dict with str keys) or bytes"
+        )
+        if "datetime" in str(error):
+            hint += "; a datetime would come back as a str: store value.isoformat()"
+    return f"cannot store a value of type {kind}: {error}; {hint}"
+
+
+def _hint(value: object) -> str | None:
+    kind = type(value).__name__
+    if hasattr(type(value), "model_dump"):
+        return (
+            f"a pydantic {kind} would come back as a dict: pass model={kind} to get a {kind} "
+            "back (pip install 'asyncstampede[pydantic]'), or return value.model_dump(mode="
+            "'json') to store its JSON form"
+        )
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (
+            f"a dataclass {kind} would come back as a dict: pass model={kind} to get a {kind} "
+            "back (pip install 'asyncstampede[pydantic]'), or return dataclasses.asdict(value) "
+            "to store its JSON form"
+        )
+    return None

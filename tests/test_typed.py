@@ -1,0 +1,246 @@
+"""Typed values: model= round-trips dataclasses and pydantic models; without it, nothing lies."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis
+from _models import JOINED, Account, User, account, user
+from pydantic import TypeAdapter
+
+from asyncstampede import Codec, SerializationError, Stampede
+from asyncstampede._keys import make_names
+
+pytestmark = pytest.mark.anyio
+
+HERE = Path(__file__).parent
+
+
+async def never(*args: object) -> Any:
+    raise AssertionError("a stored value must not be computed again")
+
+
+async def test_a_dataclass_and_a_pydantic_model_round_trip_between_two_processes(
+    redis_url: str, namespace: str
+) -> None:
+    """Another process stores a User and an Account; this one gets them back as their types."""
+    await anyio.run_process([sys.executable, str(HERE / "_models.py"), redis_url, namespace])
+    async with Stampede.from_url(redis_url, namespace=namespace) as cache:
+        got = await cache.get_or_compute("user:7", never, 60, model=User)
+        acct = await cache.get_or_compute("account:7", never, 60, model=Account)
+        plain = await cache.get_or_compute("user:7", never, 60)  # no model: its JSON form
+    assert type(got) is User
+    assert got == user(7)
+    assert got.joined == JOINED  # a datetime again, with its zone and microseconds
+    assert got.tags == ("a", "b")  # a tuple again (the dataclass says so)
+    assert type(acct) is Account
+    assert acct == account(7)
+    assert type(acct.owner) is User
+    assert plain == {"id": 7, "name": "user 7", "joined": "2024-05-17T09:30:15.250000Z",
+                     "tags": ["a", "b"]}  # fmt: skip
+
+
+async def test_every_caller_gets_its_own_typed_value(any_cache: Stampede) -> None:
+    """Twenty callers coalesced on one compute: twenty equal Users, none shared."""
+    computes = 0
+    release = anyio.Event()
+
+    async def load(n: int) -> User:
+        nonlocal computes
+        computes += 1
+        await release.wait()
+        return dataclasses.replace(user(n), tags=("x",))
+
+    got: list[User] = []
+
+    async def ask() -> None:
+        got.append(await any_cache.get_or_compute("u", load, 60, 3, model=User))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(ask)
+        await _until_coalesced(any_cache, 19)
+        release.set()
+    assert computes == 1
+    assert all(type(u) is User and u == got[0] for u in got)
+    assert len({id(u) for u in got}) == 20
+    # and a hit afterwards: typed too
+    assert await any_cache.get_or_compute("u", never, 60, model=User) == got[0]
+
+
+async def _until_coalesced(cache: Stampede, n: int) -> None:
+    from _conditions import until
+
+    await until(lambda: cache.statistics().coalesced >= n)
+
+
+async def test_a_list_of_models_a_type_adapter_and_a_codec_of_ones_own(any_cache: Stampede) -> None:
+    """model=list[User], a pydantic TypeAdapter, and an object with dump() and load()."""
+
+    async def users() -> list[User]:
+        return [user(1), user(2)]
+
+    assert await any_cache.get_or_compute("l", users, 60, model=list[User]) == [user(1), user(2)]
+    adapter = TypeAdapter(dict[str, User])
+
+    async def by_name() -> dict[str, User]:
+        return {"a": user(1)}
+
+    assert await any_cache.get_or_compute("d", by_name, 60, model=adapter) == {"a": user(1)}
+
+    class Celsius:
+        def __init__(self, degrees: float) -> None:
+            self.degrees = degrees
+
+    class CelsiusCodec:
+        def dump(self, value: Celsius, /) -> object:
+            return f"{value.degrees}C".encode()
+
+        def load(self, stored: Any, /) -> Celsius:
+            return Celsius(float(bytes(stored).removesuffix(b"C")))
+
+    codec: Codec[Celsius] = CelsiusCodec()
+
+    async def temperature() -> Celsius:
+        return Celsius(21.5)
+
+    first = await any_cache.get_or_compute("t", temperature, 60, model=codec)
+    again = await any_cache.get_or_compute("t", never, 60, model=codec)
+    assert (type(first), first.degrees, again.degrees) == (Celsius, 21.5, 21.5)
+    assert await any_cache.get_or_compute("t", never, 60) == b"21.5C"  # stored as its bytes
+
+
+async def test_a_stored_value_that_no_longer_fits_the_model_is_computed_once_anew(
+    cache: Stampede, sync_redis: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a deploy changed the type, the old value is a counted miss, recomputed and stored."""
+
+    async def old_shape() -> dict[str, Any]:
+        return {"id": 1, "name": "before the field 'joined' existed"}
+
+    await cache.get_or_compute("user:1", old_shape, 60)
+    computes = 0
+
+    async def load() -> User:
+        nonlocal computes
+        computes += 1
+        return user(1)
+
+    with caplog.at_level(logging.WARNING, "asyncstampede"):
+        got = [await cache.get_or_compute("user:1", load, 60, model=User) for _ in range(3)]
+    assert got == [user(1)] * 3
+    assert computes == 1
+    assert cache.statistics().decode_errors == 1
+    assert any("does not fit" in r.getMessage() and "joined" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    stored = sync_redis.get(make_names(namespace, "user:1").value)
+    assert isinstance(stored, bytes)
+    assert b"2024-05-17T09:30:15.25" in stored
+
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    when: datetime.datetime
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (Point(1.0, JOINED), "pass model=Point to get a Point back"),
+        (account(1), "pass model=Account to get a Account back"),
+        ({"at": JOINED}, "store value.isoformat()"),
+        ([Point(1.0, JOINED)], "pass model=<the type the compute returns>"),
+        ({"x": math.nan}, "JSON has no NaN"),
+    ],
+)
+async def test_a_value_that_would_not_come_back_as_itself_is_refused_with_the_fix(
+    any_cache: Stampede, value: object, words: str
+) -> None:
+    """A dataclass, a model, a datetime or a NaN without model=: refused; nothing stored."""
+
+    async def compute() -> Any:
+        return value
+
+    with pytest.raises(SerializationError, match=re.escape(words)):
+        await any_cache.get_or_compute("k", compute, 60)
+
+    async def fine() -> str:
+        return "stored later"
+
+    assert await any_cache.get_or_compute("k", fine, 60) == "stored later"
+
+
+async def test_a_compute_returning_another_type_than_the_model_is_refused(
+    any_cache: Stampede,
+) -> None:
+    """model=User but the compute returns a dict: SerializationError naming both."""
+
+    async def wrong() -> Any:
+        return {"id": 1}
+
+    with pytest.raises(SerializationError, match="as model=User"):
+        await any_cache.get_or_compute("k", wrong, 60, model=User)
+
+
+async def test_none_passes_through_a_model(any_cache: Stampede) -> None:
+    """A compute that finds nothing returns None; with a model, None comes back."""
+
+    async def missing() -> Any:
+        return None
+
+    assert await any_cache.get_or_compute("k", missing, 60, model=User) is None
+
+
+async def test_positional_arguments_pass_through_and_keywords_are_refused(
+    any_cache: Stampede,
+) -> None:
+    """get_or_compute(key, fn, ttl, *args) calls fn(*args); a stray keyword says what to do."""
+    seen: list[tuple[int, str]] = []
+
+    async def load(n: int, label: str) -> str:
+        seen.append((n, label))
+        return f"{label}{n}"
+
+    assert await any_cache.get_or_compute("k", load, 60, 4, "n") == "n4"
+    assert seen == [(4, "n")]
+    with pytest.raises(TypeError, match=r"functools.partial"):
+        await any_cache.get_or_compute("k2", load, 60, n=4)  # type: ignore[call-overload]
+    bound = functools.partial(load, label="p")
+    assert await any_cache.get_or_compute("k3", bound, 60, 5) == "p5"
+
+
+async def test_ttl_may_be_a_timedelta(
+    cache: Stampede, sync_redis: redis.Redis, namespace: str
+) -> None:
+    """ttl=timedelta(minutes=2): stored with a 120 s freshness."""
+
+    async def value() -> str:
+        return "v"
+
+    await cache.get_or_compute("k", value, datetime.timedelta(minutes=2))
+    stored = sync_redis.get(make_names(namespace, "k").value)
+    assert isinstance(stored, bytes)
+    fresh_for = int.from_bytes(stored[16:24], "big") - int.from_bytes(stored[4:12], "big")
+    assert fresh_for == 120_000
+
+
+async def test_a_model_that_is_not_a_type_is_refused() -> None:
+    """model=42: TypeError naming what to pass."""
+    async with Stampede() as cache:
+
+        async def value() -> str:
+            return "v"
+
+        with pytest.raises(TypeError, match="not a type pydantic can validate"):
+            await cache.get_or_compute("k", value, 60, model=42)  # type: ignore[call-overload, call-arg]
