@@ -17,12 +17,14 @@ from ._codec import Codec
 from ._envelope import encode
 from ._exceptions import ComputeFailedError, ComputeTimeoutError
 from ._flight import Computation, computing
+from ._freshness import Policy
 from ._runtime import Request, Runtime, now_ms
 
 __all__ = [
     "call",
     "cancelled_from_outside",
     "compute_with",
+    "encode_stored",
     "encode_value",
     "refuse_fn",
     "run_compute",
@@ -73,12 +75,19 @@ async def run_compute(rt: Runtime, req: Request) -> tuple[Any, int]:
 
 def encode_value(rt: Runtime, req: Request, value: Any, *, delta_ms: int) -> tuple[bytes, int]:
     """Encode a fresh value; return it with the Redis TTL it is stored for."""
+    return encode_stored(rt, value, req.ttl_ms, req.policy, delta_ms=delta_ms)
+
+
+def encode_stored(
+    rt: Runtime, value: Any, ttl_ms: int, policy: Policy, *, delta_ms: int = 0
+) -> tuple[bytes, int]:
+    """Encode *value*, fresh for *ttl_ms* under *policy*; return it and its Redis TTL (ms)."""
     now = now_ms()
-    fresh_ms = req.ttl_ms
-    if value is None and req.policy.negative_ms:
-        fresh_ms = req.policy.negative_ms
-    if req.policy.ttl_jitter:
-        fresh_ms += int(fresh_ms * req.policy.ttl_jitter * random.random())
+    fresh_ms = ttl_ms
+    if value is None and policy.negative_ms:
+        fresh_ms = policy.negative_ms
+    if policy.ttl_jitter:
+        fresh_ms += int(fresh_ms * policy.ttl_jitter * random.random())
     payload = encode(
         value,
         created_ms=now,
@@ -88,7 +97,7 @@ def encode_value(rt: Runtime, req: Request, value: Any, *, delta_ms: int) -> tup
         max_value_bytes=rt.settings.max_value_bytes,
     )
     # Kept past its freshness for as long as it may be served stale.
-    return payload, fresh_ms + max(req.policy.swr_ms, req.policy.sie_ms)
+    return payload, fresh_ms + max(policy.swr_ms, policy.sie_ms)
 
 
 async def call(fn: Callable[[], Awaitable[Any]]) -> Any:

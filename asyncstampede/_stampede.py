@@ -22,7 +22,7 @@ hit costs one round trip, no task switch); what follows, module by module:
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from time import monotonic
 from types import TracebackType
@@ -39,20 +39,21 @@ from typing import (
     overload,
 )
 
+import anyio
 from redis.asyncio import Redis
 
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import client_from_url
 from ._cached import Cached, KeySpec
 from ._codec import Codec, Stored, Validator, codec_for
-from ._compute import compute_with, refuse_fn
+from ._compute import compute_with, encode_stored, refuse_fn
 from ._doctor import Diagnosis, diagnose
 from ._envelope import DecodeError, decode
 from ._events import Hook
 from ._exceptions import BackendError, SerializationError
 from ._flight import Flight, check_reentry, computing
 from ._freshness import Freshness, Verdict, judge, refuse_unknown, ttl_ms, xfetch_due
-from ._keys import NamesCache, make_names, plain_key
+from ._keys import KeyNames, NamesCache, make_names, plain_key
 from ._lifecycle import Lifecycle
 from ._read import HANDED_OFF, LOOK, await_flight, hand_off, read_interrupted
 from ._runtime import MISFIT, Again, Request, Runtime, now_ms
@@ -454,6 +455,136 @@ class Stampede:
         finally:
             rt.detach(key)
 
+    async def invalidate_many(self, keys: Iterable[str]) -> None:
+        """Delete several keys' values at once (see `invalidate`), in one round of commands.
+
+        Raises:
+            TypeError: *keys* is a single ``str`` (pass a list), or holds a non-``str``.
+            BackendError: Redis failed for one of them (every in-process
+                resolution is detached all the same; the others were deleted).
+            ReentrantCallError: called from inside the compute of one of them.
+            ClosedError: the instance is not entered or is closed.
+            WrongEventLoopError: called from another event loop.
+
+        """
+        plain = _key_list(keys, "invalidate_many")
+        self._lifecycle.task_group()
+        rt = self._rt
+        names = [make_names(self._namespace, key) for key in plain]
+        if computing.get():
+            for key, of in zip(plain, names, strict=True):
+                check_reentry(rt.flights, rt.store, key, of.lock, "invalidating")
+        failures: list[BackendError] = []
+
+        async def one(of: KeyNames) -> None:
+            try:
+                await rt.redis(None, rt.backend.invalidate(of), "INVALIDATE")
+            except BackendError as exc:
+                failures.append(exc)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for of in names:
+                    tg.start_soon(one, of)
+        finally:
+            for key in plain:
+                rt.detach(key)
+        if failures:
+            raise failures[0]
+
+    @overload
+    async def get(self, key: str, *, model: None = None) -> Stored: ...
+
+    @overload
+    async def get(self, key: str, *, model: type[M] | Codec[M] | Validator[M]) -> M | None: ...
+
+    async def get(self, key: str, *, model: object = None) -> Any:
+        """Return *key*'s value if one may be served now, else None; never computes.
+
+        A value is served when it is fresh or within ``stale_while_revalidate``
+        (no refresh is started); a cached failure, a value past that, a
+        corrupt one or one *model* rejects give None. One read, no lock.
+
+        Args:
+            key: The cache key.
+            model: The type the value comes back as (see `get_or_compute`).
+
+        Raises:
+            TypeError: *key* is not a ``str``, or *model* is not a type
+                pydantic validates nor a `Codec`.
+            BackendError: Redis failed and ``fail_open`` is off (with it on,
+                the failure is counted and logged, and the answer is None).
+            ClosedError: the instance is not entered or is closed.
+            WrongEventLoopError: called from another event loop.
+
+        """
+        key = plain_key(key)
+        names = self._names[key]
+        codec = codec_for(model)
+        self._lifecycle.task_group()
+        rt = self._rt
+        try:
+            payload = await rt.redis(None, rt.backend.read(names), "GET")
+        except BackendError as exc:
+            if not self._settings.fail_open:
+                raise
+            rt.failed(exc, "reading {key}", key)
+            return None
+        if payload is None:
+            return None
+        envelope = rt.decode(payload, codec)
+        if envelope is None or envelope.failed:
+            return None
+        if not judge(envelope, now_ms(), self._settings.policy).servable:
+            return None
+        return envelope.value if codec is None else _loaded(codec, envelope.value)
+
+    async def set(
+        self, key: str, value: object, ttl: float | timedelta, *, model: object = None
+    ) -> None:
+        """Store *value* under *key* now (write-through, after an update); wake its waiters.
+
+        The value replaces whatever is stored, and a compute of *key* running
+        anywhere (started from data older than this) cannot store its result
+        over it: its lock is taken from it. Waiters of *key* in every process
+        are woken and get *value*; callers in this process stop joining a
+        resolution in flight. Stored as a compute's value would be
+        (``ttl_jitter`` and the stale windows of the instance apply).
+
+        Args:
+            key: The cache key.
+            value: What to store (see `get_or_compute` for what can be).
+            ttl: Seconds (or a ``timedelta``) the value stays fresh.
+            model: Store *value* in this type's JSON form (see `get_or_compute`).
+
+        Raises:
+            TypeError: *key* is not a ``str``, or *model* is not usable.
+            ValueError: *ttl* is not a positive duration.
+            SerializationError: *value* cannot be stored (the message says how to).
+            ValueTooLargeError: the serialized value is over ``max_value_bytes``.
+            BackendError: Redis failed (nothing is stored; with a failure
+                the write-through would silently leave an older value).
+            ReentrantCallError: called from inside the compute of *key*.
+            ClosedError: the instance is not entered or is closed.
+            WrongEventLoopError: called from another event loop.
+
+        """
+        key = plain_key(key)
+        names = self._names[key]
+        ms = ttl_ms(ttl)
+        codec = codec_for(model)
+        if codec is not None and value is not None:
+            value = codec.dump(value)
+        rt = self._rt
+        payload, px_ms = encode_stored(rt, value, ms, rt.settings.policy)
+        self._lifecycle.task_group()
+        if computing.get():
+            check_reentry(rt.flights, rt.store, key, names.lock, "setting")
+        try:
+            await rt.redis(None, rt.backend.put(names, payload, px_ms), "SET")
+        finally:
+            rt.detach(key)
+
     @overload
     async def get_or_compute(
         self,
@@ -640,3 +771,12 @@ def _loaded(codec: Codec[Any], value: Any) -> Any:
             f"{codec!r} cannot read back what it stored ({exc}); a codec's load() must "
             "accept what its dump() returns"
         ) from exc
+
+
+def _key_list(keys: Iterable[str], where: str) -> list[str]:
+    """Return *keys* as plain strs, refusing a lone str (its characters are not keys)."""
+    if isinstance(keys, (str, bytes)):
+        raise TypeError(
+            f"{where}() takes an iterable of keys, not one {type(keys).__name__}: pass [{keys!r}]"
+        )
+    return [plain_key(key) for key in keys]

@@ -183,6 +183,13 @@ class Backend(Protocol):
         """Delete the value and any lock, so an older compute cannot write it back."""
         ...
 
+    async def put(self, names: KeyNames, payload: bytes, ttl_ms: int) -> None:
+        """Write *payload* for *ttl_ms* whoever holds the lock; its holder cannot commit after.
+
+        The lock's waiters are told, with the value.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release what the backend owns."""
         ...

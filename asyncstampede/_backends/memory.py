@@ -159,6 +159,12 @@ class MemoryBackend:
         holder = self._lock_holder(names.lock)
         return None if holder is None else holder[0]
 
+    async def put(self, names: KeyNames, payload: bytes, ttl_ms: int) -> None:
+        """See `Backend.put`."""
+        self._put(names.value, payload, ttl_ms)
+        if self._locks.pop(names.lock, None) is not None:
+            self.listener.deliver(names.lock, Value(payload))
+
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""
         self._values.pop(names.value, None)

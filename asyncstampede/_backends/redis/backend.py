@@ -79,6 +79,7 @@ class RedisBackend:
         self._write_if_absent = client.register_script(render(_scripts.WRITE_IF_ABSENT))
         self._restamp = client.register_script(render(_scripts.RESTAMP))
         self._invalidate = client.register_script(render(_scripts.INVALIDATE))
+        self._put = client.register_script(render(_scripts.PUT))
         self._scripts = [
             self._commit,
             self._release,
@@ -88,6 +89,7 @@ class RedisBackend:
             self._write_if_absent,
             self._invalidate,
             self._restamp,
+            self._put,
         ]
         # False once the server has rejected SET ... NX ... GET (before 7.0).
         self._set_nx_get = True
@@ -483,6 +485,12 @@ class RedisBackend:
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""
         await self._script(self._invalidate, [names.value, names.lock], [])
+
+    async def put(self, names: KeyNames, payload: bytes, ttl_ms: int) -> None:
+        """See `Backend.put`."""
+        await self._script(
+            self._put, [names.value, names.lock], [payload, ttl_ms, COMMITTED, committed_ms(ttl_ms)]
+        )
 
     async def aclose(self) -> None:
         """Send nothing more; close the client if this backend created it."""

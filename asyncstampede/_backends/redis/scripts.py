@@ -37,6 +37,7 @@ __all__ = [
     "COMMITTED_MS",
     "EXTEND",
     "INVALIDATE",
+    "PUT",
     "RELEASE",
     "RESTAMP",
     "TAKE",
@@ -199,6 +200,18 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 return 0
+"""
+
+# KEYS: value, lock. ARGV: envelope, ttl ms (positive), COMMITTED, its ms.
+# A write-through (``Stampede.set``): the value is written whoever holds the
+# lock, and the lock becomes the marker of a commit, so a compute that
+# started before cannot commit its (older) result over it, and its waiters
+# are told, with the value. Safe to run twice.
+PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+tell(ARGV[1])
+return 1
 """
 
 # KEYS: value, lock.
