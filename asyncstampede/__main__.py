@@ -15,14 +15,15 @@ import shutil
 import sys
 import textwrap
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
 from redis.asyncio import Redis
 
-from ._doctor import Diagnosis, diagnose
-from ._exceptions import BackendError
+from ._doctor import Diagnosis, check_interval, diagnose
+from ._exceptions import BackendError, BackendRefusedError
+from ._keys import validate_namespace
 
 __all__ = ["main"]
 
@@ -39,60 +40,117 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="asyncstampede", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     doctor = commands.add_parser("doctor", help="tell why a Redis stampedes, and what to change")
-    doctor.add_argument("url", nargs="?", default="redis://127.0.0.1:6379/0")
     doctor.add_argument(
-        "--interval", type=float, default=3.0, help="seconds between the two readings"
+        "url",
+        nargs="?",
+        default=os.environ.get("REDIS_URL") or _DEFAULT_URL,
+        help=f"the Redis (default: $REDIS_URL, else {_DEFAULT_URL}); a password in "
+        "$REDIS_URL stays out of the process list",
+    )
+    doctor.add_argument(
+        "--interval",
+        type=float,
+        default=3.0,
+        help="seconds between the first and last readings (0: no rates; else 0.1 to 3600)",
     )
     doctor.add_argument("--json", action="store_true", help="every figure and verdict, as JSON")
     doctor.add_argument(
         "--sample", type=int, default=1000, help="keys to look at (a bounded SCAN); 0: none"
     )
-    doctor.add_argument("--namespace", help="look at this namespace's keys only")
+    doctor.add_argument(
+        "--namespace", help="a Stampede's namespace: sample its keys only, probe its wake rules"
+    )
     doctor.add_argument(
         "--watch", action="store_true", help="read again and again until interrupted (Ctrl-C)"
     )
     args = parser.parse_args(argv)
-    if not 0 <= args.interval <= 3600:  # (NaN fails this too)
-        doctor.error("--interval must be a number of seconds from 0 to 3600")
+    refused = _refusal(args)
+    if refused:
+        doctor.error(refused)
+    colour = not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    try:
+        return _run(args, colour)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # (| head: the reader has gone; the status still stands)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _last_status
+
+
+_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_last_status = 0
+
+
+def _refusal(args: argparse.Namespace) -> str | None:
+    """Say what is wrong with the arguments, if anything (the parser's checks aside)."""
+    try:
+        check_interval(args.interval)
+    except ValueError as exc:
+        return f"--{exc}"
     if args.sample < 0:
-        doctor.error("--sample must be at least 0")
-    parts = urlsplit(args.url)
+        return "--sample must be at least 0"
+    try:
+        parts = urlsplit(args.url)
+    except ValueError as exc:  # (an IPv6 address without its bracket, say)
+        return f"the URL cannot be read: {exc}"
     database = parts.path.strip("/")
     if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
         # (redis-py would read database 0 without a word)
-        doctor.error(
+        return (
             f"the URL's path names the database by number (redis://host:port/0), not {parts.path!r}"
         )
     if args.namespace is not None:
         try:
-            args.namespace.encode()
+            args.namespace.encode()  # (an undecodable byte of argv)
+            validate_namespace(args.namespace)
         except UnicodeEncodeError:
-            doctor.error("--namespace must be UTF-8 text (asyncstampede's namespaces are)")
-    colour = not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    status = 0
-    try:
-        while True:
-            try:
-                found = anyio.run(_diagnose, args.url, args.interval, args.sample, args.namespace)
-            except (BackendError, ValueError) as exc:  # (ValueError: a URL redis-py cannot read)
-                print(f"asyncstampede doctor: {exc}", file=sys.stderr)
-                if isinstance(exc, BackendError):
-                    print(
-                        "asyncstampede doctor: is the server up, and is this its URL? Give it "
-                        "as redis://[user:password@]host:port/db (default "
-                        "redis://127.0.0.1:6379/0).",
-                        file=sys.stderr,
-                    )
-                status = 3
+            return "--namespace must be UTF-8 text (asyncstampede's namespaces are)"
+        except ValueError as exc:
+            return f"--{exc}"
+    return None
+
+
+def _run(args: argparse.Namespace, colour: bool) -> int:
+    global _last_status  # (what a broken pipe returns)
+    while True:
+        try:
+            found = anyio.run(_diagnose, args.url, args.interval, args.sample, args.namespace)
+        except (BackendError, ValueError) as exc:  # (ValueError: a URL redis-py cannot read)
+            status, words = _cannot(exc)
+            _last_status = status
+            if args.json:
+                print(json.dumps({"error": str(exc), "exit_status": status}), flush=True)
+            print(f"asyncstampede doctor: {exc}", file=sys.stderr)
+            if words:
+                print(f"asyncstampede doctor: {words}", file=sys.stderr)
+        else:
+            status = _last_status = found.exit_status
+            if args.json:  # one document; one line per run under --watch (JSON Lines)
+                print(json.dumps(found.as_dict(), indent=None if args.watch else 2), flush=True)
             else:
-                print(json.dumps(found.as_dict(), indent=2) if args.json else _table(found, colour))
-                status = found.exit_status
-            if not args.watch:
-                return status
+                print(_table(found, colour), flush=True)
+        _last_status = status
+        if not args.watch:
+            return status
+        if not args.json:
             print(flush=True)
-            time.sleep(max(args.interval, 1.0))  # like watch -n: one reading a second at most
-    except KeyboardInterrupt:
-        return 130
+        time.sleep(max(args.interval, 1.0))  # like watch -n: one reading a second at most
+
+
+def _cannot(exc: Exception) -> tuple[int, str | None]:
+    """Return the exit status of a run that could not judge, and what to tell the person."""
+    text = str(exc)
+    if "max number of clients" in text:
+        return 2, (
+            "the server refused the doctor's connection: it is at maxclients, so every new "
+            "connection is refused (critical); raise maxclients (CONFIG SET maxclients <n>)"
+        )
+    if isinstance(exc, BackendRefusedError) or not isinstance(exc, BackendError):
+        return 3, None  # (its words say what to change)
+    return 3, (
+        "is the server up, and is this its URL? Give it as redis://[user:password@]host:port/db "
+        f"(default $REDIS_URL, else {_DEFAULT_URL})."
+    )
 
 
 async def _diagnose(url: str, interval: float, sample: int, namespace: str | None) -> Diagnosis:
@@ -108,42 +166,41 @@ _COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[31;1m"}
 
 def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> str:
     """Render *found* for a person: figures, then verdicts, wrapped to *width* columns."""
-    width = width or min(shutil.get_terminal_size().columns, 100)
+    width = max(width or min(shutil.get_terminal_size().columns, 100), 40)
     f = found.figures
     share = f.get("memory_share")
-    traffic = (
-        f"  traffic  {f['ops_per_s']:,} ops/s, hits {f['hits_per_s']:.1f}/s, "
-        f"misses {f['misses_per_s']:.1f}/s, evicted {f['evicted_keys_per_s']:.1f}/s, "
-        f"expired {f['expired_keys_per_s']:.1f}/s"
-        if found.interval > 0
-        else f"  traffic  {f['ops_per_s']:,} ops/s; no rates or traffic verdicts (--interval 0)"
-    )
+    if f.get("restarted"):
+        traffic = "no rates: the server restarted (or its statistics were reset) meanwhile"
+    elif not f.get("rates"):
+        traffic = "no rates or traffic verdicts (--interval 0)"
+    else:
+        traffic = (
+            f"{f['ops_per_s']:,.0f} ops/s (first half {f['ops_per_s_first_half']:,.0f}, "
+            f"second {f['ops_per_s_second_half']:,.0f}), hits {f['hits_per_s']:.1f}/s, "
+            f"misses {f['misses_per_s']:.1f}/s, evicted {f['evicted_keys_per_s']:.1f}/s, "
+            f"expired {f['expired_keys_per_s']:.1f}/s"
+        )
     lines = [
-        f"Redis at {found.address} ({found.version}), read {found.interval:g} s apart",
+        f"Redis at {found.address} ({found.version}), read over {found.interval:g} s",
         f"  memory   {f['used_memory']:,} bytes used"
         + (f", {share:.0%} of maxmemory {f['maxmemory']:,}" if share is not None else "")
         + f", policy {f['maxmemory_policy']}",
         f"  keys     {f['keys']:,} ({f['keys_without_ttl']:,} without a TTL)",
-        traffic,
-        f"  clients  {f['connected_clients']} connected"
+        f"  traffic  {traffic}",
+        f"  clients  {f['connected_clients']} connected (the doctor included)"
         + (f" of maxclients {f['maxclients']:,}" if f.get("maxclients") else "")
         + f", {f['blocked_clients']} blocked",
     ]
     sample = f.get("sample")
-    if sample and not sample["sampled"]:
-        lines.append("  sample   no keys to look at")
-    elif sample:
-        lines.append(
-            f"  sample   {sample['sampled']} key{'' if sample['sampled'] == 1 else 's'}: "
-            f"{sample.get('without_ttl', 0)} without a "
-            f"TTL, sizes p50 {sample.get('size_p50', 0):,} / max {sample.get('size_max', 0):,} "
-            "bytes"
-        )
-    # The figures wrap under their own column.
+    if sample:
+        lines.append(f"  sample   {_sample_line(sample)}")
+    # The figures wrap under their own column; commands are never cut at a hyphen.
     lines = [
         wrapped
         for line in lines
-        for wrapped in textwrap.wrap(line, width, subsequent_indent=" " * 11, drop_whitespace=True)
+        for wrapped in textwrap.wrap(
+            line, width, subsequent_indent=" " * 11, break_on_hyphens=False
+        )
     ]
     lines.append("")
     if not found.verdicts:
@@ -152,13 +209,35 @@ def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> 
         word = f"{verdict.severity.upper():8}"
         if colour:
             word = f"{_COLOURS.get(verdict.severity, '')}{word}\033[0m"
-        title = textwrap.wrap(f"{verdict.code}: {verdict.title}", width - 9)
+        title = textwrap.wrap(f"{verdict.code}: {verdict.title}", width - 9, break_on_hyphens=False)
         lines.append(f"{word} {title[0]}")
         lines.extend(f"{' ' * 9}{more}" for more in title[1:])
         lines.extend(
-            textwrap.wrap(verdict.advice, width, initial_indent=" " * 9, subsequent_indent=" " * 9)
+            textwrap.wrap(
+                verdict.advice,
+                width,
+                initial_indent=" " * 9,
+                subsequent_indent=" " * 9,
+                break_on_hyphens=False,
+            )
         )
     return "\n".join(lines)
+
+
+def _sample_line(sample: dict[str, Any]) -> str:
+    if sample.get("refused"):
+        return f"refused: {sample['refused']}"
+    sampled = sample["sampled"]
+    cut = (
+        "" if sample.get("complete", True) else f", stopped after about {sample['scanned']:,} keys"
+    )
+    if not sampled:
+        return "no keys matched" + (cut or "")
+    return (
+        f"{sampled} key{'' if sampled == 1 else 's'}{cut}: {sample.get('without_ttl', 0)} "
+        f"without a TTL, sizes in memory p50 {sample.get('size_p50', 0):,} / max "
+        f"{sample.get('size_max', 0):,} bytes"
+    )
 
 
 if __name__ == "__main__":

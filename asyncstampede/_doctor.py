@@ -14,6 +14,7 @@ function of two readings and the configuration) and the record they make
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, TypeAlias, final
 
@@ -27,8 +28,9 @@ from ._backends.redis.errors import WAKE_ACL, address_of, map_error, server_text
 from ._backends.redis.listener import RedisListener
 from ._backends.redis.transports import AUTO_ORDER
 from ._exceptions import BackendError
+from ._keys import validate_namespace
 
-__all__ = ["SEVERITIES", "Diagnosis", "Severity", "Verdict", "diagnose", "judge"]
+__all__ = ["SEVERITIES", "Diagnosis", "Severity", "Verdict", "check_interval", "diagnose", "judge"]
 
 Severity: TypeAlias = Literal["ok", "info", "warning", "critical"]
 SEVERITIES: Final[tuple[Severity, ...]] = ("ok", "info", "warning", "critical")
@@ -47,6 +49,8 @@ CONFIG_KEYS: Final = (
 _HEADROOM: Final = 0.9  # used memory past this share of maxmemory: little headroom
 _BIG: Final = 1024 * 1024  # a value this big (bytes) eats the cache
 _SCANS_MOST: Final = 200  # SCAN calls at most, however few keys match
+_SCAN_COUNT: Final = 1000  # SCAN's COUNT hint
+_LFU_INIT: Final = 5  # the LFU counter of a key never read (LFU_INIT_VAL)
 _CLUSTER: Final = 0.2  # this share of the sampled TTLs ending in one second: no jitter
 _CLUSTER_TTL_MS: Final = 10_000  # only TTLs this long are judged (short ones end together anyway)
 _EMPTY_SAMPLE: Final[dict[str, Any]] = {
@@ -59,9 +63,12 @@ _EMPTY_SAMPLE: Final[dict[str, Any]] = {
     "biggest": [],
     "lz4_ratio": None,
     "refused": None,
+    "scanned": 0,
+    "complete": True,
 }
 _FULL: Final = 0.98  # past this, a noeviction server refuses writes any moment
 _CROWDED: Final = 0.9  # connected clients past this share of maxclients: new ones may be refused
+_SLOTS_NEEDED: Final = 3  # connections one more asyncstampede process opens, at least
 _NAME_SHOWN: Final = 60  # characters of a key name shown in a verdict's title
 
 
@@ -136,7 +143,8 @@ async def diagnose(
 
     Args:
         client: A ``redis.asyncio.Redis`` client.
-        interval: Seconds between the two readings (rates are over it).
+        interval: Seconds over which ``INFO`` is read three times (rates
+            are over it): 0 for no rates, else 0.1 to 3600.
         sample: Keys to look at (a bounded ``SCAN``, then ``PTTL`` and
             ``MEMORY USAGE`` of each, ``OBJECT FREQ`` under an LFU policy);
             0 looks at none.
@@ -144,43 +152,79 @@ async def diagnose(
 
     Raises:
         BackendError: Redis cannot be reached, or refuses ``INFO``.
-        ValueError: *interval* or *sample* is negative.
+        TypeError: *interval* is not a number.
+        ValueError: *interval* is out of range, *sample* is negative, or
+            *namespace* has a brace.
 
     """
-    if interval < 0:
-        raise ValueError(f"interval must be at least 0 seconds, got {interval!r}")
-    if sample < 0:
-        raise ValueError(f"sample must be at least 0 keys, got {sample!r}")
+    interval = check_interval(interval)
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+        raise ValueError(f"sample must be a number of keys, at least 0, got {sample!r}")
+    if namespace is not None:
+        validate_namespace(namespace)
     address = address_of(client.connection_pool.connection_kwargs)
+    doing = "INFO"
     try:
         config, refused = await _config(client)
         before = await client.info("everything")
-        await anyio.sleep(interval)
+        middle = None
+        if interval > 0:
+            # Three readings: the ops/s of each half come from Redis's exact
+            # command count, not its moving average (which a burst before the
+            # first reading, such as the previous run's key sample, still holds).
+            await anyio.sleep(interval / 2)
+            middle = await client.info("everything")
+            await anyio.sleep(interval / 2)
         after = await client.info("everything")
-        # The doctor's own reads come after the readings: not in the rates,
-        # nor in Redis's moving average of ops/s.
+        # The doctor's own reads come after the readings: not in the rates.
         policy = (config or {}).get("maxmemory-policy", str(after.get("maxmemory_policy", "")))
+        doing = "the key sample (SCAN, PTTL, MEMORY USAGE)"
         keys = await _sample(client, sample, namespace, lfu="lfu" in policy)
+        doing = "the wake probe"
         wake = await _wake(client, namespace)
     except RedisError as exc:
-        raise map_error(exc, address=address, command="INFO") from exc
-    return judge(address, before, after, interval, config, refused, keys, wake)
+        raise map_error(exc, address=address, command=doing) from exc
+    return judge(address, before, after, interval, config, refused, keys, wake, middle=middle)
+
+
+def check_interval(interval: object) -> float:
+    """Return *interval* (seconds) if it is 0 or from 0.1 to 3600.
+
+    Raises:
+        TypeError: it is not a number.
+        ValueError: it is out of that range (or NaN).
+
+    """
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+        raise TypeError(f"interval must be a number of seconds, not {type(interval).__name__}")
+    if not (interval == 0 or 0.1 <= interval <= 3600):  # (NaN fails this too)
+        raise ValueError(
+            f"interval must be 0 (no rates) or from 0.1 to 3600 seconds, got {interval!r}"
+        )
+    return float(interval)
 
 
 async def _wake(client: Redis, namespace: str | None) -> dict[str, Any] | None:
     """Which wake transport asyncstampede would get here, and why not the better ones."""
-    backend = RedisBackend(client, owns_client=False, namespace=namespace or "stampede")
+    probed = namespace or "stampede"  # (Stampede's default namespace)
+    backend = RedisBackend(client, owns_client=False, namespace=probed)
     listener = backend.listener
     if not isinstance(listener, RedisListener):
         return None  # this redis-py lacks what the transports need (logged on use)
     try:
         picked = await listener.pick()
     except BackendError as exc:
-        return {"transport": None, "refused": {}, "error": str(exc)}
+        return {
+            "transport": None,
+            "refused": {},
+            "error": str(exc),
+            "namespace": probed if namespace else None,
+        }
     return {
         "transport": picked or "poll",
         "refused": {kind: str(exc) for kind, exc in listener.refusals.items()},
         "error": None,
+        "namespace": probed if namespace else None,
     }
 
 
@@ -192,20 +236,23 @@ async def _sample(
         return None
     names: list[bytes] = []
     cursor = 0
-    for _ in range(_SCANS_MOST):
+    scans = 0
+    match = f"{_glob_escaped(namespace)}:*" if namespace else None
+    for scans in range(1, _SCANS_MOST + 1):  # noqa: B007 (scans: how far it went)
         try:
-            cursor, batch = await client.scan(
-                cursor, match=f"{namespace}:*" if namespace else None, count=1000
-            )
+            cursor, batch = await client.scan(cursor, match=match, count=_SCAN_COUNT)
         except ResponseError as exc:  # SCAN refused (an ACL): no sample, the rest stands
             return {**_EMPTY_SAMPLE, "refused": server_text(exc)}
         names.extend(n if isinstance(n, bytes) else str(n).encode() for n in batch)
         if cursor == 0 or len(names) >= sample:
             break
+    # (SCAN's COUNT is a hint: about this many keys were looked at.) Cut short:
+    # it ran out of SCAN calls before the keyspace ended or it had enough.
+    scanned = {"scanned": scans * _SCAN_COUNT, "complete": cursor == 0 or len(names) >= sample}
     # asyncstampede's own locks (and commit markers, 0.5 s) say nothing of the cache.
     names = [n for n in names if not n.endswith(b"}:l")][:sample]
     if not names:
-        return dict(_EMPTY_SAMPLE)
+        return {**_EMPTY_SAMPLE, **scanned}
     async with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.pttl(name)
@@ -216,7 +263,7 @@ async def _sample(
     step = 3 if lfu else 2
     refusals = [r for r in replies if isinstance(r, Exception)]
     if refusals:  # PTTL, MEMORY or OBJECT refused (an ACL): figures it cannot stand behind
-        return {**_EMPTY_SAMPLE, "sampled": len(names), "refused": server_text(refusals[0])}
+        return {**_EMPTY_SAMPLE, **scanned, "refused": server_text(refusals[0])}
     ttls = [r for r in replies[0::step] if isinstance(r, int)]
     sizes = sorted(
         ((int(r), n) for r, n in zip(replies[1::step], names, strict=True) if isinstance(r, int)),
@@ -229,6 +276,7 @@ async def _sample(
             ending[t // 1000] = ending.get(t // 1000, 0) + 1
     busiest = max(ending.values(), default=0)
     record: dict[str, Any] = {
+        **scanned,
         "sampled": len(names),
         "without_ttl": sum(1 for t in ttls if t == -1),
         "ttl_busiest_second": busiest,
@@ -237,8 +285,10 @@ async def _sample(
         "size_p50": sizes[len(sizes) // 2][0] if sizes else 0,
         "size_max": sizes[0][0] if sizes else 0,
         "biggest": [{"key": _text(n), "bytes": b} for b, n in sizes[:5]],
-        "lz4_ratio": await _compressible(client, [n for _, n in sizes[:3]]),
     }
+    await _compressible(client, record["biggest"][:3], [n for _, n in sizes[:3]])
+    ratios = [b["lz4_ratio"] for b in record["biggest"] if b.get("lz4_ratio") is not None]
+    record["lz4_ratio"] = min(ratios) if ratios else None
     if lfu:
         freqs = sorted(
             (
@@ -248,26 +298,30 @@ async def _sample(
             ),
             reverse=True,
         )
-        record["hottest"] = [{"key": _text(n), "freq": f} for f, n in freqs[:5]]
+        # (LFU starts every key at 5: a key never read since it was written.)
+        record["hottest"] = [{"key": _text(n), "freq": f} for f, n in freqs[:5] if f > _LFU_INIT]
     return record
 
 
-async def _compressible(client: Redis, names: list[bytes]) -> float | None:
-    """How small lz4 makes the first 64 KiB of the biggest string values (None: no strings)."""
-    head = 0
-    packed = 0
-    for name in names:
+async def _compressible(client: Redis, biggest: list[dict[str, Any]], names: list[bytes]) -> None:
+    """Add each big value's type, and for strings how small lz4 makes its first 64 KiB."""
+    for entry, name in zip(biggest, names, strict=False):
         try:
-            if await client.type(name) not in (b"string", "string"):
-                continue  # (TYPE does not count as an access for LRU or LFU)
+            kind = await client.type(name)  # (TYPE is no access for LRU or LFU)
+            entry["type"] = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if entry["type"] != "string":
+                continue
             data = await client.getrange(name, 0, 65535)
         except ResponseError:  # refused (an ACL)
             continue
         raw = data.encode() if isinstance(data, str) else bytes(data)
         if raw:
-            head += len(raw)
-            packed += len(lz4.block.compress(raw, store_size=False))
-    return packed / head if head else None
+            entry["lz4_ratio"] = len(lz4.block.compress(raw, store_size=False)) / len(raw)
+
+
+def _glob_escaped(text: str) -> str:
+    """*text* as a literal in a SCAN MATCH pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _text(name: bytes) -> str:
@@ -311,13 +365,16 @@ def judge(
     config_refused: str | None,
     keys: dict[str, Any] | None = None,
     wake: dict[str, Any] | None = None,
+    *,
+    middle: dict[str, Any] | None = None,
 ) -> Diagnosis:
-    """Return the verdicts on two ``INFO`` readings *interval* s apart (a pure function).
+    """Return the verdicts on ``INFO`` readings *interval* s apart (a pure function).
 
+    *middle* is the reading half-way (the ops/s of each half come from it);
     *keys* is what the key sample found (see `diagnose`), if one was taken.
     """
     verdicts: list[Verdict] = []
-    figures = _figures(before, after, interval, config)
+    figures = _figures(before, after, interval, config, middle)
     figures["sample"] = keys
     figures["wake"] = wake
     policy = figures["maxmemory_policy"]
@@ -340,10 +397,21 @@ def judge(
         )
     _version(verdicts, version, kind)
     _memory(verdicts, policy, maxmemory, used, figures)
-    _traffic(verdicts, figures, interval, policy)
+    if figures["restarted"]:
+        verdicts.append(
+            Verdict(
+                "restarted",
+                "info",
+                "the server restarted, or its statistics were reset, between the readings: "
+                "no rates this time",
+                "Rates need two readings of the same counters; run the doctor again.",
+            )
+        )
+    elif figures["rates"]:
+        _traffic(verdicts, figures, policy)
     _clients(verdicts, figures)
     if keys:
-        _keys(verdicts, keys)
+        _keys(verdicts, keys, evicting=figures["evicted_keys_per_s"] > 0)
     if wake and wake.get("transport"):
         _wake_verdict(verdicts, wake)
     elif wake and wake.get("error"):
@@ -355,8 +423,9 @@ def judge(
                 f"A connection that watches locks could not be set up: "
                 f"{wake['error'].rstrip('.')}. "
                 "Each asyncstampede process opens a connection of its own to watch locks: "
-                "check that the server is not at maxclients (see the clients figures), and "
-                "that it (or a proxy in front of it) allows pub/sub and CLIENT TRACKING.",
+                "check that the server answers and is not at maxclients (see the clients "
+                "figures), and that it (or a proxy in front of it) allows pub/sub and "
+                "CLIENT TRACKING.",
                 wake,
             )
         )
@@ -373,12 +442,27 @@ def judge(
 
 
 def _figures(
-    before: dict[str, Any], after: dict[str, Any], interval: float, config: dict[str, str] | None
+    before: dict[str, Any],
+    after: dict[str, Any],
+    interval: float,
+    config: dict[str, str] | None,
+    middle: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    def delta(name: str) -> int:
-        return int(after.get(name, 0)) - int(before.get(name, 0))
+    readings = [r for r in (before, middle, after) if r is not None]
+    counters = ("total_commands_processed", "keyspace_hits", "keyspace_misses",
+                "evicted_keys", "expired_keys")  # fmt: skip
+    # A restart or CONFIG RESETSTAT between the readings: counters went back.
+    restarted = len({str(r.get("run_id", "")) for r in readings}) > 1 or any(
+        int(later.get(name, 0)) < int(earlier.get(name, 0))
+        for earlier, later in itertools.pairwise(readings)
+        for name in counters
+    )
+    rates = interval > 0 and not restarted
 
-    per_second = 1.0 / interval if interval > 0 else 0.0
+    def rate(name: str, start: dict[str, Any] = before, end: dict[str, Any] = after) -> float:
+        span = interval if start is before and end is after else interval / 2
+        return (int(end.get(name, 0)) - int(start.get(name, 0))) / span if rates else 0.0
+
     keys = expires = 0
     for name, value in after.items():
         if name.startswith("db") and isinstance(value, dict):
@@ -386,25 +470,35 @@ def _figures(
             expires += int(value.get("expires", 0))
     maxmemory = int((config or {}).get("maxmemory", after.get("maxmemory", 0)) or 0)
     policy = str((config or {}).get("maxmemory-policy", after.get("maxmemory_policy", "?")))
-    hits, misses = delta("keyspace_hits"), delta("keyspace_misses")
+    hits, misses = rate("keyspace_hits"), rate("keyspace_misses")
+    halves = rates and middle is not None
     return {
         "used_memory": int(after.get("used_memory", 0)),
         "maxmemory": maxmemory,
         "maxmemory_policy": policy,
         "keys": keys,
         "keys_without_ttl": keys - expires,
-        "evicted_keys_per_s": delta("evicted_keys") * per_second,
-        "expired_keys_per_s": delta("expired_keys") * per_second,
-        "hits_per_s": hits * per_second,
-        "misses_per_s": misses * per_second,
+        "rates": rates,
+        "restarted": restarted,
+        "evicted_keys_per_s": rate("evicted_keys"),
+        "expired_keys_per_s": rate("expired_keys"),
+        "hits_per_s": hits,
+        "misses_per_s": misses,
         "hit_ratio": hits / (hits + misses) if hits + misses else None,
-        "ops_per_s": int(after.get("instantaneous_ops_per_sec", 0)),
-        "ops_per_s_before": int(before.get("instantaneous_ops_per_sec", 0)),
+        # Commands the server ran per second: over the interval, and each half.
+        "ops_per_s": rate("total_commands_processed") if rates else None,
+        "ops_per_s_first_half": (
+            rate("total_commands_processed", before, middle) if halves and middle else None
+        ),
+        "ops_per_s_second_half": (
+            rate("total_commands_processed", middle, after) if halves and middle else None
+        ),
         "connected_clients": int(after.get("connected_clients", 0)),
+        "connected_clients_before": int(before.get("connected_clients", 0)),
         "maxclients": int((config or {}).get("maxclients", after.get("maxclients", 0)) or 0),
         "blocked_clients": int(after.get("blocked_clients", 0)),
         # Over the interval: the server's count is since it started (or CONFIG RESETSTAT).
-        "oom_errors": _oom(after) - _oom(before),
+        "oom_errors": max(0, _oom(after) - _oom(before)),
     }
 
 
@@ -474,26 +568,27 @@ def _memory(
             )
         )
     if policy.startswith("volatile-") and figures["keys_without_ttl"] > 0:
+        # Without memory pressure nothing is evicted: worth knowing, not acting on.
+        pressed = (share is not None and share >= _HEADROOM) or figures["oom_errors"] > 0
         verdicts.append(
             Verdict(
                 "volatile-without-ttl",
-                "warning",
+                "warning" if pressed else "info",
                 f"maxmemory-policy is {policy} and {figures['keys_without_ttl']} keys have "
-                "no TTL: they are never evicted",
-                "Under a volatile-* policy only keys with a TTL are evicted: the short-lived "
-                "lock keys of asyncstampede go first while keys without a TTL fill the "
-                "memory. Give every cache key a TTL, or CONFIG SET maxmemory-policy "
-                "allkeys-lru.",
+                "no TTL: they are never evicted"
+                + (", and memory is nearly full" if pressed else ""),
+                "Under a volatile-* policy only keys with a TTL can be evicted: the cache's "
+                "values (and asyncstampede's locks) share what the keys without a TTL leave, "
+                "and once those fill the memory, writes fail with OOM. If they are data "
+                "that must stay, keep the cache on a Redis of its own (maxmemory is per "
+                "server, not per database); if every key here is cache, give each a TTL, "
+                "or CONFIG SET maxmemory-policy allkeys-lru.",
                 {"keys": figures["keys"], "keys_without_ttl": figures["keys_without_ttl"]},
             )
         )
 
 
-def _traffic(
-    verdicts: list[Verdict], figures: dict[str, Any], interval: float, policy: str
-) -> None:
-    if interval <= 0:
-        return
+def _traffic(verdicts: list[Verdict], figures: dict[str, Any], policy: str) -> None:
     evicted = figures["evicted_keys_per_s"]
     if evicted > 0:
         verdicts.append(
@@ -508,19 +603,28 @@ def _traffic(
             )
         )
     hits, misses = figures["hits_per_s"], figures["misses_per_s"]
-    ops, ops_before = figures["ops_per_s"], figures["ops_per_s_before"]
-    if misses > hits and misses > 1.0 and ops_before > 0 and ops <= 0.7 * ops_before:
+    first, second = figures["ops_per_s_first_half"], figures["ops_per_s_second_half"]
+    # Clients that went away stopped asking (a job ended): not a stampede.
+    staying = figures["connected_clients"] >= 0.9 * figures["connected_clients_before"]
+    falling = first is not None and second is not None and first > 0 and second <= 0.7 * first
+    if misses > hits and misses > 1.0 and falling and staying:
         verdicts.append(
             Verdict(
                 "stampede",
                 "critical",
-                f"misses outpace hits and ops/s fell from {ops_before} to {ops}: clients "
-                "are waiting for the backend",
+                f"misses outpace hits and ops/s fell from {first:,.0f} to {second:,.0f} "
+                "between the halves of the interval, while the clients stayed connected: "
+                "they are waiting for the backend",
                 "What a stampede looks like from Redis: every caller missed at once and "
                 "went to the database. Single-flight the computes (asyncstampede's "
                 "get_or_compute), refresh hot keys early, and find what emptied the cache "
                 "(evictions, TTLs ending together, a flush).",
-                {"hits_per_s": hits, "misses_per_s": misses, "ops_per_s": ops},
+                {
+                    "hits_per_s": hits,
+                    "misses_per_s": misses,
+                    "ops_per_s_first_half": first,
+                    "ops_per_s_second_half": second,
+                },
             )
         )
     elif misses > hits and misses > 1.0:
@@ -538,40 +642,47 @@ def _traffic(
 
 
 def _clients(verdicts: list[Verdict], figures: dict[str, Any]) -> None:
-    connected, most = figures["connected_clients"], figures["maxclients"]
-    if most and connected >= _CROWDED * most:
-        verdicts.append(
-            Verdict(
-                "maxclients",
-                "critical" if connected >= most else "warning",
-                f"{connected} client{'' if connected == 1 else 's'} connected of maxclients "
-                f"{most}: new connections "
-                + ("are refused" if connected >= most else "will soon be refused"),
-                "A refused connection is an outage for the process that asked: its calls "
-                "fail open and compute. Each asyncstampede process holds a few connections "
-                "(its pool, one that watches locks); raise maxclients (CONFIG SET "
-                "maxclients <n>, within the host's file limit) or pool connections.",
-                {"connected_clients": connected, "maxclients": most},
-            )
+    most = figures["maxclients"]
+    others = max(0, figures["connected_clients"] - 1)  # (the doctor's own connection)
+    free = most - others
+    if not most or (free >= _SLOTS_NEEDED and others < _CROWDED * most):
+        return
+    verdicts.append(
+        Verdict(
+            "maxclients",
+            "critical" if free <= 0 else "warning",
+            f"{others} other client{'' if others == 1 else 's'} connected of maxclients "
+            f"{most}: {max(free, 0)} free",
+            "A refused connection is an outage for the process that asked: its calls "
+            f"fail open and compute. Each asyncstampede process needs {_SLOTS_NEEDED} "
+            "connections at least (its request connection, one that watches locks, its "
+            "pool); raise maxclients (CONFIG SET maxclients <n>, within the host's file "
+            "limit), or use fewer connections per process.",
+            {"others": others, "maxclients": most, "free": free},
         )
+    )
 
 
-def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
+def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = False) -> None:
     sampled = keys.get("sampled", 0)
     if keys.get("size_max", 0) >= _BIG:
         biggest = keys["biggest"][0]
+        kind = biggest.get("type", "string")
+        ratios = [b["lz4_ratio"] for b in keys["biggest"] if b.get("lz4_ratio") is not None]
         verdicts.append(
             Verdict(
                 "big-values",
                 "warning",
-                f"values of {keys['size_max']:,} bytes in the sample (the biggest: "
-                f"{_shown(biggest['key'])})",
+                f"values of {keys['size_max']:,} bytes in memory in the sample (the biggest: "
+                f"{_shown(biggest['key'])}, a {kind})",
                 "A big value evicts many small ones and is slow to read (a miss on it is "
                 "costly, a herd on it more so). Store less per key, or compress: "
                 "asyncstampede's compress_threshold lz4-compresses values from 4 KiB"
                 + (
-                    f" (lz4 makes the biggest sampled values {_share(ratio)} of their size)"
-                    if (ratio := keys.get("lz4_ratio")) is not None
+                    " (lz4 makes the biggest sampled strings "
+                    + ", ".join(_share(r) for r in ratios)
+                    + " of their size)"
+                    if ratios
                     else ""
                 )
                 + ".",
@@ -588,12 +699,15 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
                 "sample-refused",
                 "info",
                 "the key sample was refused: its figures are left out",
-                f"The server said: {keys['refused']}. Allow +scan, +pttl, +memory|usage "
-                "(and +object|freq under LFU) to see TTLs and sizes, or pass --sample 0.",
+                f"The server said: {keys['refused']}. Allow +scan, +pttl, +memory|usage, "
+                "+type, +getrange (and +object|freq under LFU) on the keys sampled; for a "
+                "user limited to some keys, pass --namespace NS to sample only NS:*; or "
+                "pass --sample 0.",
             )
         )
     with_ttl, busiest = keys.get("with_ttl", 0), keys.get("ttl_busiest_second", 0)
-    if with_ttl >= 20 and busiest >= _CLUSTER * with_ttl:
+    # (Under eviction only the newest keys survive: their TTLs end together anyway.)
+    if with_ttl >= 20 and busiest >= _CLUSTER * with_ttl and not evicting:
         verdicts.append(
             Verdict(
                 "ttl-cluster",
@@ -631,6 +745,12 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any]) -> None:
 
 def _wake_verdict(verdicts: list[Verdict], wake: dict[str, Any]) -> None:
     transport = wake["transport"]
+    # Channels and keys are the namespace's: ACL rules for another one do not apply.
+    probed = (
+        ""
+        if wake.get("namespace")
+        else " (probed for the namespace 'stampede'; pass --namespace NS for yours)"
+    )
     better = AUTO_ORDER if transport == "poll" else AUTO_ORDER[: AUTO_ORDER.index(transport)]
     refused = wake["refused"]
     grants = "; or ".join(f"{WAKE_ACL[kind]} ({kind})" for kind in better)
@@ -640,7 +760,7 @@ def _wake_verdict(verdicts: list[Verdict], wake: dict[str, Any]) -> None:
             Verdict(
                 "wake",
                 "warning",
-                "asyncstampede's waiters would poll here: no wake transport is allowed",
+                "asyncstampede's waiters would poll here: no wake transport is allowed" + probed,
                 f"Waiters look by themselves (a few looks per wait, a value seen up to about "
                 f"as late again as it took to come). Refused: {reasons}. Grant one of: "
                 f"{grants} (ACL rules; <namespace> is the Stampede's).",
@@ -658,7 +778,7 @@ def _wake_verdict(verdicts: list[Verdict], wake: dict[str, Any]) -> None:
         Verdict(
             "wake",
             "info",
-            f"asyncstampede's waiters would wake by {transport}",
+            f"asyncstampede's waiters would wake by {transport}" + probed,
             advice,
             wake,
         )

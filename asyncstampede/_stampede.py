@@ -330,8 +330,9 @@ class Stampede:
         """Judge this instance's Redis, as ``asyncstampede doctor`` does (it only reads).
 
         Args:
-            interval: Seconds between the two ``INFO`` readings (the rates'
-                window); the call takes at least that long.
+            interval: Seconds over which ``INFO`` is read three times (the
+                rates' window: 0 for none, else 0.1 to 3600); the call takes
+                at least that long.
             sample: Keys of this instance's namespace to look at (0: none).
 
         Returns:
@@ -341,7 +342,8 @@ class Stampede:
             RuntimeError: the instance is embedded (it has no Redis to judge).
             ClosedError: the instance is not entered or is closed.
             BackendError: Redis cannot be reached, or refuses ``INFO``.
-            ValueError: *interval* or *sample* is negative.
+            TypeError: *interval* is not a number.
+            ValueError: *interval* is out of range, or *sample* is negative.
 
         """
         self._lifecycle.task_group()

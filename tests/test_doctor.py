@@ -12,13 +12,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 import redis
+import redis.asyncio
 
 from asyncstampede import Stampede
-from asyncstampede.__main__ import main
+from asyncstampede.__main__ import _table, main
 from asyncstampede._doctor import judge
-from asyncstampede.doctor import Diagnosis
+from asyncstampede.doctor import Diagnosis, diagnose
 from asyncstampede.testing import RedisServer
 
 
@@ -85,18 +87,28 @@ def test_a_healthy_cache_server_passes(capsys: pytest.CaptureFixture[str]) -> No
     assert _codes(report)["wake"] == "info"
 
 
-def test_volatile_lru_with_keys_without_ttl_is_a_warning(
+def test_volatile_lru_filled_by_keys_without_ttl_is_a_warning(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru") as server:
+    """Keys without a TTL nobody may evict: information, and a warning once they fill memory."""
+    with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru") as server:
         client = redis.Redis(port=server.port)
         for i in range(50):
             client.set(f"forever{i}", b"v")
+        roomy_status, roomy = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+        for i in range(10_000):  # bounded: 4 MB fills well before
+            try:
+                client.set(f"more{i}", b"x" * 1000)
+            except redis.exceptions.ResponseError:  # OOM: nothing can be evicted
+                break
         client.close()
-        status, report = _doctor(server.url, capsys, "--interval", "0")
-    assert status == 1
+        status, report = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+    assert _codes(roomy)["volatile-without-ttl"] == "info"
+    assert roomy["figures"]["keys_without_ttl"] == 50
     assert _codes(report)["volatile-without-ttl"] == "warning"
-    assert report["figures"]["keys_without_ttl"] == 50
+    verdict = next(v for v in report["verdicts"] if v["code"] == "volatile-without-ttl")
+    assert "a Redis of its own" in verdict["advice"]
+    assert (roomy_status, status) == (0, 1)
 
 
 def test_evictions_while_sampling_are_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,21 +205,47 @@ def test_the_table_wraps_to_the_terminal_and_shortens_long_key_names(
     assert report["figures"]["sample"]["biggest"][0]["key"] == "app:\\xff" + "n" * 300
 
 
-def test_a_server_at_maxclients_is_critical_and_its_wake_probe_fails(
+def test_a_server_without_room_for_a_process_is_told_and_its_wake_probe_fails(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """maxclients 1: the doctor's own connection is the last one; the watcher's is refused."""
+    """maxclients 1: room for the doctor's connection only; the watcher's is refused."""
     with RedisServer("--maxclients", "1") as server:
         status, report = _doctor(server.url, capsys, "--interval", "0")
     codes = _codes(report)
-    assert codes["maxclients"] == "critical"
+    assert codes["maxclients"] == "warning"  # one slot (the doctor's): a process needs three
     assert report["figures"]["maxclients"] == 1
     assert report["figures"]["wake"]["transport"] is None
     assert report["figures"]["wake"]["error"]
     assert codes["wake"] == "warning"
     wake = next(v for v in report["verdicts"] if v["code"] == "wake")
     assert "maxclients" in wake["advice"]
-    assert status == 2
+    assert status == 1
+
+
+def test_maxclients_counts_the_others_and_a_full_server_is_critical(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """8 of 10 held: a warning about 2 free (not counting the doctor); 10 of 10: exit 2."""
+    with RedisServer("--maxclients", "10") as server:
+        held = [redis.Redis(port=server.port) for _ in range(10)]
+        try:
+            for client in held[:8]:
+                client.ping()
+            status, report = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+            crowded = next(v for v in report["verdicts"] if v["code"] == "maxclients")
+            for client in held[8:]:
+                client.ping()
+            full = main(["doctor", server.url, "--interval", "0", "--sample", "0"])
+            said = capsys.readouterr().err
+        finally:
+            for client in held:
+                client.close()
+    figures = crowded["figures"]
+    assert (crowded["severity"], figures["others"], figures["free"]) == ("warning", 8, 2)
+    assert status == 1
+    assert full == 2
+    assert "at maxclients" in said
+    assert "is the server up" not in said
 
 
 @pytest.mark.parametrize(
@@ -216,7 +254,10 @@ def test_a_server_at_maxclients_is_critical_and_its_wake_probe_fails(
         (["redis://127.0.0.1:6379/abc"], "names the database by number"),
         (["--namespace", "\udcff"], "--namespace must be UTF-8"),  # (argv's undecodable byte)
         (["--interval", "nan"], "--interval must be"),
+        (["--interval", "1e-310"], "--interval must be"),
         (["--sample", "-1"], "--sample must be"),
+        (["redis://[::1"], "the URL cannot be read"),
+        (["--namespace", "a{b}"], "brace-free"),
     ],
 )
 def test_bad_arguments_exit_3_and_say_what_to_give(
@@ -298,7 +339,7 @@ async def test_an_application_gets_the_same_record_from_its_stampede(namespace: 
             await cache.get_or_compute("k", value, ttl=60)
             found = await cache.diagnose(interval=0)
     assert isinstance(found, Diagnosis)
-    assert found.exit_status == 1
+    assert found.exit_status == 0  # (no memory pressure: information only)
     assert {v.code for v in found.verdicts} >= {"volatile-without-ttl", "wake"}
     # Its value (and the commit's marker on the lock, while it lasts) and the five others.
     assert found.figures["sample"]["sampled"] in (6, 7)
@@ -316,12 +357,13 @@ async def test_an_embedded_stampede_has_no_redis_to_diagnose() -> None:
 DOCUMENTED_FIGURES = {
     "used_memory", "maxmemory", "maxmemory_policy", "memory_share", "keys",
     "keys_without_ttl", "evicted_keys_per_s", "expired_keys_per_s", "hits_per_s",
-    "misses_per_s", "hit_ratio", "ops_per_s", "ops_per_s_before", "connected_clients",
-    "maxclients", "blocked_clients", "oom_errors", "sample", "wake",
+    "misses_per_s", "hit_ratio", "rates", "restarted", "ops_per_s", "ops_per_s_first_half",
+    "ops_per_s_second_half", "connected_clients", "connected_clients_before", "maxclients",
+    "blocked_clients", "oom_errors", "sample", "wake",
 }  # fmt: skip
 DOCUMENTED_SAMPLE = {
     "sampled", "without_ttl", "with_ttl", "ttl_busiest_second", "size_p50", "size_max",
-    "biggest", "lz4_ratio", "refused",
+    "biggest", "lz4_ratio", "refused", "scanned", "complete",
 }  # fmt: skip
 
 
@@ -335,26 +377,135 @@ def test_the_json_has_the_documented_shape(
     }  # fmt: skip
     assert set(report["figures"]) == DOCUMENTED_FIGURES
     assert set(report["figures"]["sample"]) == DOCUMENTED_SAMPLE
-    assert set(report["figures"]["wake"]) == {"transport", "refused", "error"}
+    assert set(report["figures"]["wake"]) == {"transport", "refused", "error", "namespace"}
     for verdict in report["verdicts"]:
         assert set(verdict) == {"code", "severity", "title", "advice", "figures"}
         assert verdict["severity"] in ("info", "warning", "critical")
 
 
+def _reading(commands: int, hits: int, misses: int, clients: int = 50) -> dict[str, Any]:
+    return {"redis_version": "7.0.15", "run_id": "a", "maxmemory_policy": "allkeys-lru",
+            "total_commands_processed": commands, "keyspace_hits": hits,
+            "keyspace_misses": misses, "connected_clients": clients}  # fmt: skip
+
+
 def test_misses_outpacing_hits_while_ops_fall_read_as_a_stampede() -> None:
-    """The runbook's signature, judged from two INFO readings (the verdict is a pure function)."""
-    before = {"redis_version": "7.0.15", "keyspace_hits": 1000, "keyspace_misses": 100,
-              "instantaneous_ops_per_sec": 5000, "maxmemory_policy": "allkeys-lru"}  # fmt: skip
-    after = {**before, "keyspace_hits": 1100, "keyspace_misses": 2100,
-             "instantaneous_ops_per_sec": 1200}  # fmt: skip
-    found = judge("127.0.0.1:6379/0", before, after, 2.0, {"maxmemory": "1000000"}, None)
+    """The runbook's signature, judged from three INFO readings (a pure function)."""
+    config = {"maxmemory": "1000000"}
+    before, middle = _reading(0, 1000, 100), _reading(10_000, 1050, 1100)
+    after = _reading(12_000, 1100, 2100)  # 10,000 commands in the first second, 2,000 after
+    found = judge("127.0.0.1:6379/0", before, after, 2.0, config, None, middle=middle)
     stampede = next(v for v in found.verdicts if v.code == "stampede")
     assert stampede.severity == "critical"
     assert found.exit_status == 2
-    calm = judge("127.0.0.1:6379/0", before, {**after, "instantaneous_ops_per_sec": 5200},
-                 2.0, {"maxmemory": "1000000"}, None)  # fmt: skip
+    assert (found.figures["ops_per_s_first_half"], found.figures["ops_per_s_second_half"]) == (
+        10_000,
+        2_000,
+    )
+    calm = judge("127.0.0.1:6379/0", before, {**after, "total_commands_processed": 21_000},
+                 2.0, config, None, middle=middle)  # fmt: skip
     assert "stampede" not in {v.code for v in calm.verdicts}
     assert "misses" in {v.code for v in calm.verdicts}
+    # The clients went away (a job ended): ops fell because nobody asks, not a stampede.
+    gone = judge("127.0.0.1:6379/0", before, {**after, "connected_clients": 1},
+                 2.0, config, None, middle=middle)  # fmt: skip
+    assert "stampede" not in {v.code for v in gone.verdicts}
+
+
+def test_a_restart_or_reset_between_the_readings_gives_no_rates() -> None:
+    """Counters that went back (CONFIG RESETSTAT) or a new run_id: no rates, no traffic verdict."""
+    config = {"maxmemory": "1000000"}
+    before, middle = _reading(90_000, 80_000, 1000), _reading(90_100, 80_050, 1100)
+    for after in (_reading(200, 0, 500), {**_reading(95_000, 80_100, 9000), "run_id": "b"}):
+        found = judge("127.0.0.1:6379/0", before, after, 2.0, config, None, middle=middle)
+        assert found.figures["restarted"] is True
+        assert found.figures["hits_per_s"] == found.figures["misses_per_s"] == 0
+        codes = {v.code for v in found.verdicts}
+        assert "restarted" in codes
+        assert not codes & {"misses", "stampede", "evictions"}
+
+
+def test_the_last_run_s_key_sample_makes_no_stampede_in_the_next(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Runs back to back on a quiet server with steady misses: never a stampede.
+
+    Redis's moving average of ops/s still held the previous run's sample burst;
+    the halves come from its exact command count.
+    """
+    with RedisServer() as server:
+        client = redis.Redis(port=server.port)
+        client.mset({f"k{i}": b"v" for i in range(5000)})
+        stop = threading.Event()
+
+        def miss() -> None:  # about 50 misses a second until stopped (at most 20 s)
+            reader = redis.Redis(port=server.port)
+            for _ in range(1000):
+                if stop.wait(0.02):
+                    break
+                reader.get("nokey")
+            reader.close()
+
+        thread = threading.Thread(target=miss)
+        thread.start()
+        try:
+            runs = [_doctor(server.url, capsys, "--interval", "1", "--sample", "5000")
+                    for _ in range(3)]  # fmt: skip
+        finally:
+            stop.set()
+            thread.join()
+            client.close()
+    for status, report in runs:
+        assert "stampede" not in _codes(report)
+        assert _codes(report)["misses"] == "warning"
+        assert status == 1
+
+
+def test_a_closed_pipe_keeps_the_exit_status_and_prints_no_traceback(
+    full_noeviction: RedisServer,
+) -> None:
+    """asyncstampede doctor | true: the reader has gone; the verdict's status still comes back."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "asyncstampede", "doctor", full_noeviction.url, "--interval", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as doctor:
+        assert doctor.stdout is not None
+        assert doctor.stderr is not None
+        doctor.stdout.close()  # (as `| true` does, before the doctor writes)
+        said = doctor.stderr.read()
+        assert doctor.wait(timeout=30) == 2
+    assert b"Traceback" not in said
+
+
+def test_json_says_why_it_cannot_judge(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json at exit 3 prints a document with the error, for the machine reading it."""
+    with RedisServer() as server:
+        url = server.url
+    assert main(["doctor", url, "--json", "--interval", "0"]) == 3
+    said = json.loads(capsys.readouterr().out)
+    assert said["exit_status"] == 3
+    assert "unavailable" in said["error"]
+
+
+def test_narrow_terminals_and_commands_are_never_cut(full_noeviction: RedisServer) -> None:
+    """From 1 to 120 columns: no error, no line past the width (40 at least), no command cut."""
+
+    async def run() -> Diagnosis:
+        client = redis.asyncio.Redis(port=full_noeviction.port)
+        try:
+            return await diagnose(client, interval=0, sample=10)
+        finally:
+            await client.aclose()
+
+    found = anyio.run(run)
+    for width in range(1, 121):
+        table = _table(found, width=width)
+        assert max(len(line) for line in table.splitlines()) <= max(width, 40)
+        words = table.split()
+        assert "maxmemory-" not in words  # a command cut at its hyphen
+        assert "allkeys-" not in words
+        assert "maxmemory-policy" in words
 
 
 def test_ooms_before_the_readings_do_not_make_a_freed_server_critical(
@@ -393,3 +544,15 @@ def test_a_user_refused_scan_gets_the_rest(capsys: pytest.CaptureFixture[str]) -
     assert "NOPERM" in report["figures"]["sample"]["refused"]
     assert _codes(report)["sample-refused"] == "info"
     assert status in (0, 1)  # judged: not "cannot judge" (3)
+
+
+def test_a_sample_cut_short_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """210,000 keys and none of the namespace's: the bounded SCAN stops, and says where."""
+    with RedisServer("--enable-debug-command", "yes") as server:
+        server.command("DEBUG", "POPULATE", "210000")
+        assert main(["doctor", server.url, "--interval", "0", "--namespace", "app"]) == 1
+        table = capsys.readouterr().out
+        _, report = _doctor(server.url, capsys, "--interval", "0", "--namespace", "app")
+    sample = report["figures"]["sample"]
+    assert (sample["sampled"], sample["complete"], sample["scanned"]) == (0, False, 200_000)
+    assert "no keys matched, stopped after about 200,000 keys" in " ".join(table.split())
