@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import string
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import (
     TYPE_CHECKING,
@@ -31,6 +31,7 @@ import orjson
 
 from ._codec import Codec, codec_for
 from ._freshness import Freshness, refuse_unknown, ttl_ms
+from ._tags import tags_of
 
 if TYPE_CHECKING:
     from ._stampede import Stampede
@@ -65,6 +66,7 @@ class Cached(Generic[P, R]):
         "_names",
         "_overrides",
         "_signature",
+        "_tags",
         "_this",
         "_ttl",
     )
@@ -83,6 +85,7 @@ class Cached(Generic[P, R]):
         model: type[Any] | Codec[Any] | None,
         overrides: Freshness,
         this: object = None,
+        tags: tuple[str, ...] = (),
     ) -> None:
         self._cache = cache
         self._fn: Callable[..., Awaitable[Any]] = fn
@@ -92,6 +95,7 @@ class Cached(Generic[P, R]):
         self._overrides = overrides
         self._signature = inspect.signature(fn)
         self._this = this  # the instance a method is bound to (None: not bound)
+        self._tags = tags  # templates, as the key's
         self._names = f"{fn.__module__}.{fn.__qualname__}"
         functools.update_wrapper(self, fn)  # (__wrapped__, __name__, __doc__...)
 
@@ -104,6 +108,7 @@ class Cached(Generic[P, R]):
         key: KeySpec,
         model: object,
         overrides: Freshness,
+        tags: Iterable[str] = (),
     ) -> Cached[P, R]:
         """Check the decoration's arguments and wrap *fn* (see ``Stampede.cached``).
 
@@ -129,21 +134,25 @@ class Cached(Generic[P, R]):
                 f"key must be a template str ('user:{{user_id}}'), a callable given the "
                 f"function's arguments, or None, not {type(key).__name__}"
             )
-        if isinstance(key, str):
-            _check_template(key, inspect.signature(fn), fn)
-        return cls(cache, fn, ttl, key, model, overrides)  # type: ignore[arg-type]
+        templates = tags_of(tags, "cached()")
+        for template in (key, *templates) if isinstance(key, str) else templates:
+            _check_template(template, inspect.signature(fn), fn)
+        return cls(cache, fn, ttl, key, model, overrides, None, templates)  # type: ignore[arg-type]
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Return the cached value of this call, computing it at most once."""
         if self._this is not None:
             args = (self._this, *args)  # type: ignore[assignment]
         key = self._key_of(args, kwargs)
+        tags = self._tags_of(args, kwargs)
         fn = functools.partial(self._fn, *args, **kwargs)
         if self._model is None:
-            value: Any = await self._cache.get_or_compute(key, fn, self._ttl, **self._overrides)
+            value: Any = await self._cache.get_or_compute(
+                key, fn, self._ttl, tags=tags, **self._overrides
+            )
             return value  # type: ignore[no-any-return]
         return await self._cache.get_or_compute(
-            key, fn, self._ttl, model=self._model, **self._overrides
+            key, fn, self._ttl, model=self._model, tags=tags, **self._overrides
         )
 
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -158,6 +167,12 @@ class Cached(Generic[P, R]):
             args = (self._this, *args)  # type: ignore[assignment]
         return self._key_of(args, kwargs)
 
+    def tags(self, *args: P.args, **kwargs: P.kwargs) -> tuple[str, ...]:
+        """Return the tags a call with these arguments carries (its templates, formatted)."""
+        if self._this is not None:
+            args = (self._this, *args)  # type: ignore[assignment]
+        return self._tags_of(args, kwargs)
+
     @overload
     def __get__(self, this: None, owner: type | None = None) -> Self: ...
 
@@ -170,11 +185,25 @@ class Cached(Generic[P, R]):
         if this is None or self._this is not None:
             return self
         return Cached(
-            self._cache, self._fn, self._ttl, self._key, self._model, self._overrides, this
+            self._cache,
+            self._fn,
+            self._ttl,
+            self._key,
+            self._model,
+            self._overrides,
+            this,
+            self._tags,
         )
 
     def __repr__(self) -> str:
         return f"<cached {self._names}>"
+
+    def _tags_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
+        if not self._tags:
+            return ()
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return tuple(template.format_map(bound.arguments) for template in self._tags)
 
     def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         spec = self._key

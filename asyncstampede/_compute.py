@@ -75,13 +75,16 @@ async def run_compute(rt: Runtime, req: Request) -> tuple[Any, int]:
 
 def encode_value(rt: Runtime, req: Request, value: Any, *, delta_ms: int) -> tuple[bytes, int]:
     """Encode a fresh value; return it with the Redis TTL it is stored for."""
-    return encode_stored(rt, value, req.ttl_ms, req.policy, delta_ms=delta_ms)
+    return encode_stored(rt, value, req.ttl_ms, req.policy, delta_ms=delta_ms, tags=req.tags)
 
 
 def encode_stored(
-    rt: Runtime, value: Any, ttl_ms: int, policy: Policy, *, delta_ms: int = 0
+    rt: Runtime, value: Any, ttl_ms: int, policy: Policy, *, delta_ms: int = 0, tags: int = 0
 ) -> tuple[bytes, int]:
-    """Encode *value*, fresh for *ttl_ms* under *policy*; return it and its Redis TTL (ms)."""
+    """Encode *value*, fresh for *ttl_ms* under *policy*; return it and its Redis TTL (ms).
+
+    *tags*: the fingerprint of its tags' generations (``_tags``; 0: none).
+    """
     now = now_ms()
     fresh_ms = ttl_ms
     if value is None and policy.negative_ms:
@@ -95,6 +98,7 @@ def encode_stored(
         fresh_until_ms=now + fresh_ms,
         compress_threshold=rt.settings.compress_threshold,
         max_value_bytes=rt.settings.max_value_bytes,
+        tags=tags,
     )
     # Kept past its freshness for as long as it may be served stale.
     return payload, fresh_ms + max(policy.swr_ms, policy.sie_ms)

@@ -13,6 +13,8 @@ Layout (big-endian), then the payload::
                         (moved on by a fail-safe re-stamp, see `restamp`)
     ttl        8 bytes  freshness it was stored with, milliseconds: created + ttl
                         anchors the stale windows, which no re-stamp moves
+    tags       8 bytes  version 3 only (a value with tags): the fingerprint of
+                        its tags' generations when it was computed (``_tags``)
     size       4 bytes  length of the payload once decompressed
 
 The decompressed size is declared up front and checked against a limit
@@ -41,6 +43,8 @@ MAGIC = b"\xa5\x5a"
 VERSION = 2
 _HEADER = struct.Struct(">2sBBQIQQI")
 _HEADER_V1 = struct.Struct(">2sBBQIQI")
+_HEADER_V3 = struct.Struct(">2sBBQIQQQI")  # version 2 and the tags' fingerprint
+TAGGED = 3
 HEADER_SIZE = _HEADER.size
 _FRESH_AT = 16  # offset of the fresh field, in both versions
 FLAG_RAW = 0x01
@@ -67,6 +71,7 @@ class Envelope(NamedTuple):
     fresh_until_ms: int
     failed: bool = False
     ttl_ms: int = 0
+    tags: int = 0  # the fingerprint of its tags' generations (0: it has none)
 
     @property
     def origin_fresh_until_ms(self) -> int:
@@ -82,8 +87,12 @@ def encode(
     fresh_until_ms: int,
     compress_threshold: int,
     max_value_bytes: int,
+    tags: int = 0,
 ) -> bytes:
     """Serialize *value* into an envelope, fresh for ``fresh_until_ms - created_ms``.
+
+    *tags* is the fingerprint of its tags' generations (``_tags``); a value
+    with tags is written as version 3, any other as version 2.
 
     ``bytes`` (and ``bytearray``/``memoryview``) are stored raw; everything
     else goes through orjson, except what would not come back as itself
@@ -123,17 +132,15 @@ def encode(
         if len(packed) < size:
             payload = packed
             flags |= FLAG_LZ4
-    header = _HEADER.pack(
-        MAGIC,
-        VERSION,
-        flags,
+    stamps = (
         _clamp(created_ms, _U64_MAX),
         _clamp(delta_ms, _U32_MAX),
         _clamp(fresh_until_ms, _U64_MAX),
         _clamp(fresh_until_ms - created_ms, _U64_MAX),
-        size,
     )
-    return header + payload
+    if tags:
+        return _HEADER_V3.pack(MAGIC, TAGGED, flags, *stamps, tags, size) + payload
+    return _HEADER.pack(MAGIC, VERSION, flags, *stamps, size) + payload
 
 
 def restamp(data: bytes, *, fresh_until_ms: int) -> bytes:
@@ -150,7 +157,7 @@ def restamp(data: bytes, *, fresh_until_ms: int) -> bytes:
     if data[:2] != MAGIC or len(data) < _HEADER_V1.size:
         raise DecodeError("not an envelope")
     fresh = _clamp(fresh_until_ms, _U64_MAX).to_bytes(8, "big")
-    if data[2] == VERSION:
+    if data[2] in (VERSION, TAGGED):
         return data[:_FRESH_AT] + fresh + data[_FRESH_AT + 8 :]
     if data[2] == 1:
         magic, _, flags, created, delta, old_fresh, size = _HEADER_V1.unpack_from(data)
@@ -168,17 +175,23 @@ def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
             declared size is over *max_value_bytes*, or the payload is corrupt.
 
     """
-    if len(data) < (HEADER_SIZE if data[2:3] == b"\x02" else _HEADER_V1.size):
+    version = data[2] if len(data) > 2 else 0
+    least = {VERSION: HEADER_SIZE, TAGGED: _HEADER_V3.size}.get(version, _HEADER_V1.size)
+    if len(data) < least:
         raise DecodeError(f"{len(data)} bytes is shorter than the header")
-    if data[2] == VERSION:
+    tags = 0
+    if version == VERSION:
         magic, version, flags, created, delta, fresh, ttl, size = _HEADER.unpack_from(data)
         start = HEADER_SIZE
+    elif version == TAGGED:
+        magic, version, flags, created, delta, fresh, ttl, tags, size = _HEADER_V3.unpack_from(data)
+        start = _HEADER_V3.size
     else:
         magic, version, flags, created, delta, fresh, size = _HEADER_V1.unpack_from(data)
         ttl, start = _clamp(fresh - created, _U64_MAX), _HEADER_V1.size
     if magic != MAGIC:
         raise DecodeError("bad magic: not written by asyncstampede")
-    if version not in (1, VERSION):
+    if version not in (1, VERSION, TAGGED):
         raise DecodeError(f"unsupported envelope version {version}")
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError(f"unknown flags {flags:#x}")
@@ -201,23 +214,25 @@ def decode(data: bytes, *, max_value_bytes: int) -> Envelope:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"corrupt JSON payload: {exc}") from exc
-    return Envelope(value, created, delta, fresh, bool(flags & FLAG_FAILURE), ttl)
+    return Envelope(value, created, delta, fresh, bool(flags & FLAG_FAILURE), ttl, tags)
 
 
-def encode_failure(message: str, *, created_ms: int, fresh_until_ms: int) -> bytes:
-    """Encode a cached failure: *message* describes the error (negative caching)."""
+def encode_failure(message: str, *, created_ms: int, fresh_until_ms: int, tags: int = 0) -> bytes:
+    """Encode a cached failure: *message* describes the error (negative caching).
+
+    *tags* as for `encode`.
+    """
     payload = message.encode("utf-8", "replace")[:4096]
-    header = _HEADER.pack(
-        MAGIC,
-        VERSION,
-        FLAG_RAW | FLAG_FAILURE,
+    stamps = (
         _clamp(created_ms, _U64_MAX),
         0,
         _clamp(fresh_until_ms, _U64_MAX),
         _clamp(fresh_until_ms - created_ms, _U64_MAX),
-        len(payload),
     )
-    return header + payload
+    flags = FLAG_RAW | FLAG_FAILURE
+    if tags:
+        return _HEADER_V3.pack(MAGIC, TAGGED, flags, *stamps, tags, len(payload)) + payload
+    return _HEADER.pack(MAGIC, VERSION, flags, *stamps, len(payload)) + payload
 
 
 def _non_finite(value: object) -> str | None:

@@ -64,6 +64,7 @@ class Flight:
         "error",
         "joiners",
         "share",
+        "tags",
         "value",
         "waiting_on",
     )
@@ -76,6 +77,7 @@ class Flight:
         self.detached = False  # by invalidate: what it computes must not be stored
         self.done = False
         self.share = share
+        self.tags: tuple[str, ...] = ()  # its call's tags: an invalidated one detaches it
         self.joiners = 0
         self.value: Any = None
         self.error: BaseException | None = None

@@ -254,6 +254,7 @@ async def _remember_failure(rt: Runtime, req: Request, token: bytes, failure: Ex
         f"{type(failure).__name__}: {failure}",
         created_ms=now,
         fresh_until_ms=now + req.policy.negative_ms,
+        tags=req.tags,
     )
     try:
         work = rt.backend.commit(req.names, token, payload, req.policy.negative_ms)

@@ -73,6 +73,7 @@ def read_interrupted(
     exc: BaseException,
     redis_left: float,
     codec: Codec[Any] | None = None,
+    tags: int = 0,
 ) -> None:
     """Leave the flight in good hands when the first read ends with *exc* (the caller re-raises).
 
@@ -84,7 +85,7 @@ def read_interrupted(
     """
     tg = rt.tg
     if isinstance(exc, anyio.get_cancelled_exc_class()) and tg is not None:
-        req = Request(key, names, flight, fn, ttl_ms, policy, redis_left, codec)
+        req = Request(key, names, flight, fn, ttl_ms, policy, redis_left, codec, tags)
         tg.start_soon(resolve, rt, req, Again(True))
     elif isinstance(exc, anyio.get_cancelled_exc_class()):
         rt.finish(key, flight, error=ClosedError("the Stampede closed during the call"))

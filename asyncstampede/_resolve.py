@@ -74,7 +74,7 @@ async def _drive(rt: Runtime, req: Request, token: bytes, first: BackendError | 
             if not isinstance(found, Hit):
                 state = found
                 continue
-            envelope = rt.decode(found.payload, req.codec)
+            envelope = rt.decode(found.payload, req)
             if envelope is not None and serve(rt, req, envelope, found.payload):
                 return value_of(envelope)
             seen = found.payload
@@ -149,7 +149,7 @@ def _value_handler(rt: Runtime, req: Request) -> Callable[[Value], bool]:
     key, flight = req.key, req.flight
 
     def on_value(message: Value) -> bool:
-        envelope = rt.decode(message.payload, req.codec)
+        envelope = rt.decode(message.payload, req)
         if envelope is None or not req.accepts(envelope):
             return False  # corrupt, or too old for this call (the stale value it started from)
         rt.counters.wakeups += 1
@@ -242,6 +242,7 @@ def _refresh_soon(
         req.policy,
         rt.settings.redis_budget,
         req.codec,
+        req.tags,
     )
     refresh.stale, refresh.stale_payload = envelope, payload
     rt.tg.start_soon(_refresh, rt, refresh, payload)

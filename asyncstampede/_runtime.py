@@ -279,19 +279,24 @@ class Runtime:
                     self.failed(exc, "releasing a lock; its waiters wait for it to expire")
             raise
 
-    def decode(self, payload: bytes, codec: Codec[Any] | None = None) -> Envelope | None:
+    def decode(self, payload: bytes, req: Request | None = None) -> Envelope | None:
         """Decode a stored envelope, or count it as corrupt and return None.
 
-        With a *codec*, a value it cannot load (stored before its type
-        changed, say) counts as corrupt too: it is computed anew.
+        For *req*, a value stamped with other generations of its tags (one
+        invalidated since) is None too, and so is one its codec cannot load
+        (stored before its type changed, say; counted as corrupt): either is
+        computed anew.
         """
         try:
             envelope = decode(payload, max_value_bytes=self.settings.max_value_bytes)
         except DecodeError:
             self.counters.decode_errors += 1
             return None
-        if codec is not None and not self.fits(envelope, codec):
-            return None
+        if req is not None:
+            if req.tags and envelope.tags != req.tags:
+                return None
+            if req.codec is not None and not self.fits(envelope, req.codec):
+                return None
         return envelope
 
     def fits(self, envelope: Envelope, codec: Codec[Any]) -> bool:
@@ -343,6 +348,7 @@ class Request:
         "redis_left",
         "stale",
         "stale_payload",
+        "tags",
         "ttl_ms",
     )
 
@@ -356,6 +362,7 @@ class Request:
         policy: Policy,
         redis_left: float,
         codec: Codec[Any] | None = None,
+        tags: int = 0,
     ) -> None:
         self.key = key
         self.names = names
@@ -375,6 +382,9 @@ class Request:
         # The type the first caller asked for (model=): a stored value that
         # does not fit it is not served, like a corrupt one (see Runtime.decode).
         self.codec = codec
+        # The fingerprint of its tags' generations when the call began (0:
+        # no tags): values are stamped with it, and only those are served.
+        self.tags = tags
 
     def accepts(self, envelope: Envelope) -> bool:
         """Tell whether a value may be handed to this request's callers now (see `judge`)."""

@@ -9,6 +9,7 @@ from typing import Final, Literal, TypeAlias, TypedDict, final, get_args
 from ._events import Hook
 from ._freshness import Policy, positive
 from ._keys import validate_namespace
+from ._tags import tags_of
 
 __all__ = ["WAKES", "MiB", "Settings", "StampedeSettings", "Wake"]
 
@@ -43,6 +44,7 @@ class StampedeSettings(TypedDict, total=False):
     wake: Wake
     redis_budget: float
     hooks: Sequence[Hook]
+    tags: Sequence[str]
 
 
 @final
@@ -64,6 +66,7 @@ class Settings:
     share_values: bool
     wake: Wake
     redis_budget: float  # seconds
+    tags: tuple[str, ...] = ()  # every value's (see _tags)
 
     @classmethod
     def build(
@@ -89,6 +92,7 @@ class Settings:
         share_values: bool,
         wake: Wake = "auto",
         redis_budget: float = 0.5,
+        tags: Sequence[str] = (),
     ) -> Settings:
         """Validate the arguments of `Stampede` (see there for each).
 
@@ -152,4 +156,5 @@ class Settings:
             share_values=share_values,
             wake=wake,
             redis_budget=float(redis_budget),
+            tags=tags_of(tags, "Stampede()"),
         )

@@ -146,7 +146,7 @@ async def _wait(
         if isinstance(state, BackendError):
             return state
         if isinstance(state, Hit):
-            found = rt.decode(state.payload, req.codec)
+            found = rt.decode(state.payload, req)
             if found is not None and req.accepts(found):
                 return Served(value_of(found))
             # Corrupt, or too old for this call (the stale value it

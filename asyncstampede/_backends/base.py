@@ -183,6 +183,16 @@ class Backend(Protocol):
         """Delete the value and any lock, so an older compute cannot write it back."""
         ...
 
+    async def read_tagged(
+        self, names: KeyNames, tags: list[bytes]
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        """Return the value and the generations of *tags* (None: missing), in one round trip."""
+        ...
+
+    async def generations(self, tags: list[bytes], *, renew: bool) -> list[bytes]:
+        """Return *tags*' generations, making missing ones (*renew*: new ones for all)."""
+        ...
+
     async def put(self, names: KeyNames, payload: bytes, ttl_ms: int) -> None:
         """Write *payload* for *ttl_ms* whoever holds the lock; its holder cannot commit after.
 

@@ -10,6 +10,7 @@ import anyio.abc
 
 from .._exceptions import BackendError, BackendUnavailableError
 from .._keys import KeyNames
+from .._tags import new_generation
 from .base import ACQUIRED, Acquired, Held, Hit
 from .interest import Listener
 from .messages import Signal, Value
@@ -27,6 +28,7 @@ class MemoryBackend:
         self._max_entries = max_entries
         self._values: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self._locks: dict[bytes, tuple[bytes, float]] = {}
+        self._generations: dict[bytes, bytes] = {}  # tags' (see _tags): a few, never evicted
         self.listener = Listener()
 
     def _get(self, name: bytes) -> bytes | None:
@@ -158,6 +160,19 @@ class MemoryBackend:
         """See `Backend.lock_holder`."""
         holder = self._lock_holder(names.lock)
         return None if holder is None else holder[0]
+
+    async def read_tagged(
+        self, names: KeyNames, tags: list[bytes]
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        """See `Backend.read_tagged`."""
+        return self._get(names.value), [self._generations.get(tag) for tag in tags]
+
+    async def generations(self, tags: list[bytes], *, renew: bool) -> list[bytes]:
+        """See `Backend.generations`."""
+        for tag in tags:
+            if renew or tag not in self._generations:
+                self._generations[tag] = new_generation()
+        return [self._generations[tag] for tag in tags]
 
     async def put(self, names: KeyNames, payload: bytes, ttl_ms: int) -> None:
         """See `Backend.put`."""

@@ -27,6 +27,7 @@ from ..._events import Hooks
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ..._keys import KeyNames, make_names, value_name_of
 from ..._problems import ProblemLog
+from ..._tags import new_generation
 from ..base import ACQUIRED, Acquired, Held, Hit
 from ..breaker import Breaker
 from ..interest import SUBSCRIBED, UNTRACKED, Listener
@@ -485,6 +486,26 @@ class RedisBackend:
     async def invalidate(self, names: KeyNames) -> None:
         """See `Backend.invalidate`."""
         await self._script(self._invalidate, [names.value, names.lock], [])
+
+    async def read_tagged(
+        self, names: KeyNames, tags: list[bytes]
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        """See `Backend.read_tagged` (one ``MGET``)."""
+        reply = await self._send("MGET", names.value, *tags)
+        found = [r if r is None or isinstance(r, bytes) else bytes(r) for r in reply]
+        return found[0], found[1:]
+
+    async def generations(self, tags: list[bytes], *, renew: bool) -> list[bytes]:
+        """See `Backend.generations` (``SET``, or ``SET NX`` then ``GET``, per tag)."""
+        made: list[bytes] = []
+        for tag in tags:
+            generation = new_generation()
+            if renew:
+                await self._send("SET", tag, generation)
+            elif not await self._send("SET", tag, generation, "NX"):
+                generation = await self._send("GET", tag) or generation
+            made.append(generation if isinstance(generation, bytes) else bytes(generation))
+        return made
 
     async def put(self, names: KeyNames, payload: bytes, ttl_ms: int) -> None:
         """See `Backend.put`."""
