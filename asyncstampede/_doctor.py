@@ -249,8 +249,9 @@ async def _sample(
     # (SCAN's COUNT is a hint: about this many keys were looked at.) Cut short:
     # it ran out of SCAN calls before the keyspace ended or it had enough.
     scanned = {"scanned": scans * _SCAN_COUNT, "complete": cursor == 0 or len(names) >= sample}
-    # asyncstampede's own locks (and commit markers, 0.5 s) say nothing of the cache.
-    names = [n for n in names if not n.endswith(b"}:l")][:sample]
+    # asyncstampede's own locks (and commit markers, 0.5 s) and tag generations say
+    # nothing of the cache.
+    names = [n for n in names if not n.endswith((b"}:l", b"}:g"))][:sample]
     if not names:
         return {**_EMPTY_SAMPLE, **scanned}
     async with client.pipeline(transaction=False) as pipe:

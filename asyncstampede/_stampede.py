@@ -230,6 +230,7 @@ class Stampede:
         self._namespace = settings.namespace
         self._lifecycle = Lifecycle(self._rt)
         self._names = NamesCache(settings.namespace)
+        self._tags = settings.tags
 
     @classmethod
     def from_url(
@@ -588,7 +589,7 @@ class Stampede:
         key = plain_key(key)
         names = self._names[key]
         codec = codec_for(model)
-        tagged = self._tags_of(tags) if tags else self._settings.tags
+        tagged = self._tags_of(tags) if tags else self._tags
         self._lifecycle.task_group()
         rt = self._rt
         stamp = 0
@@ -655,7 +656,7 @@ class Stampede:
         codec = codec_for(model)
         if codec is not None and value is not None:
             value = codec.dump(value)
-        tagged = self._tags_of(tags) if tags else self._settings.tags
+        tagged = self._tags_of(tags) if tags else self._tags
         rt = self._rt
         encode_stored(rt, value, ms, rt.settings.policy)  # (refused before any Redis work)
         self._lifecycle.task_group()
@@ -781,12 +782,10 @@ class Stampede:
         if overrides:  # (none: the instance's policy as it is)
             policy = policy.override(**refuse_unknown(overrides, "get_or_compute"))
         codec = None if model is None else codec_for(model)
-        tagged = self._tags_of(tags) if tags else self._settings.tags
-        compute = (
-            compute_with(fn, args, codec)
-            if args or codec is not None
-            else cast("Callable[[], Awaitable[Any]]", fn)
-        )
+        tagged = self._tags_of(tags) if tags else self._tags
+        compute: Callable[[], Awaitable[Any]] = fn
+        if args or codec is not None:
+            compute = compute_with(fn, args, codec)
         self._lifecycle.task_group()  # (refuses a closed instance, another loop)
         asking = (
             check_reentry(rt.flights, rt.store, key, names.lock, "asking for")
