@@ -9,6 +9,7 @@ from ._exceptions import CircuitOpenError as CircuitOpenError
 from ._exceptions import ClosedError as ClosedError
 from ._exceptions import ComputeFailedError as ComputeFailedError
 from ._exceptions import ComputeTimeoutError as ComputeTimeoutError
+from ._exceptions import MissingFromBatchError as MissingFromBatchError
 from ._exceptions import ReentrantCallError as ReentrantCallError
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import StampedeError as StampedeError
@@ -26,6 +27,7 @@ __all__ = [
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",
+    "MissingFromBatchError",
     "ReentrantCallError",
     "SerializationError",
     "Stampede",

@@ -22,7 +22,7 @@ hit costs one round trip, no task switch); what follows, module by module:
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from time import monotonic
 from types import TracebackType
 from typing import Literal, Self, TypeVar, Unpack, cast, final
@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import client_from_url
+from ._batch import checked_keys, get_many, refuse_batch_fn
 from ._compute import refuse_fn
 from ._doctor import Diagnosis, diagnose
 from ._envelope import DecodeError, decode
@@ -496,3 +497,109 @@ class Stampede:
         if handed is not HANDED_OFF:
             return handed  # type: ignore[no-any-return]
         return await await_flight(flight, asking, started=True)  # type: ignore[no-any-return]
+
+    async def get_many_or_compute(
+        self,
+        keys: Iterable[str],
+        batch_fn: Callable[[list[str]], Awaitable[Mapping[str, T]]],
+        ttl: float,
+        *,
+        beta: float | Unset = UNSET,
+        stale_while_revalidate: float | Unset = UNSET,
+        stale_if_error: float | Unset = UNSET,
+        soft_timeout: float | Unset | None = UNSET,
+        hard_timeout: float | Unset | None = UNSET,
+        ttl_jitter: float | Unset = UNSET,
+        negative_ttl: float | Unset | None = UNSET,
+    ) -> dict[str, T]:
+        """Return the cached values of *keys*, computing the missing ones with one *batch_fn* call.
+
+        The batch form of `get_or_compute`, with its guarantees for every
+        key: one ``MGET`` reads them all, and each value found gets the
+        same freshness verdict (stale-while-revalidate, XFetch's early
+        refresh...). Each missing key's lock is asked for (the ``SET``s
+        leave together, one round trip); *batch_fn* is then called once
+        with the keys whose locks this call got, and each value is committed
+        as `get_or_compute` commits it, waking every waiter. A key that
+        another process is computing is waited for, not computed again; a
+        key already in flight in this process (a `get_or_compute` of it, or
+        another batch) is joined. Keys that come to compute later (after
+        waiting out a holder that died, after ``wait_timeout`` with
+        ``on_wait_timeout="compute"``, a background refresh) are computed by
+        further calls of *batch_fn*, gathered per event-loop turn.
+
+        Each key fails as its own `get_or_compute` would: a key *batch_fn*
+        leaves out of its mapping fails with `MissingFromBatchError`, and
+        when *batch_fn* raises, every key it was asked for fails with (a
+        copy of) that exception; a stale value is served where
+        ``stale_if_error`` allows, and ``negative_ttl`` remembers the
+        failure. Once every key has its outcome, the call raises the error
+        of the first failed key in the order of *keys* (a note says how
+        many failed); the values of the other keys are cached all the same.
+        Keys the mapping has beyond those asked for are ignored.
+
+        Args:
+            keys: The cache keys (any iterable of ``str``; a key given twice
+                is read and computed once, and appears once in the result).
+            batch_fn: An async callable taking a ``list`` of keys (a subset
+                of *keys*, never empty) and returning a mapping of each of
+                them to its value.
+            ttl: Seconds the values stay fresh.
+            beta: XFetch strength for this call (``0``: no early refresh).
+            stale_while_revalidate: Seconds a stale value is served while one refresh runs.
+            stale_if_error: Seconds a stale value is served when the compute fails.
+            soft_timeout: Seconds before a stale value is served (``None``: never).
+            hard_timeout: Seconds before *batch_fn* is cancelled (``None``: never).
+            ttl_jitter: Fraction of *ttl* added at random to each write.
+            negative_ttl: Seconds to remember ``None`` or a failure (``None``: not).
+
+        Returns:
+            Every key of *keys* (once each, in their first order) mapped to
+            its value, as stored (through the codec, as `get_or_compute`).
+
+        Raises:
+            TypeError: *keys* is a single ``str`` or holds a non-``str``,
+                *batch_fn* is not callable, or it returned something other
+                than an awaitable of a mapping (then raised for its keys).
+            ValueError: *keys* is empty or holds an empty key, or a duration
+                is not a positive number.
+            MissingFromBatchError: *batch_fn*'s mapping had no value for a key.
+            SerializationError: a computed value cannot be serialized.
+            ValueTooLargeError: a serialized value is over ``max_value_bytes``.
+            ComputeTimeoutError: *hard_timeout* passed and no stale value
+                could be served.
+            ComputeFailedError: a key's compute failed less than
+                *negative_ttl* ago, or *batch_fn* raised ``CancelledError``
+                by itself.
+            BackendError: Redis failed and ``fail_open`` is off.
+            WaitTimeoutError: waiting for a key passed ``wait_timeout`` and
+                ``on_wait_timeout="raise"``.
+            ReentrantCallError: called from inside the compute of one of
+                *keys* (*batch_fn* asking for a key it computes included).
+            ClosedError: the instance is not entered or is closed.
+            WrongEventLoopError: called from another event loop than the one
+                that entered the instance.
+            Exception: whatever *batch_fn* raised, when no stale value could
+                be served.
+
+        """
+        keys = checked_keys(keys)
+        if not callable(batch_fn):
+            refuse_batch_fn(batch_fn)
+        ttl = ttl_ms(ttl)
+        policy = self._settings.policy
+        if not (
+            beta is stale_while_revalidate is stale_if_error is soft_timeout is UNSET
+            and hard_timeout is ttl_jitter is negative_ttl is UNSET
+        ):
+            policy = policy.override(
+                beta=beta,
+                stale_while_revalidate=stale_while_revalidate,
+                stale_if_error=stale_if_error,
+                soft_timeout=soft_timeout,
+                hard_timeout=hard_timeout,
+                ttl_jitter=ttl_jitter,
+                negative_ttl=negative_ttl,
+            )
+        self._lifecycle.task_group()  # (refuses a closed instance, another loop)
+        return await get_many(self._rt, self._names, keys, batch_fn, ttl, policy)
