@@ -54,7 +54,7 @@ from ._exceptions import (
 from ._flight import Computation, Flight, check_reentry, computing, own_copy
 from ._freshness import Policy
 from ._keys import KeyNames, NamesCache, plain_key
-from ._lead import compute_unlocked
+from ._lead import compute_uncached, compute_unlocked
 from ._read import LOOK, await_flight, read_interrupted
 from ._resolve import _value_handler, decide, serve
 from ._runtime import Again, Request, Runtime, value_of
@@ -199,6 +199,13 @@ async def _read_and_hand_off(
                 rt, key, names[key], flights[key], batch.fn_for(key), ttl_ms, policy, exc, left
             )
         raise
+    if failure is not None:  # one read failed: one failure, counted and logged once
+        then = (
+            "computing them without the cache"
+            if rt.settings.fail_open
+            else "raising (fail_open is off)"
+        )
+        rt.failed(failure, f"reading {len(mine)} keys (MGET); {then}")
     left = budget - (monotonic() - started)
     misses: list[tuple[Request, BackendError | Again]] = []
     for key, payload in zip(mine, payloads, strict=True):
@@ -277,6 +284,12 @@ async def _drive_one(
         rt.counters.misses += 1
         batch.told(req, computes=_will_compute(rt, req, state))
         told = True
+        if state is first and isinstance(state, BackendError):
+            # The batch's read failed (logged once for every key): no stale
+            # value was read, no lock asked for; as `_resolve._on_backend_error`.
+            if not rt.settings.fail_open:
+                raise state
+            return await compute_uncached(rt, req)
         if isinstance(state, Again):
             return await compute_unlocked(rt, req)  # (see _resolve._drive)
         asked = state is not first

@@ -462,6 +462,31 @@ async def test_redis_unreachable_fails_open_with_one_batch_call(own_server: Redi
             await cache.get_many_or_compute(_keys(10), batch_fn, ttl=60)
 
 
+async def test_a_paused_redis_costs_a_batch_one_budget_then_the_breaker_skips_it(
+    own_server: RedisServer, namespace: str
+) -> None:
+    """SIGSTOP: the batch fails open at redis_budget (one batch_fn call); the next skips Redis."""
+    batch_fn = Recorder()
+    async with Stampede.from_url(own_server.url, namespace=namespace, redis_budget=0.2) as cache:
+        await until(lambda: cache.statistics().wake != "poll")  # its connections are up
+        assert len(await cache.get_many_or_compute(_keys(3), batch_fn, ttl=60)) == 3
+        own_server.pause()
+        try:
+            started = anyio.current_time()
+            assert len(await cache.get_many_or_compute(_keys(6), batch_fn, ttl=60)) == 6
+            assert anyio.current_time() - started < 1.5  # the budget (0.2 s), not a socket timeout
+            stats = cache.statistics()
+            assert stats.breaker != "closed"
+            assert stats.backend_errors == 1
+            skipped = stats.short_circuited
+            assert len(await cache.get_many_or_compute(_keys(4, "j"), batch_fn, ttl=60)) == 4
+            assert cache.statistics().short_circuited > skipped
+            assert cache.statistics().backend_errors == 1  # skipped: no new failure
+        finally:
+            own_server.resume()
+        assert batch_fn.calls == [_keys(3), _keys(6), _keys(4, "j")]
+
+
 @pytest.fixture
 async def no_mget_url(redis_url: str, namespace: str) -> AsyncIterator[str]:
     """The URL of an ACL user who may do everything but MGET."""
