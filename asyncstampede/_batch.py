@@ -288,7 +288,7 @@ async def _drive_one(
             # The batch's read failed (logged once for every key): no stale
             # value was read, no lock asked for; as `_resolve._on_backend_error`.
             if not rt.settings.fail_open:
-                raise state
+                raise own_copy(state, state.__traceback__)  # (each key's caller its own)
             return await compute_uncached(rt, req)
         if isinstance(state, Again):
             return await compute_unlocked(rt, req)  # (see _resolve._drive)

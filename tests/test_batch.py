@@ -14,6 +14,7 @@ import redis
 import redis.asyncio
 from _conditions import until
 from _herd import Worker
+from _proxy import FaultProxy
 
 from asyncstampede import (
     BackendError,
@@ -392,6 +393,64 @@ async def test_a_warm_batch_is_one_mget(own_server: RedisServer) -> None:
         if name != "cmdstat_info"
     }
     assert {name: n for name, n in sent.items() if n} == {"cmdstat_mget": 1}
+
+
+async def test_a_cold_batch_costs_three_round_trips_whatever_its_size(
+    redis_url: str, namespace: str
+) -> None:
+    """100 ms added to every reply: 50 cold keys take 3 round trips (MGET, locks, commits)."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with FaultProxy(port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with Stampede.from_url(url, namespace=namespace, redis_budget=5) as cache:
+            await cache.get_or_compute("warm-up", lambda: _value(0), ttl=60)
+            await until(lambda: proxy.answered >= 3)  # its own connections are up
+            proxy.delay = 0.1
+            started = anyio.current_time()
+            await cache.get_many_or_compute(_keys(50), Recorder(), ttl=60)
+            cold = anyio.current_time() - started
+            started = anyio.current_time()
+            await cache.get_many_or_compute(_keys(50), Recorder(), ttl=60)
+            warm = anyio.current_time() - started
+    # One key at a time would take 150 round trips cold (15 s here), 50 warm.
+    assert 0.3 <= cold < 0.55, cold
+    assert 0.1 <= warm < 0.2, warm
+
+
+async def test_a_caller_cancelled_during_the_read_hands_its_keys_over(
+    redis_url: str, namespace: str
+) -> None:
+    """The batch's caller cancelled while its MGET is on its way: a joiner still gets k1, once."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    batch_fn = Recorder()
+    async with FaultProxy(port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with (
+            Stampede.from_url(url, namespace=namespace, redis_budget=5) as cache,
+            anyio.create_task_group() as tg,
+        ):
+            await cache.get_or_compute("warm-up", lambda: _value(0), ttl=60)
+            await until(lambda: proxy.answered >= 3)  # its own connections are up
+            proxy.delay = 0.2  # the MGET's reply is held back
+            caller = anyio.CancelScope()
+            got: dict[str, Any] = {}
+
+            async def many() -> None:
+                with caller:
+                    await cache.get_many_or_compute(_keys(3), batch_fn, ttl=60)
+
+            async def one() -> None:
+                got["k1"] = await cache.get_or_compute("k1", lambda: _value("no"), ttl=60)
+
+            tg.start_soon(many)
+            await until(lambda: cache.statistics().in_flight == 3)
+            tg.start_soon(one)
+            await until(lambda: cache.statistics().coalesced == 1)
+            caller.cancel()
+            await until(lambda: cache.statistics().in_flight == 0)  # every key handed over ended
+        assert caller.cancelled_caught
+        assert got["k1"] == {"key": "k1"}
+        assert sorted(batch_fn.computed) == _keys(3)  # each key once, by the batch's function
 
 
 async def test_a_stale_value_is_served_while_one_refresh_runs(
