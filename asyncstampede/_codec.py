@@ -25,7 +25,7 @@ from ._exceptions import SerializationError
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
 
-__all__ = ["Codec", "Stored", "Validator", "cannot_store", "codec_for"]
+__all__ = ["Codec", "Stored", "Validator", "cannot_store", "codec_for", "loaded"]
 
 T = TypeVar("T")
 
@@ -177,3 +177,21 @@ def _hint(value: object) -> str | None:
             "to store its JSON form"
         )
     return None
+
+
+def loaded(codec: Codec[Any], value: Any) -> Any:
+    """Return a resolved *value* as *codec*'s type (it was checked, or just stored by it).
+
+    Raises:
+        SerializationError: the codec cannot read what it wrote.
+
+    """
+    if value is None:
+        return None
+    try:
+        return codec.load(value)
+    except (ValueError, TypeError) as exc:  # the codec does not read what it writes
+        raise SerializationError(
+            f"{codec!r} cannot read back what it stored ({exc}); a codec's load() must "
+            "accept what its dump() returns"
+        ) from exc

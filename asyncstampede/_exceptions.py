@@ -19,6 +19,7 @@ __all__ = [
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",
+    "MissingFromBatchError",
     "ReentrantCallError",
     "SerializationError",
     "StampedeError",
@@ -104,6 +105,15 @@ class ComputeFailedError(StampedeError):
     ``CancelledError`` by itself (it awaited something another task
     cancelled) while nothing cancelled the call: the cancellation is the
     ``__cause__``, and only that key's callers see it.
+    """
+
+
+class MissingFromBatchError(ComputeFailedError):
+    """Raised when ``get_many_or_compute``'s ``batch_fn`` returned no value for a key it was given.
+
+    The key's compute failed, as if its function had raised this: a stale
+    value is served where ``stale_if_error`` allows, and ``negative_ttl``
+    remembers it. Return a value (``None`` is one) for every key.
     """
 
 

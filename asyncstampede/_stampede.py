@@ -22,7 +22,7 @@ hit costs one round trip, no task switch); what follows, module by module:
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from time import monotonic
 from types import TracebackType
@@ -44,13 +44,14 @@ from redis.asyncio import Redis
 
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import client_from_url
+from ._batch import checked_keys, get_many, refuse_batch_fn
 from ._cached import Cached, KeySpec
-from ._codec import Codec, Stored, Validator, codec_for
+from ._codec import Codec, Stored, Validator, codec_for, loaded
 from ._compute import compute_with, encode_stored, refuse_fn
 from ._doctor import Diagnosis, diagnose
 from ._envelope import DecodeError, decode
 from ._events import Hook
-from ._exceptions import BackendError, SerializationError
+from ._exceptions import BackendError
 from ._flight import Flight, check_reentry, computing
 from ._freshness import Freshness, Verdict, judge, refuse_unknown, ttl_ms, xfetch_due
 from ._keys import KeyNames, NamesCache, make_names, plain_key
@@ -796,7 +797,7 @@ class Stampede:
         if flight is not None:
             rt.counters.coalesced += 1
             value = await await_flight(flight, asking, started=False)
-            return value if codec is None else _loaded(codec, value)
+            return value if codec is None else loaded(codec, value)
         flight = rt.flights[key] = Flight(self._settings.share_values)
         # The first read, in the caller's own task and frame (see _read).
         envelope = None
@@ -858,20 +859,122 @@ class Stampede:
             raise
         if handed is HANDED_OFF:
             handed = await await_flight(flight, asking, started=True)
-        return handed if codec is None else _loaded(codec, handed)
+        return handed if codec is None else loaded(codec, handed)
 
+    @overload
+    async def get_many_or_compute(
+        self,
+        keys: Iterable[str],
+        batch_fn: Callable[[list[str]], Awaitable[Mapping[str, S]]],
+        ttl: float | timedelta,
+        *,
+        model: None = None,
+        tags: Iterable[str] = (),
+        **overrides: Unpack[Freshness],
+    ) -> dict[str, S]: ...
 
-def _loaded(codec: Codec[Any], value: Any) -> Any:
-    """Return a resolved *value* as *codec*'s type (it was checked, or just stored by it)."""
-    if value is None:
-        return None
-    try:
-        return codec.load(value)
-    except (ValueError, TypeError) as exc:  # the codec does not read what it writes
-        raise SerializationError(
-            f"{codec!r} cannot read back what it stored ({exc}); a codec's load() must "
-            "accept what its dump() returns"
-        ) from exc
+    @overload
+    async def get_many_or_compute(
+        self,
+        keys: Iterable[str],
+        batch_fn: Callable[[list[str]], Awaitable[Mapping[str, M]]],
+        ttl: float | timedelta,
+        *,
+        model: type[M] | Codec[M] | Validator[M],
+        tags: Iterable[str] = (),
+        **overrides: Unpack[Freshness],
+    ) -> dict[str, M]: ...
+
+    async def get_many_or_compute(
+        self,
+        keys: Iterable[str],
+        batch_fn: Callable[[list[str]], Awaitable[Mapping[str, Any]]],
+        ttl: float | timedelta,
+        *,
+        model: object = None,
+        tags: Iterable[str] = (),
+        **overrides: Unpack[Freshness],
+    ) -> dict[str, Any]:
+        """Return the cached values of *keys*, computing the missing ones with one *batch_fn* call.
+
+        The batch form of `get_or_compute`, with its guarantees for every
+        key: one ``MGET`` reads them all, and each value found gets the
+        same freshness verdict (stale-while-revalidate, XFetch's early
+        refresh...). Each missing key's lock is asked for (the ``SET``s
+        leave together, one round trip); *batch_fn* is then called once
+        with the keys whose locks this call got, and each value is committed
+        as `get_or_compute` commits it, waking every waiter. A key that
+        another process is computing is waited for, not computed again; a
+        key already in flight in this process (a `get_or_compute` of it, or
+        another batch) is joined. Keys that come to compute later (after
+        waiting out a holder that died, after ``wait_timeout`` with
+        ``on_wait_timeout="compute"``, a background refresh) are computed by
+        further calls of *batch_fn*, gathered per event-loop turn.
+
+        Each key fails as its own `get_or_compute` would: a key *batch_fn*
+        leaves out of its mapping fails with `MissingFromBatchError`, and
+        when *batch_fn* raises, every key it was asked for fails with (a
+        copy of) that exception; a stale value is served where
+        ``stale_if_error`` allows, and ``negative_ttl`` remembers the
+        failure. Once every key has its outcome, the call raises the error
+        of the first failed key in the order of *keys* (a note says how
+        many failed); the values of the other keys are cached all the same.
+        Keys the mapping has beyond those asked for are ignored.
+
+        Args:
+            keys: The cache keys (any iterable of ``str``; a key given twice
+                is read and computed once, and appears once in the result).
+            batch_fn: An async callable taking a ``list`` of keys (a subset
+                of *keys*, never empty) and returning a mapping of each of
+                them to its value.
+            ttl: Seconds (or a ``timedelta``) the values stay fresh.
+            model: The type each value comes back as (see `get_or_compute`).
+            tags: Tags of every value (see `get_or_compute`); their
+                generations are read in the same ``MGET``.
+            **overrides: Freshness settings for this call (see `Freshness`;
+                ``hard_timeout`` bounds each *batch_fn* call).
+
+        Returns:
+            Every key of *keys* (once each, in their first order) mapped to
+            its value, as stored (through the codec, as `get_or_compute`).
+
+        Raises:
+            TypeError: *keys* is a single ``str`` or holds a non-``str``,
+                *batch_fn* is not callable, or it returned something other
+                than an awaitable of a mapping (then raised for its keys).
+            ValueError: *keys* is empty or holds an empty key, or a duration
+                is not a positive number.
+            MissingFromBatchError: *batch_fn*'s mapping had no value for a key.
+            SerializationError: a computed value cannot be serialized.
+            ValueTooLargeError: a serialized value is over ``max_value_bytes``.
+            ComputeTimeoutError: *hard_timeout* passed and no stale value
+                could be served.
+            ComputeFailedError: a key's compute failed less than
+                *negative_ttl* ago, or *batch_fn* raised ``CancelledError``
+                by itself.
+            BackendError: Redis failed and ``fail_open`` is off.
+            WaitTimeoutError: waiting for a key passed ``wait_timeout`` and
+                ``on_wait_timeout="raise"``.
+            ReentrantCallError: called from inside the compute of one of
+                *keys* (*batch_fn* asking for a key it computes included).
+            ClosedError: the instance is not entered or is closed.
+            WrongEventLoopError: called from another event loop than the one
+                that entered the instance.
+            Exception: whatever *batch_fn* raised, when no stale value could
+                be served.
+
+        """
+        keys = checked_keys(keys)
+        if not callable(batch_fn):
+            refuse_batch_fn(batch_fn)
+        ttl = ttl_ms(ttl)
+        policy = self._settings.policy
+        if overrides:
+            policy = policy.override(**refuse_unknown(overrides, "get_many_or_compute"))
+        codec = None if model is None else codec_for(model)
+        tagged = self._tags_of(tags) if tags else self._tags
+        self._lifecycle.task_group()  # (refuses a closed instance, another loop)
+        return await get_many(self._rt, self._names, keys, batch_fn, ttl, policy, codec, tagged)
 
 
 def _key_list(keys: Iterable[str], where: str) -> list[str]:

@@ -25,9 +25,9 @@ class Worker:
     deadline passes, not when pytest's timeout kills the whole test.
     """
 
-    def __init__(self, *args: str, wake: str = "auto") -> None:
+    def __init__(self, *args: str, wake: str = "auto", script: str = WORKER) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, WORKER, *args],
+            [sys.executable, script, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

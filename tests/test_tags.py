@@ -6,6 +6,7 @@ import anyio
 import pytest
 import redis
 from _conditions import until
+from _models import User, user
 
 from asyncstampede import ComputeFailedError, Stampede
 from asyncstampede._tags import tag_names
@@ -189,3 +190,24 @@ async def test_set_with_tags_is_invalidated_with_them(any_cache: Stampede) -> No
     assert await any_cache.get("k", tags=["t"]) == "v"
     await any_cache.invalidate_tags(["t"])
     assert await any_cache.get("k", tags=["t"]) is None
+
+
+async def test_batches_read_and_stamp_the_tags_too(any_cache: Stampede) -> None:
+    """get_many_or_compute with tags: served until invalidated, then computed again, typed."""
+    computes: list[list[str]] = []
+
+    async def load_many(keys: list[str]) -> dict[str, User]:
+        computes.append(keys)
+        return {key: user(int(key[1:])) for key in keys}
+
+    got = await any_cache.get_many_or_compute(["u1", "u2"], load_many, 60, model=User, tags=["t"])
+    assert got == {"u1": user(1), "u2": user(2)}
+    assert type(got["u1"]) is User
+    # one of them read by get_or_compute with the same tags: the batch's stamp is valid
+    assert await any_cache.get("u1", model=User, tags=["t"]) == user(1)
+    again = await any_cache.get_many_or_compute(["u1", "u2"], load_many, 60, model=User, tags=["t"])
+    assert again == got
+    assert computes == [["u1", "u2"]]
+    await any_cache.invalidate_tags(["t"])
+    await any_cache.get_many_or_compute(["u1", "u2", "u3"], load_many, 60, model=User, tags=["t"])
+    assert computes == [["u1", "u2"], ["u1", "u2", "u3"]]

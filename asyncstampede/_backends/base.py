@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import anyio.abc
 
     from .._exceptions import BackendError
@@ -142,6 +144,18 @@ class Backend(Protocol):
 
     async def read(self, names: KeyNames) -> bytes | None:
         """Return the stored envelope, or None."""
+        ...
+
+    async def read_many(
+        self, names: Sequence[KeyNames], tags: Sequence[bytes] = ()
+    ) -> list[bytes | None]:
+        """Return the stored envelope (or None) of each of *names*, in their order, at once.
+
+        Then, in the same round trip, the generation (or None) of each of
+        *tags* (see ``_tags``). One round trip for all (one ``MGET`` on
+        Redis). The names of one instance share no hash slot: a store on a
+        Redis Cluster would send one ``MGET`` per slot here, and nowhere else.
+        """
         ...
 
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import final
 
 import anyio.abc
@@ -100,6 +101,12 @@ class MemoryBackend:
     async def read(self, names: KeyNames) -> bytes | None:
         """See `Backend.read`."""
         return self._get(names.value)
+
+    async def read_many(
+        self, names: Sequence[KeyNames], tags: Sequence[bytes] = ()
+    ) -> list[bytes | None]:
+        """See `Backend.read_many`."""
+        return [self._get(n.value) for n in names] + [self._generations.get(t) for t in tags]
 
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.commit`."""

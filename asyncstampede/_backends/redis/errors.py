@@ -55,7 +55,7 @@ log = logging.getLogger("asyncstampede")
 # DEL, PEXPIRE and PTTL, which ACLs check like any command; their PUBLISH is
 # a pcall (refused, it is skipped). Then each wake transport needs its own.
 BASE_ACL: Final = (
-    "resetchannels -@all +hello +ping +select +get +set +del +pexpire +pttl "
+    "resetchannels -@all +hello +ping +select +get +mget +set +del +pexpire +pttl "
     "+evalsha +script|load +watch +multi +exec ~<namespace>:*"
 )
 WAKE_ACL: Final = {
@@ -68,7 +68,7 @@ WAKE_ACL: Final = {
 # where nothing else is known.
 MINIMUM_ACL: Final = (
     "resetchannels &__redis__:invalidate -@all +hello +ping +select "
-    "+get +set +del +pexpire +pttl +evalsha +script|load +watch +multi +exec "
+    "+get +mget +set +del +pexpire +pttl +evalsha +script|load +watch +multi +exec "
     "+client|id +client|tracking +subscribe ~<namespace>:*"
 )
 
