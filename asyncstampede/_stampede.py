@@ -40,6 +40,7 @@ from typing import (
 )
 
 import anyio
+import anyio.abc
 from redis.asyncio import Redis
 
 from ._backends.redis.backend import RedisBackend
@@ -279,12 +280,7 @@ class Stampede:
 
     async def __aenter__(self) -> Self:
         await self._lifecycle.enter(needs_asyncio=self._rt.over_redis)
-        if self._settings.check:
-            try:
-                await self.check()
-            except BaseException:
-                await self.aclose()
-                raise
+        await self._checked_at_start()
         return self
 
     async def check(self) -> None:
@@ -314,22 +310,73 @@ class Stampede:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the reader and every resolution in flight (their callers get `ClosedError`).
+        """Stop the instance: every resolution in flight ends, its callers get `ClosedError`.
 
-        Callers waiting in tasks outside the ``async with`` block get
-        `ClosedError`; tasks inside it (under its cancel scope, as in a task
-        group opened within it) are cancelled with it.
+        Any task of the event loop that entered (or started) the instance
+        may close it, not only that one. It returns once everything the
+        instance ran has ended and its connections are released; a second
+        call (or one racing the first) waits for the same end, and one on a
+        closed instance returns at once.
 
         Raises:
-            RuntimeError: called from a task other than the one that entered
-                the instance (nothing is changed).
             ReentrantCallError: called from inside one of this instance's
-                computes (it would cancel itself half-way).
+                computes (it would cancel itself half-way); nothing is changed.
             WrongEventLoopError: called from another event loop than the one
-                that entered the instance.
+                that entered the instance; nothing is changed.
+            Exception: whatever made the instance's background work fail,
+                if it did (a bug: it is also logged); raised by one call only.
 
         """
         await self._lifecycle.close()
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> Self:
+        """Run the instance in a task of *task_group*, a task group the caller owns (anyio).
+
+        The alternative to ``async with``: its background work (connections,
+        lock extensions, every resolution) runs in one task of
+        *task_group*, so it ends with that group. Cancelling the group's
+        scope closes the instance as `aclose` does; or call `aclose` from any
+        task of the loop, and the group's other tasks run on. Works under
+        trio too, in embedded mode.
+
+        Example:
+            ```python
+            async with anyio.create_task_group() as tg:
+                cache = await Stampede.from_url(url).start(tg)
+                tg.start_soon(serve_requests, cache)
+                ...
+                await cache.aclose()  # or tg.cancel_scope.cancel()
+            ```
+
+        Args:
+            task_group: An entered ``anyio.abc.TaskGroup`` (from
+                ``anyio.create_task_group()``).
+
+        Returns:
+            The instance itself, running.
+
+        Raises:
+            TypeError: *task_group* is not an anyio task group (an
+                ``asyncio.TaskGroup``, a trio nursery: use ``async with``).
+            ClosedError: the instance was entered or started before.
+            RuntimeError: a Redis-backed instance under trio (Redis needs
+                asyncio).
+            BackendError: ``check=True`` and `check` found a problem (the
+                instance is closed again).
+
+        """
+        await self._lifecycle.start(task_group, needs_asyncio=self._rt.over_redis)
+        await self._checked_at_start()
+        return self
+
+    async def _checked_at_start(self) -> None:
+        """Run `check` when the settings ask for it; close the instance if it fails."""
+        if self._settings.check:
+            try:
+                await self.check()
+            except BaseException:
+                await self.aclose()
+                raise
 
     def statistics(self) -> Statistics:
         """Return a snapshot of this instance's counters and gauges."""

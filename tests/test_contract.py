@@ -23,6 +23,7 @@ import redis
 from _conditions import until
 
 from asyncstampede import (
+    ClosedError,
     ComputeFailedError,
     ComputeTimeoutError,
     ReentrantCallError,
@@ -923,28 +924,36 @@ async def test_early_refreshes_count_refreshes_started(make_cache: MakeCache) ->
         assert (calls, stats.early_refreshes, stats.hits) == (2, 1, 20)  # after one miss
 
 
-async def test_aclose_from_another_task_is_refused_and_changes_nothing(
-    make_cache: MakeCache,
-) -> None:
-    """A shutdown handler closing from its own task gets a clear error; the instance works on."""
+async def test_aclose_from_another_task_closes_it(make_cache: MakeCache) -> None:
+    """A shutdown handler closing from its own task closes it; a caller waiting gets ClosedError."""
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await anyio.sleep_forever()
+        return "never"
 
     async def value() -> str:
         return "v"
 
     async with make_cache() as cache:
-        refused: list[BaseException] = []
+        assert await cache.get_or_compute("k", value, ttl=30) == "v"
+        outcome: list[BaseException] = []
 
-        async def shutdown() -> None:
+        async def caller() -> None:
             try:
-                await cache.aclose()
-            except RuntimeError as exc:
-                refused.append(exc)
+                await cache.get_or_compute("slow", slow, ttl=30)
+            except ClosedError as exc:
+                outcome.append(exc)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(shutdown)
-        assert len(refused) == 1
-        assert "the task that entered" in str(refused[0])
-        assert await cache.get_or_compute("k", value, ttl=30) == "v"
+            tg.start_soon(caller)
+            await started.wait()
+            tg.start_soon(cache.aclose)  # from a task of its own, not the one that entered
+        assert [type(e) for e in outcome] == [ClosedError]
+        with pytest.raises(ClosedError):
+            await cache.get_or_compute("k", value, ttl=30)
+        await cache.aclose()  # the block's own close: idempotent
 
 
 @pytest.mark.parametrize(
