@@ -41,7 +41,7 @@ async def get_item(request: web.Request) -> web.Response:
     """Return an item, built at most once a minute."""
     cache = request.config_dict[STAMPEDE_KEY]  # typed: a Stampede
     item_id = int(request.match_info["item_id"])
-    item = await cache.get_or_compute(f"item:{item_id}", lambda: build_item(item_id), ttl=60)
+    item = await cache.get_or_compute(f"item:{item_id}", build_item, 60, item_id)
     return web.json_response(item)
 
 

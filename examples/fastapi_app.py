@@ -17,10 +17,12 @@ wait for it (and are woken the moment it is stored).
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import anyio
 from fastapi import FastAPI
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from asyncstampede import Stampede
@@ -31,22 +33,37 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 app = FastAPI(lifespan=lifespan(lambda: Stampede.from_url(REDIS_URL, namespace="reports")))
 
 
-async def build_report(report_id: int) -> dict[str, int]:
+class Report(BaseModel):
+    """What a handler returns: a pydantic model, cached as itself (``model=Report``)."""
+
+    id: int
+    total: int
+    built_at: datetime.datetime
+
+
+class Answer(BaseModel):
+    """The response: the report, and which worker answered."""
+
+    report: Report
+    worker: int
+
+
+async def build_report(report_id: int) -> Report:
     """Build it the slow way: this stands for a database query (half a second)."""
     # Counted in Redis, where every worker's builds add up, to show how many ran.
     async with Redis.from_url(REDIS_URL) as redis:
         await redis.incr("examples:report-builds")
     await anyio.sleep(0.5)
-    return {"id": report_id, "total": report_id * 100}
+    return Report(id=report_id, total=report_id * 100, built_at=datetime.datetime.now(datetime.UTC))
 
 
 @app.get("/reports/{report_id}")
-async def get_report(report_id: int, cache: StampedeDep) -> dict[str, object]:
+async def get_report(report_id: int, cache: StampedeDep) -> Answer:
     """Return a report, built at most once a minute across every worker."""
     report = await cache.get_or_compute(
-        f"report:{report_id}", lambda: build_report(report_id), ttl=60
+        f"report:{report_id}", build_report, 60, report_id, model=Report
     )
-    return {"report": report, "worker": os.getpid()}  # which worker answered
+    return Answer(report=report, worker=os.getpid())
 
 
 @app.get("/health")

@@ -124,9 +124,10 @@ def test_fastapi_example_two_uvicorn_workers_compute_once(
         for report_id in range(1, 6):
             answers = asyncio.run(herd(f"{base}/reports/{report_id}"))
             assert counter(own_server, "examples:report-builds") == report_id  # one more build
-            assert {repr(a["report"]) for a in answers} == {
-                repr({"id": report_id, "total": report_id * 100})
-            }
+            # One build: one report (one built_at), in every answer, from either worker.
+            reports = {repr(a["report"]) for a in answers}
+            assert len(reports) == 1
+            assert answers[0]["report"]["total"] == report_id * 100
             if len({a["worker"] for a in answers}) == 2:
                 break
         else:
