@@ -30,9 +30,9 @@ Decoding happens in one place here (`_open`); encoding is the leads' own
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from time import monotonic
 from types import TracebackType
@@ -57,7 +57,7 @@ from ._freshness import Policy
 from ._keys import KeyNames, NamesCache, plain_key
 from ._lead import compute_uncached, compute_unlocked
 from ._read import LOOK, await_flight, read_interrupted
-from ._resolve import _value_handler, decide, serve
+from ._resolve import _value_handler, decide, resolve, serve
 from ._runtime import Again, Request, Runtime, value_of
 from ._tags import fingerprint, tag_names
 
@@ -277,25 +277,7 @@ async def _read_and_hand_off(
         return
     batch.expect(len(misses))
     for req, first in misses:
-        tg.start_soon(_resolve_one, rt, req, first, batch)
-
-
-async def _resolve_one(
-    rt: Runtime, req: Request, first: BackendError | Again, batch: _Batch
-) -> None:
-    """Resolve one key's miss and settle its flight (`_resolve.resolve`, its lead batched)."""
-    token = os.urandom(16)  # identifies this resolution's lock
-    try:
-        value = await _drive_one(rt, req, token, first, batch)
-    except anyio.get_cancelled_exc_class():
-        rt.finish(req.key, req.flight, error=ClosedError("the Stampede closed during the call"))
-        raise
-    except BaseException as exc:
-        rt.finish(req.key, req.flight, error=exc)
-        if not isinstance(exc, Exception):
-            raise
-    else:
-        rt.finish(req.key, req.flight, value=value)
+        tg.start_soon(resolve, rt, req, first, functools.partial(_drive_one, batch=batch))
 
 
 async def _drive_one(

@@ -152,7 +152,7 @@ def refuse_fn(fn: object) -> NoReturn:
     if inspect.iscoroutine(fn):
         fn.close()  # never awaited, and never will be: no warning about it
         raise TypeError(
-            "fn is a coroutine, not a function: pass the function itself, or a lambda "
-            "(get_or_compute(key, lambda: load(42), ttl))"
+            "fn is a coroutine, not a function: pass the function itself and its "
+            "arguments (get_or_compute(key, load, ttl, 42))"
         )
     raise TypeError(f"fn must be an async callable, not {type(fn).__name__}")

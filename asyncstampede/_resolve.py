@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -42,11 +42,20 @@ __all__ = ["resolve", "serve"]
 _REFRESH_AFTER_KEPT = 4096  # keys whose refresh back-off is remembered
 
 
-async def resolve(rt: Runtime, req: Request, first: BackendError | Again) -> None:
-    """Resolve a miss of *req*'s key and settle its flight (the task body)."""
+# How a miss is driven: a token for its lock, what the first look found.
+Drive = Callable[[Runtime, Request, bytes, BackendError | Again], Awaitable[Any]]
+
+
+async def resolve(
+    rt: Runtime, req: Request, first: BackendError | Again, drive: Drive | None = None
+) -> None:
+    """Resolve a miss of *req*'s key and settle its flight (the task body).
+
+    *drive* replaces `_drive` (a batch's keys lead together, see ``_batch``).
+    """
     token = os.urandom(16)  # identifies this resolution's lock
     try:
-        value = await _drive(rt, req, token, first)
+        value = await (drive or _drive)(rt, req, token, first)
     except anyio.get_cancelled_exc_class():
         rt.finish(req.key, req.flight, error=ClosedError("the Stampede closed during the call"))
         raise
