@@ -9,9 +9,11 @@ arguments), 130 when interrupted: fit for a health check.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import textwrap
 import time
@@ -28,16 +30,50 @@ from ._keys import validate_namespace
 __all__ = ["main"]
 
 
+_DESCRIPTION = (
+    "Tell why a Redis stampedes, and what to change. Reads, never writes. Exit "
+    "status: 0 healthy, 1 warnings, 2 critical, 3 cannot judge (Redis unreachable, "
+    "INFO refused, bad arguments), 130 interrupted."
+)
+
+
 class _Parser(argparse.ArgumentParser):
+    json_errors = False  # --json was asked for: errors are JSON on stdout too
+
     def error(self, message: str) -> NoReturn:
         """Exit 3 on bad arguments: 2 means critical."""
+        if _Parser.json_errors:
+            _say(json.dumps({"error": message, "exit_status": 3}))
         self.print_usage(sys.stderr)
         self.exit(3, f"{self.prog}: error: {message}\n")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: leave now, with 130 (nothing to clean up: the doctor only reads).
+
+    Leaving from the handler, not by cancelling the run: a redis-py command
+    in progress may swallow a cancellation and carry on.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stdout.flush()
+    os._exit(130)
+
+
+def _say(text: str) -> None:
+    """Print *text* on stdout, if there is one (a closed one is no error of the doctor's)."""
+    if sys.stdout is not None:
+        print(text, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = _Parser(prog="asyncstampede", description=__doc__)
+    arguments = sys.argv[1:] if argv is None else argv
+    _Parser.json_errors = "--json" in arguments
+    for stream in (sys.stdout, sys.stderr):  # (key names in an ASCII-only locale)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    parser = _Parser(prog="asyncstampede", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     doctor = commands.add_parser("doctor", help="tell why a Redis stampedes, and what to change")
     doctor.add_argument(
@@ -63,17 +99,31 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument(
         "--watch", action="store_true", help="read again and again until interrupted (Ctrl-C)"
     )
-    args = parser.parse_args(argv)
+    doctor.add_argument(
+        "--no-wake",
+        action="store_true",
+        help="skip the wake probe (its verdict is for the URL's user: skip it for a "
+        "monitoring user that is not the application's)",
+    )
+    args = parser.parse_args(arguments)
     refused = _refusal(args)
     if refused:
         doctor.error(refused)
-    colour = not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    colour = (
+        not args.json
+        and sys.stdout is not None
+        and sys.stdout.isatty()
+        and not os.environ.get("NO_COLOR")
+    )
+    if argv is None:  # (the command line, not a caller's test)
+        signal.signal(signal.SIGINT, _interrupted)
     try:
         return _run(args, colour)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # (| head: the reader has gone; the status still stands)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:  # (| head: the reader has gone; or a full disk: the status stands)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return _last_status
 
 
@@ -94,7 +144,11 @@ def _refusal(args: argparse.Namespace) -> str | None:
     except ValueError as exc:  # (an IPv6 address without its bracket, say)
         return f"the URL cannot be read: {exc}"
     database = parts.path.strip("/")
-    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+    if (
+        parts.scheme in ("redis", "rediss")
+        and database
+        and not (database.isascii() and database.isdigit())
+    ):
         # (redis-py would read database 0 without a word)
         return (
             f"the URL's path names the database by number (redis://host:port/0), not {parts.path!r}"
@@ -114,26 +168,29 @@ def _run(args: argparse.Namespace, colour: bool) -> int:
     global _last_status  # (what a broken pipe returns)
     while True:
         try:
-            found = anyio.run(_diagnose, args.url, args.interval, args.sample, args.namespace)
+            found = anyio.run(
+                _diagnose, args.url, args.interval, args.sample, args.namespace, not args.no_wake
+            )
         except (BackendError, ValueError) as exc:  # (ValueError: a URL redis-py cannot read)
             status, words = _cannot(exc)
             _last_status = status
             if args.json:
-                print(json.dumps({"error": str(exc), "exit_status": status}), flush=True)
-            print(f"asyncstampede doctor: {exc}", file=sys.stderr)
-            if words:
-                print(f"asyncstampede doctor: {words}", file=sys.stderr)
+                _say(json.dumps({"error": str(exc), "exit_status": status}))
+            if sys.stderr is not None:
+                print(f"asyncstampede doctor: {exc}", file=sys.stderr)
+                if words:
+                    print(f"asyncstampede doctor: {words}", file=sys.stderr)
         else:
             status = _last_status = found.exit_status
             if args.json:  # one document; one line per run under --watch (JSON Lines)
-                print(json.dumps(found.as_dict(), indent=None if args.watch else 2), flush=True)
+                _say(json.dumps(found.as_dict(), indent=None if args.watch else 2))
             else:
-                print(_table(found, colour), flush=True)
+                _say(_table(found, colour))
         _last_status = status
         if not args.watch:
             return status
         if not args.json:
-            print(flush=True)
+            _say("")
         time.sleep(max(args.interval, 1.0))  # like watch -n: one reading a second at most
 
 
@@ -153,10 +210,14 @@ def _cannot(exc: Exception) -> tuple[int, str | None]:
     )
 
 
-async def _diagnose(url: str, interval: float, sample: int, namespace: str | None) -> Diagnosis:
+async def _diagnose(
+    url: str, interval: float, sample: int, namespace: str | None, wake: bool
+) -> Diagnosis:
     client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
     try:
-        return await diagnose(client, interval=interval, sample=sample, namespace=namespace)
+        return await diagnose(
+            client, interval=interval, sample=sample, namespace=namespace, wake=wake
+        )
     finally:
         await client.aclose()
 
@@ -166,7 +227,7 @@ _COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[31;1m"}
 
 def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> str:
     """Render *found* for a person: figures, then verdicts, wrapped to *width* columns."""
-    width = max(width or min(shutil.get_terminal_size().columns, 100), 40)
+    width = max(width or min(shutil.get_terminal_size().columns, 100), 40)  # (40 at least)
     f = found.figures
     share = f.get("memory_share")
     if f.get("restarted"):
@@ -176,12 +237,13 @@ def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> 
     else:
         traffic = (
             f"{f['ops_per_s']:,.0f} ops/s (first half {f['ops_per_s_first_half']:,.0f}, "
-            f"second {f['ops_per_s_second_half']:,.0f}), hits {f['hits_per_s']:.1f}/s, "
-            f"misses {f['misses_per_s']:.1f}/s, evicted {f['evicted_keys_per_s']:.1f}/s, "
-            f"expired {f['expired_keys_per_s']:.1f}/s"
+            f"second {f['ops_per_s_second_half']:,.0f}), hits {f['hits_per_s']:,.1f}/s, "
+            f"misses {f['misses_per_s']:,.1f}/s, evicted {f['evicted_keys_per_s']:,.1f}/s, "
+            f"expired {f['expired_keys_per_s']:,.1f}/s"
+            + (f", {f['oom_errors']:,} writes refused (OOM)" if f.get("oom_errors") else "")
         )
     lines = [
-        f"Redis at {found.address} ({found.version}), read over {found.interval:g} s",
+        f"Redis at {found.address} ({found.version}), read over {abs(found.interval):g} s",
         f"  memory   {f['used_memory']:,} bytes used"
         + (f", {share:.0%} of maxmemory {f['maxmemory']:,}" if share is not None else "")
         + f", policy {f['maxmemory_policy']}",
@@ -234,7 +296,7 @@ def _sample_line(sample: dict[str, Any]) -> str:
     if not sampled:
         return "no keys matched" + (cut or "")
     return (
-        f"{sampled} key{'' if sampled == 1 else 's'}{cut}: {sample.get('without_ttl', 0)} "
+        f"{sampled:,} key{'' if sampled == 1 else 's'}{cut}: {sample.get('without_ttl', 0):,} "
         f"without a TTL, sizes in memory p50 {sample.get('size_p50', 0):,} / max "
         f"{sample.get('size_max', 0):,} bytes"
     )

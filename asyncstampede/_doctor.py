@@ -1,27 +1,30 @@
 """The doctor: why a Redis stampedes, from what it says about itself, and what to change.
 
 It reads, never writes: ``INFO`` (server, memory, stats, keyspace, clients,
-errorstats) twice, an interval apart (after its own key sample and wake
-probe, so they are not in the rates), and ``CONFIG GET`` where the server
-allows it (managed services and restricted ACL users refuse it: that is
-said, and the rest is worked out from ``INFO``). It never runs ``CONFIG
-SET``: each verdict says what an operator could change, and why.
+errorstats) three times over an interval (before its own key sample and
+wake probe, so they are not in the rates), and ``CONFIG GET`` where the
+server allows it (managed services and restricted ACL users refuse it:
+that is said, and the rest is worked out from ``INFO``). It never runs
+``CONFIG SET``: each verdict says what an operator could change, and why.
 
 This module holds the reading (`diagnose`), the verdicts (`judge`, a pure
-function of two readings and the configuration) and the record they make
+function of the readings and the configuration) and the record they make
 (`Diagnosis`). The command line is ``asyncstampede doctor`` (``__main__``).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, TypeAlias, final
 
 import anyio
 import lz4.block
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.errors import WAKE_ACL, address_of, map_error, server_text
@@ -67,6 +70,11 @@ _EMPTY_SAMPLE: Final[dict[str, Any]] = {
     "complete": True,
 }
 _FULL: Final = 0.98  # past this, a noeviction server refuses writes any moment
+_READ_AT: Final = "_doctor_read_at"  # when a reading was taken (monotonic seconds)
+_RECONNECTS: Final = 10  # tries of a later reading, 0.5 s apart (a restarting server)
+_OWN_PER_READING: Final = 1  # commands of the doctor's own each reading adds (its INFO)
+_STAMPEDE_MISSES: Final = 10.0  # misses/s, at least, for a stampede in progress
+_STAMPEDE_OPS: Final = 100.0  # ops/s in the first half, at least, for one
 _CROWDED: Final = 0.9  # connected clients past this share of maxclients: new ones may be refused
 _SLOTS_NEEDED: Final = 3  # connections one more asyncstampede process opens, at least
 _NAME_SHOWN: Final = 60  # characters of a key name shown in a verdict's title
@@ -137,9 +145,14 @@ class Diagnosis:
 
 
 async def diagnose(
-    client: Redis, *, interval: float = 3.0, sample: int = 1000, namespace: str | None = None
+    client: Redis,
+    *,
+    interval: float = 3.0,
+    sample: int = 1000,
+    namespace: str | None = None,
+    wake: bool = True,
 ) -> Diagnosis:
-    """Read *client*'s server twice, *interval* seconds apart, and judge it.
+    """Read *client*'s server over *interval* seconds, and judge it.
 
     Args:
         client: A ``redis.asyncio.Redis`` client.
@@ -149,6 +162,8 @@ async def diagnose(
             ``MEMORY USAGE`` of each, ``OBJECT FREQ`` under an LFU policy);
             0 looks at none.
         namespace: Look at this namespace's keys only (``<namespace>:*``).
+        wake: Probe the wake transports the URL's user would get (False:
+            no wake verdict, for a monitoring user that is not the app's).
 
     Raises:
         BackendError: Redis cannot be reached, or refuses ``INFO``.
@@ -166,25 +181,44 @@ async def diagnose(
     doing = "INFO"
     try:
         config, refused = await _config(client)
-        before = await client.info("everything")
+        before = await _reading(client, again=False)
         middle = None
         if interval > 0:
             # Three readings: the ops/s of each half come from Redis's exact
             # command count, not its moving average (which a burst before the
             # first reading, such as the previous run's key sample, still holds).
             await anyio.sleep(interval / 2)
-            middle = await client.info("everything")
+            middle = await _reading(client, again=True)
             await anyio.sleep(interval / 2)
-        after = await client.info("everything")
+        after = await _reading(client, again=interval > 0)
         # The doctor's own reads come after the readings: not in the rates.
         policy = (config or {}).get("maxmemory-policy", str(after.get("maxmemory_policy", "")))
         doing = "the key sample (SCAN, PTTL, MEMORY USAGE)"
         keys = await _sample(client, sample, namespace, lfu="lfu" in policy)
         doing = "the wake probe"
-        wake = await _wake(client, namespace)
+        probed = await _wake(client, namespace) if wake else None
     except RedisError as exc:
         raise map_error(exc, address=address, command=doing) from exc
-    return judge(address, before, after, interval, config, refused, keys, wake, middle=middle)
+    return judge(address, before, after, interval, config, refused, keys, probed, middle=middle)
+
+
+async def _reading(client: Redis, *, again: bool) -> dict[str, Any]:
+    """``INFO everything``, stamped with when it was read (``time.monotonic()``).
+
+    *again*: a later reading, which waits up to about 5 s for a server that
+    restarted since the first (the restart is then a verdict, not a failure).
+    """
+    for attempt in range(_RECONNECTS if again else 1):
+        try:
+            info: dict[str, Any] = await client.info("everything")
+        except (RedisConnectionError, RedisTimeoutError):  # (LOADING is one too)
+            if attempt + 1 >= (_RECONNECTS if again else 1):
+                raise
+            await anyio.sleep(0.5)
+        else:
+            info[_READ_AT] = time.monotonic()
+            return info
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def check_interval(interval: object) -> float:
@@ -265,7 +299,8 @@ async def _sample(
     refusals = [r for r in replies if isinstance(r, Exception)]
     if refusals:  # PTTL, MEMORY or OBJECT refused (an ACL): figures it cannot stand behind
         return {**_EMPTY_SAMPLE, **scanned, "refused": server_text(refusals[0])}
-    ttls = [r for r in replies[0::step] if isinstance(r, int)]
+    # A key gone since the SCAN (evicted, expired: PTTL -2) is not in the sample.
+    ttls = [r for r in replies[0::step] if isinstance(r, int) and r != -2]
     sizes = sorted(
         ((int(r), n) for r, n in zip(replies[1::step], names, strict=True) if isinstance(r, int)),
         reverse=True,
@@ -278,7 +313,7 @@ async def _sample(
     busiest = max(ending.values(), default=0)
     record: dict[str, Any] = {
         **scanned,
-        "sampled": len(names),
+        "sampled": len(ttls),
         "without_ttl": sum(1 for t in ttls if t == -1),
         "ttl_busiest_second": busiest,
         "with_ttl": len(with_ttl),
@@ -287,7 +322,11 @@ async def _sample(
         "size_max": sizes[0][0] if sizes else 0,
         "biggest": [{"key": _text(n), "bytes": b} for b, n in sizes[:5]],
     }
-    await _compressible(client, record["biggest"][:3], [n for _, n in sizes[:3]])
+    # Only values big enough for a verdict are read (GETRANGE is an access:
+    # under LRU or LFU it keeps them, and the doctor should not).
+    big = [(entry, n) for entry, (b, n) in zip(record["biggest"][:3], sizes, strict=False)
+           if b >= _BIG]  # fmt: skip
+    await _compressible(client, [e for e, _ in big], [n for _, n in big])
     ratios = [b["lz4_ratio"] for b in record["biggest"] if b.get("lz4_ratio") is not None]
     record["lz4_ratio"] = min(ratios) if ratios else None
     if lfu:
@@ -412,7 +451,7 @@ def judge(
         _traffic(verdicts, figures, policy)
     _clients(verdicts, figures)
     if keys:
-        _keys(verdicts, keys, evicting=figures["evicted_keys_per_s"] > 0)
+        _keys(verdicts, keys, evicting=(figures["evicted_keys_per_s"] or 0) > 0)
     if wake and wake.get("transport"):
         _wake_verdict(verdicts, wake)
     elif wake and wake.get("error"):
@@ -460,9 +499,23 @@ def _figures(
     )
     rates = interval > 0 and not restarted
 
-    def rate(name: str, start: dict[str, Any] = before, end: dict[str, Any] = after) -> float:
-        span = interval if start is before and end is after else interval / 2
-        return (int(end.get(name, 0)) - int(start.get(name, 0))) / span if rates else 0.0
+    def span(start: dict[str, Any], end: dict[str, Any]) -> float:
+        """Seconds between two readings: as measured, else as planned."""
+        if _READ_AT in start and _READ_AT in end:
+            return max(float(end[_READ_AT]) - float(start[_READ_AT]), 1e-3)
+        return interval if start is before and end is after else interval / 2
+
+    def rate(
+        name: str, start: dict[str, Any] = before, end: dict[str, Any] = after
+    ) -> float | None:
+        if not rates:
+            return None
+        count = int(end.get(name, 0)) - int(start.get(name, 0))
+        if name == "total_commands_processed":  # less the doctor's own INFO commands
+            # (Each reading's INFO is counted once it has run: in the later ones.)
+            own = (_index(readings, end) - _index(readings, start)) * _OWN_PER_READING
+            count = max(0, count - own)
+        return count / span(start, end)
 
     keys = expires = 0
     for name, value in after.items():
@@ -485,9 +538,14 @@ def _figures(
         "expired_keys_per_s": rate("expired_keys"),
         "hits_per_s": hits,
         "misses_per_s": misses,
-        "hit_ratio": hits / (hits + misses) if hits + misses else None,
-        # Commands the server ran per second: over the interval, and each half.
-        "ops_per_s": rate("total_commands_processed") if rates else None,
+        "hit_ratio": (
+            hits / (hits + misses)
+            if hits is not None and misses is not None and hits + misses
+            else None
+        ),
+        # Commands the server ran per second (less the doctor's own): over
+        # the interval, and each half.
+        "ops_per_s": rate("total_commands_processed"),
         "ops_per_s_first_half": (
             rate("total_commands_processed", before, middle) if halves and middle else None
         ),
@@ -495,12 +553,19 @@ def _figures(
             rate("total_commands_processed", middle, after) if halves and middle else None
         ),
         "connected_clients": int(after.get("connected_clients", 0)),
+        # The fewest at any reading: a client that came and went is no stayer.
         "connected_clients_before": int(before.get("connected_clients", 0)),
+        "connected_clients_least": min(int(r.get("connected_clients", 0)) for r in readings),
+        "connected_clients_most": max(int(r.get("connected_clients", 0)) for r in readings),
         "maxclients": int((config or {}).get("maxclients", after.get("maxclients", 0)) or 0),
         "blocked_clients": int(after.get("blocked_clients", 0)),
         # Over the interval: the server's count is since it started (or CONFIG RESETSTAT).
-        "oom_errors": max(0, _oom(after) - _oom(before)),
+        "oom_errors": 0 if restarted else max(0, _oom(after) - _oom(before)),
     }
+
+
+def _index(readings: list[dict[str, Any]], reading: dict[str, Any]) -> int:
+    return next(i for i, r in enumerate(readings) if r is reading)
 
 
 def _oom(info: dict[str, Any]) -> int:
@@ -557,6 +622,25 @@ def _memory(
                 {"memory_share": share, "oom_errors": figures["oom_errors"]},
             )
         )
+    elif figures["oom_errors"] > 0:
+        verdicts.append(
+            Verdict(
+                "oom",
+                "critical",
+                f"{figures['oom_errors']:,} writes refused with OOM during the interval "
+                f"(policy {policy}): nothing could be evicted to make room",
+                "Every refused write is a value not stored and a lock not taken: every "
+                "process computes every time. Raise maxmemory above what Redis needs for "
+                "itself and the keys it may not evict"
+                + (
+                    " (under a volatile-* policy, keys without a TTL are never evicted)"
+                    if policy.startswith("volatile-")
+                    else ""
+                )
+                + ", or store less.",
+                {"oom_errors": figures["oom_errors"], "memory_share": share},
+            )
+        )
     elif share is not None and share >= _HEADROOM:
         verdicts.append(
             Verdict(
@@ -596,7 +680,7 @@ def _traffic(verdicts: list[Verdict], figures: dict[str, Any], policy: str) -> N
             Verdict(
                 "evictions",
                 "warning",
-                f"{evicted:.1f} keys evicted per second while sampling (policy {policy})",
+                f"{evicted:,.1f} keys evicted per second during the interval (policy {policy})",
                 "Evictions during traffic turn hot keys into misses all at once (a "
                 "stampede when they are popular). Raise maxmemory, store smaller values "
                 "(compression), or use allkeys-lfu so hot keys stay.",
@@ -605,21 +689,29 @@ def _traffic(verdicts: list[Verdict], figures: dict[str, Any], policy: str) -> N
         )
     hits, misses = figures["hits_per_s"], figures["misses_per_s"]
     first, second = figures["ops_per_s_first_half"], figures["ops_per_s_second_half"]
-    # Clients that went away stopped asking (a job ended): not a stampede.
-    staying = figures["connected_clients"] >= 0.9 * figures["connected_clients_before"]
-    falling = first is not None and second is not None and first > 0 and second <= 0.7 * first
-    if misses > hits and misses > 1.0 and falling and staying:
+    # Clients that came and went (a job) stopped asking: not a stampede. The
+    # same clients at every reading, the doctor aside, and more than one.
+    least, most = figures["connected_clients_least"], figures["connected_clients_most"]
+    staying = least - 1 >= 2 and least >= 0.9 * most
+    falling = (
+        first is not None
+        and second is not None
+        and first >= _STAMPEDE_OPS
+        and second <= 0.5 * first
+    )
+    # (An inference from counters, never certain: a warning, not critical.)
+    if misses > hits and misses >= _STAMPEDE_MISSES and falling and staying:
         verdicts.append(
             Verdict(
                 "stampede",
-                "critical",
+                "warning",
                 f"misses outpace hits and ops/s fell from {first:,.0f} to {second:,.0f} "
-                "between the halves of the interval, while the clients stayed connected: "
-                "they are waiting for the backend",
-                "What a stampede looks like from Redis: every caller missed at once and "
-                "went to the database. Single-flight the computes (asyncstampede's "
-                "get_or_compute), refresh hot keys early, and find what emptied the cache "
-                "(evictions, TTLs ending together, a flush).",
+                "between the halves of the interval, the same clients connected: what a "
+                "stampede in progress looks like (clients waiting for the backend)",
+                "Run the doctor again to see whether it lasts. A stampede: every caller "
+                "missed at once and went to the database. Single-flight the computes "
+                "(asyncstampede's get_or_compute), refresh hot keys early, and find what "
+                "emptied the cache (evictions, TTLs ending together, a flush).",
                 {
                     "hits_per_s": hits,
                     "misses_per_s": misses,
@@ -633,7 +725,7 @@ def _traffic(verdicts: list[Verdict], figures: dict[str, Any], policy: str) -> N
             Verdict(
                 "misses",
                 "warning",
-                f"misses outpace hits: {misses:.1f}/s against {hits:.1f}/s",
+                f"misses outpace hits: {misses:,.1f}/s against {hits:,.1f}/s",
                 "More misses than hits means values expire or are evicted before they are "
                 "read again: check the TTLs against how often keys are asked for, and the "
                 "evictions.",
@@ -754,7 +846,17 @@ def _wake_verdict(verdicts: list[Verdict], wake: dict[str, Any]) -> None:
     )
     better = AUTO_ORDER if transport == "poll" else AUTO_ORDER[: AUTO_ORDER.index(transport)]
     refused = wake["refused"]
-    grants = "; or ".join(f"{WAKE_ACL[kind]} ({kind})" for kind in better)
+    namespace = wake.get("namespace")
+
+    def rules(kind: str) -> str:
+        return WAKE_ACL[kind].replace("<namespace>", namespace) if namespace else WAKE_ACL[kind]
+
+    grants = "; or ".join(f"{rules(kind)} ({kind})" for kind in better)
+    whose = (
+        f"ACL rules for the user of the URL given, in namespace {namespace!r}"
+        if namespace
+        else "ACL rules for the user of the URL given; <namespace> is the Stampede's"
+    )
     reasons = "; ".join(f"{kind}: {refused[kind]}" for kind in better if kind in refused)
     if transport == "poll":
         verdicts.append(
@@ -764,7 +866,7 @@ def _wake_verdict(verdicts: list[Verdict], wake: dict[str, Any]) -> None:
                 "asyncstampede's waiters would poll here: no wake transport is allowed" + probed,
                 f"Waiters look by themselves (a few looks per wait, a value seen up to about "
                 f"as late again as it took to come). Refused: {reasons}. Grant one of: "
-                f"{grants} (ACL rules; <namespace> is the Stampede's).",
+                f"{grants} ({whose}).",
                 wake,
             )
         )
@@ -773,7 +875,7 @@ def _wake_verdict(verdicts: list[Verdict], wake: dict[str, Any]) -> None:
     if better:
         advice = (
             f"Works; the transports before it were refused ({reasons}). To use the first, "
-            f"grant {WAKE_ACL[AUTO_ORDER[0]]}."
+            f"grant {rules(AUTO_ORDER[0])} ({whose})."
         )
     verdicts.append(
         Verdict(
