@@ -828,7 +828,7 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = Fal
             Verdict(
                 "no-ttl",
                 "info",
-                f"none of the {sampled} sampled keys has a TTL",
+                f"none of the {sampled:,} sampled keys has a TTL",
                 "Cache entries without a TTL are never refreshed unless evicted; give each "
                 "a TTL (asyncstampede always does).",
                 {"sampled": sampled},
