@@ -181,7 +181,7 @@ async def get_many(
     if first_error is not None:
         first_error.add_note(
             f"get_many_or_compute: key {first_key!r} failed ({failed} of {len(keys)} keys "
-            "failed; the values of the others are cached)"
+            + ("failed)" if failed == len(keys) else "failed; the values of the others are cached)")
         )
         raise first_error
     return values

@@ -10,6 +10,7 @@ binds like a method.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import string
@@ -96,7 +97,8 @@ class Cached(Generic[P, R]):
         self._signature = inspect.signature(fn)
         self._this = this  # the instance a method is bound to (None: not bound)
         self._tags = tags  # templates, as the key's
-        self._names = f"{fn.__module__}.{fn.__qualname__}"
+        named = getattr(fn, "__qualname__", None) or type(fn).__qualname__  # (a callable object)
+        self._names = f"{getattr(fn, '__module__', None) or type(fn).__module__}.{named}"
         functools.update_wrapper(self, fn)  # (__wrapped__, __name__, __doc__...)
 
     @classmethod
@@ -134,9 +136,17 @@ class Cached(Generic[P, R]):
                 f"key must be a template str ('user:{{user_id}}'), a callable given the "
                 f"function's arguments, or None, not {type(key).__name__}"
             )
+        if key is None and isinstance(fn, functools.partial):
+            raise TypeError(
+                "cached() over a functools.partial needs key=: its default key would leave "
+                "out the arguments the partial binds (two partials would share values)"
+            )
         templates = tags_of(tags, "cached()")
-        for template in (key, *templates) if isinstance(key, str) else templates:
-            _check_template(template, inspect.signature(fn), fn)
+        signature = inspect.signature(fn)
+        if isinstance(key, str):
+            _check_template(key, signature, fn, "key template")
+        for template in templates:
+            _check_template(template, signature, fn, "tags template")
         return cls(cache, fn, ttl, key, model, overrides, None, templates)  # type: ignore[arg-type]
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -222,7 +232,11 @@ class Cached(Generic[P, R]):
         if self._this is not None:
             arguments.pop(next(iter(self._signature.parameters)))  # self (or cls)
         try:
-            text = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS).decode()
+            text = orjson.dumps(
+                arguments,
+                default=_typed,
+                option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS,
+            ).decode()
         except TypeError as exc:
             raise TypeError(
                 f"cannot make a key for {self._names} from its arguments ({exc}): pass "
@@ -232,17 +246,31 @@ class Cached(Generic[P, R]):
         return f"{self._names}:{text}"
 
 
-def _check_template(template: str, signature: inspect.Signature, fn: object) -> None:
-    """Refuse a key template naming what *fn* has no parameter for."""
+def _typed(value: object) -> object:
+    """Give a dataclass argument of a default key its type's name beside its fields.
+
+    (Two dataclasses with the same fields, or one and a dict, must not share a key.)
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        kind = type(value)
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {"__type__": f"{kind.__module__}.{kind.__qualname__}", **fields}
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _check_template(
+    template: str, signature: inspect.Signature, fn: object, what: str = "key template"
+) -> None:
+    """Refuse a template (*what*) naming what *fn* has no parameter for."""
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
-        raise TypeError(f"key template {template!r} is not a format string: {exc}") from exc
+        raise TypeError(f"{what} {template!r} is not a format string: {exc}") from exc
     for name in fields:
         root = name.split(".", 1)[0].split("[", 1)[0]
         if root not in signature.parameters:
             raise TypeError(
-                f"key template {template!r} names {{{name}}}, but {fn!r} has no parameter "
+                f"{what} {template!r} names {{{name}}}, but {fn!r} has no parameter "
                 f"{root!r} (its parameters: {list(signature.parameters)}); name one of them, "
                 "or pass key= a callable"
             )

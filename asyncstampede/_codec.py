@@ -91,15 +91,49 @@ class _Adapted:
         self._name = name
 
     def dump(self, value: object, /) -> object:
+        """Return *value*'s JSON form, if *value* comes back from it as itself.
+
+        Raises:
+            SerializationError: *value* is not of the model, cannot be put in
+                JSON (``bytes`` that are not UTF-8), or does not come back
+                equal (a ``SecretStr`` is dumped masked, an excluded field is
+                left out): what would be stored is not what was computed.
+
+        """
+        from pydantic import ValidationError
         from pydantic_core import PydanticSerializationError
 
         try:
-            return self._adapter.dump_python(value, mode="json", warnings="error")
-        except PydanticSerializationError as exc:
+            stored = self._adapter.dump_python(value, mode="json", warnings="error")
+        except (PydanticSerializationError, ValueError) as exc:  # (UnicodeDecodeError too)
+            hint = (
+                "; for bytes, give the model ser_json_bytes='base64' and "
+                "val_json_bytes='base64' in its config (pydantic's ConfigDict)"
+                if isinstance(exc, UnicodeDecodeError)
+                else f"; return a {self._name} from the compute, or pass the model it returns"
+            )
             raise SerializationError(
-                f"cannot store a {type(value).__name__} as model={self._name}: {exc}; return "
-                f"a {self._name} from the compute, or pass the model it returns"
+                f"cannot store a {type(value).__name__} as model={self._name}: {exc}{hint}"
             ) from exc
+        # Read back once per store (never per hit): what is stored must be
+        # what was computed, where the type can tell (it defines ==).
+        if type(value).__eq__ is not object.__eq__:
+            try:
+                back = self._adapter.validate_python(stored)
+            except ValidationError as exc:
+                raise SerializationError(
+                    f"a {type(value).__name__} stored as model={self._name} cannot be read "
+                    f"back as one: {exc}"
+                ) from exc
+            if back != value:
+                raise SerializationError(
+                    f"a {type(value).__name__} does not come back equal from its JSON form "
+                    f"(model={self._name}): a field is masked (SecretStr), excluded from "
+                    "dumps, or changed by its serializer, so what would be stored is not "
+                    "what was computed; give it a JSON form that holds everything, or pass "
+                    "an asyncstampede.Codec of your own"
+                )
+        return stored
 
     def load(self, stored: Any, /) -> object:
         # (pydantic's ValidationError is a ValueError: a misfit is a miss.)
@@ -130,7 +164,7 @@ def codec_for(model: object) -> Codec[Any] | None:
 def _adapted(model: Any) -> Codec[Any]:
     name = getattr(model, "__name__", None) or repr(model)
     try:
-        from pydantic import PydanticSchemaGenerationError, TypeAdapter
+        from pydantic import PydanticSchemaGenerationError, PydanticUserError, TypeAdapter
     except ImportError as exc:
         raise ImportError(
             f"model={name} needs pydantic: pip install 'asyncstampede[pydantic]' (or pass "
@@ -138,7 +172,9 @@ def _adapted(model: Any) -> Codec[Any]:
         ) from exc
     try:
         adapter: TypeAdapter[Any] = TypeAdapter(model)
-    except (PydanticSchemaGenerationError, TypeError) as exc:
+    except (PydanticSchemaGenerationError, PydanticUserError, TypeError) as exc:
+        # (PydanticUserError: e.g. typing.TypedDict before Python 3.12, which
+        # pydantic asks to be typing_extensions.TypedDict.)
         raise TypeError(
             f"model={name!s} is not a type pydantic can validate ({exc}); pass a class "
             "(a pydantic BaseModel, a dataclass, a TypedDict), a type such as list[User], "
@@ -192,6 +228,8 @@ def loaded(codec: Codec[Any], value: Any) -> Any:
         return codec.load(value)
     except (ValueError, TypeError) as exc:  # the codec does not read what it writes
         raise SerializationError(
-            f"{codec!r} cannot read back what it stored ({exc}); a codec's load() must "
-            "accept what its dump() returns"
+            f"{codec!r} cannot read the value resolved for this call ({exc}): callers "
+            "of one key name different models (every caller of a key should name the "
+            "same one; the resolution is the first caller's), or a codec's load() does "
+            "not accept what its dump() returns"
         ) from exc

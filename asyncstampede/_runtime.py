@@ -293,11 +293,23 @@ class Runtime:
             self.counters.decode_errors += 1
             return None
         if req is not None:
-            if req.tags and envelope.tags != req.tags:
+            if envelope.tags != req.tags:  # (a tagged value for an untagged call too)
+                self.untagged(envelope, req.tags)
                 return None
             if req.codec is not None and not self.fits(envelope, req.codec):
                 return None
         return envelope
+
+    def untagged(self, envelope: Envelope, stamp: int) -> None:
+        """Say so when a value stored with tags is read without them (it is not served)."""
+        if envelope.tags and not stamp:
+            self.problems.say(
+                logging.WARNING,
+                "a value stored with tags was read by a call without them, so it is not "
+                "served (it may have been invalidated by a tag the call does not name): "
+                "every caller of a key, and every instance of a namespace, should name "
+                "the same tags",
+            )
 
     def fits(self, envelope: Envelope, codec: Codec[Any]) -> bool:
         """Tell whether *codec* loads *envelope*'s value; count and log it when not."""

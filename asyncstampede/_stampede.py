@@ -652,7 +652,10 @@ class Stampede:
             rt.failed(exc, "reading {key}", key)
             return None
         envelope = None if payload is None else rt.decode(payload)
-        if envelope is None or envelope.failed or (stamp and envelope.tags != stamp):
+        if envelope is not None and envelope.tags != stamp:
+            rt.untagged(envelope, stamp)
+            return None
+        if envelope is None or envelope.failed:
             return None
         if not judge(envelope, now_ms(), self._settings.policy).servable:
             return None
@@ -870,7 +873,8 @@ class Stampede:
                 except DecodeError:
                     rt.counters.decode_errors += 1
                 else:
-                    if envelope.tags != stamp and stamp:  # a tag was invalidated since
+                    if envelope.tags != stamp:  # a tag was invalidated since (or unnamed)
+                        rt.untagged(envelope, stamp)
                         envelope = None
                 if envelope is not None:  # the common case, kept lean: fresh, XFetch not due
                     now = now_ms()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import functools
 import inspect
 from typing import Any
 
@@ -196,3 +198,45 @@ async def test_a_plain_function_is_refused() -> None:
 
     with pytest.raises(TypeError, match="async def"):
         cache.cached(ttl=60)(blocking)  # type: ignore[arg-type]
+
+
+async def test_partials_need_a_key_and_callable_objects_work() -> None:
+    """A partial's default key would drop its bound arguments: refused; an async object works."""
+    cache = Stampede()
+
+    async def load(region: str, n: int) -> str:
+        return f"{region}{n}"
+
+    with pytest.raises(TypeError, match="needs key="):
+        cache.cached(ttl=60)(functools.partial(load, "eu"))
+
+    class Loader:
+        async def __call__(self, n: int) -> int:
+            return n * 2
+
+    doubled = cache.cached(ttl=60)(Loader())
+    async with cache:
+        assert await doubled(4) == 8
+    assert doubled.key(4).endswith('Loader:{"n":4}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Other:
+    x: int
+
+
+async def test_default_keys_tell_dataclass_types_apart() -> None:
+    """f(Point(1)), f(Other(1)) and f({"x": 1}) are three keys."""
+    cache = Stampede()
+
+    @cache.cached(ttl=60)
+    async def f(p: object) -> str:
+        return repr(p)
+
+    keys = {f.key(Point(1)), f.key(Other(1)), f.key({"x": 1})}
+    assert len(keys) == 3

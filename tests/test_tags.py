@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import pytest
 import redis
@@ -42,8 +44,9 @@ async def test_invalidating_a_tag_recomputes_its_values_only(any_cache: Stampede
         "u3 v1",
     ]
     assert await any_cache.get("u1", tags=["team:7"]) == "u1 v2"
-    # Read without its tags, a value is what it is (its tags are the caller's to name).
-    assert await any_cache.get("u3") == "u3 v1"
+    # Read without its tags, a tagged value is not served: whether a tag the
+    # call does not name was invalidated cannot be told.
+    assert await any_cache.get("u3") is None
     with pytest.raises(TypeError, match=r"pass \['team:7'\]"):
         await any_cache.invalidate_tags("team:7")
 
@@ -211,3 +214,24 @@ async def test_batches_read_and_stamp_the_tags_too(any_cache: Stampede) -> None:
     await any_cache.invalidate_tags(["t"])
     await any_cache.get_many_or_compute(["u1", "u2", "u3"], load_many, 60, model=User, tags=["t"])
     assert computes == [["u1", "u2"], ["u1", "u2", "u3"]]
+
+
+async def test_an_instance_without_the_tags_is_not_served_tagged_values(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tagged instance's values, read by one without its tags: not served, and said."""
+    computes = 0
+
+    async def load() -> int:
+        nonlocal computes
+        computes += 1
+        return computes
+
+    tagged = Stampede.from_url(redis_url, namespace=namespace, tags=["app"])
+    plain = Stampede.from_url(redis_url, namespace=namespace)
+    async with tagged, plain:
+        assert await tagged.get_or_compute("k", load, 60) == 1
+        await tagged.invalidate_tags(["app"])
+        with caplog.at_level(logging.WARNING, "asyncstampede"):
+            assert await plain.get_or_compute("k", load, 60) == 2  # never the invalidated 1
+    assert any("read by a call without them" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import anyio
 import pytest
 import redis
 from _models import JOINED, Account, User, account, user
-from pydantic import TypeAdapter
+from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter
 
 from asyncstampede import Codec, SerializationError, Stampede
 from asyncstampede._keys import make_names
@@ -244,3 +245,81 @@ async def test_a_model_that_is_not_a_type_is_refused() -> None:
 
         with pytest.raises(TypeError, match="not a type pydantic can validate"):
             await cache.get_or_compute("k", value, 60, model=42)  # type: ignore[call-overload, call-arg]
+
+
+class Creds(BaseModel):
+    """A model whose JSON form masks a field."""
+
+    user: str
+    token: SecretStr
+
+
+class Blob(BaseModel):
+    """A model with bytes: its JSON form needs base64 for bytes that are not UTF-8."""
+
+    data: bytes
+
+
+class Blob64(BaseModel):
+    """The same, told to put its bytes in base64."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    data: bytes
+
+
+async def test_a_model_whose_json_form_loses_data_is_refused(any_cache: Stampede) -> None:
+    """A SecretStr would come back masked: refused (compute and set), nothing stored."""
+    creds = Creds(user="u", token=SecretStr("s3cr3t"))
+
+    async def load() -> Creds:
+        return creds
+
+    with pytest.raises(SerializationError, match="does not come back equal"):
+        await any_cache.get_or_compute("c", load, 60, model=Creds)
+    with pytest.raises(SerializationError, match="does not come back equal"):
+        await any_cache.set("c", creds, 60, model=Creds)
+    assert await any_cache.get("c", model=Creds) is None
+
+
+async def test_bytes_that_json_cannot_hold_say_how_to(any_cache: Stampede) -> None:
+    """Binary bytes in a model: the fix is named; with base64 configured they round-trip."""
+    png = b"\x89PNG\r\n\x1a\n\xff"
+
+    async def raw() -> Blob:
+        return Blob(data=png)
+
+    with pytest.raises(SerializationError, match="ser_json_bytes='base64'"):
+        await any_cache.get_or_compute("b", raw, 60, model=Blob)
+
+    async def encoded() -> Blob64:
+        return Blob64(data=png)
+
+    got = await any_cache.get_or_compute("b64", encoded, 60, model=Blob64)
+    assert got.data == png
+    assert (await any_cache.get("b64", model=Blob64)) == Blob64(data=png)
+
+
+async def test_set_refuses_a_value_the_model_cannot_read_back(any_cache: Stampede) -> None:
+    """set(..., model=User) with another shape: refused, as get_or_compute refuses it."""
+    with pytest.raises(SerializationError):
+        await any_cache.set("u", {"id": 1}, 60, model=User)
+
+
+class RowDict(typing.TypedDict):
+    """A typing.TypedDict: pydantic wants typing_extensions' before Python 3.12."""
+
+    id: int
+
+
+async def test_a_typing_typeddict_works_or_is_refused_with_the_fix() -> None:
+    """On 3.12+ it round-trips; before, a TypeError names typing_extensions."""
+
+    async def row() -> RowDict:
+        return {"id": 1}
+
+    async with Stampede() as cache:
+        if sys.version_info >= (3, 12):
+            assert await cache.get_or_compute("r", row, 60, model=RowDict) == {"id": 1}
+        else:
+            with pytest.raises(TypeError, match="typing_extensions"):
+                await cache.get_or_compute("r", row, 60, model=RowDict)
