@@ -45,6 +45,7 @@ from ._backends.base import Acquired, Held, Hit
 from ._codec import Codec, loaded
 from ._compute import cancelled_from_outside
 from ._envelope import Envelope
+from ._events import Coalesced, Miss
 from ._exceptions import (
     BackendError,
     ClosedError,
@@ -155,6 +156,8 @@ async def get_many(
         flight = rt.flights.get(key)
         if flight is not None:
             rt.counters.coalesced += 1
+            if rt.hooked:
+                rt.hooks.emit(Coalesced(rt.namespace, key))
         else:
             flight = rt.flights[key] = Flight(rt.settings.share_values)
             flight.tags = tags
@@ -305,6 +308,8 @@ async def _drive_one(
             seen = found.payload
             state = Again(read=False, seen=seen)
         rt.counters.misses += 1
+        if rt.hooked:
+            rt.hooks.emit(Miss(rt.namespace, req.key))
         batch.told(req, computes=_will_compute(rt, req, state))
         told = True
         if state is first and isinstance(state, BackendError):

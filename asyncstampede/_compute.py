@@ -9,12 +9,13 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import anyio
 
 from ._codec import Codec
 from ._envelope import encode
+from ._events import ComputeEnded, ComputeStarted
 from ._exceptions import ComputeFailedError, ComputeTimeoutError
 from ._flight import Computation, computing
 from ._freshness import Policy
@@ -41,7 +42,11 @@ async def run_compute(rt: Runtime, req: Request) -> tuple[Any, int]:
     `ComputeFailedError`, never a cancellation of the instance.
     """
     rt.counters.computes += 1
+    if rt.hooked:
+        rt.hooks.emit(ComputeStarted(rt.namespace, req.key))
     start = time.perf_counter()
+    ended: Literal["ok", "error", "timeout", "cancelled"] = "cancelled"
+    error: str | None = None
     hard = req.policy.hard_timeout
     computation = Computation(rt.store, req.names.lock, id(rt), req.flight)
     chain = computing.set((*computing.get(), computation))
@@ -55,18 +60,25 @@ async def run_compute(rt: Runtime, req: Request) -> tuple[Any, int]:
         if cancelled_from_outside():
             raise
         rt.counters.compute_errors += 1
+        ended, error = "error", type(exc).__name__
         raise ComputeFailedError(
             f"the compute of {req.key!r} raised {type(exc).__name__} although nothing "
             "cancelled the call (did it await a task or future that something else "
             "cancelled?)"
         ) from exc
-    except Exception:
+    except Exception as exc:
         rt.counters.compute_errors += 1
+        ended, error = "error", type(exc).__name__
         raise
+    else:
+        ended = "timeout" if scope.cancelled_caught else "ok"
     finally:
         rt.counters.computing -= 1
         computation.active = False
         computing.reset(chain)
+        if rt.hooked:
+            seconds = time.perf_counter() - start
+            rt.hooks.emit(ComputeEnded(rt.namespace, req.key, seconds, ended, error))
     if scope.cancelled_caught:
         rt.counters.compute_errors += 1
         raise ComputeTimeoutError(f"computing {req.key!r} took over hard_timeout={hard}s")

@@ -18,7 +18,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, final
 
-__all__ = ["BreakerChange", "BreakerState", "Event", "Hook", "Hooks"]
+__all__ = [
+    "BackendFailure",
+    "BreakerChange",
+    "BreakerState",
+    "Coalesced",
+    "ComputeEnded",
+    "ComputeStarted",
+    "Corrupt",
+    "EarlyRefresh",
+    "Event",
+    "FailSafe",
+    "Hit",
+    "Hook",
+    "Hooks",
+    "LockLost",
+    "Miss",
+    "StaleServed",
+    "Takeover",
+    "Timeout",
+    "TransportChange",
+    "Waited",
+    "WakeUp",
+]
 
 log = logging.getLogger("asyncstampede")
 
@@ -52,8 +74,217 @@ class BreakerChange:
     outage: float = 0.0
 
 
-Event: TypeAlias = BreakerChange
-"""Every event record (a union as kinds are added)."""
+# The request path's events. Each names its instance's namespace and the
+# cache key (keys are the application's: a metric should not use one as a
+# label, a trace or a log may). Durations are seconds (time.perf_counter).
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A fresh value was read and served.
+
+    ``seconds``: the read (Redis's round trip) on the call's first read;
+    None when the value came out of a longer step (a look after a miss).
+    """
+
+    namespace: str
+    key: str
+    seconds: float | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """No value could be served from the store: the call resolves it (lock, compute or wait)."""
+
+    namespace: str
+    key: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Coalesced:
+    """A call joined a resolution of its key already in flight in this process."""
+
+    namespace: str
+    key: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ComputeStarted:
+    """The compute function is called (this process holds the lock, or computes without it)."""
+
+    namespace: str
+    key: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ComputeEnded:
+    """The compute function ended after ``seconds``.
+
+    ``outcome``: ``"ok"``, ``"error"`` (it raised; ``error`` is the
+    exception's type name), ``"timeout"`` (``hard_timeout``) or
+    ``"cancelled"`` (the caller or the instance went away).
+    """
+
+    namespace: str
+    key: str
+    seconds: float
+    outcome: Literal["ok", "error", "timeout", "cancelled"]
+    error: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Waited:
+    """A wait for another holder's value (in another process, or before a takeover) ended.
+
+    ``outcome``: ``"value"`` (served: the holder's, or a stale one),
+    ``"lock"`` (the lock became this call's: a takeover, or a holder that
+    failed and let go), ``"timeout"`` (``wait_timeout``, nothing to serve),
+    ``"failed"`` (Redis failed), or ``"resolved"`` (the value came with a
+    wake-up, straight to the flight).
+    """
+
+    namespace: str
+    key: str
+    seconds: float
+    outcome: Literal["value", "lock", "timeout", "failed", "resolved"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class WakeUp:
+    """Redis pushed a change of a lock this process waits on (never a poll)."""
+
+    namespace: str
+    key: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """A waiter took the lock of a holder whose lock ran out (it died, or hung)."""
+
+    namespace: str
+    key: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LockLost:
+    """A holder's lock was gone when it came to commit: its value was not stored."""
+
+    namespace: str
+    key: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EarlyRefresh:
+    """XFetch (``beta``) started a background refresh of a value still fresh."""
+
+    namespace: str
+    key: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StaleServed:
+    """A value past its freshness was served.
+
+    ``reason``: ``"revalidate"`` (within ``stale_while_revalidate``, one
+    refresh running), ``"error"`` (``stale_if_error``, after a failure),
+    ``"soft-timeout"`` or ``"wait-timeout"``.
+    """
+
+    namespace: str
+    key: str
+    reason: Literal["revalidate", "error", "soft-timeout", "wait-timeout"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class FailSafe:
+    """A failed compute's stale value was re-stamped fresh for ``fail_safe_throttle``."""
+
+    namespace: str
+    key: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """A timeout passed: ``"soft"`` (stale served, the compute goes on), or ``"wait"``."""
+
+    namespace: str
+    key: str
+    kind: Literal["soft", "wait"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Corrupt:
+    """A stored value was not served: undecodable, or not fitting the call's model (``misfit``)."""
+
+    namespace: str
+    key: str | None
+    reason: Literal["undecodable", "misfit"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BackendFailure:
+    """Redis failed while the instance was *doing* something.
+
+    ``refused``: Redis answered with a refusal (an ACL, ``OOM``, a wrong
+    type: a person must act) rather than being unavailable (down, hung, or
+    the circuit breaker's budget). ``error`` is the message, with the
+    server's own words.
+    """
+
+    namespace: str
+    doing: str
+    refused: bool
+    error: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TransportChange:
+    """The wake transport changed: ``transport`` is the new one (None: waiters poll).
+
+    ``previous`` is the one before (None: none yet, or polling).
+    """
+
+    address: str
+    transport: str | None
+    previous: str | None
+
+
+Event: TypeAlias = (
+    Hit
+    | Miss
+    | Coalesced
+    | ComputeStarted
+    | ComputeEnded
+    | Waited
+    | WakeUp
+    | Takeover
+    | LockLost
+    | EarlyRefresh
+    | StaleServed
+    | FailSafe
+    | Timeout
+    | Corrupt
+    | BackendFailure
+    | BreakerChange
+    | TransportChange
+)
+"""Every event record (more kinds may come: ignore the ones you do not know)."""
 
 Hook: TypeAlias = Callable[[Event], object]
 """A callable that receives each event (its return value is ignored)."""

@@ -17,6 +17,7 @@ import anyio.abc
 
 from ._compute import encode_value, run_compute
 from ._envelope import DecodeError, decode, encode_failure, restamp
+from ._events import FailSafe, LockLost, StaleServed, Timeout
 from ._exceptions import (
     BackendError,
     CircuitOpenError,
@@ -71,6 +72,9 @@ async def lead(rt: Runtime, req: Request, token: bytes) -> Any:
         stale = req.usable_stale()
         if stale is not None:
             rt.counters.soft_timeouts += 1
+            if rt.hooked:
+                rt.hooks.emit(Timeout(rt.namespace, req.key, "soft"))
+                rt.hooks.emit(StaleServed(rt.namespace, req.key, "soft-timeout"))
             return stale.value
         await done.wait()  # its stale window closed meanwhile: wait for the compute
     ok, result = outcome[0]
@@ -164,6 +168,8 @@ async def _store(rt: Runtime, req: Request, token: bytes, payload: bytes, px_ms:
             work = rt.backend.commit(req.names, token, payload, px_ms)
             if not await rt.redis(None, work, "COMMIT"):
                 rt.counters.lock_lost += 1
+                if rt.hooked:
+                    rt.hooks.emit(LockLost(rt.namespace, req.key))
         except CircuitOpenError as exc:
             # Redis is being skipped: the commit is owed, and made (or the
             # lock let go) as soon as the breaker closes.
@@ -220,6 +226,9 @@ async def _fail_safe(rt: Runtime, req: Request, token: bytes) -> Any:
     stale = req.stale
     assert stale is not None
     rt.counters.fail_safe += 1
+    if rt.hooked:
+        rt.hooks.emit(FailSafe(rt.namespace, req.key))
+        rt.hooks.emit(StaleServed(rt.namespace, req.key, "error"))
     now = now_ms()
     policy = req.policy
     origin_ms = stale.origin_fresh_until_ms

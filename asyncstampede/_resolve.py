@@ -30,6 +30,8 @@ from ._backends.base import Acquired, Held, Hit
 from ._backends.interest import Interest
 from ._backends.messages import Value
 from ._envelope import Envelope
+from ._events import EarlyRefresh, Miss, StaleServed, WakeUp
+from ._events import Hit as HitEvent
 from ._exceptions import BackendError, CircuitOpenError, ClosedError, WaitTimeoutError
 from ._flight import Flight, computing
 from ._freshness import Verdict, judge, xfetch_due
@@ -89,6 +91,8 @@ async def _drive(rt: Runtime, req: Request, token: bytes, first: BackendError | 
             seen = found.payload
             state = Again(read=False, seen=seen)  # corrupt, or too stale
         rt.counters.misses += 1
+        if rt.hooked:
+            rt.hooks.emit(Miss(rt.namespace, req.key))
         if isinstance(state, Again):
             # The stored value changed under us three times, each time to one
             # that cannot be served: compute, and store only into a gap.
@@ -162,6 +166,8 @@ def _value_handler(rt: Runtime, req: Request) -> Callable[[Value], bool]:
         if envelope is None or not req.accepts(envelope):
             return False  # corrupt, or too old for this call (the stale value it started from)
         rt.counters.wakeups += 1
+        if rt.hooked:
+            rt.hooks.emit(WakeUp(rt.namespace, key))
         if envelope.failed:
             rt.finish(key, flight, error=failure_of(envelope))
         else:
@@ -188,6 +194,8 @@ async def _on_backend_error(
     if stale is not None:
         rt.failed(exc, "looking up {key}; serving its stale value", req.key)
         rt.counters.fail_safe += 1
+        if rt.hooked:
+            rt.hooks.emit(StaleServed(rt.namespace, req.key, "error"))
         if token is not None:
             let_go(rt, req.names, token)
         return stale.value
@@ -216,11 +224,15 @@ def serve(
     verdict = judge(envelope, now, req.policy)
     if verdict is Verdict.FRESH:
         rt.counters.hits += 1
+        if rt.hooked:
+            rt.hooks.emit(HitEvent(rt.namespace, req.key))
         if xfetch_drawn or xfetch_due(now, envelope, req.policy.beta, 1.0 - random.random()):
             _refresh_soon(rt, req, envelope, payload, early=True)
         return True
     if verdict is Verdict.STALE:
         rt.counters.stale_served += 1
+        if rt.hooked:
+            rt.hooks.emit(StaleServed(rt.namespace, req.key, "revalidate"))
         _refresh_soon(rt, req, envelope, payload)
         return True
     if verdict is Verdict.FALLBACK:
@@ -241,6 +253,8 @@ def _refresh_soon(
         return  # its last background refresh failed: not before fail_safe_throttle
     if early:
         rt.counters.early_refreshes += 1
+        if rt.hooked:
+            rt.hooks.emit(EarlyRefresh(rt.namespace, req.key))
     rt.refreshing.add(req.key)
     refresh = Request(
         req.key,

@@ -18,7 +18,7 @@ from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import check_client
 from ._codec import Codec
 from ._envelope import DecodeError, Envelope, decode
-from ._events import Hook, Hooks
+from ._events import BackendFailure, Corrupt, Hook, Hooks
 from ._exceptions import BackendError, BackendRefusedError, CircuitOpenError, ComputeFailedError
 from ._flight import Flight
 from ._freshness import Policy, fallback_usable, judge
@@ -49,7 +49,10 @@ class Runtime:
         "budgeted",
         "counters",
         "flights",
+        "hooked",
+        "hooks",
         "keeper",
+        "namespace",
         "owed",
         "problems",
         "refresh_after",
@@ -60,9 +63,18 @@ class Runtime:
     )
 
     def __init__(
-        self, settings: Settings, backend: Backend, store: object, problems: ProblemLog
+        self,
+        settings: Settings,
+        backend: Backend,
+        store: object,
+        problems: ProblemLog,
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
+        self.namespace = settings.namespace
+        self.hooks = hooks if hooks is not None else Hooks()
+        # Checked before an event record is even made: no hook, no cost.
+        self.hooked = bool(self.hooks)
         self.backend = backend
         # What stores the keys: computes of one key over one store wait for
         # each other, whichever instance runs them.
@@ -102,7 +114,7 @@ class Runtime:
         emitter = Hooks(hooks)
         if redis is None:
             memory = MemoryBackend(max_entries=settings.max_entries)
-            return cls(settings, memory, memory, problems)
+            return cls(settings, memory, memory, problems, emitter)
         check_client(redis)
         backend = RedisBackend(
             redis,
@@ -113,7 +125,7 @@ class Runtime:
             budget=settings.redis_budget,
             hooks=emitter,
         )
-        return cls(settings, backend, backend.address, problems)
+        return cls(settings, backend, backend.address, problems, emitter)
 
     @property
     def over_redis(self) -> bool:
@@ -198,8 +210,12 @@ class Runtime:
         if isinstance(exc, CircuitOpenError):
             return
         self.counters.backend_errors += 1
-        if isinstance(exc, BackendRefusedError):
+        refused = isinstance(exc, BackendRefusedError)
+        if refused:
             self.counters.refused += 1
+        if self.hooked:
+            what = doing.replace("{key}", repr(key))
+            self.hooks.emit(BackendFailure(self.namespace, what, refused, str(exc)))
         self.problems.report(exc, doing, key=key)
 
     def finish(
@@ -291,6 +307,10 @@ class Runtime:
             envelope = decode(payload, max_value_bytes=self.settings.max_value_bytes)
         except DecodeError:
             self.counters.decode_errors += 1
+            if self.hooked:
+                self.hooks.emit(
+                    Corrupt(self.namespace, None if req is None else req.key, "undecodable")
+                )
             return None
         if req is not None:
             if envelope.tags != req.tags:  # (a tagged value for an untagged call too)
@@ -327,6 +347,8 @@ class Runtime:
 
     def _misfit(self, codec: Codec[Any], exc: Exception) -> None:
         self.counters.decode_errors += 1
+        if self.hooked:
+            self.hooks.emit(Corrupt(self.namespace, None, "misfit"))
         self.problems.say(
             logging.WARNING,
             f"a stored value does not fit {codec!r}, so it is computed anew: {exc}",

@@ -51,7 +51,7 @@ from ._codec import Codec, Stored, Validator, codec_for, loaded
 from ._compute import compute_with, encode_stored, refuse_fn
 from ._doctor import Diagnosis, diagnose
 from ._envelope import DecodeError, decode
-from ._events import Hook
+from ._events import Coalesced, Corrupt, Hit, Hook
 from ._exceptions import BackendError
 from ._flight import Flight, check_reentry, computing
 from ._freshness import Freshness, Verdict, judge, refuse_unknown, ttl_ms, xfetch_due
@@ -154,8 +154,11 @@ class Stampede:
             last one ended) finds it answering within the budget. Keep it above the
             time your largest value takes to arrive. Redis only.
         hooks: Callables each given every event record (see
-            ``asyncstampede.events``; today `BreakerChange`), in the task
-            where it happened; one that raises is logged and ignored.
+            ``asyncstampede.events``: hits, misses, computes and their
+            durations, waits, wake-ups, takeovers, stale values served,
+            timeouts, Redis failures, the breaker and the wake transport
+            changing), in the task where it happened; one that raises is
+            logged and ignored. Without hooks no record is made.
         tags: Tags every value of this instance carries (see
             `get_or_compute`'s ``tags``): ``tags=["app"]`` lets
             ``invalidate_tags(["app"])`` empty the whole namespace in O(1),
@@ -846,6 +849,8 @@ class Stampede:
         flight = rt.flights.get(key)
         if flight is not None:
             rt.counters.coalesced += 1
+            if rt.hooked:
+                rt.hooks.emit(Coalesced(rt.namespace, key))
             value = await await_flight(flight, asking, started=False)
             return value if codec is None else loaded(codec, value)
         flight = rt.flights[key] = Flight(self._settings.share_values)
@@ -872,6 +877,8 @@ class Stampede:
                     envelope = decode(payload, max_value_bytes=self._settings.max_value_bytes)
                 except DecodeError:
                     rt.counters.decode_errors += 1
+                    if rt.hooked:
+                        rt.hooks.emit(Corrupt(rt.namespace, key, "undecodable"))
                 else:
                     if envelope.tags != stamp:  # a tag was invalidated since (or unnamed)
                         rt.untagged(envelope, stamp)
@@ -883,11 +890,15 @@ class Stampede:
                     ):
                         if codec is None:
                             rt.counters.hits += 1
+                            if rt.hooked:
+                                rt.hooks.emit(Hit(rt.namespace, key, monotonic() - started))
                             rt.finish(key, flight, value=envelope.value)
                             return envelope.value
                         typed = rt.load(envelope.value, codec)
                         if typed is not MISFIT:
                             rt.counters.hits += 1
+                            if rt.hooked:
+                                rt.hooks.emit(Hit(rt.namespace, key, monotonic() - started))
                             rt.finish(key, flight, value=envelope.value)
                             return typed
                         envelope = None

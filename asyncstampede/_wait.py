@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias, final
+from typing import Any, Final, Literal, TypeAlias, final
 
 import anyio
 
 from ._backends.base import Acquired, Held, Hit
 from ._backends.interest import Interest
 from ._backends.messages import Signal, Value
+from ._events import StaleServed, Takeover, Timeout, Waited, WakeUp
 from ._exceptions import BackendError
 from ._runtime import Request, Runtime, value_of
 
@@ -85,10 +87,27 @@ async def wait(
     """
     rt.counters.remote_waits += 1
     rt.counters.waiting += 1
+    started = time.perf_counter()
+    outcome: WaitOutcome | None = None
     try:
-        return await _wait(rt, req, token, held, interest, seen)
+        outcome = await _wait(rt, req, token, held, interest, seen)
+        return outcome
     finally:
         rt.counters.waiting -= 1
+        if rt.hooked and outcome is not None:
+            rt.hooks.emit(
+                Waited(rt.namespace, req.key, time.perf_counter() - started, _named(outcome))
+            )
+
+
+def _named(outcome: WaitOutcome) -> Literal["value", "lock", "timeout", "failed", "resolved"]:
+    if isinstance(outcome, Served):
+        return "value"
+    if isinstance(outcome, Acquired):
+        return "lock"
+    if isinstance(outcome, BackendError):
+        return "failed"
+    return "resolved" if outcome is RESOLVED else "timeout"
 
 
 async def _wait(
@@ -111,12 +130,19 @@ async def _wait(
             stale = req.usable_stale()
             if stale is not None:
                 counters.soft_timeouts += 1
+                if rt.hooked:
+                    rt.hooks.emit(Timeout(rt.namespace, req.key, "soft"))
+                    rt.hooks.emit(StaleServed(rt.namespace, req.key, "soft-timeout"))
                 return Served(stale.value)
             soft = None  # its stale window closed meanwhile
         remaining = deadline - now()
         if remaining <= 0:
             counters.wait_timeouts += 1
             stale = req.usable_stale()
+            if rt.hooked:
+                rt.hooks.emit(Timeout(rt.namespace, req.key, "wait"))
+                if stale is not None:
+                    rt.hooks.emit(StaleServed(rt.namespace, req.key, "wait-timeout"))
             return TIMED_OUT if stale is None else Served(stale.value)
         within = min(timer, remaining)
         if soft is not None:
@@ -136,6 +162,8 @@ async def _wait(
             # (A value message reaches this task only when the flight's
             # handler could not use it: corrupt or too old. Look again.)
             counters.wakeups += 1
+            if rt.hooked:
+                rt.hooks.emit(WakeUp(rt.namespace, req.key))
         if message is None and now() >= deadline:
             continue
         # ABSENT: the listener read the value just after the change and
@@ -159,6 +187,8 @@ async def _wait(
             # taken once the last one ran out (not released) is a takeover.
             if now() >= expires - 0.005:
                 counters.takeovers += 1
+                if rt.hooked:
+                    rt.hooks.emit(Takeover(rt.namespace, req.key))
             interest.close()
             return state
         timer = takeover_delay(state.pttl_ms)

@@ -17,10 +17,52 @@ Example::
 
 from __future__ import annotations
 
-from ._events import BreakerChange, BreakerState, Event, Hook
+from ._events import (
+    BackendFailure,
+    BreakerChange,
+    BreakerState,
+    Coalesced,
+    ComputeEnded,
+    ComputeStarted,
+    Corrupt,
+    EarlyRefresh,
+    Event,
+    FailSafe,
+    Hit,
+    Hook,
+    LockLost,
+    Miss,
+    StaleServed,
+    Takeover,
+    Timeout,
+    TransportChange,
+    Waited,
+    WakeUp,
+)
 
-__all__ = ["BreakerChange", "BreakerState", "Event", "Hook"]
+__all__ = [
+    "BackendFailure",
+    "BreakerChange",
+    "BreakerState",
+    "Coalesced",
+    "ComputeEnded",
+    "ComputeStarted",
+    "Corrupt",
+    "EarlyRefresh",
+    "Event",
+    "FailSafe",
+    "Hit",
+    "Hook",
+    "LockLost",
+    "Miss",
+    "StaleServed",
+    "Takeover",
+    "Timeout",
+    "TransportChange",
+    "Waited",
+    "WakeUp",
+]
 
-for _name in ("BreakerChange",):
+for _name in (n for n in __all__ if n not in ("BreakerState", "Event", "Hook")):
     globals()[_name].__module__ = __name__
 del _name

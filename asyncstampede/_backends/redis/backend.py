@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from ..._events import Hooks
+from ..._events import Hooks, TransportChange
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ..._keys import KeyNames, make_names, value_name_of
 from ..._problems import ProblemLog
@@ -131,6 +131,11 @@ class RedisBackend:
                 problems=self.problems,
                 on_unavailable=self.breaker.failed,
                 ping_reply=budget,
+                on_transport=(
+                    None
+                    if not hooks
+                    else lambda now, was: hooks.emit(TransportChange(self.address, now, was))
+                ),
             )
         self._route = Route(
             client,

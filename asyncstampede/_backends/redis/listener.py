@@ -61,8 +61,13 @@ class RedisListener(Listener):
         problems: ProblemLog | None = None,
         on_unavailable: Callable[[BackendError], None] | None = None,
         ping_reply: float = 5.0,
+        on_transport: Callable[[str | None, str | None], None] | None = None,
     ) -> None:
         super().__init__()
+        # Told (new, previous) when the transport waiters wake by changes
+        # (None: they poll); not at a reconnect to the same one.
+        self._on_transport = on_transport
+        self._announced: str | None = None
         # Told when Redis cannot be connected to again (once it had been).
         self._on_unavailable = on_unavailable
         self._ever_up = False
@@ -158,6 +163,7 @@ class RedisListener(Listener):
             started = True
             if lost is None:  # every transport refused: waiters poll meanwhile
                 self._say_polling()
+                self._announce(None)
                 await anyio.sleep(_REPROBE_AFTER)
                 continue
             was_up = was_up or lost
@@ -260,6 +266,13 @@ class RedisListener(Listener):
     def _say_serving(self, kind: str) -> None:
         level = logging.DEBUG if kind == self._order[0] else logging.INFO
         self._problems.say(level, f"waiters on Redis at {self._address} wake by {kind}")
+        self._announce(kind)
+
+    def _announce(self, kind: str | None) -> None:
+        if kind != self._announced:
+            previous, self._announced = self._announced, kind
+            if self._on_transport is not None and (kind is not None or previous is not None):
+                self._on_transport(kind, previous)
 
     def _say_polling(self, *, always: bool = False) -> None:
         """Say (once per spell) that waiters poll, why, and what would let them be woken."""

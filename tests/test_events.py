@@ -1,0 +1,166 @@
+"""Events: what a hook is handed on the request path, and a hook that fails never breaks it."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import anyio
+import pytest
+from _conditions import until
+
+from asyncstampede import Stampede
+from asyncstampede.events import (
+    BackendFailure,
+    Coalesced,
+    ComputeEnded,
+    ComputeStarted,
+    EarlyRefresh,
+    Event,
+    Hit,
+    Miss,
+    StaleServed,
+    TransportChange,
+    Waited,
+    WakeUp,
+)
+from asyncstampede.testing import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+MakeCache = Callable[..., AbstractAsyncContextManager[Stampede]]
+
+
+class Recorder:
+    """A hook keeping every event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> Counter[str]:
+        return Counter(type(e).__name__ for e in self.events)
+
+
+async def test_a_herd_over_two_instances_tells_each_step(redis_url: str, namespace: str) -> None:
+    """20 callers on each of two instances: one compute, its waiters woken, then hits."""
+    a_seen, b_seen = Recorder(), Recorder()
+    release, started = anyio.Event(), anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "v"
+
+    a = Stampede.from_url(redis_url, namespace=namespace, hooks=[a_seen])
+    b = Stampede.from_url(redis_url, namespace=namespace, hooks=[b_seen])
+    async with a, b:
+        await until(lambda: a.statistics().wake == "tracking" == b.statistics().wake)
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(a.get_or_compute, "k", slow, 60)
+            await started.wait()
+            for _ in range(20):
+                tg.start_soon(b.get_or_compute, "k", slow, 60)
+            await until(lambda: b.statistics().waiting == 1 and b.statistics().coalesced == 19)
+            release.set()
+        assert await a.get_or_compute("k", slow, 60) == "v"
+    ak, bk = a_seen.kinds(), b_seen.kinds()
+    assert (ak["Miss"], ak["ComputeStarted"], ak["ComputeEnded"], ak["Coalesced"]) == (1, 1, 1, 19)
+    assert (bk["Miss"], bk["Coalesced"], bk["ComputeStarted"]) == (1, 19, 0)
+    (waited,) = [e for e in b_seen.events if isinstance(e, Waited)]
+    assert waited.outcome in ("value", "resolved")
+    assert waited.seconds > 0
+    assert bk["WakeUp"] >= 1
+    ended = next(e for e in a_seen.events if isinstance(e, ComputeEnded))
+    assert (ended.outcome, ended.error, ended.namespace, ended.key) == ("ok", None, namespace, "k")
+    hit = a_seen.events[-1]
+    assert isinstance(hit, Hit)
+    assert hit.seconds is not None
+    assert 0 < hit.seconds < 5
+    chosen = [e for e in a_seen.events if isinstance(e, TransportChange)]
+    assert [(e.transport, e.previous) for e in chosen] == [("tracking", None)]
+
+
+async def test_a_failing_compute_ends_with_its_error(make_cache: MakeCache) -> None:
+    """A compute that raises ends with 'error' and its type, on Redis and embedded."""
+    seen = Recorder()
+
+    async def fails() -> str:
+        raise RuntimeError("db down")
+
+    async with make_cache(hooks=[seen]) as cache:
+        with pytest.raises(RuntimeError):
+            await cache.get_or_compute("f", fails, 60)
+    ended = next(e for e in seen.events if isinstance(e, ComputeEnded))
+    assert (ended.outcome, ended.error) == ("error", "RuntimeError")
+
+
+async def test_stale_served_and_early_refresh(redis_url: str, namespace: str) -> None:
+    """stale_while_revalidate serves the old value while one refresh runs; beta refreshes early."""
+    seen = Recorder()
+    calls = 0
+
+    async def value() -> int:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    async with Stampede.from_url(
+        redis_url, namespace=namespace, hooks=[seen], stale_while_revalidate=60
+    ) as cache:
+        await cache.get_or_compute("k", value, 0.05, beta=0)
+        await anyio.sleep(0.1)  # (the value's freshness running out is the point)
+        assert await cache.get_or_compute("k", value, 0.05, beta=0) == 1
+        await until(lambda: calls == 2)
+        await cache.get_or_compute("e", value, 0.2, beta=1e9)  # computed
+        await anyio.sleep(0.12)  # past half its TTL: XFetch's window (time passing is the point)
+        await cache.get_or_compute("e", value, 0.2, beta=1e9)  # due: one early refresh
+        await until(lambda: calls == 4)
+    kinds = seen.kinds()
+    assert any(isinstance(e, StaleServed) and e.reason == "revalidate" for e in seen.events)
+    assert kinds["EarlyRefresh"] == 1
+    assert all(isinstance(e, EarlyRefresh | StaleServed | Hit | Miss | ComputeStarted |
+                          ComputeEnded | TransportChange | Coalesced | Waited | WakeUp)
+               for e in seen.events)  # fmt: skip
+
+
+async def test_redis_down_is_a_backend_failure_event() -> None:
+    """A stopped server: the call fails open, and the hook is told it was unavailable."""
+    seen = Recorder()
+
+    async def value() -> str:
+        return "v"
+
+    with RedisServer() as server:
+        async with Stampede.from_url(server.url, hooks=[seen], redis_budget=0.3) as cache:
+            await cache.get_or_compute("k", value, 60)
+            server.stop()
+            assert await cache.get_or_compute("k2", value, 60) == "v"
+    failures = [e for e in seen.events if isinstance(e, BackendFailure)]
+    assert failures
+    assert not failures[0].refused
+    assert "k2" in failures[0].doing
+
+
+async def test_a_hook_that_raises_never_breaks_a_call(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every event raises in the hook: hits, misses and computes all work; it is logged."""
+
+    def broken(event: Event) -> None:
+        raise ValueError("the metrics backend is down")
+
+    async def value() -> str:
+        return "v"
+
+    with caplog.at_level(logging.ERROR, "asyncstampede"):
+        async with Stampede.from_url(redis_url, namespace=namespace, hooks=[broken]) as cache:
+            for _ in range(3):
+                assert await cache.get_or_compute("k", value, 60) == "v"
+            assert cache.statistics().hits == 2
+    assert any("hook" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
