@@ -42,7 +42,7 @@ __all__ = [
     "WakeUp",
 ]
 
-log = logging.getLogger("asyncstampede")
+log = logging.getLogger("asyncstampede.hooks")
 
 BreakerState: TypeAlias = Literal["closed", "open", "half-open"]
 """``closed``: calls use Redis; ``open``: they skip it; ``half-open``: one probe is asking it."""

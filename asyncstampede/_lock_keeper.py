@@ -44,6 +44,11 @@ class LockKeeper:
         self._held: dict[bytes, tuple[KeyNames, float]] = {}
         self._changed = anyio.Event()
 
+    @property
+    def held(self) -> int:
+        """Locks held right now (a gauge)."""
+        return len(self._held)
+
     def hold(self, token: bytes, names: KeyNames) -> None:
         """Start keeping the lock *token* on *names* (just taken) alive."""
         self._held[token] = (names, anyio.current_time() + self._interval)

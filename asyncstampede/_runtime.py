@@ -110,7 +110,7 @@ class Runtime:
             ValueError: the client decodes responses.
 
         """
-        problems = ProblemLog()
+        problems = ProblemLog(context={"namespace": settings.namespace})
         emitter = Hooks(hooks)
         if redis is None:
             memory = MemoryBackend(max_entries=settings.max_entries)
@@ -146,6 +146,7 @@ class Runtime:
             connect_errors=backend.connect_errors,
             refused_connections=backend.refused_connections,
             in_flight=len(self.flights),
+            locks_held=self.keeper.held,
             refreshing=len(self.refreshing),
             wake=backend.wake,
             breaker="closed" if breaker is None else breaker.state,

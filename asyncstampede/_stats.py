@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import final
+from dataclasses import dataclass, fields
+from typing import Any, final
 
 from ._events import BreakerState
 
@@ -62,6 +62,8 @@ class Statistics:
             pushes (Redis allows no wake transport, ``wake="poll"``, or the
             connections that watch locks were down); each is two commands.
         in_flight: Keys being resolved right now.
+        locks_held: Locks this instance holds right now (its computes';
+            each is extended while its compute runs).
         waiting: Resolutions waiting right now for another holder's lock
             (a gauge: tests and dashboards can wait for it).
         computing: Computes of this instance running right now (a gauge;
@@ -106,6 +108,7 @@ class Statistics:
     refresh_errors: int
     polls: int
     in_flight: int
+    locks_held: int
     waiting: int
     computing: int
     refreshing: int
@@ -116,98 +119,38 @@ class Statistics:
 
 
 @final
+@dataclass(slots=True)
 class Counters:
-    """Mutable counters owned by one `Stampede` (no locking: one event loop)."""
+    """The counters and gauges one `Stampede` keeps itself (no locking: one event loop).
 
-    __slots__ = (
-        "backend_errors",
-        "coalesced",
-        "compute_errors",
-        "computes",
-        "computing",
-        "decode_errors",
-        "early_refreshes",
-        "fail_safe",
-        "hits",
-        "lock_lost",
-        "misses",
-        "polls",
-        "refresh_errors",
-        "refused",
-        "remote_waits",
-        "soft_timeouts",
-        "stale_served",
-        "takeovers",
-        "wait_timeouts",
-        "waiting",
-        "wakeups",
-    )
+    Each is the `Statistics` field of the same name (documented there); the
+    rest of `Statistics` is read from the parts that know it (`snapshot`).
+    """
 
-    def __init__(self) -> None:
-        self.hits = 0
-        self.misses = 0
-        self.computes = 0
-        self.compute_errors = 0
-        self.coalesced = 0
-        self.remote_waits = 0
-        self.wakeups = 0
-        self.takeovers = 0
-        self.decode_errors = 0
-        self.lock_lost = 0
-        self.wait_timeouts = 0
-        self.backend_errors = 0
-        self.refused = 0
-        self.early_refreshes = 0
-        self.stale_served = 0
-        self.fail_safe = 0
-        self.soft_timeouts = 0
-        self.refresh_errors = 0
-        self.polls = 0
-        self.waiting = 0  # gauges
-        self.computing = 0
+    hits: int = 0
+    misses: int = 0
+    computes: int = 0
+    compute_errors: int = 0
+    coalesced: int = 0
+    remote_waits: int = 0
+    wakeups: int = 0
+    takeovers: int = 0
+    decode_errors: int = 0
+    lock_lost: int = 0
+    wait_timeouts: int = 0
+    backend_errors: int = 0
+    refused: int = 0
+    early_refreshes: int = 0
+    stale_served: int = 0
+    fail_safe: int = 0
+    soft_timeouts: int = 0
+    refresh_errors: int = 0
+    polls: int = 0
+    waiting: int = 0  # gauges
+    computing: int = 0
 
-    def snapshot(
-        self,
-        *,
-        reconnects: int,
-        connect_errors: int,
-        refused_connections: int,
-        in_flight: int,
-        refreshing: int,
-        wake: str,
-        breaker: BreakerState,
-        breaker_opens: int,
-        short_circuited: int,
-    ) -> Statistics:
-        """Freeze the counters into a `Statistics` record."""
-        return Statistics(
-            hits=self.hits,
-            misses=self.misses,
-            computes=self.computes,
-            compute_errors=self.compute_errors,
-            coalesced=self.coalesced,
-            remote_waits=self.remote_waits,
-            wakeups=self.wakeups,
-            takeovers=self.takeovers,
-            decode_errors=self.decode_errors,
-            lock_lost=self.lock_lost,
-            wait_timeouts=self.wait_timeouts,
-            backend_errors=self.backend_errors,
-            refused=self.refused + refused_connections,
-            reconnects=reconnects,
-            connect_errors=connect_errors,
-            early_refreshes=self.early_refreshes,
-            stale_served=self.stale_served,
-            fail_safe=self.fail_safe,
-            soft_timeouts=self.soft_timeouts,
-            refresh_errors=self.refresh_errors,
-            polls=self.polls,
-            in_flight=in_flight,
-            waiting=self.waiting,
-            computing=self.computing,
-            refreshing=refreshing,
-            wake=wake,
-            breaker=breaker,
-            breaker_opens=breaker_opens,
-            short_circuited=short_circuited,
-        )
+    def snapshot(self, *, refused_connections: int, **gauges: Any) -> Statistics:
+        """Freeze the counters, with *gauges* (the other fields), into a `Statistics` record."""
+        counted = {f.name: getattr(self, f.name) for f in fields(self)}
+        counted["refused"] += refused_connections
+        return Statistics(**counted, **gauges)

@@ -164,3 +164,32 @@ async def test_a_hook_that_raises_never_breaks_a_call(
                 assert await cache.get_or_compute("k", value, 60) == "v"
             assert cache.statistics().hits == 2
     assert any("hook" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_logs_come_from_each_part_with_structured_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis gone: WARNINGs on asyncstampede.* children, with namespace, address and key_hash."""
+
+    async def value() -> str:
+        return "v"
+
+    with caplog.at_level(logging.DEBUG, "asyncstampede"), RedisServer() as server:
+        async with Stampede.from_url(server.url, namespace="logged", redis_budget=0.3) as cache:
+            await cache.get_or_compute("k", value, 60)
+            server.stop()
+            await cache.get_or_compute("secret-key", value, 60)
+            await until(lambda: cache.statistics().breaker == "open")
+    records = [r for r in caplog.records if r.name.startswith("asyncstampede")]
+    names = {r.name for r in records}
+    assert {"asyncstampede", "asyncstampede.breaker"} <= names
+    assert names <= {"asyncstampede", "asyncstampede.redis", "asyncstampede.wake",
+                     "asyncstampede.breaker", "asyncstampede.hooks"}  # fmt: skip
+    failure = next(r for r in records if "secret-key" in r.getMessage())
+    assert failure.levelno == logging.WARNING
+    assert failure.__dict__["namespace"] == "logged"
+    assert failure.__dict__["address"] == f"127.0.0.1:{server.port}/0"
+    assert len(failure.__dict__["key_hash"]) == 12
+    assert "secret-key" not in failure.__dict__["key_hash"]
+    opened = next(r for r in records if r.name == "asyncstampede.breaker")
+    assert opened.__dict__["part"] == "breaker"

@@ -81,7 +81,7 @@ class Breaker:
         self._budget = budget  # a probe's answer must come within this
         # Every change is logged, however soon after the last (each opening
         # is an outage, and a breaker that flaps must be seen to).
-        self._log = ProblemLog(interval=0.0)
+        self._log = ProblemLog(interval=0.0, part="breaker", context={"address": address})
         self._hooks = hooks if hooks is not None else Hooks()
         self._on_change = on_change
         self.on_close: list[Callable[[], None]] = []  # called each time it closes

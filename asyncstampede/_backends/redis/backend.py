@@ -72,7 +72,9 @@ class RedisBackend:
         self.owns_client = owns_client
         self._namespace = namespace
         self.address = address_of(kwargs)
-        self.problems = problems if problems is not None else ProblemLog()
+        shared = problems if problems is not None else ProblemLog()
+        shared.context.setdefault("address", self.address)
+        self.problems = shared.child("redis")
         self._commit = client.register_script(render(_scripts.COMMIT))
         self._release = client.register_script(render(_scripts.RELEASE))
         self._extend = client.register_script(render(_scripts.EXTEND))
@@ -128,7 +130,7 @@ class RedisBackend:
                 namespace=namespace or "asyncstampede",
                 reply_timeout=timeout,
                 wake=wake,
-                problems=self.problems,
+                problems=shared.child("wake"),
                 on_unavailable=self.breaker.failed,
                 ping_reply=budget,
                 on_transport=(

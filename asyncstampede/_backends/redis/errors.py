@@ -47,7 +47,7 @@ __all__ = [
     "server_text",
 ]
 
-log = logging.getLogger("asyncstampede")
+log = logging.getLogger("asyncstampede.redis")
 
 # What asyncstampede sends, as ACL rules (``<namespace>`` is the instance's).
 # redis-py adds HELLO and CLIENT SETINFO on each connection (SETINFO errors

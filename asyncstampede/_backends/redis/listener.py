@@ -37,7 +37,7 @@ from .wire import Link
 
 __all__ = ["RedisListener"]
 
-log = logging.getLogger("asyncstampede")
+log = logging.getLogger("asyncstampede.wake")
 
 # Where every transport was refused, probe them again this often: an ACL or
 # the server's configuration may have been fixed.

@@ -56,7 +56,7 @@ from .wire import Link, LinkFactory
 
 __all__ = ["UNAVAILABLE", "Lost", "Multiplexer", "NoReply"]
 
-log = logging.getLogger("asyncstampede")
+log = logging.getLogger("asyncstampede.redis")
 
 UNAVAILABLE: Final = object()  # no connection now: read some other way
 # Unsent bytes past which a caller waits for the socket to drain first.

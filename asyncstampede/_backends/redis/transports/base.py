@@ -17,7 +17,7 @@ from ..wire import Link
 
 __all__ = ["Silent", "Transport", "WakeConfig"]
 
-log = logging.getLogger("asyncstampede")
+log = logging.getLogger("asyncstampede.wake")
 
 
 class Silent(ConnectionError):

@@ -18,7 +18,7 @@ from .base import Transport, WakeConfig
 
 __all__ = ["Channel", "Keyspace", "keyspace_events_cover"]
 
-log = logging.getLogger("asyncstampede")
+log = logging.getLogger("asyncstampede.wake")
 
 
 def keyspace_events_cover(flags: str) -> bool:

@@ -19,7 +19,7 @@ from .base import Transport, WakeConfig
 
 __all__ = ["INVALIDATIONS", "Tracking", "TrackingResp3"]
 
-log = logging.getLogger("asyncstampede")
+log = logging.getLogger("asyncstampede.wake")
 
 INVALIDATIONS: Final = b"__redis__:invalidate"
 _REFUSED: Final = object()  # an error reply to a command on a reply connection
