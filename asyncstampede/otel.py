@@ -99,9 +99,9 @@ def _version() -> str:
 class _Tally:
     """A counter (or up-down counter) kept here and observed by the SDK when it collects.
 
-    The SDK's synchronous ``Counter.add`` costs a few microseconds (its
-    attributes are hashed and looked up on every call): as much as a third
-    of a cache hit. Counting in a dict costs a tenth of a microsecond, and
+    The SDK's synchronous ``Counter.add`` costs about 6 microseconds (its
+    attributes are checked and hashed on every call): a large share of a
+    cache hit. Counting in a dict costs a tenth of a microsecond, and
     an observable instrument reports the same cumulative sums. Counted in
     the event loop's thread, read (copied whole) in the SDK's.
     """
