@@ -50,6 +50,7 @@ COLUMNS = {
         "p99_ms",
         "note",
     ],
+    "hooks": ["strategy", "rps", "ratio_to_no_hooks", "worst_round_ratio", "p99_ms", "note"],
     "churn": [
         "strategy",
         "requests",

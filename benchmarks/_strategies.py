@@ -367,6 +367,69 @@ class Embedded(AsyncStampede):
         await self.s.__aenter__()
 
 
+def _noop(event: object) -> None:
+    """A hook that does nothing: what calling hooks at all costs."""
+
+
+class AsyncStampedeNoopHook(AsyncStampede):
+    """asyncstampede with one hook that does nothing (the hooks scenario's baseline for a hook)."""
+
+    name = "asyncstampede-hook-noop"
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.s = Stampede.from_url(url, namespace=namespace, hooks=[_noop])
+        await self.s.__aenter__()
+
+
+class AsyncStampedeOtel(AsyncStampede):
+    """asyncstampede with `OpenTelemetryHook` on the SDK's providers.
+
+    The meter provider aggregates into an in-memory reader that is never
+    read, and the tracer provider has no processor: what recording costs
+    a call, without an exporter's own work (which runs on its own thread).
+    """
+
+    name = "asyncstampede-otel"
+    hit_durations = True
+
+    async def start(self, url: str, namespace: str) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from asyncstampede.otel import OpenTelemetryHook
+
+        hook = OpenTelemetryHook(
+            MeterProvider(metric_readers=[InMemoryMetricReader()]),
+            TracerProvider(),
+            hit_durations=self.hit_durations,
+        )
+        self.s = Stampede.from_url(url, namespace=namespace, hooks=[hook])
+        await self.s.__aenter__()
+
+
+class AsyncStampedeOtelCounts(AsyncStampedeOtel):
+    """`AsyncStampedeOtel` with ``hit_durations=False``: hits counted, their durations not."""
+
+    name = "asyncstampede-otel-counts"
+    hit_durations = False
+
+
+class AsyncStampedePrometheus(AsyncStampede):
+    """asyncstampede with `PrometheusHook` on a registry of its own (single-process mode)."""
+
+    name = "asyncstampede-prometheus"
+
+    async def start(self, url: str, namespace: str) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from asyncstampede.prometheus import PrometheusHook
+
+        hook = PrometheusHook(CollectorRegistry())
+        self.s = Stampede.from_url(url, namespace=namespace, hooks=[hook])
+        await self.s.__aenter__()
+
+
 STRATEGIES: dict[str, type[Strategy]] = {
     s.name: s
     for s in (
@@ -386,5 +449,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
         AsyncStampedeKeyspace,
         AsyncStampedeChannel,
         AsyncStampedePoll,
+        AsyncStampedeNoopHook,
+        AsyncStampedeOtel,
+        AsyncStampedeOtelCounts,
+        AsyncStampedePrometheus,
     )
 }

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from .._base import Scenario
-from . import churn, crash, herd, hits, outage, steady, wake_transports, wakeup
+from . import churn, crash, herd, hits, hooks, outage, steady, wake_transports, wakeup
 
 SCENARIOS: dict[str, Scenario] = {
     "herd": herd.run,
     "hits": hits.run,
+    "hooks": hooks.run,
     "churn": churn.run,
     "crash": crash.run,
     "steady": steady.run,

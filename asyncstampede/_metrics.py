@@ -1,0 +1,217 @@
+"""The metrics the OpenTelemetry and Prometheus hooks record, written once for both.
+
+Names follow OpenTelemetry's style (lowercase, dot-separated, counters
+named by what they count, durations in seconds with unit ``s``);
+`prometheus_name` gives the name OpenTelemetry's own Prometheus exporter
+would give each (dots to underscores, ``_seconds`` for a duration,
+``_total`` for a counter), which is the name ``asyncstampede.prometheus``
+registers, so one dashboard reads either. Attribute names translate the
+same way (``asyncstampede.namespace`` is the label
+``asyncstampede_namespace``: a label called ``namespace`` would clash with
+the one Kubernetes service discovery puts on every target).
+
+No metric has the cache key among its attributes: keys are unbounded, and
+every distinct value of an attribute is a time series of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, final
+
+__all__ = [
+    "ADDRESS",
+    "COMPUTE_BUCKETS",
+    "ERROR_TYPE",
+    "HIT_BUCKETS",
+    "KEY",
+    "KIND",
+    "METRICS",
+    "NAMESPACE",
+    "OUTCOME",
+    "REASON",
+    "REFUSED",
+    "STATE",
+    "TRANSPORT",
+    "Metric",
+    "label",
+    "prometheus_name",
+]
+
+# Attribute names (OpenTelemetry); `label` gives the Prometheus label.
+NAMESPACE = "asyncstampede.namespace"
+OUTCOME = "asyncstampede.outcome"
+REASON = "asyncstampede.reason"
+KIND = "asyncstampede.kind"
+REFUSED = "asyncstampede.refused"
+ADDRESS = "asyncstampede.address"
+STATE = "asyncstampede.state"
+TRANSPORT = "asyncstampede.transport"
+ERROR_TYPE = "error.type"  # OpenTelemetry's semantic convention for a failure's class
+KEY = "asyncstampede.key"  # spans only, and only when asked for (``keys=True``)
+
+# Histogram bucket bounds, seconds. A hit is one Redis round trip (tens of
+# microseconds on a loopback to a few milliseconds across a zone); computes
+# and waits last as long as the application's own work.
+HIT_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+COMPUTE_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One instrument.
+
+    Attributes:
+        name: Its OpenTelemetry name.
+        kind: ``counter`` (only goes up), ``histogram`` (seconds), or
+            ``updown`` (a count that goes up and down: a gauge in Prometheus).
+        unit: Its unit (UCUM; ``{...}`` for a count of things).
+        description: What it counts, in one sentence.
+        attributes: The attribute names each data point has.
+
+    """
+
+    name: str
+    kind: Literal["counter", "histogram", "updown"]
+    unit: str
+    description: str
+    attributes: tuple[str, ...]
+
+
+def _c(name: str, unit: str, description: str, *extra: str) -> Metric:
+    return Metric(name, "counter", unit, description, (NAMESPACE, *extra))
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        _c("asyncstampede.hits", "{hit}", "Calls served a fresh value from the store."),
+        Metric(
+            "asyncstampede.hit.duration",
+            "histogram",
+            "s",
+            "Seconds from a call's first read to its fresh value, for hits on that first read.",
+            (NAMESPACE,),
+        ),
+        _c("asyncstampede.misses", "{miss}", "Resolutions that found no value to serve."),
+        _c(
+            "asyncstampede.coalesced",
+            "{call}",
+            "Calls that joined a resolution of their key already in flight in the process.",
+        ),
+        _c(
+            "asyncstampede.computes",
+            "{compute}",
+            "Calls of a compute function, by how they ended (error.type names a raised one).",
+            OUTCOME,
+            ERROR_TYPE,
+        ),
+        Metric(
+            "asyncstampede.compute.duration",
+            "histogram",
+            "s",
+            "Seconds a compute function ran, by how it ended.",
+            (NAMESPACE, OUTCOME),
+        ),
+        Metric(
+            "asyncstampede.wait.duration",
+            "histogram",
+            "s",
+            "Seconds a resolution waited for another holder of its lock, by how the wait ended.",
+            (NAMESPACE, OUTCOME),
+        ),
+        _c(
+            "asyncstampede.wakeups",
+            "{wakeup}",
+            "Lock changes Redis pushed to a waiting resolution (never a poll).",
+        ),
+        _c(
+            "asyncstampede.takeovers",
+            "{takeover}",
+            "Locks taken after their holder's lock ran out (it died or hung).",
+        ),
+        _c(
+            "asyncstampede.locks_lost",
+            "{lock}",
+            "Computes whose lock was gone at commit: their value was not stored.",
+        ),
+        _c(
+            "asyncstampede.early_refreshes",
+            "{refresh}",
+            "Background refreshes XFetch started for values still fresh.",
+        ),
+        _c(
+            "asyncstampede.stale_served",
+            "{call}",
+            "Values served past their freshness, by why.",
+            REASON,
+        ),
+        _c(
+            "asyncstampede.fail_safes",
+            "{value}",
+            "Stale values re-stamped fresh for fail_safe_throttle after a failed compute.",
+        ),
+        _c("asyncstampede.timeouts", "{timeout}", "Soft and wait timeouts that passed.", KIND),
+        _c(
+            "asyncstampede.corrupt",
+            "{value}",
+            "Stored values not served: undecodable, or not fitting the call's model.",
+            REASON,
+        ),
+        _c(
+            "asyncstampede.backend_failures",
+            "{failure}",
+            "Redis failures met by the instance: refused (a person must act) or unavailable.",
+            REFUSED,
+        ),
+        Metric(
+            "asyncstampede.breaker.changes",
+            "counter",
+            "{change}",
+            "Circuit breaker openings and closings, per Redis server.",
+            (ADDRESS, STATE),
+        ),
+        Metric(
+            "asyncstampede.breaker.open",
+            "updown",
+            "{breaker}",
+            "Circuit breakers open now, per Redis server (1 per instance whose breaker is open).",
+            (ADDRESS,),
+        ),
+        Metric(
+            "asyncstampede.wake.changes",
+            "counter",
+            "{change}",
+            "Changes of the wake transport, per Redis server, by the new one ('poll': none).",
+            (ADDRESS, TRANSPORT),
+        ),
+        Metric(
+            "asyncstampede.wake.transport",
+            "updown",
+            "{instance}",
+            "Instances whose waiters are woken by each transport now, per Redis server.",
+            (ADDRESS, TRANSPORT),
+        ),
+    )
+}
+
+
+def label(attribute: str) -> str:
+    """Return the Prometheus label of an attribute name: its dots made underscores."""
+    return attribute.replace(".", "_")
+
+
+def prometheus_name(metric: Metric) -> str:
+    """Return the name OpenTelemetry's Prometheus exporter gives *metric* (and ours does).
+
+    Without the ``_total`` of a counter: prometheus_client adds it itself.
+    """
+    name = metric.name.replace(".", "_")
+    if metric.unit == "s":
+        name += "_seconds"
+    return name
