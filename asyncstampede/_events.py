@@ -255,9 +255,10 @@ class BackendFailure:
 @final
 @dataclass(frozen=True, slots=True)
 class TransportChange:
-    """The wake transport changed: ``transport`` is the new one (None: waiters poll).
+    """The wake transport changed: ``transport`` is the new one (``"poll"``: none).
 
-    ``previous`` is the one before (None: none yet, or polling).
+    ``previous`` is the one before (None: this is the instance's first).
+    Told once at start, then at each change (not at a reconnect to the same).
     """
 
     address: str

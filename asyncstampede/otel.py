@@ -153,7 +153,7 @@ class OpenTelemetryHook:
         *,
         spans: bool = True,
         keys: bool = False,
-        hit_durations: bool = True,
+        hit_durations: int = 16,
     ) -> None:
         """Create the instruments on *meter_provider*'s meter ``asyncstampede``.
 
@@ -163,10 +163,14 @@ class OpenTelemetryHook:
             spans: False records metrics only.
             keys: Put the cache key on spans (``asyncstampede.key``). Off by
                 default: a key may name a user. Metrics never carry it.
-            hit_durations: Record each hit's duration
-                (``asyncstampede.hit.duration``). The SDK's histogram costs
-                a few microseconds a hit (see Benchmarks); False leaves it
-                empty, hits still counted.
+            hit_durations: Record the duration of one hit in this many
+                (``asyncstampede.hit.duration``): a sample, for its
+                percentiles, since the SDK's histogram costs a few
+                microseconds a hit (see Benchmarks). 1 records every hit,
+                0 none; hits are counted either way.
+
+        Raises:
+            ValueError: *hit_durations* is negative.
 
         """
         version = _version()
@@ -195,6 +199,11 @@ class OpenTelemetryHook:
                 )
         self._tracer = trace.get_tracer(_SCOPE, version, tracer_provider)
         self._spans = spans
+        if isinstance(hit_durations, bool) or hit_durations < 0:
+            raise ValueError(
+                f"hit_durations is one hit in how many (1: every hit, 0: none), not "
+                f"{hit_durations!r}"
+            )
         self._hit_durations = hit_durations
         self._keys = keys
         # Attribute dicts, made once per combination and never changed (the
@@ -232,9 +241,15 @@ class OpenTelemetryHook:
             EarlyRefresh: t["asyncstampede.early_refreshes"],
         }
 
+        every = self._hit_durations
+        seen = 0
+
         def hit(e: Hit) -> None:
+            nonlocal seen
             hits.add(1, e.namespace)
-            if e.seconds is not None:
+            seen += 1
+            if seen >= every and e.seconds is not None:
+                seen = 0
                 hit_duration.record(e.seconds, self._ns(e.namespace))
 
         def hit_counted(e: Hit) -> None:
@@ -247,7 +262,7 @@ class OpenTelemetryHook:
             return add
 
         handlers: dict[type, Callable[[Any], None]] = {
-            Hit: hit if self._hit_durations else hit_counted,
+            Hit: hit if every else hit_counted,
             **{kind: counted(instrument) for kind, instrument in count.items()},
             ComputeStarted: self._compute_started,
             ComputeEnded: self._compute_ended,
@@ -383,10 +398,8 @@ class OpenTelemetryHook:
 
     def _transport_change(self, e: TransportChange) -> None:
         self._tallies["asyncstampede.wake.changes"].add(1, e.address, e.transport or "poll")
-        # None (polling, or none yet) is not in the gauge: an event does not
-        # tell an instance that polls from one not yet started.
+        # (previous None: the instance's first; "poll" is a transport here.)
         gauge = self._tallies["asyncstampede.wake.transport"]
         if e.previous is not None:
             gauge.add(-1, e.address, e.previous)
-        if e.transport is not None:
-            gauge.add(1, e.address, e.transport)
+        gauge.add(1, e.address, e.transport or "poll")

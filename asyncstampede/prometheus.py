@@ -162,8 +162,7 @@ class PrometheusHook:
             child("asyncstampede.wake.changes", e.address, e.transport or "poll").inc()
             if e.previous is not None:
                 child("asyncstampede.wake.transport", e.address, e.previous).dec()
-            if e.transport is not None:
-                child("asyncstampede.wake.transport", e.address, e.transport).inc()
+            child("asyncstampede.wake.transport", e.address, e.transport or "poll").inc()
 
         return {
             Hit: hit,

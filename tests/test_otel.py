@@ -98,7 +98,7 @@ def otel() -> Iterator[Otel]:
 
 async def test_a_herd_is_measured_and_traced(otel: Otel, redis_url: str, namespace: str) -> None:
     """Two instances, 20 callers each on a cold key: one compute, misses, coalesced, one wait."""
-    hook = otel.hook()
+    hook = otel.hook(hit_durations=1)
     a = Stampede.from_url(redis_url, namespace=namespace, hooks=[hook])
     b = Stampede.from_url(redis_url, namespace=namespace, hooks=[hook])
     async with a, b:
@@ -194,7 +194,7 @@ async def test_the_key_is_on_spans_only_when_asked(otel: Otel, namespace: str) -
 
 def test_every_kind_of_event_has_its_instrument(otel: Otel) -> None:
     """One event of each kind, handed to the hook: each metric gets its point and attributes."""
-    hook = otel.hook()
+    hook = otel.hook(hit_durations=1)
     tracer = otel.tracer_provider.get_tracer("app")
     events: list[Event] = [
         Hit("n", "k", 0.001),
@@ -236,7 +236,7 @@ def test_every_kind_of_event_has_its_instrument(otel: Otel) -> None:
     assert otel.total("asyncstampede.breaker.open") == 1
     assert otel.total("asyncstampede.wake.changes", **{"asyncstampede.transport": "poll"}) == 1
     gauge = {a["asyncstampede.transport"]: v for a, v in points["asyncstampede.wake.transport"]}
-    assert gauge == {"tracking": 0, "channel": 1}
+    assert gauge == {"tracking": 0, "poll": 1, "channel": 1}  # (None: polling)
     (request,) = otel.finished("request")
     assert [e.name for e in request.events] == [
         "asyncstampede.takeover",
@@ -280,3 +280,14 @@ async def test_a_broken_exporter_never_breaks_a_call(
     assert data is not None
     names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
     assert {"asyncstampede.computes", "asyncstampede.hits"} <= names
+
+
+def test_hit_durations_are_a_sample_by_default(otel: Otel) -> None:
+    """One hit's duration in 16 is recorded (its cost is the SDK's); every hit is counted."""
+    hook = otel.hook()
+    for _ in range(40):
+        hook(Hit("n", "k", 0.001))
+    assert otel.total("asyncstampede.hits") == 40
+    assert otel.total("asyncstampede.hit.duration") == 2
+    with pytest.raises(ValueError, match="one hit in how many"):
+        OpenTelemetryHook(MeterProvider(), otel.tracer_provider, hit_durations=-1)

@@ -65,7 +65,8 @@ class RedisListener(Listener):
     ) -> None:
         super().__init__()
         # Told (new, previous) when the transport waiters wake by changes
-        # (None: they poll); not at a reconnect to the same one.
+        # ("poll": none; previous None: the first); not at a reconnect to
+        # the same one.
         self._on_transport = on_transport
         self._announced: str | None = None
         # Told when Redis cannot be connected to again (once it had been).
@@ -269,10 +270,11 @@ class RedisListener(Listener):
         self._announce(kind)
 
     def _announce(self, kind: str | None) -> None:
-        if kind != self._announced:
-            previous, self._announced = self._announced, kind
-            if self._on_transport is not None and (kind is not None or previous is not None):
-                self._on_transport(kind, previous)
+        now = kind or "poll"
+        if now != self._announced:
+            previous, self._announced = self._announced, now
+            if self._on_transport is not None:
+                self._on_transport(now, previous)
 
     def _say_polling(self, *, always: bool = False) -> None:
         """Say (once per spell) that waiters poll, why, and what would let them be woken."""
