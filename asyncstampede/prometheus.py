@@ -102,16 +102,31 @@ class PrometheusHook:
     ``asyncstampede_namespace``; never a cache key).
     """
 
-    __slots__ = ("_children", "_families", "_handlers")
+    __slots__ = ("_children", "_every", "_families", "_handlers")
 
-    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = REGISTRY, *, hit_durations: int = 16
+    ) -> None:
         """Register the metrics on *registry* (the default one), or find them there.
 
         Args:
             registry: Where the metrics are registered; None: nowhere (read
                 them with `metric`).
+            hit_durations: Observe the duration of one hit in this many
+                (``asyncstampede_hit_duration_seconds``: a sample, for its
+                quantiles; every hit is counted in ``asyncstampede_hits_total``);
+                1 every hit, 0 none.
+
+        Raises:
+            ValueError: *hit_durations* is negative.
 
         """
+        if isinstance(hit_durations, bool) or hit_durations < 0:
+            raise ValueError(
+                f"hit_durations is one hit in how many (1: every hit, 0: none), not "
+                f"{hit_durations!r}"
+            )
+        self._every = hit_durations
         self._families = _families(registry)
         self._children: dict[tuple[str, ...], Any] = {}
         self._handlers = self._dispatch()
@@ -139,9 +154,15 @@ class PrometheusHook:
         def counted(name: str) -> Callable[[Any], None]:
             return lambda e: child(name, e.namespace).inc()
 
+        every = self._every
+        seen = 0
+
         def hit(e: Hit) -> None:
+            nonlocal seen
             child("asyncstampede.hits", e.namespace).inc()
-            if e.seconds is not None:
+            seen += 1
+            if every and seen >= every and e.seconds is not None:
+                seen = 0
                 child("asyncstampede.hit.duration", e.namespace).observe(e.seconds)
 
         def compute_ended(e: ComputeEnded) -> None:

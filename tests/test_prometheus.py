@@ -77,7 +77,9 @@ def assert_same(samples: Samples, stats: Statistics) -> None:
 async def test_the_exposition_carries_the_statistics(redis_url: str, namespace: str) -> None:
     """A herd over two instances, each with a registry of its own: every figure as statistics()."""
     ra, rb = CollectorRegistry(), CollectorRegistry()
-    a = Stampede.from_url(redis_url, namespace=namespace, hooks=[PrometheusHook(ra)])
+    a = Stampede.from_url(
+        redis_url, namespace=namespace, hooks=[PrometheusHook(ra, hit_durations=1)]
+    )
     b = Stampede.from_url(redis_url, namespace=namespace, hooks=[PrometheusHook(rb)])
     async with a, b:
         await two_instance_herd(a, b)
@@ -214,3 +216,16 @@ def test_multiprocess_mode_sums_the_workers(redis_url: str, namespace: str, tmp_
     MultiProcessCollector(after, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     assert total(scrape(after), "asyncstampede_wake_transport") == 0
     assert total(scrape(after), "asyncstampede_hits_total") == summed["hits"]
+
+
+def test_hit_durations_are_a_sample_by_default() -> None:
+    """One hit's duration in 16 is observed; every hit is counted."""
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry)
+    for _ in range(40):
+        hook(Hit("n", "k", 0.001))
+    families = scrape(registry)
+    assert total(families, "asyncstampede_hits_total") == 40
+    assert total(families, "asyncstampede_hit_duration_seconds_count") == 2
+    with pytest.raises(ValueError, match="one hit in how many"):
+        PrometheusHook(None, hit_durations=-1)
