@@ -258,7 +258,11 @@ class TransportChange:
     """The wake transport changed: ``transport`` is the new one (``"poll"``: none).
 
     ``previous`` is the one before (None: this is the instance's first).
-    Told once at start, then at each change (not at a reconnect to the same).
+    Told once at start, then at each change (not at a reconnect to the
+    same), and when the instance closes (``transport`` None: it has none
+    any more, so a gauge of transports in use drops it). A `BreakerChange`
+    to ``"closed"`` is told too when an instance closes with its breaker
+    open.
     """
 
     address: str
@@ -333,7 +337,7 @@ class Hooks:
         """Call every hook with *event*."""
         for i, hook in enumerate(self._hooks):
             try:
-                hook(event)
+                _refuse_coroutine(hook, hook(event))
             except Exception:
                 now = time.monotonic()
                 if now - self._said.get(i, -1e9) >= 10.0:
@@ -343,3 +347,13 @@ class Hooks:
                         hook,
                         type(event).__name__,
                     )
+
+
+def _refuse_coroutine(hook: Hook, result: object) -> None:
+    """Raise (to be logged) when *hook* returned a coroutine: a lambda over an async function."""
+    if inspect.iscoroutine(result):
+        result.close()  # (never awaited, and never will be: no warning about it)
+        raise TypeError(
+            f"hook {hook!r} returned a coroutine, which is never awaited: hooks are "
+            "called, not awaited; hand the event to a queue or a task"
+        )

@@ -129,6 +129,7 @@ async def _compute_and_commit(rt: Runtime, req: Request, token: bytes) -> Any:
                 f"computing {req.key!r} failed; serving its stale value (fail-safe): "
                 f"{type(failure).__name__}: {failure}",
                 kind=f"compute failed, stale served: {type(failure).__name__}",
+                key=req.key,
             )
             return await _fail_safe(rt, req, token)
         if req.policy.negative_ms and not isinstance(
@@ -168,6 +169,14 @@ async def _store(rt: Runtime, req: Request, token: bytes, payload: bytes, px_ms:
             work = rt.backend.commit(req.names, token, payload, px_ms)
             if not await rt.redis(None, work, "COMMIT"):
                 rt.counters.lock_lost += 1
+                rt.problems.say(
+                    logging.WARNING,
+                    f"the lock of {req.key!r} was gone at its commit, so its value was not "
+                    "stored (the compute outlived lock_ttl without its extensions reaching "
+                    "Redis, or the key was invalidated or written meanwhile)",
+                    kind="lock lost at commit",
+                    key=req.key,
+                )
                 if rt.hooked:
                     rt.hooks.emit(LockLost(rt.namespace, req.key))
         except CircuitOpenError as exc:

@@ -33,6 +33,7 @@ __all__ = [
     "REFUSED",
     "STATE",
     "TRANSPORT",
+    "SEEDS",
     "Metric",
     "label",
     "prometheus_name",
@@ -215,3 +216,32 @@ def prometheus_name(metric: Metric) -> str:
     if metric.unit == "s":
         name += "_seconds"
     return name
+
+
+# The series of each counter made at zero the first time a namespace (or,
+# for the breaker's and the transport's, a server) is seen: the label
+# values known in advance, after the namespace or the address. A counter
+# born at 1 reads as no increase to Prometheus's ``increase()``, so an
+# alert on the first lost lock (or refusal, or fall-back to polling) would
+# never fire. (A compute error's type is not known in advance.)
+SEEDS: dict[str, tuple[tuple[str | bool | None, ...], ...]] = {
+    **{
+        m.name: ((),)
+        for m in METRICS.values()
+        if m.kind == "counter" and m.attributes == (NAMESPACE,)
+    },
+    "asyncstampede.computes": (("ok", None), ("timeout", None), ("cancelled", None)),
+    "asyncstampede.stale_served": (
+        ("revalidate",),
+        ("error",),
+        ("soft-timeout",),
+        ("wait-timeout",),
+    ),
+    "asyncstampede.timeouts": (("soft",), ("wait",)),
+    "asyncstampede.corrupt": (("undecodable",), ("misfit",)),
+    "asyncstampede.backend_failures": ((True,), (False,)),
+    "asyncstampede.breaker.changes": (("open",), ("closed",)),
+    "asyncstampede.wake.changes": tuple(
+        (t,) for t in ("tracking", "tracking-resp3", "keyspace", "channel", "poll")
+    ),
+}

@@ -293,6 +293,7 @@ async def _refresh(rt: Runtime, req: Request, payload: bytes) -> None:
             f"background refresh of {req.key!r} failed; the served value stays: "
             f"{type(exc).__name__}: {exc}",
             kind=f"background refresh failed: {type(exc).__name__}",
+            key=req.key,
         )
     finally:
         rt.refreshing.discard(req.key)

@@ -306,8 +306,8 @@ class Runtime:
         """
         try:
             envelope = decode(payload, max_value_bytes=self.settings.max_value_bytes)
-        except DecodeError:
-            self.counters.decode_errors += 1
+        except DecodeError as exc:
+            self.undecodable(exc, None if req is None else req.key)
             if self.hooked:
                 self.hooks.emit(
                     Corrupt(self.namespace, None if req is None else req.key, "undecodable")
@@ -320,6 +320,18 @@ class Runtime:
             if req.codec is not None and not self.fits(envelope, req.codec):
                 return None
         return envelope
+
+    def undecodable(self, exc: DecodeError, key: str | None) -> None:
+        """Count a stored value that is not an envelope, and say so (a miss follows)."""
+        self.counters.decode_errors += 1
+        self.problems.say(
+            logging.WARNING,
+            f"a stored value{'' if key is None else f' of {key!r}'} is not one asyncstampede "
+            f"wrote ({exc}), so it is computed anew: another program writes under the "
+            "namespace, or a version mismatch",
+            kind="undecodable value",
+            key=key,
+        )
 
     def untagged(self, envelope: Envelope, stamp: int) -> None:
         """Say so when a value stored with tags is read without them (it is not served)."""

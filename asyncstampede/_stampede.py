@@ -875,8 +875,8 @@ class Stampede:
             if payload is not None:
                 try:
                     envelope = decode(payload, max_value_bytes=self._settings.max_value_bytes)
-                except DecodeError:
-                    rt.counters.decode_errors += 1
+                except DecodeError as exc:
+                    rt.undecodable(exc, key)
                     if rt.hooked:
                         rt.hooks.emit(Corrupt(rt.namespace, key, "undecodable"))
                 else:

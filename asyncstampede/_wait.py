@@ -8,6 +8,7 @@ freshness verdict before it is handed over.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -139,6 +140,13 @@ async def _wait(
         if remaining <= 0:
             counters.wait_timeouts += 1
             stale = req.usable_stale()
+            rt.problems.say(
+                logging.WARNING,
+                f"waiting for {req.key!r} passed wait_timeout={rt.settings.wait_timeout}s "
+                "(its holder is still computing, or its wake-ups do not arrive)",
+                kind="wait timeout",
+                key=req.key,
+            )
             if rt.hooked:
                 rt.hooks.emit(Timeout(rt.namespace, req.key, "wait"))
                 if stale is not None:
@@ -187,6 +195,13 @@ async def _wait(
             # taken once the last one ran out (not released) is a takeover.
             if now() >= expires - 0.005:
                 counters.takeovers += 1
+                rt.problems.say(
+                    logging.INFO,
+                    f"took over the lock of {req.key!r}: its holder's lock ran out (it "
+                    "died, or stalled past lock_ttl)",
+                    kind="takeover",
+                    key=req.key,
+                )
                 if rt.hooked:
                     rt.hooks.emit(Takeover(rt.namespace, req.key))
             interest.close()

@@ -141,6 +141,7 @@ class OpenTelemetryHook:
         "_hit_durations",
         "_keys",
         "_open",
+        "_seeded",
         "_spans",
         "_tallies",
         "_tracer",
@@ -176,6 +177,7 @@ class OpenTelemetryHook:
         version = _version()
         meter = metrics.get_meter(_SCOPE, version, meter_provider)
         self._tallies: dict[str, _Tally] = {}
+        self._seeded: set[object] = set()  # namespaces and servers whose series exist
         self._histograms: dict[str, metrics.Histogram] = {}
         for metric in m.METRICS.values():
             if metric.kind != "histogram":
@@ -216,7 +218,22 @@ class OpenTelemetryHook:
         """Record *event* (kinds this version does not know are ignored)."""
         handler = self._handlers.get(type(event))
         if handler is not None:
+            seen = getattr(event, "namespace", None) or getattr(event, "address", None)
+            if seen not in self._seeded:
+                self._seed(event)
             handler(event)
+
+    def _seed(self, event: Event) -> None:
+        """Make the counters' known series at zero for a namespace (or server) first seen."""
+        by_address = not hasattr(event, "namespace")
+        first = getattr(event, "address" if by_address else "namespace", None)
+        self._seeded.add(first)
+        for name, extras in m.SEEDS.items():
+            tally = self._tallies.get(name)
+            if tally is None or (m.METRICS[name].attributes[0] == m.ADDRESS) != by_address:
+                continue
+            for extra in extras:
+                tally.add(0, first, *extra)
 
     # -- attributes -------------------------------------------------------
 
@@ -397,9 +414,10 @@ class OpenTelemetryHook:
             self._tallies["asyncstampede.breaker.open"].add(-1, e.address)
 
     def _transport_change(self, e: TransportChange) -> None:
-        self._tallies["asyncstampede.wake.changes"].add(1, e.address, e.transport or "poll")
-        # (previous None: the instance's first; "poll" is a transport here.)
+        # (previous None: the instance's first; transport None: it closed.)
         gauge = self._tallies["asyncstampede.wake.transport"]
         if e.previous is not None:
             gauge.add(-1, e.address, e.previous)
-        gauge.add(1, e.address, e.transport or "poll")
+        if e.transport is not None:
+            self._tallies["asyncstampede.wake.changes"].add(1, e.address, e.transport)
+            gauge.add(1, e.address, e.transport)

@@ -102,7 +102,7 @@ class PrometheusHook:
     ``asyncstampede_namespace``; never a cache key).
     """
 
-    __slots__ = ("_children", "_every", "_families", "_handlers")
+    __slots__ = ("_children", "_every", "_families", "_handlers", "_seeded")
 
     def __init__(
         self, registry: CollectorRegistry | None = REGISTRY, *, hit_durations: int = 16
@@ -127,6 +127,7 @@ class PrometheusHook:
                 f"{hit_durations!r}"
             )
         self._every = hit_durations
+        self._seeded: set[object] = set()  # namespaces and servers whose series exist
         self._families = _families(registry)
         self._children: dict[tuple[str, ...], Any] = {}
         self._handlers = self._dispatch()
@@ -139,7 +140,26 @@ class PrometheusHook:
         """Count *event* (kinds this version does not know are ignored)."""
         handler = self._handlers.get(type(event))
         if handler is not None:
+            seen = getattr(event, "namespace", None) or getattr(event, "address", None)
+            if seen not in self._seeded:
+                self._seed(event)
             handler(event)
+
+    def _seed(self, event: Event) -> None:
+        """Make the counters' known series at zero for a namespace (or server) first seen.
+
+        (A series born at 1 reads as no increase to ``increase()``.)
+        """
+        by_address = not hasattr(event, "namespace")
+        first = getattr(event, "address" if by_address else "namespace", None)
+        self._seeded.add(first)
+        for name, extras in m.SEEDS.items():
+            if (m.METRICS[name].attributes[0] == m.ADDRESS) != by_address:
+                continue
+            for extra in extras:
+                values = ["" if v is None else str(v).lower() if isinstance(v, bool) else v
+                          for v in extra]  # fmt: skip
+                self._child(name, str(first), *values)
 
     def _child(self, name: str, *values: str) -> Any:
         key = (name, *values)
@@ -180,10 +200,12 @@ class PrometheusHook:
                 child("asyncstampede.breaker.open", e.address).dec()
 
         def transport(e: TransportChange) -> None:
-            child("asyncstampede.wake.changes", e.address, e.transport or "poll").inc()
+            # (previous None: the instance's first; transport None: it closed.)
             if e.previous is not None:
                 child("asyncstampede.wake.transport", e.address, e.previous).dec()
-            child("asyncstampede.wake.transport", e.address, e.transport or "poll").inc()
+            if e.transport is not None:
+                child("asyncstampede.wake.changes", e.address, e.transport).inc()
+                child("asyncstampede.wake.transport", e.address, e.transport).inc()
 
         return {
             Hit: hit,

@@ -9,9 +9,11 @@ from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
+import redis
 from _conditions import until
 
 from asyncstampede import Stampede
+from asyncstampede._keys import make_names
 from asyncstampede.events import (
     BackendFailure,
     Coalesced,
@@ -78,12 +80,13 @@ async def test_a_herd_over_two_instances_tells_each_step(redis_url: str, namespa
     assert bk["WakeUp"] >= 1
     ended = next(e for e in a_seen.events if isinstance(e, ComputeEnded))
     assert (ended.outcome, ended.error, ended.namespace, ended.key) == ("ok", None, namespace, "k")
-    hit = a_seen.events[-1]
+    hit = next(e for e in reversed(a_seen.events) if isinstance(e, Hit))
     assert isinstance(hit, Hit)
     assert hit.seconds is not None
     assert 0 < hit.seconds < 5
     chosen = [e for e in a_seen.events if isinstance(e, TransportChange)]
-    assert [(e.transport, e.previous) for e in chosen] == [("tracking", None)]
+    # Chosen at start, and gone when the instance closed.
+    assert [(e.transport, e.previous) for e in chosen] == [("tracking", None), (None, "tracking")]
 
 
 async def test_a_failing_compute_ends_with_its_error(make_cache: MakeCache) -> None:
@@ -193,3 +196,46 @@ async def test_logs_come_from_each_part_with_structured_fields(
     assert "secret-key" not in failure.__dict__["key_hash"]
     opened = next(r for r in records if r.name == "asyncstampede.breaker")
     assert opened.__dict__["part"] == "breaker"
+
+
+async def test_a_hook_returning_a_coroutine_is_told_not_awaited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """lambda e: handle(e) over an async handle: logged on asyncstampede.hooks, no warning."""
+    handled: list[Event] = []
+
+    async def handle(event: Event) -> None:
+        handled.append(event)
+
+    async def value() -> str:
+        return "v"
+
+    with caplog.at_level(logging.ERROR, "asyncstampede.hooks"):
+        async with Stampede(hooks=[lambda e: handle(e)]) as cache:
+            assert await cache.get_or_compute("k", value, 60) == "v"
+    assert handled == []
+    assert any("returned a coroutine" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_lost_lock_is_logged_for_the_operator(
+    redis_url: str, namespace: str, sync_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lock deleted during the compute: the value is not stored, and a WARNING says why."""
+    started, release = anyio.Event(), anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "v"
+
+    with caplog.at_level(logging.WARNING, "asyncstampede"):
+        async with Stampede.from_url(redis_url, namespace=namespace) as cache:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cache.get_or_compute, "k", slow, 60)
+                await started.wait()
+                sync_redis.delete(make_names(namespace, "k").lock)
+                release.set()
+            assert cache.statistics().lock_lost == 1
+    lost = next(r for r in caplog.records if "was gone at its commit" in r.getMessage())
+    assert lost.levelno == logging.WARNING
+    assert lost.__dict__["key_hash"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from _observed import two_instance_herd
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncstampede import Stampede, Statistics
@@ -94,9 +94,13 @@ async def test_the_exposition_carries_the_statistics(redis_url: str, namespace: 
     assert {
         labels["asyncstampede_namespace"] for labels, _ in pb["asyncstampede_misses_total"]
     } == {namespace}
-    for samples in (pa, pb):
+    for samples in (pa, pb):  # (each closed instance's transport has left the gauge)
         assert (
-            total(samples, "asyncstampede_wake_transport", asyncstampede_transport="tracking") == 1
+            total(samples, "asyncstampede_wake_transport", asyncstampede_transport="tracking") == 0
+        )
+        assert (
+            total(samples, "asyncstampede_wake_changes_total", asyncstampede_transport="tracking")
+            == 1
         )
 
 
@@ -122,7 +126,7 @@ def test_every_metric_is_named_as_the_otel_exporter_would() -> None:
         BackendFailure("n", "looking up 'k'", False, "timeout"),
         BreakerChange("r:6379/0", "open", "closed", "silent"),
         TransportChange("r:6379/0", "tracking", None),
-        TransportChange("r:6379/0", None, "tracking"),
+        TransportChange("r:6379/0", "poll", "tracking"),
     ):
         hook(event)
     families = {
@@ -174,6 +178,7 @@ WORKER = textwrap.dedent(
             print(json.dumps({"hits": stats.hits, "misses": stats.misses,
                               "computes": stats.computes, "coalesced": stats.coalesced,
                               "wake": stats.wake}), flush=True)
+            await anyio.to_thread.run_sync(sys.stdin.readline)  # scraped meanwhile
 
     anyio.run(main, *sys.argv[1:])
     """
@@ -190,13 +195,16 @@ def test_multiprocess_mode_sums_the_workers(redis_url: str, namespace: str, tmp_
         subprocess.Popen(
             [sys.executable, "-c", WORKER, redis_url, namespace],
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for _ in range(2)
     ]
-    reports = [json.loads(p.communicate(timeout=30)[0]) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
+    reports = []
+    for p in procs:
+        assert p.stdout is not None
+        reports.append(json.loads(p.stdout.readline()))  # (each still has its instance open)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     samples = scrape(registry)
@@ -206,12 +214,15 @@ def test_multiprocess_mode_sums_the_workers(redis_url: str, namespace: str, tmp_
     assert summed["computes"] == 1  # one compute across both processes
     for field in ("hits", "misses", "computes", "coalesced"):
         assert total(samples, f"asyncstampede_{field}_total") == summed[field], field
-    # The gauge sums the processes not yet marked dead.
+    # The gauge sums the instances open; each one closing leaves it (no
+    # mark_process_dead needed, which uvicorn has no hook for; a worker killed
+    # outright would need it).
     transports = Counter(r["wake"] for r in reports)
     live = total(samples, "asyncstampede_wake_transport", asyncstampede_transport="tracking")
     assert live == transports["tracking"]
     for p in procs:
-        mark_process_dead(p.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
+        p.communicate("\n", timeout=30)
+    assert [p.returncode for p in procs] == [0, 0]
     after = CollectorRegistry()
     MultiProcessCollector(after, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     assert total(scrape(after), "asyncstampede_wake_transport") == 0
@@ -229,3 +240,23 @@ def test_hit_durations_are_a_sample_by_default() -> None:
     assert total(families, "asyncstampede_hit_duration_seconds_count") == 2
     with pytest.raises(ValueError, match="one hit in how many"):
         PrometheusHook(None, hit_durations=-1)
+
+
+def test_counters_start_at_zero_so_the_first_event_is_an_increase() -> None:
+    """A namespace's first event makes its known series at 0 (increase() sees the first 1)."""
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry)
+    hook(Hit("n", "k", 0.001))
+    families = scrape(registry)
+
+    def value(name: str, **labels: str) -> list[float]:
+        return [v for have, v in families.get(name, []) if labels.items() <= have.items()]
+
+    assert value("asyncstampede_locks_lost_total", asyncstampede_namespace="n") == [0.0]
+    assert value("asyncstampede_corrupt_total", asyncstampede_reason="undecodable") == [0.0]
+    assert value("asyncstampede_backend_failures_total", asyncstampede_refused="true") == [0.0]
+    assert value("asyncstampede_wake_changes_total") == []  # (no server seen yet)
+    hook(BreakerChange("r:6379/0", "open", "closed", "silent"))
+    families = scrape(registry)
+    assert value("asyncstampede_wake_changes_total", asyncstampede_transport="poll") == [0.0]
+    assert value("asyncstampede_breaker_changes_total", asyncstampede_state="open") == [1.0]

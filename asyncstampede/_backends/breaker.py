@@ -149,6 +149,18 @@ class Breaker:
             outage = time.monotonic() - self._opened_at
             self._change("closed", f"a probe was {answer} in {took:.1f} ms", outage)
 
+    def retire(self) -> None:
+        """Tell the hooks an open breaker closed, as the instance closes (gauges follow).
+
+        Not logged, and nothing is settled: there is nobody left to use Redis.
+        """
+        if self.state != "closed" and self._hooks:
+            outage = time.monotonic() - self._opened_at
+            self._hooks.emit(
+                BreakerChange(self._address, "closed", self.state, "the instance closed", outage)
+            )
+        self.state, self.skipping = "closed", False
+
     def _change(self, state: BreakerState, reason: str, outage: float = 0.0) -> None:
         """Open (from closed) or close: logged, handed to the hooks, waiters told."""
         previous, self.state = self.state, state

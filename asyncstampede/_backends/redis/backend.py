@@ -536,5 +536,8 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Send nothing more; close the client if this backend created it."""
         self._route.closed = True
+        self.breaker.retire()
+        if isinstance(self.listener, RedisListener):
+            self.listener.retire()
         if self.owns_client:
             await self._client.aclose()

@@ -265,9 +265,17 @@ class RedisListener(Listener):
             self._on_unavailable(error)
 
     def _say_serving(self, kind: str) -> None:
-        level = logging.DEBUG if kind == self._order[0] else logging.INFO
+        # (INFO too when it ends a spell of polling, which was a WARNING.)
+        back = self._announced == "poll"
+        level = logging.DEBUG if kind == self._order[0] and not back else logging.INFO
         self._problems.say(level, f"waiters on Redis at {self._address} wake by {kind}")
         self._announce(kind)
+
+    def retire(self) -> None:
+        """Tell the hooks the transport is gone (``None``), as the instance closes."""
+        if self._announced is not None and self._on_transport is not None:
+            previous, self._announced = self._announced, None
+            self._on_transport(None, previous)
 
     def _announce(self, kind: str | None) -> None:
         now = kind or "poll"
