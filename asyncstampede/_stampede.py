@@ -170,7 +170,10 @@ class Stampede:
             *check* or *share_values* is not a bool.
         ValueError: a setting is out of range, or the client decodes responses.
 
-    Redis failures never reach callers while ``fail_open`` is on: each is
+    Redis failures never reach readers (`get_or_compute`, `get`,
+    `get_many_or_compute`) while ``fail_open`` is on; writes (`set`,
+    `invalidate`, `invalidate_many`, `invalidate_tags`) raise them, since a
+    lost one would leave an old value served. Each is
     counted in `statistics` (``backend_errors``; refusals also in
     ``refused``) and logged on the ``asyncstampede`` logger with the server's
     address and its own words, each kind at most every 10 seconds (refusals
