@@ -18,7 +18,7 @@ from asyncstampede.aiohttp import STAMPEDE_KEY, cleanup_context
 async def get_item(request: web.Request) -> web.Response:
     cache = request.config_dict[STAMPEDE_KEY]
     item_id = request.match_info["item_id"]
-    item = await cache.get_or_compute(f"item:{item_id}", lambda: load_item(item_id), ttl=60)
+    item = await cache.get_or_compute(f"item:{item_id}", load_item, 60, item_id)
     return web.json_response(item)
 
 

@@ -19,7 +19,7 @@ app = FastAPI(lifespan=lifespan(lambda: Stampede.from_url(REDIS_URL, namespace="
 
 @app.get("/users/{user_id}")
 async def get_user(user_id: int, cache: StampedeDep) -> dict[str, object]:
-    return await cache.get_or_compute(f"user:{user_id}", lambda: load_user(user_id), ttl=300)
+    return await cache.get_or_compute(f"user:{user_id}", load_user, 300, user_id)
 ```
 
 Each worker process (``uvicorn --workers N``) runs the lifespan, so each has

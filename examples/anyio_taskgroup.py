@@ -32,7 +32,7 @@ async def main() -> None:
     answers: list[dict[str, object]] = []
 
     async def ask(cache: Stampede) -> None:
-        answers.append(await cache.get_or_compute("profile:42", lambda: load_profile(42), ttl=60))
+        answers.append(await cache.get_or_compute("profile:42", load_profile, 60, 42))
 
     async with anyio.create_task_group() as tg:
         cache = await Stampede.from_url(REDIS_URL, namespace="profiles").start(tg)
