@@ -17,7 +17,7 @@ every distinct value of an attribute is a time series of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, final
+from typing import Any, Literal, final
 
 __all__ = [
     "ADDRESS",
@@ -34,7 +34,9 @@ __all__ = [
     "STATE",
     "TRANSPORT",
     "SEEDS",
+    "FirstSight",
     "Metric",
+    "every_nth",
     "label",
     "prometheus_name",
 ]
@@ -245,3 +247,54 @@ SEEDS: dict[str, tuple[tuple[str | bool | None, ...], ...]] = {
         (t,) for t in ("tracking", "tracking-resp3", "keyspace", "channel", "poll")
     ),
 }
+
+
+def every_nth(hit_durations: object) -> int:
+    """Return *hit_durations* (record one hit's duration in this many; 0: none), checked.
+
+    Raises:
+        ValueError: it is not a non-negative int.
+
+    """
+    if isinstance(hit_durations, bool) or not isinstance(hit_durations, int) or hit_durations < 0:
+        raise ValueError(
+            f"hit_durations is one hit in how many (1: every hit, 0: none), not {hit_durations!r}"
+        )
+    return hit_durations
+
+
+@final
+class FirstSight:
+    """Which `SEEDS` series to make at zero, the first time a namespace (or server) is seen.
+
+    Both hooks ask `seeds` on every event; it answers nothing once the
+    event's namespace (or, for the breaker's and the transport's events,
+    its server) has been seen.
+    """
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: set[object] = set()
+
+    def seeds(self, event: Any) -> list[tuple[str, tuple[str | bool | None, ...]]]:
+        """Return (metric name, its label values) for each series to make at zero now.
+
+        (Every event, a hit included, asks: once seen, one set lookup and nothing built.)
+        """
+        first = getattr(event, "namespace", None)
+        by_address = first is None
+        if by_address:
+            first = event.address
+        if first in self._seen:
+            return _NONE
+        self._seen.add(first)
+        return [
+            (name, (first, *extra))
+            for name, extras in SEEDS.items()
+            if (METRICS[name].attributes[0] == ADDRESS) == by_address
+            for extra in extras
+        ]
+
+
+_NONE: list[tuple[str, tuple[str | bool | None, ...]]] = []  # (never changed)

@@ -136,12 +136,12 @@ class OpenTelemetryHook:
 
     __slots__ = (
         "_attrs",
+        "_first_sight",
         "_handlers",
         "_histograms",
         "_hit_durations",
         "_keys",
         "_open",
-        "_seeded",
         "_spans",
         "_tallies",
         "_tracer",
@@ -177,7 +177,7 @@ class OpenTelemetryHook:
         version = _version()
         meter = metrics.get_meter(_SCOPE, version, meter_provider)
         self._tallies: dict[str, _Tally] = {}
-        self._seeded: set[object] = set()  # namespaces and servers whose series exist
+        self._first_sight = m.FirstSight()
         self._histograms: dict[str, metrics.Histogram] = {}
         for metric in m.METRICS.values():
             if metric.kind != "histogram":
@@ -201,12 +201,7 @@ class OpenTelemetryHook:
                 )
         self._tracer = trace.get_tracer(_SCOPE, version, tracer_provider)
         self._spans = spans
-        if isinstance(hit_durations, bool) or hit_durations < 0:
-            raise ValueError(
-                f"hit_durations is one hit in how many (1: every hit, 0: none), not "
-                f"{hit_durations!r}"
-            )
-        self._hit_durations = hit_durations
+        self._hit_durations = m.every_nth(hit_durations)
         self._keys = keys
         # Attribute dicts, made once per combination and never changed (the
         # SDK may keep a reference): a hit allocates nothing here.
@@ -218,22 +213,10 @@ class OpenTelemetryHook:
         """Record *event* (kinds this version does not know are ignored)."""
         handler = self._handlers.get(type(event))
         if handler is not None:
-            seen = getattr(event, "namespace", None) or getattr(event, "address", None)
-            if seen not in self._seeded:
-                self._seed(event)
+            # (The counters' known series at zero: see _metrics.SEEDS.)
+            for name, values in self._first_sight.seeds(event):
+                self._tallies[name].add(0, *values)
             handler(event)
-
-    def _seed(self, event: Event) -> None:
-        """Make the counters' known series at zero for a namespace (or server) first seen."""
-        by_address = not hasattr(event, "namespace")
-        first = getattr(event, "address" if by_address else "namespace", None)
-        self._seeded.add(first)
-        for name, extras in m.SEEDS.items():
-            tally = self._tallies.get(name)
-            if tally is None or (m.METRICS[name].attributes[0] == m.ADDRESS) != by_address:
-                continue
-            for extra in extras:
-                tally.add(0, first, *extra)
 
     # -- attributes -------------------------------------------------------
 

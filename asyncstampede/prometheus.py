@@ -102,7 +102,7 @@ class PrometheusHook:
     ``asyncstampede_namespace``; never a cache key).
     """
 
-    __slots__ = ("_children", "_every", "_families", "_handlers", "_seeded")
+    __slots__ = ("_children", "_every", "_families", "_first_sight", "_handlers")
 
     def __init__(
         self, registry: CollectorRegistry | None = REGISTRY, *, hit_durations: int = 16
@@ -121,13 +121,8 @@ class PrometheusHook:
             ValueError: *hit_durations* is negative.
 
         """
-        if isinstance(hit_durations, bool) or hit_durations < 0:
-            raise ValueError(
-                f"hit_durations is one hit in how many (1: every hit, 0: none), not "
-                f"{hit_durations!r}"
-            )
-        self._every = hit_durations
-        self._seeded: set[object] = set()  # namespaces and servers whose series exist
+        self._every = m.every_nth(hit_durations)
+        self._first_sight = m.FirstSight()
         self._families = _families(registry)
         self._children: dict[tuple[str, ...], Any] = {}
         self._handlers = self._dispatch()
@@ -140,26 +135,12 @@ class PrometheusHook:
         """Count *event* (kinds this version does not know are ignored)."""
         handler = self._handlers.get(type(event))
         if handler is not None:
-            seen = getattr(event, "namespace", None) or getattr(event, "address", None)
-            if seen not in self._seeded:
-                self._seed(event)
+            # (The counters' known series at zero: see _metrics.SEEDS.)
+            for name, values in self._first_sight.seeds(event):
+                labels = ["" if v is None else str(v).lower() if isinstance(v, bool) else v
+                          for v in values]  # fmt: skip
+                self._child(name, *labels)
             handler(event)
-
-    def _seed(self, event: Event) -> None:
-        """Make the counters' known series at zero for a namespace (or server) first seen.
-
-        (A series born at 1 reads as no increase to ``increase()``.)
-        """
-        by_address = not hasattr(event, "namespace")
-        first = getattr(event, "address" if by_address else "namespace", None)
-        self._seeded.add(first)
-        for name, extras in m.SEEDS.items():
-            if (m.METRICS[name].attributes[0] == m.ADDRESS) != by_address:
-                continue
-            for extra in extras:
-                values = ["" if v is None else str(v).lower() if isinstance(v, bool) else v
-                          for v in extra]  # fmt: skip
-                self._child(name, str(first), *values)
 
     def _child(self, name: str, *values: str) -> Any:
         key = (name, *values)
