@@ -715,16 +715,16 @@ class Stampede:
             value = codec.dump(value)
         tagged = self._tags_of(tags) if tags else self._tags
         rt = self._rt
-        encode_stored(rt, value, ms, rt.settings.policy)  # (refused before any Redis work)
+        # (Refused before any Redis work; a tagged value is stamped below.)
+        payload, px_ms = encode_stored(rt, value, ms, rt.settings.policy)
         self._lifecycle.task_group()
         if computing.get():
             check_reentry(rt.flights, rt.store, key, names.lock, "setting")
         try:
-            stamp = 0
             if tagged:
                 work = rt.backend.generations(tag_names(self._namespace, tagged), renew=False)
                 stamp = fingerprint(tagged, await rt.redis(None, work, "SET"))
-            payload, px_ms = encode_stored(rt, value, ms, rt.settings.policy, tags=stamp)
+                payload, px_ms = encode_stored(rt, value, ms, rt.settings.policy, tags=stamp)
             await rt.redis(None, rt.backend.put(names, payload, px_ms), "SET")
         finally:
             rt.detach(key)
