@@ -87,6 +87,7 @@ class Cached(Generic[P, R]):
         overrides: Freshness,
         this: object = None,
         tags: tuple[str, ...] = (),
+        signature: inspect.Signature | None = None,
     ) -> None:
         self._cache = cache
         self._fn: Callable[..., Awaitable[Any]] = fn
@@ -94,7 +95,8 @@ class Cached(Generic[P, R]):
         self._key = key
         self._model = model
         self._overrides = overrides
-        self._signature = inspect.signature(fn)
+        # (Worked out once: a method's bound copies, made at each access, reuse it.)
+        self._signature = inspect.signature(fn) if signature is None else signature
         self._this = this  # the instance a method is bound to (None: not bound)
         self._tags = tags  # templates, as the key's
         named = getattr(fn, "__qualname__", None) or type(fn).__qualname__  # (a callable object)
@@ -203,6 +205,7 @@ class Cached(Generic[P, R]):
             self._overrides,
             this,
             self._tags,
+            self._signature,
         )
 
     def __repr__(self) -> str:
