@@ -176,18 +176,21 @@ async def test_a_lone_read_is_not_held_back(own_server: RedisServer, namespace: 
 
 
 async def test_a_burst_of_misses_stores_every_value(redis_url: str, namespace: str) -> None:
-    """3000 concurrent misses with a 1 s lock: every holder commits before its lock runs out.
+    """3000 concurrent misses: every holder commits while its lock is still its own.
 
-    The lock commands share the pipelined connection, so a burst does not
-    queue commits behind thousands of new lock attempts until the locks
-    expire (and the computed values are thrown away).
+    No value computed is thrown away for a lock lost at its commit, and
+    nothing fails. The lock TTL is the default (5 s): the burst is
+    CPU-bound, 1.4 s here on its own and 2.5 to 3.4 s beside three busy
+    processes on 2 cores, so a 1 s lock (as this test once had) raced the
+    machine's speed rather than checking the library. That the commits are
+    not queued behind thousands of later lock attempts is structural (one
+    pipelined connection, in the order asked); only an ordering that held
+    them back for longer than the lock would show here.
     """
     n = 3000
     # (A budget for Redis large enough for 3000 calls queued in one busy loop:
     # this is about the order of the commands, not about a slow Redis.)
-    async with Stampede.from_url(
-        redis_url, namespace=namespace, lock_ttl=1.0, redis_budget=60
-    ) as cache:
+    async with Stampede.from_url(redis_url, namespace=namespace, redis_budget=60) as cache:
         await _until_connected(cache)
 
         async def one(i: int) -> None:
