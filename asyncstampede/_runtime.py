@@ -10,12 +10,13 @@ from typing import Any, Final, TypeVar, final
 
 import anyio
 import anyio.abc
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from ._backends.base import Acquired, Backend, Held, Hit
 from ._backends.memory import MemoryBackend
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import check_client
+from ._backends.redis.cluster import ClusterBackend
 from ._codec import Codec
 from ._envelope import DecodeError, Envelope, decode
 from ._events import BackendFailure, Corrupt, Hook, Hooks
@@ -101,7 +102,9 @@ class Runtime:
             backend.breaker.on_close.append(self._settle_soon)
 
     @classmethod
-    def over(cls, redis: Redis | None, settings: Settings, hooks: Sequence[Hook] = ()) -> Runtime:
+    def over(
+        cls, redis: Redis | RedisCluster | None, settings: Settings, hooks: Sequence[Hook] = ()
+    ) -> Runtime:
         """Build the parts over *redis* (a client, checked), or embedded when None.
 
         Raises:
@@ -116,6 +119,19 @@ class Runtime:
             memory = MemoryBackend(max_entries=settings.max_entries)
             return cls(settings, memory, memory, problems, emitter)
         check_client(redis)
+        if isinstance(redis, RedisCluster):
+            cluster = ClusterBackend(
+                [(str(node.host), int(node.port)) for node in redis.startup_nodes],
+                redis.connection_kwargs,
+                max_connections=int(redis.connection_kwargs.get("max_connections") or 64),
+                client=redis,
+                namespace=settings.namespace,
+                problems=problems,
+                wake=settings.wake,
+                budget=settings.redis_budget,
+                hooks=emitter,
+            )
+            return cls(settings, cluster, cluster.address, problems, emitter)
         backend = RedisBackend(
             redis,
             owns_client=False,
@@ -130,11 +146,11 @@ class Runtime:
     @property
     def over_redis(self) -> bool:
         """Whether the store is Redis (which needs asyncio)."""
-        return isinstance(self.backend, RedisBackend)
+        return isinstance(self.backend, RedisBackend | ClusterBackend)
 
     def own_client(self) -> None:
         """Close the Redis client with the instance (it is ``from_url``'s own)."""
-        if isinstance(self.backend, RedisBackend):
+        if isinstance(self.backend, RedisBackend | ClusterBackend):
             self.backend.owns_client = True
 
     def statistics(self) -> Statistics:

@@ -41,10 +41,10 @@ from typing import (
 
 import anyio
 import anyio.abc
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from ._backends.redis.backend import RedisBackend
-from ._backends.redis.client import client_from_url
+from ._backends.redis.client import client_from_url, cluster_from_url
 from ._batch import checked_keys, get_many, refuse_batch_fn
 from ._cached import Cached, KeySpec
 from ._codec import Codec, Stored, Validator, codec_for, loaded
@@ -80,8 +80,12 @@ class Stampede:
 
     Args:
         redis: A ``redis.asyncio.Redis`` client created with
-            ``decode_responses=False``. ``None`` selects embedded mode: an
-            in-process store with the same API and semantics.
+            ``decode_responses=False``, or a ``redis.asyncio.RedisCluster``
+            for a Redis Cluster (only its nodes and connection settings are
+            used: asyncstampede reads the topology and talks to each
+            primary itself, see the deployment guide). ``None`` selects
+            embedded mode: an in-process store with the same API and
+            semantics.
         namespace: Prefix of every Redis key this instance touches.
         lock_ttl: Seconds a compute lock lives unless extended. The holder
             extends it every third of that while its compute runs, so it is
@@ -185,7 +189,7 @@ class Stampede:
 
     def __init__(
         self,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         *,
         namespace: str = "stampede",
         lock_ttl: float = 5.0,
@@ -247,6 +251,7 @@ class Stampede:
         *,
         max_connections: int = 64,
         socket_timeout: float = 5.0,
+        cluster: bool = False,
         **settings: Unpack[StampedeSettings],
     ) -> Stampede:
         """Create a `Stampede` with its own client for the Redis at *url*.
@@ -257,9 +262,14 @@ class Stampede:
         The client is closed with the instance.
 
         Args:
-            url: A ``redis://``, ``rediss://`` or ``unix://`` URL.
-            max_connections: Size of the connection pool.
+            url: A ``redis://``, ``rediss://`` or ``unix://`` URL; with
+                *cluster*, the URL of any node of the cluster.
+            max_connections: Size of the connection pool (per primary, on a
+                Redis Cluster).
             socket_timeout: Seconds before a Redis command is deemed failed.
+            cluster: The server at *url* is a node of a Redis Cluster: the
+                instance reads the cluster's topology from it and sends each
+                key's work to the primary serving the key's slot.
             **settings: Any keyword argument of `Stampede`.
 
         Raises:
@@ -272,9 +282,10 @@ class Stampede:
         unknown = sorted(settings.keys() - StampedeSettings.__optional_keys__)
         if unknown:
             raise TypeError(f"Stampede.from_url() got unexpected keyword arguments: {unknown}")
-        client = client_from_url(
-            url, max_connections=max_connections, socket_timeout=socket_timeout
-        )
+        if not isinstance(cluster, bool):
+            raise TypeError(f"cluster must be True or False, not {type(cluster).__name__}")
+        make = cluster_from_url if cluster else client_from_url
+        client = make(url, max_connections=max_connections, socket_timeout=socket_timeout)
         stampede = cls(client, **settings)
         stampede._rt.own_client()
         return stampede

@@ -155,14 +155,14 @@ def test_a_synchronous_client_is_refused(redis_url: str) -> None:
     client.close()
 
 
-async def test_a_cluster_client_is_refused_for_now() -> None:
-    """An asyncio RedisCluster is not taken for a plain client: a TypeError says so."""
-    import redis.asyncio.cluster
+def test_a_synchronous_cluster_client_is_refused() -> None:
+    """A redis.cluster.RedisCluster (sync) raises a TypeError naming the asyncio clients."""
+    import redis.cluster
 
-    cluster = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1)
-    with pytest.raises(TypeError, match="Cluster"):
-        Stampede(cluster)  # type: ignore[arg-type]
-    await cluster.aclose()
+    # (Made without its constructor, which connects at once.)
+    client = object.__new__(redis.cluster.RedisCluster)
+    with pytest.raises(TypeError, match=r"redis\.asyncio\.Redis \(or RedisCluster\)"):
+        Stampede(client)  # type: ignore[arg-type]
 
 
 async def test_a_sync_compute_function_is_a_type_error_and_poisons_nothing(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from .._exceptions import BackendError
     from .._keys import KeyNames
-    from .breaker import Breaker
+    from .breaker import BreakerView
     from .interest import Listener
 
 __all__ = ["ACQUIRED", "Acquired", "Backend", "Held", "Hit"]
@@ -85,7 +85,7 @@ class Backend(Protocol):
         ...
 
     @property
-    def breaker(self) -> Breaker | None:
+    def breaker(self) -> BreakerView | None:
         """The circuit breaker in front of the store (None: nothing to break)."""
         ...
 

@@ -35,7 +35,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import anyio
 
@@ -43,10 +43,34 @@ from .._events import BreakerChange, BreakerState, Hooks
 from .._exceptions import BackendError, CircuitOpenError
 from .._problems import ProblemLog
 
-__all__ = ["Breaker"]
+__all__ = ["Breaker", "BreakerView"]
 
 _FIRST_PROBE: Final = 0.05  # seconds after opening
 _PROBE_MOST: Final = 0.5  # the longest pause between probes
+
+
+class BreakerView(Protocol):
+    """What the instance reads of its circuit breaker (one `Breaker`, or a Cluster's, as one)."""
+
+    @property
+    def state(self) -> BreakerState:
+        """``closed``, ``open`` or ``half-open``."""
+        ...
+
+    @property
+    def opens(self) -> int:
+        """Times it opened."""
+        ...
+
+    @property
+    def short_circuited(self) -> int:
+        """Commands not sent because it was open."""
+        ...
+
+    @property
+    def on_close(self) -> list[Callable[[], None]]:
+        """Called each time it closes."""
+        ...
 
 
 @final

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, final
 
 import anyio
@@ -40,10 +41,21 @@ from .route import Route, past_breaker
 from .scripts import COMMITTED, COMMITTED_MS, committed_ms, render
 from .wire import link_factory, redis_py_problems
 
-__all__ = ["RedisBackend"]
+__all__ = ["ClusterNodeRole", "RedisBackend"]
 
 # What `Listener.watch` answers when the caller must read the lock itself.
 _READ_YOURSELF = (UNTRACKED, SUBSCRIBED)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ClusterNodeRole:
+    """What a `RedisBackend` serving one primary of a Redis Cluster is told (see ``cluster``)."""
+
+    probe_key: str  # a cache key of a slot this primary serves, for its probes
+    publish: str  # PUBLISH, or SPUBLISH (7.0 and later): what the scripts tell waiters with
+    registry: Listener  # the cluster's interests, which this node's transports deliver to
+    on_breaker_change: Callable[[], None]  # the cluster looks at its topology again
 
 
 @final
@@ -60,6 +72,7 @@ class RedisBackend:
         wake: str = "auto",
         budget: float = 0.5,
         hooks: Hooks | None = None,
+        node: ClusterNodeRole | None = None,
     ) -> None:
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
@@ -75,15 +88,16 @@ class RedisBackend:
         shared = problems if problems is not None else ProblemLog()
         shared.context.setdefault("address", self.address)
         self.problems = shared.child("redis")
-        self._commit = client.register_script(render(_scripts.COMMIT))
-        self._release = client.register_script(render(_scripts.RELEASE))
-        self._extend = client.register_script(render(_scripts.EXTEND))
-        self._take = client.register_script(render(_scripts.TAKE))
-        self._take_or_name = client.register_script(render(_scripts.TAKE_OR_NAME))
-        self._write_if_absent = client.register_script(render(_scripts.WRITE_IF_ABSENT))
-        self._restamp = client.register_script(render(_scripts.RESTAMP))
-        self._invalidate = client.register_script(render(_scripts.INVALIDATE))
-        self._put = client.register_script(render(_scripts.PUT))
+        publish = "PUBLISH" if node is None else node.publish
+        self._commit = client.register_script(render(_scripts.COMMIT, publish))
+        self._release = client.register_script(render(_scripts.RELEASE, publish))
+        self._extend = client.register_script(render(_scripts.EXTEND, publish))
+        self._take = client.register_script(render(_scripts.TAKE, publish))
+        self._take_or_name = client.register_script(render(_scripts.TAKE_OR_NAME, publish))
+        self._write_if_absent = client.register_script(render(_scripts.WRITE_IF_ABSENT, publish))
+        self._restamp = client.register_script(render(_scripts.RESTAMP, publish))
+        self._invalidate = client.register_script(render(_scripts.INVALIDATE, publish))
+        self._put = client.register_script(render(_scripts.PUT, publish))
         self._scripts = [
             self._commit,
             self._release,
@@ -112,12 +126,16 @@ class RedisBackend:
             budget=budget,
             hooks=hooks,
             # Opened: waiters fail open now, rather than sleep out a lock
-            # whose holder cannot commit. Closed: they look again.
-            on_change=lambda: self.listener.recheck_all(),
+            # whose holder cannot commit. Closed: they look again. (On a
+            # Cluster node, the cluster looks for a new primary too.)
+            on_change=self._breaker_changed,
         )
+        self._node = node
         # What the breaker's probe reads: a key of the namespace (which an
-        # ACL allows), never written.
-        self._probe_key = make_names(namespace or "asyncstampede", "asyncstampede:probe").value
+        # ACL allows), never written. (On a Cluster node, one of its slots.)
+        ns = namespace or "asyncstampede"
+        probe = "asyncstampede:probe" if node is None else node.probe_key
+        self._probe_key = make_names(ns, probe).value
         if self._unsupported or wake == "poll":
             self.listener: Listener = Listener()
         else:
@@ -138,6 +156,9 @@ class RedisBackend:
                     if not hooks
                     else lambda now, was: hooks.emit(TransportChange(self.address, now, was))
                 ),
+                probe_key="asyncstampede-probe" if node is None else node.probe_key,
+                sharded=node is not None and node.publish == "SPUBLISH",
+                registry=None if node is None else node.registry,
             )
         self._route = Route(
             client,
@@ -160,6 +181,11 @@ class RedisBackend:
         self._execute = self._route.execute
         self._db = int(kwargs.get("db") or 0)
         self._map = self._route.map
+
+    def _breaker_changed(self) -> None:
+        self.listener.recheck_all()
+        if self._node is not None:
+            self._node.on_breaker_change()
 
     @property
     def wake(self) -> str:
@@ -425,7 +451,11 @@ class RedisBackend:
         instance share no hash tag, so on a Cluster this is where the read
         would be split into one ``MGET`` per slot.
         """
-        reply = await self._send("MGET", *[n.value for n in names], *tags)
+        return await self.mget([*(n.value for n in names), *tags])
+
+    async def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Return the value (or None) of each of *keys*, in their order: one ``MGET``."""
+        reply = await self._send("MGET", *keys)
         return [d if d is None or isinstance(d, bytes) else bytes(d) for d in reply]
 
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:

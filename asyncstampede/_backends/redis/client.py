@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from redis import Redis as SyncRedis
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-__all__ = ["check_client", "client_from_url"]
+__all__ = ["check_client", "client_from_url", "cluster_from_url"]
 
 
 def check_client(redis: object) -> None:
-    """Refuse anything but a ``redis.asyncio.Redis`` client, saying what to pass instead.
+    """Refuse anything but a ``redis.asyncio`` ``Redis`` or ``RedisCluster``, saying what to pass.
 
     Raises:
-        TypeError: *redis* is a URL, a synchronous client, a cluster client...
+        TypeError: *redis* is a URL, a synchronous client...
 
     """
-    if isinstance(redis, Redis):
+    if isinstance(redis, Redis | RedisCluster):
         return
     if isinstance(redis, str):
         raise TypeError(  # the URL is not repeated: it may hold a password
@@ -29,8 +29,8 @@ def check_client(redis: object) -> None:
             "or use Stampede.from_url(url)"
         )
     raise TypeError(
-        f"Stampede() takes a redis.asyncio.Redis client, not {type(redis).__module__}."
-        f"{type(redis).__qualname__} (Redis Cluster and Sentinel are not supported yet)"
+        f"Stampede() takes a redis.asyncio.Redis (or RedisCluster) client, not "
+        f"{type(redis).__module__}.{type(redis).__qualname__}"
     )
 
 
@@ -74,3 +74,23 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
         retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 2),
     )
     return Redis.from_pool(pool)
+
+
+def cluster_from_url(url: str, *, max_connections: int, socket_timeout: float) -> RedisCluster:
+    """Return a ``RedisCluster`` for *url* (any node), holding the settings for each primary.
+
+    No connection is made here, and none through it later: asyncstampede
+    reads the topology and talks to each primary itself (see ``cluster``),
+    with a pool of *max_connections* per primary.
+
+    Raises:
+        TypeError, ValueError: as `client_from_url`.
+
+    """
+    client_from_url(url, max_connections=max_connections, socket_timeout=socket_timeout)
+    return RedisCluster.from_url(
+        url,
+        max_connections=max_connections,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=min(socket_timeout, 2.0),
+    )

@@ -23,10 +23,12 @@ import ssl
 from typing import Any, Final
 
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
     ClusterDownError,
+    MovedError,
     ReadOnlyError,
     RedisError,
     ResponseError,
@@ -40,6 +42,7 @@ __all__ = [
     "BASE_ACL",
     "MINIMUM_ACL",
     "WAKE_ACL",
+    "Redirected",
     "is_connection_trouble",
     "address_of",
     "is_refusal",
@@ -75,6 +78,37 @@ MINIMUM_ACL: Final = (
 # Error prefixes of conditions that pass by themselves: unavailable, not refused.
 _TRANSIENT_PREFIXES = ("BUSY", "LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
 _NOPERM_COMMAND = re.compile(r"run the '([^']+)' command")
+
+
+class Redirected(BackendUnavailableError):
+    """A Redis Cluster node answered ``MOVED`` or ``ASK``: the key's slot is served elsewhere.
+
+    Handled by the cluster backend (it learns the new owner and sends the
+    work there); it reaches a caller only when that keeps failing, as an
+    unavailable Redis (the caller fails open). It opens no circuit breaker:
+    the node is fine.
+
+    Attributes:
+        slot: The hash slot.
+        target: ``(host, port)`` of the node the server named.
+        ask: ``ASK`` (a slot being migrated) rather than ``MOVED``.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        address: str,
+        command: str | None,
+        slot: int,
+        target: tuple[str, int],
+        ask: bool,
+    ) -> None:
+        super().__init__(message, address=address, command=command)
+        self.slot = slot
+        self.target = target
+        self.ask = ask
 
 
 def address_of(connection_kwargs: dict[str, Any]) -> str:
@@ -177,6 +211,15 @@ def map_error(
         return exc
     text = server_text(exc)
     what = f" {command.upper()}" if command else ""
+    if isinstance(exc, MovedError | AskError):
+        return Redirected(
+            f"Redis at {address} answered{what}: {text} (its hash slot is served elsewhere)",
+            address=address,
+            command=command,
+            slot=int(exc.slot_id),
+            target=(str(exc.host), int(exc.port)),
+            ask=isinstance(exc, AskError),
+        )
     if is_refusal(exc):
         hint = _hint(exc, text, namespace)
         # A login or certificate refused while connecting refuses the

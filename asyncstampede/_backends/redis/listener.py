@@ -62,8 +62,15 @@ class RedisListener(Listener):
         on_unavailable: Callable[[BackendError], None] | None = None,
         ping_reply: float = 5.0,
         on_transport: Callable[[str | None, str | None], None] | None = None,
+        probe_key: str = "asyncstampede-probe",
+        sharded: bool = False,
+        registry: Listener | None = None,
     ) -> None:
         super().__init__()
+        # Where the interests are kept and the changes delivered: this
+        # listener, or (one Redis Cluster node's listener) the cluster's,
+        # which every node's transports deliver to.
+        self._registry: Listener = self if registry is None else registry
         # Told (new, previous) when the transport waiters wake by changes
         # ("poll": none; previous None: the first); not at a reconnect to
         # the same one.
@@ -79,13 +86,14 @@ class RedisListener(Listener):
             new_link=new_link,
             value_name=value_name,
             namespace=namespace,
-            probe_lock=make_names(namespace, "asyncstampede-probe").lock,
+            probe_lock=make_names(namespace, probe_key).lock,
             address=address,
             db=db,
             reply_timeout=reply_timeout,
             problems=self._problems,
             forced=wake != "auto",
             ping_reply=ping_reply,
+            sharded=sharded,
         )
         self._serving: Transport | None = None
         self._refusals: dict[str, BackendRefusedError] = {}  # transport -> its last refusal
@@ -104,6 +112,13 @@ class RedisListener(Listener):
         if serving is None:
             return UNTRACKED
         return await serving.watch(name, command)
+
+    def recheck_all(self) -> None:
+        """See `Listener.recheck_all` (every interest of the registry: on a Cluster, all)."""
+        if self._registry is self:
+            super().recheck_all()
+        else:
+            self._registry.recheck_all()
 
     def forget(self, name: bytes) -> None:
         """See `Listener.forget`."""
@@ -135,7 +150,7 @@ class RedisListener(Listener):
 
         """
         for kind in self._order:
-            transport = TRANSPORTS[kind](self, self._config)
+            transport = TRANSPORTS[kind](self._registry, self._config)
             try:
                 await transport.open()
                 return kind
@@ -182,7 +197,7 @@ class RedisListener(Listener):
         """
         try:
             for kind in self._order:
-                transport = TRANSPORTS[kind](self, self._config)
+                transport = TRANSPORTS[kind](self._registry, self._config)
                 try:
                     try:
                         await transport.open()

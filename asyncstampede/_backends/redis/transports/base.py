@@ -43,6 +43,9 @@ class WakeConfig:
     idle_ping_after: float = 60.0  # ...or that nobody waits on, this long
     ping_reply: float = 5.0  # a ping unanswered this long: Redis is silent (redis_budget)
     beat: float = 0.5  # how often the silence is looked at
+    # A Redis Cluster node (7.0 or later): the scripts publish with
+    # SPUBLISH, so the channel transport subscribes with SSUBSCRIBE.
+    sharded: bool = False
 
 
 class Transport:

@@ -40,6 +40,12 @@ class _Subscribing(Transport):
     batches, once nobody waits on the lock any more.
     """
 
+    # The commands and message kinds of the pub/sub flavour in use (sharded
+    # pub/sub on a Redis Cluster: see `Channel`).
+    subscribe = "SUBSCRIBE"
+    unsubscribe = "UNSUBSCRIBE"
+    kinds = (b"message", b"subscribe")
+
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
         super().__init__(owner, config)
         self._link: Link | None = None
@@ -64,9 +70,9 @@ class _Subscribing(Transport):
         """Subscribe to a probe key's channels and unsubscribe, to prove it is allowed."""
         channels = self.channels(self._config.probe_lock)
         for channel in channels:
-            await self._ask(link, "SUBSCRIBE", channel)
+            await self._ask(link, self.subscribe, channel)
         for channel in channels:
-            await self._ask(link, "UNSUBSCRIBE", channel)
+            await self._ask(link, self.unsubscribe, channel)
         self._link = link
 
     async def watch(self, name: bytes, command: str) -> Any:
@@ -79,7 +85,7 @@ class _Subscribing(Transport):
             confirmed = self._confirmed[name] = anyio.Event()
             try:
                 async with self._send_lock:
-                    await link.send("SUBSCRIBE", *self.channels(name))
+                    await link.send(self.subscribe, *self.channels(name))
             except Exception as exc:
                 log.debug("subscribing connection failed: %r", exc)
                 self.stop()
@@ -125,11 +131,12 @@ class _Subscribing(Transport):
         if not isinstance(message, list) or len(message) < 3:
             return
         kind, channel, data = message[0], message[1], message[2]
-        if kind == b"message":
+        published, subscribed = self.kinds
+        if kind == published:
             lock = self.lock_of(channel)
             if lock is not None and self._owner.wanted(lock):
                 self.message(lock, data)
-        elif kind == b"subscribe":
+        elif kind == subscribed:
             lock = self.lock_of(channel)
             if lock is not None and channel == self.channels(lock)[-1]:
                 confirmed = self._confirmed.get(lock)
@@ -160,9 +167,13 @@ class _Subscribing(Transport):
             if dropping:
                 for lock in dropping:
                     del self._confirmed[lock]
-                await self._send(
-                    link, "UNSUBSCRIBE", *[c for lock in dropping for c in self.channels(lock)]
-                )
+                channels = [c for lock in dropping for c in self.channels(lock)]
+                if self.unsubscribe == "SUNSUBSCRIBE":
+                    # Sharded: the channels of one command must share a slot.
+                    for channel in channels:
+                        await self._send(link, self.unsubscribe, channel)
+                else:
+                    await self._send(link, self.unsubscribe, *channels)
 
 
 @final
@@ -226,12 +237,25 @@ class Channel(_Subscribing):
     name = "channel"
     needs = WAKE_ACL["channel"]
 
+    def __init__(self, owner: Listener, config: WakeConfig) -> None:
+        super().__init__(owner, config)
+        self._publish = "PUBLISH"
+        if config.sharded:
+            # On a Redis Cluster the scripts SPUBLISH on the key's channel,
+            # which shares the key's slot: only that slot's shard hears it.
+            self._publish, self.subscribe, self.unsubscribe = (
+                "SPUBLISH",
+                "SSUBSCRIBE",
+                "SUNSUBSCRIBE",
+            )
+            self.kinds = (b"smessage", b"ssubscribe")
+
     async def open(self) -> None:
         link = await self._connect()
         # The holders publish from scripts (as a pcall: a refusal would go
         # unnoticed there), so prove it is allowed here.
         probe = channel_name_of(self._config.probe_lock, self._config.db)
-        await self._ask(link, "PUBLISH", probe, b"")
+        await self._ask(link, self._publish, probe, b"")
         await self._probe(link)
 
     def channels(self, lock: bytes) -> tuple[bytes, ...]:
