@@ -251,6 +251,10 @@ class ClusterBackend:
         self._wanted = anyio.Event()  # a topology read is asked for
         self._reading: anyio.Event | None = None  # set when the read under way ends
         self._said_topology = ""
+        self._freshest: tuple[str, int] | None = None  # a primary a MOVED named
+        # slot -> (when, the primary a MOVED named for it), until a topology
+        # read begun after that has been served
+        self._moved: dict[int, tuple[float, _Node]] = {}
 
     # -- what the instance reads --------------------------------------------------
 
@@ -367,10 +371,11 @@ class ClusterBackend:
             await reading.wait()
             return
         self._reading = anyio.Event()
+        began = anyio.current_time()
         try:
             with anyio.fail_after(self._budget * 2):
                 ranges = await self._read_slots()
-            await self._serve(ranges)
+            await self._serve(ranges, began)
         except TimeoutError as exc:
             raise BackendUnavailableError(
                 f"Redis at {self.address} unavailable: no node answered CLUSTER SLOTS "
@@ -391,6 +396,11 @@ class ClusterBackend:
 
         """
         candidates = [(node.host, node.port) for node in self.nodes()]
+        if self._freshest is not None:
+            # A primary that just answered for a slot it was given knows of
+            # the change; the others may not yet.
+            candidates.insert(0, self._freshest)
+            self._freshest = None
         for address in self._startup:
             if address not in candidates:
                 candidates.append(address)
@@ -433,8 +443,12 @@ class ClusterBackend:
         )
         return Redis.from_pool(pool)
 
-    async def _serve(self, ranges: list[tuple[int, int, str, int]]) -> None:
-        """Route each slot to its primary, starting a backend for each new primary."""
+    async def _serve(self, ranges: list[tuple[int, int, str, int]], began: float) -> None:
+        """Route each slot to its primary, starting a backend for each new primary.
+
+        A slot a ``MOVED`` sent elsewhere since the read *began* stays where
+        it was sent: the node read may not have heard of that change yet.
+        """
         owner: list[_Node | None] = [None] * SLOTS
         fresh: list[_Node] = []
         wanted: dict[str, list[tuple[int, int]]] = {}
@@ -456,9 +470,16 @@ class ClusterBackend:
                 async with anyio.create_task_group() as tg:
                     for node in fresh:
                         tg.start_soon(node.backend.prepare)
+        kept: set[str] = set()
+        for slot, (when, node) in list(self._moved.items()):
+            if when >= began and node.address in self._nodes:
+                owner[slot] = node
+                kept.add(node.address)
+            else:
+                del self._moved[slot]
         changed = any(a is not b for a, b in zip(owner, self._owner, strict=True))
         self._owner = owner
-        for address in [a for a in self._nodes if a not in wanted]:
+        for address in [a for a in self._nodes if a not in wanted and a not in kept]:
             self._retire(self._nodes.pop(address))
         if changed:
             self._say_topology(wanted)
@@ -553,13 +574,26 @@ class ClusterBackend:
                 if exc.ask or attempt == _REDIRECTS - 1:
                     self._ask_for_topology()
                     raise
-                target = self._nodes.get(f"{exc.target[0]}:{exc.target[1]}")
-                if target is not None:
-                    self._owner[exc.slot] = target  # known already: go there now
-                    self._ask_for_topology()  # and read the rest in the background
-                else:
-                    await self._refresh()
+                await self._follow(exc)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _follow(self, moved: Redirected) -> None:
+        """Send *moved*'s slot to the primary it names from now on; read the rest in the background.
+
+        The node that answered ``MOVED`` knows the slot's owner before the
+        other nodes may (a failover just finished): it is believed, and a
+        primary not served yet is started at once.
+        """
+        host, port = moved.target
+        node = self._nodes.get(f"{host}:{port}")
+        if node is None:
+            node = self._start(host, port, [(moved.slot, moved.slot)])
+            with anyio.move_on_after(self._budget):
+                await node.ready.wait()
+        self._owner[moved.slot] = node
+        self._moved[moved.slot] = (anyio.current_time(), node)
+        self._freshest = (host, port)  # the next topology read asks it first
+        self._ask_for_topology()
 
     async def _mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """``MGET`` *keys* one slot at a time (a Cluster allows no other), concurrently."""

@@ -211,14 +211,14 @@ def map_error(
         return exc
     text = server_text(exc)
     what = f" {command.upper()}" if command else ""
-    if isinstance(exc, MovedError | AskError):
+    if isinstance(exc, AskError):  # (MovedError is one: an ASK that stays)
         return Redirected(
             f"Redis at {address} answered{what}: {text} (its hash slot is served elsewhere)",
             address=address,
             command=command,
             slot=int(exc.slot_id),
             target=(str(exc.host), int(exc.port)),
-            ask=isinstance(exc, AskError),
+            ask=not isinstance(exc, MovedError),
         )
     if is_refusal(exc):
         hint = _hint(exc, text, namespace)

@@ -30,7 +30,7 @@ from typing import Any, final
 import anyio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -63,7 +63,7 @@ def _is_outage(exc: BaseException) -> bool:
     Not a deadline of ours (`_Late`), not a command that could not be
     encoded, not a refusal (the caller has mapped those apart).
     """
-    if isinstance(exc, _Late | MovedError | AskError):
+    if isinstance(exc, _Late | AskError):  # (MovedError is an AskError)
         return False  # (MOVED, ASK: the node is fine, the slot is elsewhere)
     if isinstance(exc, ResponseError):
         return True  # mapped as unavailable: LOADING, BUSY, TRYAGAIN, MASTERDOWN...
