@@ -20,6 +20,7 @@ from ._exceptions import WaitTimeoutError as WaitTimeoutError
 from ._exceptions import WrongEventLoopError as WrongEventLoopError
 from ._freshness import Freshness as Freshness
 from ._stampede import Stampede as Stampede
+from ._stats import NodeStatistics as NodeStatistics
 from ._stats import Statistics as Statistics
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ComputeTimeoutError",
     "Freshness",
     "MissingFromBatchError",
+    "NodeStatistics",
     "ReentrantCallError",
     "SerializationError",
     "Stampede",

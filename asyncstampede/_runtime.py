@@ -168,6 +168,7 @@ class Runtime:
             breaker="closed" if breaker is None else breaker.state,
             breaker_opens=0 if breaker is None else breaker.opens,
             short_circuited=0 if breaker is None else breaker.short_circuited,
+            nodes=backend.node_statistics() if isinstance(backend, ClusterBackend) else (),
         )
 
     def owe(

@@ -7,7 +7,35 @@ from typing import Any, final
 
 from ._events import BreakerState
 
-__all__ = ["Counters", "Statistics"]
+__all__ = ["Counters", "NodeStatistics", "Statistics"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """One primary of a Redis Cluster, as `Statistics.nodes` reports it.
+
+    Attributes:
+        address: The primary's ``host:port``.
+        slots: Hash slots it serves for this instance now (16384 in all).
+        wake: Its wake transport now (see `Statistics.wake`).
+        breaker: Its circuit breaker now (see `Statistics.breaker`).
+        breaker_opens: Times its breaker opened.
+        short_circuited: Commands its open breaker kept from it.
+        reconnects: Times one of the instance's connections to it was
+            re-established.
+        connect_errors: Failed attempts to (re)connect to it.
+
+    """
+
+    address: str
+    slots: int
+    wake: str
+    breaker: BreakerState
+    breaker_opens: int
+    short_circuited: int
+    reconnects: int
+    connect_errors: int
 
 
 @final
@@ -83,6 +111,11 @@ class Statistics:
             call within ``redis_budget``, or could not be connected to.
         short_circuited: Commands not sent because the breaker was open
             (each raised `CircuitOpenError` at once, instead of a round trip).
+        nodes: On a Redis Cluster, each primary in use now (`NodeStatistics`:
+            its slots, wake transport, breaker, reconnects), by address;
+            empty otherwise. The fields above add them up (``wake`` names
+            each transport in use, ``"tracking+poll"``; ``breaker`` is the
+            worst), counting primaries that have left too.
 
     """
 
@@ -116,6 +149,7 @@ class Statistics:
     breaker: BreakerState
     breaker_opens: int
     short_circuited: int
+    nodes: tuple[NodeStatistics, ...] = ()
 
 
 @final

@@ -46,6 +46,7 @@ from ..._events import BreakerState, Hooks
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ..._keys import KeyNames, make_names
 from ..._problems import ProblemLog
+from ..._stats import NodeStatistics
 from ..base import Acquired, Held, Hit
 from ..interest import UNTRACKED, Listener
 from .backend import ClusterNodeRole, RedisBackend
@@ -265,6 +266,26 @@ class ClusterBackend:
     def node_for(self, name: bytes) -> _Node | None:
         """Return the primary serving *name*'s slot now (None: no primary serves it now)."""
         return self._owner[key_slot(name)]
+
+    def node_statistics(self) -> tuple[NodeStatistics, ...]:
+        """Return each primary's figures (see `Statistics.nodes`), by address."""
+        served: dict[str, int] = {}
+        for node in self._owner:
+            if node is not None:
+                served[node.address] = served.get(node.address, 0) + 1
+        return tuple(
+            NodeStatistics(
+                address=node.address,
+                slots=served.get(node.address, 0),
+                wake=node.backend.wake,
+                breaker=node.backend.breaker.state,
+                breaker_opens=node.backend.breaker.opens,
+                short_circuited=node.backend.breaker.short_circuited,
+                reconnects=node.backend.reconnects,
+                connect_errors=node.backend.connect_errors,
+            )
+            for node in sorted(self.nodes(), key=lambda n: (n.host, n.port))
+        )
 
     @property
     def wake(self) -> str:
