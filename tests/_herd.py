@@ -62,6 +62,10 @@ class Worker:
         self.proc.stdin.write(word + "\n")
         self.proc.stdin.flush()
 
+    def line(self, what: str, timeout: float = 30) -> str:
+        """Return the worker's next line (*what* names it in the failure), stripped."""
+        return self._line(what, timeout).strip()
+
     def report(self, timeout: float = 30) -> dict[str, Any]:
         return dict(json.loads(self._line("report", timeout)))
 

@@ -1,0 +1,357 @@
+"""Redis Cluster: the same guarantees as on one Redis, with keys spread over every primary.
+
+Every server is a real cluster on loopback started by the fixtures (3
+primaries; with a replica each where a test fails one over). The
+multi-process tests run ``_cluster_worker.py`` processes; commands are
+counted with MONITOR on each primary (commands scripts run inside Redis are
+not round trips, and are left out).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from _herd import CommandLog, Worker
+from redis.crc import key_slot
+
+from asyncstampede import NodeStatistics, Stampede
+from asyncstampede._keys import make_names
+from asyncstampede.testing import RedisClusterServers
+
+CLUSTER_WORKER = str(Path(__file__).with_name("_cluster_worker.py"))
+
+
+def _keys_on_every_primary(
+    cluster: RedisClusterServers, namespace: str, per_primary: int
+) -> list[str]:
+    """Return keys of *namespace*, *per_primary* on each primary of *cluster*."""
+    found: dict[int, list[str]] = {port: [] for port in cluster.primaries()}
+    i = 0
+    while any(len(keys) < per_primary for keys in found.values()):
+        key = f"k{i}"
+        port = cluster.port_of_slot(key_slot(make_names(namespace, key).value))
+        if len(found[port]) < per_primary:
+            found[port].append(key)
+        i += 1
+    return [key for keys in found.values() for key in keys]
+
+
+def _herd(
+    workers: list[Worker],
+    cluster: RedisClusterServers,
+    namespace: str,
+    keys: list[str],
+    *,
+    processes: int,
+    concurrency: int,
+    compute_ms: int,
+    wait_timeout: float = 10.0,
+) -> list[Worker]:
+    herd = [
+        Worker(
+            cluster.url,
+            namespace,
+            ",".join(keys),
+            str(concurrency),
+            str(compute_ms),
+            str(wait_timeout),
+            script=CLUSTER_WORKER,
+        )
+        for _ in range(processes)
+    ]
+    workers.extend(herd)
+    for worker in herd:
+        worker.expect("ready")
+    return herd
+
+
+def _report(worker: Worker) -> dict[str, Any]:
+    """The worker's JSON report (its ``waiting`` line, if any, is skipped)."""
+    while True:
+        line = worker.line("report", 60)
+        if line != "waiting":
+            return dict(json.loads(line))
+
+
+def _check_answers(reports: list[dict[str, Any]], keys: list[str], each: int) -> None:
+    """Every caller got its own key's value, nobody failed."""
+    for report in reports:
+        assert report["errors"] == [], report["errors"]
+        assert report["wrong"] == 0
+        assert report["answered"] == len(keys) * each
+
+
+def _computes(reports: list[dict[str, Any]]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for report in reports:
+        total.update(report["computes"])
+    return total
+
+
+@pytest.mark.slow
+def test_a_herd_of_four_processes_computes_each_key_once_on_every_primary(
+    workers: list[Worker], cluster: RedisClusterServers, namespace: str
+) -> None:
+    """4 processes x 50 callers x 6 keys (2 per primary), 200 ms compute: one compute a key.
+
+    Waiters are woken by their primary's wake transport (nobody polls), and
+    the herd costs about as many commands per request as on one Redis.
+    """
+    keys = _keys_on_every_primary(cluster, namespace, 2)
+    herd = _herd(workers, cluster, namespace, keys, processes=4, concurrency=50, compute_ms=200)
+    logs = [CommandLog(f"redis://127.0.0.1:{port}/0") for port in cluster.primaries()]
+    for log in logs:
+        log.__enter__()
+    try:
+        for worker in herd:
+            worker.send("go")
+        reports = [_report(worker) for worker in herd]
+    finally:
+        for log in logs:
+            log.__exit__(None, None, None)
+    _check_answers(reports, keys, 50)
+    assert _computes(reports) == Counter(dict.fromkeys(keys, 1))
+    for report in reports:
+        stats = report["stats"]
+        assert stats["polls"] == 0
+        assert {node["address"] for node in stats["nodes"]} == {
+            f"127.0.0.1:{port}" for port in cluster.primaries()
+        }
+    assert sum(r["stats"]["wakeups"] for r in reports) >= 3 * len(keys) // 2
+    # Each primary saw its own keys' herds, and nothing of the others'.
+    requests = 4 * 50 * len(keys)
+    commands = sum(len(log.commands) for log in logs)
+    assert all(log.commands for log in logs)
+    assert commands / requests <= 0.11, [Counter(log.commands) for log in logs]
+
+
+async def test_statistics_check_batch_tags_and_writes_span_every_primary(
+    cluster: RedisClusterServers, namespace: str
+) -> None:
+    """One instance over the cluster: every operation whose keys land on several primaries."""
+    keys = _keys_on_every_primary(cluster, namespace, 3)
+    computes = 0
+
+    async def load(key: str) -> dict[str, str]:
+        nonlocal computes
+        computes += 1
+        return {"key": key}
+
+    async def load_many(wanted: list[str]) -> dict[str, dict[str, str]]:
+        nonlocal computes
+        computes += len(wanted)
+        return {key: {"key": key} for key in wanted}
+
+    async with Stampede.from_url(cluster.url, cluster=True, namespace=namespace) as cache:
+        await cache.check()
+        nodes = cache.statistics().nodes
+        assert all(isinstance(node, NodeStatistics) for node in nodes)
+        assert sorted(node.address for node in nodes) == sorted(
+            f"127.0.0.1:{port}" for port in cluster.primaries()
+        )
+        assert sum(node.slots for node in nodes) == 16384
+        assert all(node.breaker == "closed" for node in nodes)
+        # A batch whose keys span every primary: one MGET per slot, one batch compute.
+        got = await cache.get_many_or_compute(keys, load_many, 60)
+        assert got == {key: {"key": key} for key in keys}
+        assert computes == len(keys)
+        assert [await cache.get_or_compute(key, load, 60, key) for key in keys] == [
+            {"key": key} for key in keys
+        ]
+        assert computes == len(keys)  # all stored, on their primaries
+        # Tags: the value and the tag's generation live on different slots.
+        tagged = keys[0]
+        await cache.get_or_compute("tagged", load, 60, tagged, tags=["team:1"])
+        await cache.get_or_compute("tagged", load, 60, tagged, tags=["team:1"])
+        assert computes == len(keys) + 1
+        await cache.invalidate_tags(["team:1"])
+        await cache.get_or_compute("tagged", load, 60, tagged, tags=["team:1"])
+        assert computes == len(keys) + 2
+        # Writes beside the call, on each key's own primary.
+        for key in keys:
+            await cache.set(key, {"key": key, "set": True}, 60)
+        assert [await cache.get(key) for key in keys] == [
+            {"key": key, "set": True} for key in keys
+        ]
+        await cache.invalidate_many(keys)
+        assert [await cache.get(key) for key in keys] == [None] * len(keys)
+        stats = cache.statistics()
+        assert stats.backend_errors == 0
+        assert stats.wake == "tracking"
+
+
+@pytest.mark.parametrize(
+    "cluster_of_each_kind", ["redis-7", "valkey-9", "redis-6.2"], indirect=True
+)
+async def test_a_herd_in_one_process_computes_once_on_each_kind(
+    cluster_of_each_kind: RedisClusterServers, namespace: str
+) -> None:
+    """Redis 7, Valkey 9 and Redis 6.2 clusters: one compute per key, each wake transport."""
+    cluster = cluster_of_each_kind
+    keys = _keys_on_every_primary(cluster, namespace, 1)
+    for wake in ("tracking", "tracking-resp3", "channel"):
+        if wake == "tracking-resp3" and "6.2" in cluster.binary:
+            continue  # (6.2 speaks RESP3 too; kept short)
+        computes: Counter[str] = Counter()
+
+        async def load(key: str) -> str:
+            computes[key] += 1
+            await anyio.sleep(0.1)
+            return key
+
+        ns = f"{namespace}-{wake}"
+        a = Stampede.from_url(cluster.url, cluster=True, namespace=ns, wake=wake)
+        b = Stampede.from_url(cluster.url, cluster=True, namespace=ns, wake=wake)
+        got: list[str] = []
+
+        async def one(cache: Stampede, key: str) -> None:
+            got.append(await cache.get_or_compute(key, load, 60, key))
+
+        async with a, b:
+            async with anyio.create_task_group() as tg:
+                for key in keys:
+                    for cache in (a, b) * 10:
+                        tg.start_soon(one, cache, key)
+            assert sorted(got) == sorted(key for key in keys for _ in range(20))
+            assert computes == Counter(dict.fromkeys(keys, 1)), wake
+            assert a.statistics().wake == b.statistics().wake == wake
+            assert a.statistics().polls + b.statistics().polls == 0
+
+
+def test_a_cluster_url_without_cluster_true_or_a_plain_server_with_it_says_what_to_do(
+    cluster: RedisClusterServers, redis_url: str
+) -> None:
+    """cluster=True on a plain server fails at check with the fix; a cluster node alone works."""
+
+    async def main() -> None:
+        with pytest.raises(Exception, match="not a Redis Cluster"):
+            async with Stampede.from_url(redis_url, cluster=True, check=True):
+                pass
+
+    anyio.run(main)
+    with pytest.raises(TypeError, match="cluster must be True or False"):
+        Stampede.from_url(cluster.url, cluster="yes")  # type: ignore[arg-type]
+
+
+def _failover_during_a_herd(
+    workers: list[Worker],
+    cluster: RedisClusterServers,
+    namespace: str,
+    strike: str,
+) -> tuple[list[dict[str, Any]], list[str], float]:
+    keys = _keys_on_every_primary(cluster, namespace, 2)
+    victim = cluster.port_of_slot(key_slot(make_names(namespace, keys[0]).value))
+    wait_timeout = 10.0
+    herd = _herd(
+        workers,
+        cluster,
+        namespace,
+        keys,
+        processes=4,
+        concurrency=20,
+        compute_ms=1500,
+        wait_timeout=wait_timeout,
+    )
+    for worker in herd:
+        worker.send("go")
+    herd[0].expect("waiting")  # the herd is on: computes run, others wait on their locks
+    if strike == "failover":
+        cluster.failover(victim)
+    else:
+        cluster.kill(victim)
+    reports = [_report(worker) for worker in herd]
+    return reports, keys, wait_timeout
+
+
+@pytest.mark.slow
+def test_a_primary_failed_over_during_a_herd(
+    workers: list[Worker], failover_cluster: RedisClusterServers, namespace: str
+) -> None:
+    """CLUSTER FAILOVER on a replica while 4 processes herd: every caller gets its value.
+
+    The locks and values reach the replica before it takes over (a manual
+    failover waits for that), so holders commit on the new primary (they
+    follow its MOVED) and their waiters are woken there: no extra compute.
+    """
+    reports, keys, wait_timeout = _failover_during_a_herd(
+        workers, failover_cluster, namespace, "failover"
+    )
+    _check_answers(reports, keys, 20)
+    assert all(r["longest"] < wait_timeout for r in reports)
+    assert _computes(reports) == Counter(dict.fromkeys(keys, 1))
+    _cached_again(workers, failover_cluster, namespace)
+
+
+@pytest.mark.slow
+def test_a_primary_killed_during_a_herd(
+    workers: list[Worker], failover_cluster: RedisClusterServers, namespace: str
+) -> None:
+    """A primary SIGKILLed while 4 processes herd: every caller gets its value, in time.
+
+    Until its replica takes over (``cluster-node-timeout``, then an
+    election), a cluster that requires full coverage (the default) answers
+    CLUSTERDOWN on every primary: each process's breakers open and its
+    callers fail open, computing each key at most once per process (single
+    flight in the process). So a key is computed at most once per process
+    more: 1 + 4 here. Afterwards values are cached and waiters woken again.
+    """
+    reports, keys, wait_timeout = _failover_during_a_herd(
+        workers, failover_cluster, namespace, "kill"
+    )
+    _check_answers(reports, keys, 20)
+    assert all(r["longest"] < wait_timeout for r in reports)
+    computes = _computes(reports)
+    assert set(computes) == set(keys)
+    assert all(1 <= n <= 1 + 4 for n in computes.values()), computes
+    _cached_again(workers, failover_cluster, namespace)
+
+
+def _cached_again(workers: list[Worker], cluster: RedisClusterServers, namespace: str) -> None:
+    """After the failover, a new herd computes each key once and is woken, not polling."""
+    keys = _keys_on_every_primary(cluster, namespace + "-after", 1)
+    herd = _herd(
+        workers, cluster, namespace + "-after", keys, processes=3, concurrency=20, compute_ms=300
+    )
+    for worker in herd:
+        worker.send("go")
+    reports = [_report(worker) for worker in herd]
+    _check_answers(reports, keys, 20)
+    assert _computes(reports) == Counter(dict.fromkeys(keys, 1))
+    assert sum(r["stats"]["polls"] for r in reports) == 0
+    assert sum(r["stats"]["wakeups"] for r in reports) >= 1
+
+
+async def test_a_burst_on_a_fresh_instance_never_fails_for_a_full_pool(
+    cluster: RedisClusterServers, namespace: str
+) -> None:
+    """600 concurrent first calls on cold keys, 4 pooled connections per primary: all answered.
+
+    redis-py's asyncio RedisCluster raises MaxConnectionsError when a node's
+    pool is full, and a fresh one hit by a couple of hundred concurrent
+    first commands failed a few with AttributeError (8.1.0). asyncstampede
+    sends nothing through it: each primary has its own pipelined connection,
+    and its pool is only the fallback, behind a gate that waits.
+    """
+    cache = Stampede.from_url(
+        cluster.url, cluster=True, namespace=namespace, max_connections=4, redis_budget=30
+    )
+    got: list[int] = []
+
+    async def value(i: int) -> int:
+        return i
+
+    async def one(i: int) -> None:
+        got.append(await cache.get_or_compute(f"burst{i}", value, 60, i))
+
+    async with cache:
+        async with anyio.create_task_group() as tg:
+            for i in range(600):
+                tg.start_soon(one, i)
+        stats = cache.statistics()
+    assert sorted(got) == list(range(600))
+    assert (stats.computes, stats.backend_errors, stats.lock_lost) == (600, 0, 0)
