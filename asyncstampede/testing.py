@@ -677,17 +677,19 @@ class RedisClusterServers:
             dead = self._wait_answering([self._ports[i] for i in pending], deadline)
             if not dead:
                 return
-            # Most likely a port taken between choosing and binding it: the
-            # node starts afresh (new folder, new port) while the others wait.
             pending = [self._ports.index(port) for port in dead]
             tails = {port: self._log_tail(self._ports.index(port)) for port in dead}
             for index in pending:
                 self._procs.pop(self._ports[index]).wait()
+            # A port taken between choosing and binding it is worth another
+            # try (a new port, a new folder) while the others wait; a bad
+            # argument or binary is not.
+            if time.monotonic() >= deadline or not all("in use" in t for t in tails.values()):
+                break
+            for index in pending:
                 shutil.rmtree(self._folder(index))
                 taken = {*self._ports, *(p + _BUS_OFFSET for p in self._ports)}
                 self._ports[index] = _free_cluster_port(taken)
-            if time.monotonic() >= deadline:
-                break
         last = "; ".join(f"{_LOOPBACK}:{port}: {tail}" for port, tail in tails.items())
         raise RuntimeError(
             f"{self._binary} did not start and answer on free loopback ports ({last})"
@@ -760,9 +762,11 @@ class RedisClusterServers:
             expected.append(
                 _Range(first, last, port, tuple(sorted(ports[start : start + self._replicas])))
             )
-        # One node meets every other; gossip introduces the rest to each other.
-        for port in ports[1:]:
-            self._run(ports[0], "CLUSTER", "MEET", _LOOPBACK, port)
+        # Every pair meets directly: left to gossip, the last introductions
+        # took from half a second to several.
+        for i, port in enumerate(ports):
+            for other in ports[i + 1 :]:
+                self._run(port, "CLUSTER", "MEET", _LOOPBACK, other)
         self._wait(deadline, "every node to know every other", self._unseen)
         for k, primary in enumerate(primaries):
             start = self._primaries + k * self._replicas
