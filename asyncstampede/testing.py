@@ -383,7 +383,8 @@ class RedisClusterServers:
         # The running processes by port; a killed node leaves it. Shared with
         # the finalizer, which kills what is left if stop() is never called.
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        self._conns: dict[int, redis.Connection] = {}
+        self._conns: dict[int, redis.Connection] = {}  # the fixture's own checks
+        self._lent: dict[int, redis.Connection] = {}  # command()'s, kept per node
         self._finalizer = weakref.finalize(self, _kill_all, self._procs)
 
     # -- what a test reads ----------------------------------------------------
@@ -470,13 +471,16 @@ class RedisClusterServers:
     def command(self, port: int, *args: str | int) -> Any:
         """Send one command to the node on *port* and return its reply (for test set-up).
 
+        Commands to one node share a connection (``READONLY`` sent once lasts)
+        until the node is killed; the fixture's own checks use another.
+
         Raises:
             ValueError: *port* is not a node of this cluster.
             redis.RedisError: the node did not answer, or refused the command.
 
         """
         self._index(port)
-        return self._ask(port, *args)
+        return self._ask(port, *args, lent=True)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -507,7 +511,7 @@ class RedisClusterServers:
 
     def stop(self) -> None:
         """Kill every node still running (``SIGKILL``: nothing is kept) and delete their folder."""
-        for port in list(self._conns):
+        for port in {*self._conns, *self._lent}:
             self._hang_up(port)
         _kill_all(self._procs)
         self._ports = []
@@ -515,7 +519,7 @@ class RedisClusterServers:
             self._dir.cleanup()
             self._dir = None
 
-    def failover(self, primary_port: int, timeout: float = 10.0) -> int:
+    def failover(self, primary_port: int, timeout: float | None = None) -> int:
         """Hand a primary's slots to one of its replicas (``CLUSTER FAILOVER``) and wait.
 
         The replica asks its primary to stop writes, catches up, and is
@@ -526,7 +530,7 @@ class RedisClusterServers:
 
         Args:
             primary_port: The primary whose slots move.
-            timeout: Seconds to wait.
+            timeout: Seconds to wait; by default 10 plus three node timeouts.
 
         Returns:
             The port of the new primary (the first of *primary_port*'s replicas).
@@ -547,13 +551,13 @@ class RedisClusterServers:
         new = candidates[0]
         self._run(new, "CLUSTER", "FAILOVER")
         self._wait(
-            time.monotonic() + timeout,
+            self._deadline(timeout),
             f"{_LOOPBACK}:{new} to take over {_LOOPBACK}:{primary_port}'s slots",
             self._moved(ranges, {new}),
         )
         return new
 
-    def kill(self, port: int, timeout: float = 15.0) -> int | None:
+    def kill(self, port: int, timeout: float | None = None) -> int | None:
         """Kill one node (``SIGKILL``) and leave it down; `restart` brings it back.
 
         If it was a primary with a replica, waits until a replica has been
@@ -565,7 +569,8 @@ class RedisClusterServers:
 
         Args:
             port: The node to kill.
-            timeout: Seconds to wait for the replica's election.
+            timeout: Seconds to wait for the replica's election; by default
+                10 plus three node timeouts.
 
         Returns:
             The port of the replica that took over, or None when none was to.
@@ -588,14 +593,14 @@ class RedisClusterServers:
         if not heirs:
             return None
         self._wait(
-            time.monotonic() + timeout,
+            self._deadline(timeout),
             f"a replica of {_LOOPBACK}:{port} ({', '.join(map(str, sorted(heirs)))}) "
             "to take over its slots",
             self._moved(ranges, heirs),
         )
         return self.port_of_slot(ranges[0][0])
 
-    def restart(self, port: int, timeout: float = 15.0) -> None:
+    def restart(self, port: int, timeout: float | None = None) -> None:
         """Start a killed node again on its port; it rejoins from its cluster config file.
 
         It comes back with no data. Returns once every running node (it
@@ -605,7 +610,9 @@ class RedisClusterServers:
 
         Args:
             port: The node to bring back.
-            timeout: Seconds for the start and the wait.
+            timeout: Seconds for the start and the wait; by default 10 plus
+                three node timeouts (a primary that kept its slots is counted
+                failed by the others until two node timeouts have passed).
 
         Raises:
             ValueError: *port* is not a node of this cluster.
@@ -618,7 +625,7 @@ class RedisClusterServers:
         index = self._index(port)
         if port in self._procs:
             raise RuntimeError(f"{_LOOPBACK}:{port} is running: kill it first")
-        deadline = time.monotonic() + timeout
+        deadline = self._deadline(timeout)
         self._launch(index)
         if self._wait_answering([port], deadline):
             self._procs.pop(port).wait()
@@ -628,7 +635,7 @@ class RedisClusterServers:
             )
         self._wait(deadline, f"{_LOOPBACK}:{port} to rejoin the cluster", self._settled)
 
-    def wait_settled(self, timeout: float = 10.0) -> None:
+    def wait_settled(self, timeout: float | None = None) -> None:
         """Wait until the running nodes agree: what `start`, `failover` and `restart` wait for.
 
         Every running node reports ``cluster_state:ok``, gives the same
@@ -640,11 +647,14 @@ class RedisClusterServers:
         ``node_timeout_ms`` and a little); after killing a primary that had no
         replica, it never happens.
 
+        Args:
+            timeout: Seconds to wait; by default 10 plus three node timeouts.
+
         Raises:
             RuntimeError: that did not happen within *timeout* seconds.
 
         """
-        self._wait(time.monotonic() + timeout, "the cluster to settle", self._settled)
+        self._wait(self._deadline(timeout), "the cluster to settle", self._settled)
 
     def __enter__(self) -> Self:
         self.start()
@@ -811,9 +821,14 @@ class RedisClusterServers:
         except ValueError:
             raise ValueError(f"{port} is not the port of a node of this cluster") from None
 
-    def _ask(self, port: int, *args: str | int) -> Any:
-        """Send one command; raise redis-py's errors as they come."""
-        conn = self._conns.get(port)
+    def _ask(self, port: int, *args: str | int, lent: bool = False) -> Any:
+        """Send one command; raise redis-py's errors as they come.
+
+        *lent*: on the connection `command` lends the test, so that what a test
+        sets on it (READONLY, a MULTI left open) never meets the checks.
+        """
+        conns = self._lent if lent else self._conns
+        conn = conns.get(port)
         if conn is None:
             # redis-py's Connection and its methods carry no annotations.
             conn = redis.Connection(  # type: ignore[no-untyped-call]
@@ -823,14 +838,15 @@ class RedisClusterServers:
                 socket_connect_timeout=2,
                 retry=Retry(NoBackoff(), 0),  # a poll asks again itself
             )
-            self._conns[port] = conn
+            conns[port] = conn
         conn.send_command(*args)  # type: ignore[no-untyped-call]
         return conn.read_response()
 
     def _hang_up(self, port: int) -> None:
-        conn = self._conns.pop(port, None)
-        if conn is not None:
-            conn.disconnect()  # type: ignore[no-untyped-call]
+        for conns in (self._conns, self._lent):
+            conn = conns.pop(port, None)
+            if conn is not None:
+                conn.disconnect()  # type: ignore[no-untyped-call]
 
     def _run(self, port: int, *args: str | int) -> Any:
         """Send one command; raise _NodeTrouble (a RuntimeError) naming the node and command."""
@@ -861,6 +877,11 @@ class RedisClusterServers:
         return tuple((r.first, r.last) for r in self._slots_of(port) if r.primary == port)
 
     # -- waiting --------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float:
+        if timeout is None:  # failure detection takes node timeouts; the rest, about 2 s
+            timeout = 10 + 3 * self._node_timeout_ms / 1000
+        return time.monotonic() + timeout
 
     def _wait(self, deadline: float, what: str, unmet: Callable[[], str | None]) -> None:
         """Poll until ``unmet()`` returns None (it says what is missing otherwise).
