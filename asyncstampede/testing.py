@@ -400,16 +400,21 @@ class RedisClusterServers:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0`` of the first primary as started (``ports[0]``).
+        """``redis://127.0.0.1:<port>/0`` of the first node in `ports` that is a running primary.
 
-        A cluster client learns every node from it. After `kill` of that node,
-        build clients from `startup_nodes` instead.
+        That is ``ports[0]`` until a `failover` or `kill` takes its slots
+        away; then the next primary's, so that a client built afterwards
+        still reaches the cluster. A cluster client learns every node from it.
 
         Raises:
-            RuntimeError: the cluster is not started.
+            RuntimeError: the cluster is not started, or no primary is running.
 
         """
-        return f"redis://{_LOOPBACK}:{self._started()[0]}/0"
+        self._started()
+        primaries = self.primaries()
+        if not primaries:
+            raise RuntimeError("no primary of the cluster is running")
+        return f"redis://{_LOOPBACK}:{primaries[0]}/0"
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:

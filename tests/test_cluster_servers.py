@@ -209,6 +209,7 @@ async def test_kill_promotes_the_replica_and_a_client_follows(
         heir = await anyio.to_thread.run_sync(cluster.kill, victim)
 
         assert heir == replica
+        assert cluster.url == f"redis://127.0.0.1:{cluster.ports[1]}/0"  # the next primary
         assert victim not in cluster.pids
         if sys.platform.startswith("linux"):
             assert not _ours_running(pid, victim)
@@ -219,6 +220,8 @@ async def test_kill_promotes_the_replica_and_a_client_follows(
             assert await client.set(other, "after")
             assert await client.get(other) == b"after"
     async with _client(cluster) as fresh:  # started from the running nodes only
+        assert await fresh.get(key) == b"after"
+    async with redis.asyncio.RedisCluster.from_url(cluster.url) as fresh:
         assert await fresh.get(key) == b"after"
 
 
