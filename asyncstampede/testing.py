@@ -343,7 +343,7 @@ class RedisClusterServers:
         binary: The server binary; found with `find_server_binary` by default.
         node_timeout_ms: ``cluster-node-timeout``, in milliseconds: how long a
             node may be unreachable before the others count it failed. A
-            killed primary's replica takes over about this long plus a second
+            killed primary's replica takes over this long plus 0.5 to 2 s
             after the kill.
 
     Raises:
@@ -568,7 +568,7 @@ class RedisClusterServers:
         If it was a primary with a replica, waits until a replica has been
         elected in its place: it serves the slots in every running node's
         ``CLUSTER SLOTS`` and every running node reports ``cluster_state:ok``.
-        That takes about ``node_timeout_ms`` plus a second. A primary without
+        That takes ``node_timeout_ms`` plus 0.5 to 2 s. A primary without
         a replica leaves its slots unserved (``cluster_state:fail`` after
         ``node_timeout_ms``) and nothing is waited for; so does a replica.
 

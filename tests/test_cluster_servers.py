@@ -260,18 +260,22 @@ def test_misuse_raises_clear_errors(cluster: RedisClusterServers) -> None:
 
 @needs_proc
 def test_stop_leaves_no_process_behind() -> None:
-    """stop() ends every server process it started, a killed one included, and frees the ports."""
+    """stop() ends every server it started (a killed one too), frees their ports and folder."""
     before = _children()
     cluster = RedisClusterServers(3, 1)
     cluster.start()
     pids = cluster.pids
     assert len(pids) == 6
     assert set(pids.values()) <= _children() - before
+    # each server works in its node's folder (--dir), inside the cluster's own
+    folder = Path(f"/proc/{pids[cluster.ports[0]]}/cwd").resolve().parent
+    assert folder.name.startswith("asyncstampede-cluster-")
     cluster.kill(cluster.ports[5])  # a replica
 
     cluster.stop()
 
     assert not any(_ours_running(pid, port) for port, pid in pids.items())
+    assert not folder.exists()
     assert _children() == before
     assert all(_refused(port) for port in pids)
     assert cluster.pids == {}
