@@ -6,10 +6,9 @@ KEYS is a comma-separated list. It makes ``Stampede.from_url(URL,
 cluster=True)``, prints ``ready`` once every primary is served with a wake
 transport (not polling), waits for a ``go`` line, then runs CONCURRENCY
 concurrent ``get_or_compute`` calls of every key at once, each compute
-sleeping COMPUTE_MS. It prints ``waiting`` once one of its calls waits on
-another process's lock (a failover test strikes then), and when the calls
-end, one JSON line: computes per key, values per key, how long the longest
-call took, errors, statistics. Then it waits for ``exit``.
+sleeping COMPUTE_MS. When the calls end it prints one JSON line: computes
+per key, values per key, how long the longest call took, errors,
+statistics. Then it waits for ``exit``.
 """
 
 from __future__ import annotations
@@ -34,8 +33,10 @@ async def main() -> None:
         url, cluster=True, namespace=namespace, wait_timeout=float(wait_timeout)
     ) as cache:
         await until(
-            lambda: len(cache.statistics().nodes) >= 3
-            and all(n.wake != "poll" for n in cache.statistics().nodes),
+            lambda: (
+                len(cache.statistics().nodes) >= 3
+                and all(n.wake != "poll" for n in cache.statistics().nodes)
+            ),
             within=30,
         )
         print("ready", flush=True)
@@ -60,17 +61,10 @@ async def main() -> None:
                 errors.append(repr(exc))
             longest = max(longest, time.monotonic() - started)
 
-        async def announce_waiting() -> None:
-            await until(lambda: cache.statistics().waiting > 0, within=30)
-            print("waiting", flush=True)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(announce_waiting)
-            async with anyio.create_task_group() as calls:
-                for key in keys:
-                    for _ in range(int(concurrency)):
-                        calls.start_soon(one, key)
-            tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as calls:
+            for key in keys:
+                for _ in range(int(concurrency)):
+                    calls.start_soon(one, key)
         print(
             json.dumps(
                 {
