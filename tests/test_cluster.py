@@ -223,6 +223,36 @@ async def test_a_herd_in_one_process_computes_once_on_each_kind(
         assert a.statistics().wakeups + b.statistics().wakeups >= len(keys)
 
 
+@pytest.mark.anyio
+async def test_keyspace_notifications_wake_waiters_on_every_primary(namespace: str) -> None:
+    """Keyspace events are node-local: each primary's listener subscribes on that primary.
+
+    A cluster whose nodes send keyspace notifications (set at start-up, as
+    an operator would; asyncstampede never sets them), ``wake="keyspace"``:
+    one compute per key on every primary, the other instance woken.
+    """
+    with RedisClusterServers(3, 0, "--notify-keyspace-events", "K$gx") as cluster:
+        keys = _keys_on_every_primary(cluster, namespace, 1)
+        computes: Counter[str] = Counter()
+
+        async def load(key: str) -> str:
+            computes[key] += 1
+            await anyio.sleep(0.1)
+            return key
+
+        a = Stampede.from_url(cluster.url, cluster=True, namespace=namespace, wake="keyspace")
+        b = Stampede.from_url(cluster.url, cluster=True, namespace=namespace, wake="keyspace")
+        async with a, b:
+            async with anyio.create_task_group() as tg:
+                for key in keys:
+                    for cache in (a, b) * 5:
+                        tg.start_soon(cache.get_or_compute, key, load, 60, key)
+            assert computes == Counter(dict.fromkeys(keys, 1))
+            assert {n.wake for n in a.statistics().nodes} == {"keyspace"}
+            assert a.statistics().polls + b.statistics().polls == 0
+            assert a.statistics().wakeups + b.statistics().wakeups >= len(keys)
+
+
 def test_a_cluster_url_without_cluster_true_or_a_plain_server_with_it_says_what_to_do(
     cluster: RedisClusterServers, redis_url: str
 ) -> None:

@@ -153,8 +153,8 @@ class Backend(Protocol):
 
         Then, in the same round trip, the generation (or None) of each of
         *tags* (see ``_tags``). One round trip for all (one ``MGET`` on
-        Redis). The names of one instance share no hash slot: a store on a
-        Redis Cluster would send one ``MGET`` per slot here, and nowhere else.
+        Redis). The names of one instance share no hash slot: on a Redis
+        Cluster this sends one ``MGET`` per slot, at once.
         """
         ...
 

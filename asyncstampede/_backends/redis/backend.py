@@ -445,12 +445,7 @@ class RedisBackend:
     async def read_many(
         self, names: Sequence[KeyNames], tags: Sequence[bytes] = ()
     ) -> list[bytes | None]:
-        """See `Backend.read_many`: one ``MGET`` of every value name.
-
-        On one Redis every name may go in one ``MGET``; the names of one
-        instance share no hash tag, so on a Cluster this is where the read
-        would be split into one ``MGET`` per slot.
-        """
+        """See `Backend.read_many`: one ``MGET`` of every value name (see ``cluster`` for many)."""
         return await self.mget([*(n.value for n in names), *tags])
 
     async def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
