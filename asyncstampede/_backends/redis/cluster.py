@@ -394,16 +394,8 @@ class ClusterBackend:
         self._reading = anyio.Event()
         began = anyio.current_time()
         try:
-            with anyio.fail_after(self._budget * 2):
-                ranges = await self._read_slots()
+            ranges = await self._read_slots()
             await self._serve(ranges, began)
-        except TimeoutError as exc:
-            raise BackendUnavailableError(
-                f"Redis at {self.address} unavailable: no node answered CLUSTER SLOTS "
-                f"within {self._budget * 2:.1f}s",
-                address=self.address,
-                command="CLUSTER SLOTS",
-            ) from exc
         finally:
             self._reading.set()
             self._reading = None
@@ -411,12 +403,16 @@ class ClusterBackend:
     async def _read_slots(self) -> list[tuple[int, int, str, int]]:
         """Return ``(first, last, host, port)`` of every slot range, from the first node to answer.
 
+        Each node asked gets one budget (``redis_budget``); a primary whose
+        breaker is open is asked last.
+
         Raises:
             BackendRefusedError: the server is not a cluster (or refuses ``CLUSTER``).
             BackendUnavailableError: no node answered.
 
         """
-        candidates = [(node.host, node.port) for node in self.nodes()]
+        nodes = sorted(self.nodes(), key=lambda node: node.backend.breaker.skipping)
+        candidates = [(node.host, node.port) for node in nodes]
         if self._freshest is not None:
             # A primary that just answered for a slot it was given knows of
             # the change; the others may not yet.
@@ -430,10 +426,19 @@ class ClusterBackend:
             known = self._nodes.get(f"{host}:{port}")
             client = known.client if known is not None else self._client_for(host, port)
             try:
-                reply = await pooled_command(client.connection_pool, "CLUSTER", "SLOTS")
-                if self._publish is None:
-                    info = await pooled_command(client.connection_pool, "INFO", "server")
-                    self._publish = "SPUBLISH" if _major(info) >= 7 else "PUBLISH"
+                with anyio.fail_after(self._budget):
+                    reply = await pooled_command(client.connection_pool, "CLUSTER", "SLOTS")
+                    if self._publish is None:
+                        info = await pooled_command(client.connection_pool, "INFO", "server")
+                        self._publish = "SPUBLISH" if _major(info) >= 7 else "PUBLISH"
+            except TimeoutError:
+                last = BackendUnavailableError(
+                    f"Redis at {host}:{port} unavailable for CLUSTER SLOTS: no reply within "
+                    f"{self._budget * 1000:.0f} ms (redis_budget)",
+                    address=f"{host}:{port}",
+                    command="CLUSTER SLOTS",
+                )
+                continue
             except (RedisError, OSError) as exc:
                 error = map_error(exc, address=f"{host}:{port}", command="CLUSTER SLOTS")
                 if isinstance(error, BackendRefusedError) and "cluster support" in str(exc):
@@ -483,14 +488,6 @@ class ClusterBackend:
                 fresh.append(node)
             for first, last in slots:
                 owner[first : last + 1] = [node] * (last - first + 1)
-        if fresh:
-            with anyio.move_on_after(self._budget):
-                for node in fresh:
-                    await node.ready.wait()
-            if self._tg is not None:
-                async with anyio.create_task_group() as tg:
-                    for node in fresh:
-                        tg.start_soon(node.backend.prepare)
         kept: set[str] = set()
         for slot, (when, node) in list(self._moved.items()):
             if when >= began and node.address in self._nodes:
@@ -506,6 +503,16 @@ class ClusterBackend:
             self._say_topology(wanted)
             # Every waiter looks again, on the primary that serves its key now.
             self.listener.recheck_all()
+        if fresh:
+            # Served at once (until its connections are up, its commands go
+            # through its pool and its waiters look by themselves); its
+            # scripts are loaded once it is up, within one budget.
+            with anyio.move_on_after(self._budget):
+                for node in fresh:
+                    await node.ready.wait()
+            async with anyio.create_task_group() as tg:
+                for node in fresh:
+                    tg.start_soon(node.backend.prepare)
 
     def _say_topology(self, wanted: dict[str, list[tuple[int, int]]]) -> None:
         served = sum(last - first + 1 for slots in wanted.values() for first, last in slots)
@@ -556,6 +563,8 @@ class ClusterBackend:
             node.scope = scope
             try:
                 await node.backend.run(task_status=_Started(node.ready))
+            except Exception:  # a bug: the other primaries must go on
+                log.exception("asyncstampede: serving the primary at %s failed", node.address)
             finally:
                 node.ready.set()
                 with anyio.CancelScope(shield=True):
