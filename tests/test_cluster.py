@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _conditions import until
 from _herd import CommandLog, Worker
 from redis.crc import key_slot
 
@@ -395,3 +396,71 @@ async def test_a_burst_on_a_fresh_instance_never_fails_for_a_full_pool(
         stats = cache.statistics()
     assert sorted(got) == list(range(600))
     assert (stats.computes, stats.backend_errors, stats.lock_lost) == (600, 0, 0)
+
+
+@pytest.mark.anyio
+async def test_a_slot_moved_while_its_key_is_computed_is_followed(
+    failover_cluster: RedisClusterServers, namespace: str
+) -> None:
+    """Resharding: the slot of a key being computed moves to another primary mid-compute.
+
+    The holder's commit meets ``MOVED`` and follows it (the lock moved with
+    the slot); the other instance's waiter, watching on the old primary,
+    looks again and is woken on the new one. One compute, both get it.
+    """
+    cluster = failover_cluster
+    key = "moving"
+    names = make_names(namespace, key)
+    slot = key_slot(names.value)
+    source = cluster.port_of_slot(slot)
+    target = next(port for port in cluster.primaries() if port != source)
+    source_id = cluster.command(source, "CLUSTER", "MYID")
+    target_id = cluster.command(target, "CLUSTER", "MYID")
+    release = anyio.Event()
+    computes = 0
+
+    async def load() -> str:
+        nonlocal computes
+        computes += 1
+        await release.wait()
+        return "value"
+
+    a = Stampede.from_url(cluster.url, cluster=True, namespace=namespace, wait_timeout=20)
+    b = Stampede.from_url(cluster.url, cluster=True, namespace=namespace, wait_timeout=20)
+    got: list[str] = []
+    async with a, b, anyio.create_task_group() as tg:
+
+        async def ask(cache: Stampede) -> None:
+            got.append(await cache.get_or_compute(key, load, 60))
+
+        tg.start_soon(ask, a)
+        await until(lambda: a.statistics().computing == 1)
+        tg.start_soon(ask, b)
+        await until(lambda: b.statistics().waiting == 1)
+        # Move the slot, its keys (the lock) included, as redis-cli --cluster reshard does.
+        cluster.command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moving = cluster.command(source, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+        assert names.lock in moving
+        cluster.command(
+            source,
+            "MIGRATE",
+            "127.0.0.1",
+            target,
+            "",
+            0,
+            5000,
+            "KEYS",
+            *[k.decode() for k in moving],
+        )
+        for port in cluster.primaries():
+            cluster.command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        assert cluster.port_of_slot(slot) == target
+        release.set()
+        await until(lambda: len(got) == 2)
+        stats = [a.statistics(), b.statistics()]
+    assert got == ["value", "value"]
+    assert computes == 1
+    assert [s.backend_errors for s in stats] == [0, 0]  # followed, not failed open
+    assert stats[1].wakeups >= 1
+    assert cluster.command(target, "EXISTS", names.value.decode()) == 1
