@@ -85,18 +85,23 @@ class FaultProxy:
     ) -> None:
         first = up  # the server's side: count the connection at its first reply
         loop = asyncio.get_running_loop()
-        while data := await src.read(65536):
-            if self._generation != generation:
-                continue  # swallowed, like a dead path
-            if up and self.delay > 0:
-                # Held back, in order (timers of one delay fire in the order set).
-                loop.call_later(self.delay, self._deliver, dst, data, generation)
-            else:
-                dst.write(data)
-                await dst.drain()
-            if first:
-                first = False
-                self.answered += 1
+        try:
+            while data := await src.read(65536):
+                if self._generation != generation:
+                    continue  # swallowed, like a dead path
+                if up and self.delay > 0:
+                    # Held back, in order (timers of one delay fire in the order set).
+                    loop.call_later(self.delay, self._deliver, dst, data, generation)
+                else:
+                    dst.write(data)
+                    await dst.drain()
+                if first:
+                    first = False
+                    self.answered += 1
+        except ConnectionError:
+            # One side reset its connection (a client giving up on a silent
+            # one does): the other side's goes too, as through a real path.
+            pass
         dst.close()
 
     def _deliver(self, dst: asyncio.StreamWriter, data: bytes, generation: int) -> None:
