@@ -4,6 +4,10 @@ Reads, never writes. Prints a table for a person, or with ``--json`` every
 figure and verdict for a machine. Exit status: 0 healthy, 1 warnings, 2
 critical, 3 when it cannot judge (Redis unreachable, ``INFO`` refused, bad
 arguments), 130 when interrupted: fit for a health check.
+
+On a node of a Redis Cluster (``--cluster``, or found by its ``INFO``), every
+primary is judged at once, each in a section of its own, then the cluster
+as a whole; the exit status is the worst of them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,16 @@ from urllib.parse import urlsplit
 import anyio
 from redis.asyncio import Redis
 
-from ._doctor import Diagnosis, check_interval, diagnose
+from ._doctor import (
+    ClusterDiagnosis,
+    ClusterNode,
+    Diagnosis,
+    Verdict,
+    check_interval,
+    diagnose,
+    diagnose_cluster,
+    is_cluster,
+)
 from ._exceptions import BackendError, BackendRefusedError
 from ._keys import validate_namespace
 
@@ -31,9 +44,10 @@ __all__ = ["main"]
 
 
 _DESCRIPTION = (
-    "Tell why a Redis stampedes, and what to change. Reads, never writes. Exit "
-    "status: 0 healthy, 1 warnings, 2 critical, 3 cannot judge (Redis unreachable, "
-    "INFO refused, bad arguments), 130 interrupted."
+    "Tell why a Redis stampedes, and what to change. Reads, never writes. On a Redis "
+    "Cluster, every primary and the cluster. Exit status: 0 healthy, 1 warnings, 2 "
+    "critical, 3 cannot judge (Redis unreachable, INFO refused, bad arguments), 130 "
+    "interrupted."
 )
 
 
@@ -105,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the wake probe (its verdict is for the URL's user: skip it for a "
         "monitoring user that is not the application's)",
     )
+    doctor.add_argument(
+        "--cluster",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the URL names a node of a Redis Cluster: judge every primary and the cluster "
+        "(the default when the server says cluster_enabled:1); --no-cluster: this node only",
+    )
     args = parser.parse_args(arguments)
     refused = _refusal(args)
     if refused:
@@ -168,8 +189,14 @@ def _run(args: argparse.Namespace, colour: bool) -> int:
     global _last_status  # (what a broken pipe returns)
     while True:
         try:
-            found = anyio.run(
-                _diagnose, args.url, args.interval, args.sample, args.namespace, not args.no_wake
+            found, detected = anyio.run(
+                _diagnose,
+                args.url,
+                args.interval,
+                args.sample,
+                args.namespace,
+                not args.no_wake,
+                args.cluster,
             )
         except (BackendError, ValueError) as exc:  # (ValueError: a URL redis-py cannot read)
             status, words = _cannot(exc)
@@ -184,6 +211,8 @@ def _run(args: argparse.Namespace, colour: bool) -> int:
             status = _last_status = found.exit_status
             if args.json:  # one document; one line per run under --watch (JSON Lines)
                 _say(json.dumps(found.as_dict(), indent=None if args.watch else 2))
+            elif isinstance(found, ClusterDiagnosis):
+                _say(_cluster_table(found, colour, detected=detected))
             else:
                 _say(_table(found, colour))
         _last_status = status
@@ -211,13 +240,33 @@ def _cannot(exc: Exception) -> tuple[int, str | None]:
 
 
 async def _diagnose(
-    url: str, interval: float, sample: int, namespace: str | None, wake: bool
-) -> Diagnosis:
+    url: str,
+    interval: float,
+    sample: int,
+    namespace: str | None,
+    wake: bool,
+    cluster: bool | None,
+) -> tuple[Diagnosis | ClusterDiagnosis, bool]:
+    """Judge the server at *url*, or its whole cluster; say whether a cluster was found unasked.
+
+    *cluster*: True, the server is a Redis Cluster node (else it cannot be
+    judged); False, judge this node only; None, ask the server.
+    """
     client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
     try:
-        return await diagnose(
-            client, interval=interval, sample=sample, namespace=namespace, wake=wake
-        )
+        detected = False
+        if cluster is None:
+            cluster = detected = await is_cluster(client)
+        if cluster:  # (its primaries are read on connections of their own: this one goes)
+            await client.connection_pool.disconnect()
+            found: Diagnosis | ClusterDiagnosis = await diagnose_cluster(
+                client, interval=interval, sample=sample, namespace=namespace, wake=wake
+            )
+        else:
+            found = await diagnose(
+                client, interval=interval, sample=sample, namespace=namespace, wake=wake
+            )
+        return found, detected
     finally:
         await client.aclose()
 
@@ -227,7 +276,43 @@ _COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[31;1m"}
 
 def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> str:
     """Render *found* for a person: figures, then verdicts, wrapped to *width* columns."""
-    width = max(width or min(shutil.get_terminal_size().columns, 100), 40)  # (40 at least)
+    width = _width(width)
+    lines = _wrapped(
+        [
+            f"Redis at {found.address} ({found.version}), read over {abs(found.interval):g} s",
+            *_figure_lines(found),
+        ],
+        width,
+    )
+    lines.append("")
+    if not found.verdicts:
+        lines.append("ok: nothing to change")
+    lines.extend(_verdict_lines(found.verdicts, colour, width))
+    return "\n".join(lines)
+
+
+def _width(width: int | None) -> int:
+    return max(width or min(shutil.get_terminal_size().columns, 100), 40)  # (40 at least)
+
+
+def _wrapped(lines: list[str], width: int) -> list[str]:
+    """Wrap figure lines under their own column; commands are never cut at a hyphen."""
+    return [
+        wrapped
+        for line in lines
+        for wrapped in textwrap.wrap(
+            line, width, subsequent_indent=" " * 11, break_on_hyphens=False
+        )
+    ]
+
+
+def _heading(line: str, width: int) -> list[str]:
+    """Wrap a section's heading (its continuation indented less than a figure's)."""
+    return textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def _figure_lines(found: Diagnosis) -> list[str]:
+    """One server's figures: memory, keys, traffic, clients and the key sample."""
     f = found.figures
     share = f.get("memory_share")
     if f.get("restarted"):
@@ -243,7 +328,6 @@ def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> 
             + (f", {f['oom_errors']:,} writes refused (OOM)" if f.get("oom_errors") else "")
         )
     lines = [
-        f"Redis at {found.address} ({found.version}), read over {abs(found.interval):g} s",
         f"  memory   {f['used_memory']:,} bytes used"
         + (f", {share:.0%} of maxmemory {f['maxmemory']:,}" if share is not None else "")
         + f", policy {f['maxmemory_policy']}",
@@ -256,18 +340,13 @@ def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> 
     sample = f.get("sample")
     if sample:
         lines.append(f"  sample   {_sample_line(sample)}")
-    # The figures wrap under their own column; commands are never cut at a hyphen.
-    lines = [
-        wrapped
-        for line in lines
-        for wrapped in textwrap.wrap(
-            line, width, subsequent_indent=" " * 11, break_on_hyphens=False
-        )
-    ]
-    lines.append("")
-    if not found.verdicts:
-        lines.append("ok: nothing to change")
-    for verdict in found.verdicts:
+    return lines
+
+
+def _verdict_lines(verdicts: list[Verdict], colour: bool, width: int) -> list[str]:
+    """One verdict a paragraph: its severity and title, then its advice, indented."""
+    lines: list[str] = []
+    for verdict in verdicts:
         word = f"{verdict.severity.upper():8}"
         if colour:
             word = f"{_COLOURS.get(verdict.severity, '')}{word}\033[0m"
@@ -283,7 +362,119 @@ def _table(found: Diagnosis, colour: bool = False, width: int | None = None) -> 
                 break_on_hyphens=False,
             )
         )
+    return lines
+
+
+def _cluster_table(
+    found: ClusterDiagnosis,
+    colour: bool = False,
+    width: int | None = None,
+    *,
+    detected: bool = False,
+) -> str:
+    """Render a Redis Cluster's diagnosis: the cluster, a section per primary, its verdicts."""
+    width = _width(width)
+    t = found.topology
+    unserved = [
+        f"{count:,} {words}"
+        for count, words in (
+            (t["slots_unassigned"], "assigned to no node"),
+            (t["slots_failed"], "on failed primaries"),
+            (t["slots_unreachable"], "on primaries not reached"),
+        )
+        if count
+    ]
+    replicas = [r for node in found.nodes for r in node.replicas]
+    settings = [
+        f"{name} {_setting(t[key])}"
+        for key, name in (
+            ("require_full_coverage", "cluster-require-full-coverage"),
+            ("node_timeout_ms", "cluster-node-timeout"),
+            ("allow_reads_when_down", "cluster-allow-reads-when-down"),
+        )
+        if t.get(key) is not None
+    ]
+    count = len(found.nodes)
+    head = [
+        f"Redis Cluster at {found.address}"
+        + (" (found by its INFO: cluster_enabled:1)" if detected else "")
+        + f", {count} primar{'y' if count == 1 else 'ies'} read over {abs(found.interval):g} s",
+        f"  state    {t['state'] or '?'} (says {found.address}); {t['slots_served']:,} of "
+        f"16,384 slots served by a primary read here"
+        + (f"; {', '.join(unserved)}" if unserved else ""),
+        f"  nodes    {t['known_nodes'] if t['known_nodes'] is not None else '?'} known; "
+        f"{sum(1 for r in replicas if r['online'])} working replica"
+        f"{'' if sum(1 for r in replicas if r['online']) == 1 else 's'} of {len(replicas)}"
+        + (f"; failed: {', '.join(t['failed_nodes'])}" if t["failed_nodes"] else "")
+        + f" (topology from {t['source']})",
+    ]
+    if settings:
+        head.append(f"  settings {', '.join(settings)}")
+    lines = _heading(head[0], width) + _wrapped(head[1:], width)
+    # A verdict every primary shares word for word (the wake probe's, say) is said once.
+    read = [node for node in found.nodes if node.diagnosis is not None]
+    shared = [
+        v
+        for v in (read[0].verdicts if len(read) > 1 else [])
+        if all(v in node.verdicts for node in read[1:])
+    ]
+    for node in found.nodes:
+        heading, *figures = _node_lines(node)
+        if node.diagnosis is not None:
+            figures += _figure_lines(node.diagnosis)
+        lines.append("")
+        lines.extend(_heading(heading, width))
+        lines.extend(_wrapped(figures, width))
+        own = [v for v in node.verdicts if v not in shared]
+        if own:
+            lines.append("")
+            lines.extend(_verdict_lines(own, colour, width))
+    if shared:
+        lines.extend(
+            ["", "Every primary:" if len(read) == len(found.nodes) else "Every primary read:"]
+        )
+        lines.extend(_verdict_lines(shared, colour, width))
+    lines.extend(["", "The cluster:"])
+    lines.extend(_verdict_lines(found.verdicts, colour, width) or ["ok: nothing to change"])
     return "\n".join(lines)
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, dict):  # (the primaries differ)
+        return " / ".join(f"{v} on {a}" for a, v in value.items())
+    return f"{value:,} ms" if isinstance(value, int) else str(value)
+
+
+def _node_lines(node: ClusterNode) -> list[str]:
+    """Return a primary's heading (address, version, slots) and its replicas' line."""
+    ranges = ", ".join(
+        str(first) if first == last else f"{first}-{last}"
+        for first, last in node.slots[:_RANGES_SHOWN]
+    )
+    if len(node.slots) > _RANGES_SHOWN:
+        ranges += f" and {len(node.slots) - _RANGES_SHOWN} more ranges"
+    version = f" ({node.diagnosis.version})" if node.diagnosis is not None else ""
+    replicas = (
+        ", ".join(f"{r['address']} ({_replica_state(r)})" for r in node.replicas)
+        if node.replicas
+        else "none (nothing takes over its slots if it fails)"
+    )
+    return [
+        f"Primary {node.address}{version}, slots {ranges} ({node.slot_count:,})",
+        f"  replicas {replicas}",
+    ]
+
+
+_RANGES_SHOWN = 4  # slot ranges named in a primary's heading
+
+
+def _replica_state(replica: dict[str, Any]) -> str:
+    """``online``, else the cluster's word for it (``fail``), else its link's (``wait_bgsave``)."""
+    if replica["online"]:
+        return "online"
+    if replica["health"] not in (None, "online"):
+        return str(replica["health"])
+    return str(replica["link"] or "down")
 
 
 def _sample_line(sample: dict[str, Any]) -> str:

@@ -16,27 +16,45 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, TypeAlias, final
 
 import anyio
 import lz4.block
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._backends.redis.backend import RedisBackend
+from ._backends.interest import Listener
+from ._backends.redis.backend import ClusterNodeRole, RedisBackend
+from ._backends.redis.cluster import SLOTS, _major, _probe_key, node_connection_kwargs
 from ._backends.redis.errors import WAKE_ACL, address_of, map_error, server_text
 from ._backends.redis.listener import RedisListener
 from ._backends.redis.transports import AUTO_ORDER
-from ._exceptions import BackendError
+from ._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ._keys import validate_namespace
 
-__all__ = ["SEVERITIES", "Diagnosis", "Severity", "Verdict", "check_interval", "diagnose", "judge"]
+__all__ = [
+    "SEVERITIES",
+    "ClusterDiagnosis",
+    "ClusterNode",
+    "Diagnosis",
+    "Severity",
+    "Verdict",
+    "check_interval",
+    "diagnose",
+    "diagnose_cluster",
+    "is_cluster",
+    "judge",
+    "judge_cluster",
+]
 
 Severity: TypeAlias = Literal["ok", "info", "warning", "critical"]
 SEVERITIES: Final[tuple[Severity, ...]] = ("ok", "info", "warning", "critical")
+# The exit status of each severity (a health check's).
+_STATUS: Final[dict[Severity, int]] = {"ok": 0, "info": 0, "warning": 1, "critical": 2}
 
 # What is read with CONFIG GET, where allowed.
 CONFIG_KEYS: Final = (
@@ -78,6 +96,19 @@ _STAMPEDE_OPS: Final = 100.0  # ops/s in the first half, at least, for one
 _CROWDED: Final = 0.9  # connected clients past this share of maxclients: new ones may be refused
 _SLOTS_NEEDED: Final = 3  # connections one more asyncstampede process opens, at least
 _NAME_SHOWN: Final = 60  # characters of a key name shown in a verdict's title
+# A Redis Cluster primary's settings that say how the cluster fails, read with the rest.
+_CLUSTER_CONFIG: Final = (
+    "cluster-require-full-coverage",
+    "cluster-node-timeout",
+    "cluster-allow-reads-when-down",
+)
+_CLUSTER_INFO: Final = "_doctor_cluster_info"  # a reading's CLUSTER INFO (a primary's)
+_NODE_BOUND: Final = 30.0  # seconds past the interval one primary's reading may take
+_UNEVEN_MEMORY: Final = 1.5  # a primary this many times the median's used memory...
+_UNEVEN_MEMORY_SHARE: Final = 0.1  # ...and this much of its maxmemory above it...
+_UNEVEN_MEMORY_BYTES: Final = 64 * 1024 * 1024  # ...or this much, without a maxmemory
+_UNEVEN_OPS: Final = 3.0  # a primary this many times the median's ops/s...
+_UNEVEN_OPS_LEAST: Final = 1000.0  # ...and at least this many: a hot slot's traffic
 
 
 @final
@@ -134,7 +165,7 @@ class Diagnosis:
     @property
     def exit_status(self) -> int:
         """0 healthy (or only information), 1 warnings, 2 critical: for a health check."""
-        return {"ok": 0, "info": 0, "warning": 1, "critical": 2}[self.severity]
+        return _STATUS[self.severity]
 
     def as_dict(self) -> dict[str, Any]:
         """Every figure and verdict, for ``--json``."""
@@ -142,6 +173,184 @@ class Diagnosis:
         record["severity"] = self.severity
         record["exit_status"] = self.exit_status
         return record
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ClusterNode:
+    """One primary of a Redis Cluster, and what the doctor found on it.
+
+    Attributes:
+        address: The primary (``host:port``), as the cluster announces it.
+        id: Its node ID (empty where the topology named none).
+        slots: The hash slot ranges it serves, ``(first, last)`` inclusive.
+        replicas: Its replicas, each a dict: ``address``, ``id``, ``health``
+            (the cluster's word: ``online``, ``fail``, ``loading``; None where
+            the topology came from ``CLUSTER SLOTS``), ``link`` (the primary's
+            word for its replication link, ``online`` once it streams; None
+            where the primary could not be read or did not list it) and
+            ``online`` (it could take over: healthy, its link online).
+        health: The cluster's word for the primary (None from ``CLUSTER SLOTS``).
+        cluster_state: What the primary says of the cluster (``ok`` or
+            ``fail``; None where it could not be read).
+        diagnosis: What the doctor found on it, as on a single server; None
+            where it could not be read.
+        error: Why it could not be read, or None.
+        refused: It answered, but refused what the doctor needs (``INFO``):
+            it cannot be judged (exit 3), where a primary that does not
+            answer is critical (exit 2).
+
+    """
+
+    address: str
+    id: str
+    slots: tuple[tuple[int, int], ...]
+    replicas: tuple[dict[str, Any], ...]
+    health: str | None
+    cluster_state: str | None
+    diagnosis: Diagnosis | None
+    error: str | None = None
+    refused: bool = False
+
+    @property
+    def slot_count(self) -> int:
+        """How many hash slots it serves."""
+        return sum(last - first + 1 for first, last in self.slots)
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """Its verdicts, worst first: the diagnosis's, or why it could not be read."""
+        if self.diagnosis is not None:
+            return self.diagnosis.verdicts
+        if self.refused:
+            return [
+                Verdict(
+                    "refused",
+                    "critical",
+                    "this primary refused the doctor: it cannot be judged",
+                    f"The server said: {self.error}. Run the doctor as a user allowed +info "
+                    "(and +config|get, +cluster|info) on every node of the cluster.",
+                    {"error": self.error},
+                )
+            ]
+        heirs = [r["address"] for r in self.replicas if r["online"]]
+        takeover = (
+            f"If it is down, its replica ({', '.join(heirs)}) takes over after "
+            "cluster-node-timeout and about a second more"
+            if heirs
+            else "It has no working replica: if it is down, nothing takes over until it is back"
+        )
+        return [
+            Verdict(
+                "unreachable",
+                "critical",
+                "the doctor could not read this primary",
+                f"{(self.error or '').rstrip('.')}. While it does not answer, the keys of its "
+                f"{self.slot_count:,} slots can be neither read nor written: every asyncstampede "
+                f"call on them fails open and computes. {takeover}; if it is up, check that the "
+                "address the cluster announces for it (cluster-announce-ip) is reachable from "
+                "here.",
+                {"error": self.error, "slots": self.slot_count, "replicas": heirs},
+            )
+        ]
+
+    @property
+    def severity(self) -> Severity:
+        """Its worst verdict's severity (``critical`` where it could not be read)."""
+        worst = max((SEVERITIES.index(v.severity) for v in self.verdicts), default=0)
+        return SEVERITIES[worst]
+
+    @property
+    def exit_status(self) -> int:
+        """As `Diagnosis.exit_status`; 3 where it refused the doctor (it cannot be judged)."""
+        return 3 if self.refused and self.diagnosis is None else _STATUS[self.severity]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its figures and verdicts, as a single server's document plus its place in the cluster."""
+        record: dict[str, Any] = {
+            "version": None,
+            "interval": None,
+            "config": None,
+            "config_refused": None,
+            "figures": None,
+        }
+        if self.diagnosis is not None:
+            record = self.diagnosis.as_dict()
+        record.update(
+            {
+                "address": self.address,
+                "id": self.id,
+                "slots": [[first, last] for first, last in self.slots],
+                "slot_count": self.slot_count,
+                "replicas": [dict(r) for r in self.replicas],
+                "health": self.health,
+                "cluster_state": self.cluster_state,
+                "error": self.error,
+                "verdicts": [asdict(v) for v in self.verdicts],
+                "severity": self.severity,
+                "exit_status": self.exit_status,
+            }
+        )
+        return record
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ClusterDiagnosis:
+    """What the doctor read of a Redis Cluster: each primary's diagnosis, and the cluster's.
+
+    Attributes:
+        address: The node the topology was read from (``host:port``).
+        interval: Seconds between the first and last readings of each primary.
+        topology: Where the topology came from (``source``: ``CLUSTER
+            SHARDS`` or ``CLUSTER SLOTS``), what that node's ``CLUSTER INFO``
+            says (``state``, ``slots_assigned``, ``slots_ok``, ``slots_pfail``,
+            ``slots_fail``, ``known_nodes``, ``size``), the slots served by a
+            primary that is healthy and was read (``slots_served``), those
+            that are not (``slots_unassigned``, ``slots_failed``,
+            ``slots_unreachable``), ``failed_nodes`` (failed nodes serving no
+            slot), ``primaries_without_slots`` and the primaries' settings of
+            ``require_full_coverage``, ``node_timeout_ms`` and
+            ``allow_reads_when_down`` (one value when they agree, else a dict
+            by address; None where ``CONFIG GET`` was refused).
+        nodes: Every primary serving slots, by address.
+        verdicts: The cluster-wide verdicts, worst first (each primary's own
+            are in `nodes`).
+
+    """
+
+    address: str
+    interval: float
+    topology: dict[str, Any]
+    nodes: list[ClusterNode]
+    verdicts: list[Verdict]
+
+    @property
+    def severity(self) -> Severity:
+        """The worst severity of the cluster's verdicts and every primary's."""
+        worst = max(
+            [SEVERITIES.index(v.severity) for v in self.verdicts]
+            + [SEVERITIES.index(n.severity) for n in self.nodes],
+            default=0,
+        )
+        return SEVERITIES[worst]
+
+    @property
+    def exit_status(self) -> int:
+        """The worst over the primaries and the cluster's verdicts: 0, 1, 2 (3: one refused)."""
+        return max([_STATUS[self.severity]] + [n.exit_status for n in self.nodes])
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every figure and verdict, for ``--json``."""
+        return {
+            "address": self.address,
+            "interval": self.interval,
+            "topology": self.topology,
+            "nodes": [node.as_dict() for node in self.nodes],
+            "verdicts": [asdict(v) for v in self.verdicts],
+            "severity": self.severity,
+            "exit_status": self.exit_status,
+        }
 
 
 async def diagnose(
@@ -172,15 +381,46 @@ async def diagnose(
             *namespace* has a brace.
 
     """
-    interval = check_interval(interval)
+    interval = _check(interval, sample, namespace)
+    found, _ = await _read(client, interval, sample, namespace, wake)
+    return found
+
+
+def _check(interval: object, sample: object, namespace: str | None) -> float:
+    """Return *interval* in seconds, once *interval*, *sample* and *namespace* pass their checks."""
+    seconds = check_interval(interval)
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
         raise ValueError(f"sample must be a number of keys, at least 0, got {sample!r}")
     if namespace is not None:
         validate_namespace(namespace)
+    return seconds
+
+
+async def _read(
+    client: Redis,
+    interval: float,
+    sample: int,
+    namespace: str | None,
+    wake: bool,
+    *,
+    slots: list[tuple[int, int]] | None = None,
+) -> tuple[Diagnosis, dict[str, Any]]:
+    """Read one server and judge it; return the diagnosis and the last ``INFO`` reading.
+
+    *slots*: the server is a Redis Cluster primary serving these slot
+    ranges: ``CONFIG GET`` reads the cluster's settings too, ``CLUSTER
+    INFO`` is read after the readings (into the returned reading, under
+    `_CLUSTER_INFO`), and the wake probe is the one its primary gets (a
+    probe key of its own slots, ``SPUBLISH`` from 7.0).
+
+    Raises:
+        BackendError: as `diagnose`.
+
+    """
     address = address_of(client.connection_pool.connection_kwargs)
     doing = "INFO"
     try:
-        config, refused = await _config(client)
+        config, refused = await _config(client, CONFIG_KEYS + (_CLUSTER_CONFIG if slots else ()))
         before = await _reading(client, again=False)
         middle = None
         if interval > 0:
@@ -192,14 +432,30 @@ async def diagnose(
             await anyio.sleep(interval / 2)
         after = await _reading(client, again=interval > 0)
         # The doctor's own reads come after the readings: not in the rates.
+        if slots is not None:
+            doing = "CLUSTER INFO"
+            after[_CLUSTER_INFO] = await _cluster_info_of(client)
         policy = (config or {}).get("maxmemory-policy", str(after.get("maxmemory_policy", "")))
         doing = "the key sample (SCAN, PTTL, MEMORY USAGE)"
         keys = await _sample(client, sample, namespace, lfu="lfu" in policy)
         doing = "the wake probe"
-        probed = await _wake(client, namespace) if wake else None
+        role = None
+        if slots is not None:
+            role = ClusterNodeRole(
+                probe_key=_probe_key(namespace or "stampede", slots),
+                publish="SPUBLISH" if _major(after) >= 7 else "PUBLISH",
+                registry=Listener(),
+                on_breaker_change=_nothing,
+            )
+        probed = await _wake(client, namespace, role) if wake else None
     except RedisError as exc:
         raise map_error(exc, address=address, command=doing) from exc
-    return judge(address, before, after, interval, config, refused, keys, probed, middle=middle)
+    found = judge(address, before, after, interval, config, refused, keys, probed, middle=middle)
+    return found, after
+
+
+def _nothing() -> None:
+    """Do nothing: a probing backend's breaker never changes (it never runs)."""
 
 
 async def _reading(client: Redis, *, again: bool) -> dict[str, Any]:
@@ -238,10 +494,16 @@ def check_interval(interval: object) -> float:
     return float(interval)
 
 
-async def _wake(client: Redis, namespace: str | None) -> dict[str, Any] | None:
-    """Which wake transport asyncstampede would get here, and why not the better ones."""
+async def _wake(
+    client: Redis, namespace: str | None, role: ClusterNodeRole | None = None
+) -> dict[str, Any] | None:
+    """Which wake transport asyncstampede would get here, and why not the better ones.
+
+    *role*: the server is a Redis Cluster primary, probed as the cluster's
+    backend probes it (its own slots' probe key, sharded channels from 7.0).
+    """
     probed = namespace or "stampede"  # (Stampede's default namespace)
-    backend = RedisBackend(client, owns_client=False, namespace=probed)
+    backend = RedisBackend(client, owns_client=False, namespace=probed, node=role)
     listener = backend.listener
     if not isinstance(listener, RedisListener):
         return None  # this redis-py lacks what the transports need (logged on use)
@@ -377,10 +639,12 @@ def _share(ratio: float) -> str:
     return "under 1%" if ratio < 0.01 else f"{ratio:.0%}"
 
 
-async def _config(client: Redis) -> tuple[dict[str, str] | None, str | None]:
+async def _config(
+    client: Redis, keys: tuple[str, ...] = CONFIG_KEYS
+) -> tuple[dict[str, str] | None, str | None]:
     try:
         config: dict[str, str] = {}
-        for key in CONFIG_KEYS:
+        for key in keys:
             config.update(_decoded(await client.config_get(key)))
     except ResponseError as exc:  # NOPERM, or renamed away (unknown command)
         return None, server_text(exc)
@@ -786,13 +1050,26 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = Fal
                 },
             )
         )
-    if keys.get("refused"):
+    refused = keys.get("refused")
+    if refused and refused.startswith(("CLUSTERDOWN", "MOVED", "ASK", "TRYAGAIN")):
+        # (A Redis Cluster primary: the cluster, not an ACL, turned the sample away.)
+        verdicts.append(
+            Verdict(
+                "sample-refused",
+                "info",
+                "the key sample was turned away by the cluster: its figures are left out",
+                f"The server said: {refused}. A cluster that is down (see the cluster's "
+                "verdicts) or moving slots answers so for keys; run the doctor again once "
+                "it is ok.",
+            )
+        )
+    elif refused:
         verdicts.append(
             Verdict(
                 "sample-refused",
                 "info",
                 "the key sample was refused: its figures are left out",
-                f"The server said: {keys['refused']}. Allow +scan, +pttl, +memory|usage, "
+                f"The server said: {refused}. Allow +scan, +pttl, +memory|usage, "
                 "+type, +getrange (and +object|freq under LFU) on the keys sampled; for a "
                 "user limited to some keys, pass --namespace NS to sample only NS:*; or "
                 "pass --sample 0.",
@@ -884,5 +1161,650 @@ def _wake_verdict(verdicts: list[Verdict], wake: dict[str, Any]) -> None:
             f"asyncstampede's waiters would wake by {transport}" + probed,
             advice,
             wake,
+        )
+    )
+
+
+# -- a Redis Cluster -----------------------------------------------------------------
+
+
+async def is_cluster(client: Redis) -> bool:
+    """Return whether *client*'s server is a Redis Cluster node (``INFO``'s ``cluster_enabled``).
+
+    Raises:
+        BackendError: Redis cannot be reached, or refuses ``INFO``.
+
+    """
+    address = address_of(client.connection_pool.connection_kwargs)
+    try:
+        info = await client.info("cluster")
+    except RedisError as exc:
+        raise map_error(exc, address=address, command="INFO") from exc
+    return str(info.get("cluster_enabled", 0)) == "1"
+
+
+async def diagnose_cluster(
+    client: Redis | Sequence[Redis],
+    *,
+    interval: float = 3.0,
+    sample: int = 1000,
+    namespace: str | None = None,
+    wake: bool = True,
+) -> ClusterDiagnosis:
+    """Read every primary of the Redis Cluster *client*'s server belongs to, and judge them.
+
+    The topology comes from that server (``CLUSTER SHARDS``, or ``CLUSTER
+    SLOTS`` where that is missing or refused, as on Redis 6.2). Each primary
+    serving slots is then read as `diagnose` reads one server (``INFO``
+    three times over *interval*, ``CONFIG GET``, its own key sample, its
+    wake probe), all of them at once, each within *interval* plus 30
+    seconds, over connections of the doctor's own made with *client*'s
+    settings (password, TLS, timeouts), closed at the end.
+
+    Args:
+        client: A ``redis.asyncio.Redis`` client to any node of the cluster
+            (or several: the topology is read from the first that answers).
+        interval: As `diagnose`.
+        sample: Keys to look at on each primary (0: none).
+        namespace: As `diagnose`.
+        wake: As `diagnose`, for each primary.
+
+    Raises:
+        BackendError: the topology cannot be read (no client given, the
+            server is not a cluster node, cannot be reached, or refuses
+            ``CLUSTER``).
+        TypeError: *interval* is not a number.
+        ValueError: *interval* is out of range, *sample* is negative, or
+            *namespace* has a brace.
+
+    """
+    interval = _check(interval, sample, namespace)
+    seeds = [client] if isinstance(client, Redis) else list(client)
+    if not seeds:
+        raise BackendUnavailableError(
+            "Redis Cluster unavailable: no node of it is known (its topology was never read)",
+            address="?",
+        )
+    # Connections of the doctor's own, with the given client's settings: the
+    # caller's pool is left alone, and each primary counts one doctor.
+    kwargs = node_connection_kwargs(dict(seeds[0].connection_pool.connection_kwargs))
+
+    def connect(host: str, port: int) -> Redis:
+        return Redis.from_pool(ConnectionPool(host=host, port=port, **kwargs))
+
+    failure: BackendError | None = None
+    for seed in seeds:
+        given = seed.connection_pool.connection_kwargs
+        asking = connect(str(given.get("host", "localhost")), int(given.get("port", 6379)))
+        try:
+            source, shards, asked = await _topology(asking)
+        except BackendError as exc:
+            failure = failure or exc
+            continue
+        finally:
+            with anyio.CancelScope(shield=True):
+                await asking.aclose()
+        break
+    else:
+        assert failure is not None
+        raise failure
+    primaries = [s for s in shards if s.slots]
+    nodes: list[ClusterNode | None] = [None] * len(primaries)
+
+    async def read(index: int, shard: _Shard) -> None:
+        client = connect(shard.host, shard.port)
+        found: Diagnosis | None = None
+        after: dict[str, Any] = {}
+        error: str | None = None
+        refused = False
+        bound = interval + _NODE_BOUND
+        try:
+            with anyio.fail_after(bound):
+                found, after = await _read(
+                    client, interval, sample, namespace, wake, slots=shard.slots
+                )
+        except TimeoutError:
+            error = f"Redis at {shard.address} gave no answer within {bound:g} s"
+        except BackendRefusedError as exc:
+            error, refused = str(exc), True
+        except BackendError as exc:
+            error = str(exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+        nodes[index] = ClusterNode(
+            address=shard.address,
+            id=shard.id,
+            slots=tuple(shard.slots),
+            replicas=tuple(_replicas(shard, after if found is not None else None)),
+            health=shard.health,
+            cluster_state=after.get(_CLUSTER_INFO, {}).get("cluster_state"),
+            diagnosis=found,
+            error=error,
+            refused=refused,
+        )
+
+    async with anyio.create_task_group() as tg:
+        for index, shard in enumerate(primaries):
+            tg.start_soon(read, index, shard)
+    read_nodes = [node for node in nodes if node is not None]
+    topology = {"source": source, **_topology_figures(asked, shards, read_nodes)}
+    return judge_cluster(_host_port(asking), interval, topology, read_nodes)
+
+
+@dataclass(slots=True)
+class _Shard:
+    """One primary and its replicas, as the topology names them."""
+
+    host: str
+    port: int
+    id: str
+    health: str | None
+    slots: list[tuple[int, int]]
+    replicas: list[dict[str, Any]]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _host_port(client: Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+async def _topology(client: Redis) -> tuple[str, list[_Shard], dict[str, str]]:
+    """Read the topology from *client*'s server: its source, the shards, its ``CLUSTER INFO``.
+
+    ``CLUSTER SHARDS`` (Redis 7.0 and later) names every node with its
+    health; where it is missing (6.2) or refused, ``CLUSTER SLOTS`` names
+    the primaries and the replicas it counts healthy.
+
+    Raises:
+        BackendError: the server cannot be reached, is no cluster node, or
+            refuses both.
+
+    """
+    address = address_of(client.connection_pool.connection_kwargs)
+    asked = str(client.connection_pool.connection_kwargs.get("host", "localhost"))
+    doing = "CLUSTER SHARDS"
+    try:
+        try:
+            shards = _shards(await _command(client, "CLUSTER", "SHARDS"), asked)
+            source = "CLUSTER SHARDS"
+        except ResponseError as exc:
+            if "cluster support" in str(exc):
+                raise
+            doing = "CLUSTER SLOTS"  # (6.2, or an ACL that allows only what asyncstampede needs)
+            shards = _slots(await _command(client, "CLUSTER", "SLOTS"), asked)
+            source = "CLUSTER SLOTS"
+        doing = "CLUSTER INFO"
+        info = await _cluster_info_of(client)
+    except RedisError as exc:
+        if "cluster support" in str(exc):
+            raise BackendRefusedError(
+                f"Redis at {address} is not a Redis Cluster node ({server_text(exc)}): "
+                "leave out --cluster",
+                address=address,
+                command=doing,
+            ) from exc
+        raise map_error(exc, address=address, command=doing) from exc
+    return source, sorted(shards, key=lambda s: (s.slots[:1] or [(SLOTS, 0)], s.address)), info
+
+
+async def _command(client: Redis, *args: str) -> Any:
+    """Send *args* through *client* (redis-py's ``execute_command``, which it leaves untyped)."""
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _words(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """Return a reply's map (RESP3, or redis-py's parse) or flat list of pairs, keyed by text."""
+    if isinstance(value, dict):
+        return {_words(k): v for k, v in value.items()}
+    items = list(value)
+    return {_words(k): v for k, v in zip(items[0::2], items[1::2], strict=False)}
+
+
+def _shards(reply: Any, asked: str) -> list[_Shard]:
+    """Parse ``CLUSTER SHARDS``: one `_Shard` per primary (a failed one may serve no slot)."""
+    shards = []
+    for entry in reply:
+        shard = _mapping(entry)
+        bounds = [int(b) for b in shard.get("slots", [])]
+        slots = list(zip(bounds[0::2], bounds[1::2], strict=False))
+        primary: dict[str, Any] | None = None
+        replicas = []
+        for raw in shard.get("nodes", []):
+            node = _mapping(raw)
+            endpoint = _words(node.get("endpoint", "") or "")
+            host = endpoint if endpoint not in ("", "?") else _words(node.get("ip", "") or "")
+            seen = {
+                "address": f"{host or asked}:{int(node.get('port') or node.get('tls-port') or 0)}",
+                "id": _words(node.get("id", "")),
+                "health": _words(node.get("health", "")) or None,
+            }
+            if _words(node.get("role", "")) == "master" and primary is None:
+                primary = seen
+            else:
+                replicas.append(seen)
+        if primary is None:  # (slots whose primary is not listed: counted as failed)
+            primary = {"address": f"{asked}:0", "id": "", "health": "fail"}
+        host, _, port = str(primary["address"]).rpartition(":")
+        shards.append(_Shard(host, int(port), primary["id"], primary["health"], slots, replicas))
+    return shards
+
+
+def _slots(reply: Any, asked: str) -> list[_Shard]:
+    """Parse ``CLUSTER SLOTS``: its ranges grouped by primary (health unknown)."""
+    by_primary: dict[tuple[str, int], _Shard] = {}
+    for entry in reply:
+        first, last = int(entry[0]), int(entry[1])
+        nodes = [(_words(n[0]) or asked, int(n[1]), _words(n[2]) if len(n) > 2 else "")
+                 for n in entry[2:]]  # fmt: skip
+        host, port, node_id = nodes[0]
+        shard = by_primary.get((host, port))
+        if shard is None:
+            shard = by_primary[(host, port)] = _Shard(host, port, node_id, None, [], [])
+        shard.slots.append((first, last))
+        for r_host, r_port, r_id in nodes[1:]:
+            address = f"{r_host}:{r_port}"
+            if all(r["address"] != address for r in shard.replicas):
+                shard.replicas.append({"address": address, "id": r_id, "health": None})
+    for shard in by_primary.values():
+        shard.slots.sort()
+    return list(by_primary.values())
+
+
+async def _cluster_info_of(client: Redis) -> dict[str, str]:
+    """Return the server's ``CLUSTER INFO``, or nothing where it is refused (an ACL).
+
+    asyncstampede itself needs only ``CLUSTER SLOTS``: a user allowed no more
+    is judged without the cluster's state (its other verdicts stand).
+    """
+    try:
+        return _cluster_info(await _command(client, "CLUSTER", "INFO"))
+    except ResponseError as exc:
+        if "cluster support" in str(exc):
+            raise
+        return {}
+
+
+def _cluster_info(reply: Any) -> dict[str, str]:
+    """Parse ``CLUSTER INFO`` (``name:value`` lines, or a map redis-py made of them)."""
+    if isinstance(reply, dict):
+        return {_words(k): _words(v) for k, v in reply.items()}
+    found = {}
+    for line in _words(reply).splitlines():
+        name, sep, value = line.strip().partition(":")
+        if sep:
+            found[name] = value
+    return found
+
+
+def _replicas(shard: _Shard, info: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """*shard*'s replicas, with the primary's word for each link (its ``INFO replication``)."""
+    links: dict[str, dict[str, Any]] = {}
+    if info is not None:
+        for name, value in info.items():
+            if name.startswith("slave") and name[5:].isdigit() and isinstance(value, dict):
+                links[f"{value.get('ip', '')}:{value.get('port', '')}"] = value
+    replicas = []
+    for replica in shard.replicas:
+        link = links.pop(replica["address"], None)
+        if link is None:  # (the replica announces another address than it connects from)
+            port = replica["address"].rpartition(":")[2]
+            same = [a for a in links if a.rpartition(":")[2] == port]
+            link = links.pop(same[0]) if len(same) == 1 else None
+        replicas.append({**replica, "link": None if link is None else str(link.get("state"))})
+    # A replica the topology leaves out (Redis 7's CLUSTER SLOTS, until it has synced).
+    replicas.extend(
+        {"address": address, "id": "", "health": None, "link": str(link.get("state"))}
+        for address, link in links.items()
+    )
+    for replica in replicas:
+        # Without the primary's word, the topology's: CLUSTER SLOTS leaves failed replicas out.
+        replica["online"] = replica["health"] in (None, "online") and (
+            info is None or replica["link"] == "online"
+        )
+    return replicas
+
+
+def _agreed(nodes: list[ClusterNode], setting: str) -> Any:
+    """Return the primaries' *setting*: one value when they agree, else a dict by address."""
+    values = {
+        node.address: node.diagnosis.config[setting]
+        for node in nodes
+        if node.diagnosis is not None
+        and node.diagnosis.config is not None
+        and setting in node.diagnosis.config
+    }
+    if not values:
+        return None
+    if len(set(values.values())) == 1:
+        return next(iter(values.values()))
+    return values
+
+
+def _topology_figures(
+    asked: dict[str, str], shards: list[_Shard], nodes: list[ClusterNode]
+) -> dict[str, Any]:
+    """Return the cluster's figures: the asked node's ``CLUSTER INFO``, the slots served..."""
+    failed = unreachable = served = 0
+    for node in nodes:
+        if node.health not in (None, "online"):
+            failed += node.slot_count
+        elif node.diagnosis is None:
+            unreachable += node.slot_count
+        else:
+            served += node.slot_count
+    assigned = sum(node.slot_count for node in nodes)
+
+    def number(name: str) -> int | None:
+        value = asked.get(name)
+        return int(value) if value is not None and value.isdigit() else None
+
+    timeout = _agreed(nodes, "cluster-node-timeout")
+    return {
+        "state": asked.get("cluster_state"),
+        "slots_assigned": number("cluster_slots_assigned"),
+        "slots_ok": number("cluster_slots_ok"),
+        "slots_pfail": number("cluster_slots_pfail"),
+        "slots_fail": number("cluster_slots_fail"),
+        "known_nodes": number("cluster_known_nodes"),
+        "size": number("cluster_size"),
+        "slots_served": served,
+        "slots_unassigned": SLOTS - assigned,
+        "slots_failed": failed,
+        "slots_unreachable": unreachable,
+        "failed_nodes": [
+            s.address for s in shards if not s.slots and s.health not in (None, "online")
+        ],
+        "primaries_without_slots": [
+            s.address for s in shards if not s.slots and s.health in (None, "online")
+        ],
+        "require_full_coverage": _agreed(nodes, "cluster-require-full-coverage"),
+        "node_timeout_ms": (
+            int(timeout) if isinstance(timeout, str) and timeout.isdigit() else timeout
+        ),
+        "allow_reads_when_down": _agreed(nodes, "cluster-allow-reads-when-down"),
+    }
+
+
+def judge_cluster(
+    address: str,
+    interval: float,
+    topology: dict[str, Any],
+    nodes: list[ClusterNode],
+) -> ClusterDiagnosis:
+    """Return the cluster-wide verdicts on the primaries' diagnoses and the topology (pure).
+
+    Each primary's own verdicts stay in its `ClusterNode`; these are what
+    only the cluster as a whole shows: its state, slots without a working
+    primary, primaries without a replica, failed nodes still known, and
+    primaries that differ (memory, evictions, traffic, settings).
+    """
+    verdicts: list[Verdict] = []
+    read = [n for n in nodes if n.diagnosis is not None]
+    coverage = topology.get("require_full_coverage")
+    _state(verdicts, address, topology, nodes, coverage)
+    _unserved(verdicts, topology)
+    _replicated(verdicts, nodes, coverage)
+    if topology.get("failed_nodes"):
+        failed = topology["failed_nodes"]
+        verdicts.append(
+            Verdict(
+                "failed-nodes",
+                "info",
+                f"the cluster still knows {len(failed)} failed "
+                f"node{'' if len(failed) == 1 else 's'} serving no slot: {', '.join(failed)}",
+                "A primary replaced by its replica stays known as failed; started again, it "
+                "rejoins as a replica of the node that took over (empty, without persistence). "
+                "If it is gone for good, CLUSTER FORGET <its id> on every node (within a "
+                "minute of each other).",
+                {"failed_nodes": failed},
+            )
+        )
+    _uneven(verdicts, read)
+    _differ(verdicts, read)
+    verdicts.sort(key=lambda v: -SEVERITIES.index(v.severity))
+    return ClusterDiagnosis(
+        address=address,
+        interval=interval,
+        topology=topology,
+        nodes=nodes,
+        verdicts=verdicts,
+    )
+
+
+def _coverage_words(coverage: Any) -> str:
+    """How the primaries' cluster-require-full-coverage reads, for advice."""
+    if coverage is None:
+        return "cluster-require-full-coverage yes (the default; CONFIG GET was refused here)"
+    if isinstance(coverage, dict):
+        return (
+            "cluster-require-full-coverage yes (as on "
+            + ", ".join(a for a, v in coverage.items() if v == "yes")
+            + ")"
+        )
+    return f"cluster-require-full-coverage {coverage} (as set here)"
+
+
+def _state(
+    verdicts: list[Verdict],
+    address: str,
+    topology: dict[str, Any],
+    nodes: list[ClusterNode],
+    coverage: Any,
+) -> None:
+    down = [n.address for n in nodes if n.cluster_state not in (None, "ok")]
+    if topology.get("state") not in (None, "ok") and address not in down:
+        down.insert(0, address)
+    if not down:
+        return
+    verdicts.append(
+        Verdict(
+            "cluster-down",
+            "critical",
+            f"cluster_state is fail on {', '.join(down)}: "
+            f"{'it refuses' if len(down) == 1 else 'they refuse'} every command on a key "
+            "(CLUSTERDOWN)",
+            "A node whose cluster_state is fail answers CLUSTERDOWN to every command on a "
+            "key: every asyncstampede call on its keys fails open and computes. A node says "
+            "fail when some slot has no working primary under "
+            f"{_coverage_words(coverage)}, or when it cannot reach a majority of the "
+            "primaries. Bring the failed primary back (or fail over to its replica: CLUSTER "
+            "FAILOVER FORCE on the replica), assign any unassigned slots (CLUSTER ADDSLOTS); "
+            "CONFIG SET cluster-require-full-coverage no on every node keeps the other slots "
+            "served while some have no primary.",
+            {"down": down, "require_full_coverage": coverage},
+        )
+    )
+
+
+def _unserved(verdicts: list[Verdict], topology: dict[str, Any]) -> None:
+    unassigned = topology["slots_unassigned"]
+    failed = topology["slots_failed"]
+    unreachable = topology["slots_unreachable"]
+    total = unassigned + failed + unreachable
+    if not total:
+        return
+    parts = [
+        f"{count:,} {words}"
+        for count, words in (
+            (unassigned, "assigned to no node"),
+            (failed, "on primaries the cluster counts failed"),
+            (unreachable, "on primaries the doctor could not reach"),
+        )
+        if count
+    ]
+    timeout = topology.get("node_timeout_ms")
+    after = f" ({timeout:,} ms here)" if isinstance(timeout, int) else ""
+    verdicts.append(
+        Verdict(
+            "slots-unserved",
+            "critical",
+            f"{total:,} of {SLOTS:,} hash slots have no working primary: " + ", ".join(parts),
+            "A key whose slot has no working primary can be neither read nor written: its "
+            "callers fail open and compute (and under cluster-require-full-coverage yes, "
+            "every node refuses every key: see cluster-down). A failed primary with a replica "
+            f"is replaced after cluster-node-timeout{after} and about a second more; one "
+            "without a replica must be brought back. Slots assigned to no node: CLUSTER "
+            "ADDSLOTS, or redis-cli --cluster fix.",
+            {"unassigned": unassigned, "failed": failed, "unreachable": unreachable},
+        )
+    )
+
+
+def _replicated(verdicts: list[Verdict], nodes: list[ClusterNode], coverage: Any) -> None:
+    # (One already down is critical elsewhere: unreachable, slots-unserved.)
+    alone = [
+        n
+        for n in nodes
+        if not any(r["online"] for r in n.replicas)
+        and n.diagnosis is not None
+        and n.health in (None, "online")
+    ]
+    if not alone:
+        return
+    full = coverage != "no"
+    consequence = (
+        "every node then refuses every command on a key (CLUSTERDOWN) under "
+        f"{_coverage_words(coverage)}: the whole cache is down, not only that primary's "
+        "keys, and every asyncstampede call fails open and computes"
+        if full
+        else f"under {_coverage_words(coverage)} only its slots' keys fail (their callers "
+        "compute); the others are served"
+    )
+    verdicts.append(
+        Verdict(
+            "no-replica",
+            "warning",
+            f"{len(alone)} primar{'y' if len(alone) == 1 else 'ies'} without a working "
+            f"replica: " + ", ".join(f"{n.address} ({n.slot_count:,} slots)" for n in alone),
+            "If a primary without a replica fails, nothing takes over its slots until it is "
+            f"back (empty, without persistence); {consequence}. Give each primary a replica "
+            "(a new node: CLUSTER REPLICATE <primary id>)"
+            + (
+                ", or CONFIG SET cluster-require-full-coverage no on every node so that only "
+                "the failed primary's slots go unserved."
+                if full
+                else "."
+            ),
+            {
+                "primaries": [n.address for n in alone],
+                "require_full_coverage": coverage,
+            },
+        )
+    )
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _uneven(verdicts: list[Verdict], nodes: list[ClusterNode]) -> None:
+    if len(nodes) < 2:
+        return
+    figures = {n.address: n.diagnosis.figures for n in nodes if n.diagnosis is not None}
+    used = {a: float(f["used_memory"]) for a, f in figures.items()}
+    median = _median(list(used.values()))
+    hot, most = max(used.items(), key=lambda item: item[1])
+    maxmemory = figures[hot]["maxmemory"]
+    enough = _UNEVEN_MEMORY_SHARE * maxmemory if maxmemory else _UNEVEN_MEMORY_BYTES
+    if most >= _UNEVEN_MEMORY * median and most - median >= enough:
+        verdicts.append(
+            Verdict(
+                "uneven-memory",
+                "warning",
+                f"{hot} uses {most:,.0f} bytes, {most / max(median, 1):.1f}x the median "
+                f"primary's {median:,.0f}: its slots hold more (a hot slot, or big keys)",
+                "Each key lives on the primary serving its hash slot, and maxmemory is per "
+                "node: this one fills (and evicts, or under noeviction refuses writes) while "
+                "the others have room. Look at its biggest and hottest keys (its sample "
+                "above; redis-cli --bigkeys or --hotkeys against it), avoid hash tags ({...} "
+                "in key names) that put many keys in one slot, or move slots to the others "
+                "(redis-cli --cluster rebalance).",
+                {"used_memory": used, "median": median},
+            )
+        )
+    rated = {a: f for a, f in figures.items() if f["rates"]}
+    if len(rated) >= 2:
+        evicted = {a: float(f["evicted_keys_per_s"]) for a, f in rated.items()}
+        top = max(evicted.values())
+        calm = [a for a, e in evicted.items() if e < 0.1 * top]
+        if top > 0 and calm:
+            busy = [a for a, e in evicted.items() if e >= 0.1 * top]
+            verdicts.append(
+                Verdict(
+                    "uneven-evictions",
+                    "warning",
+                    ", ".join(f"{a} evicts {evicted[a]:,.1f} keys/s" for a in busy)
+                    + f" while {', '.join(calm)} evict{'s' if len(calm) == 1 else ''} "
+                    "(almost) none: its slots are fuller than the others'",
+                    "A primary that evicts while the others have room holds more than its "
+                    "share: a hot slot or big keys (see uneven-memory and its sample). Its "
+                    "hot keys become misses together; spread the keys, or move slots to the "
+                    "others (redis-cli --cluster rebalance).",
+                    {"evicted_keys_per_s": evicted},
+                )
+            )
+        ops = {a: float(f["ops_per_s"]) for a, f in rated.items()}
+        busiest, top_ops = max(ops.items(), key=lambda item: item[1])
+        typical = _median(list(ops.values()))
+        if top_ops >= _UNEVEN_OPS_LEAST and top_ops >= _UNEVEN_OPS * typical:
+            verdicts.append(
+                Verdict(
+                    "uneven-traffic",
+                    "info",
+                    f"{busiest} runs {top_ops:,.0f} ops/s, "
+                    + (
+                        f"{top_ops / typical:.1f}x the median primary's {typical:,.0f}"
+                        if typical >= 1
+                        else "the median primary none"
+                    )
+                    + ": a hot slot (or hot keys)",
+                    "One primary serves all of a key's traffic, whatever the cluster's size: "
+                    "its CPU bounds the hot keys. asyncstampede coalesces the misses of a key, "
+                    "not its hits; a short in-process cache in front of the hottest keys "
+                    "spreads those.",
+                    {"ops_per_s": ops},
+                )
+            )
+
+
+def _by_value(values: dict[str, Any]) -> str:
+    """``v1 on a, b; v2 on c``: the addresses of *values* grouped by value."""
+    grouped: dict[Any, list[str]] = {}
+    for address, value in values.items():
+        grouped.setdefault(value, []).append(address)
+    return "; ".join(f"{value} on {', '.join(addresses)}" for value, addresses in grouped.items())
+
+
+def _differ(verdicts: list[Verdict], nodes: list[ClusterNode]) -> None:
+    settings = {"maxmemory_policy": "maxmemory-policy", "maxmemory": "maxmemory"}
+    differing = []
+    for figure, name in settings.items():
+        values = {n.address: n.diagnosis.figures[figure] for n in nodes if n.diagnosis is not None}
+        if len(set(values.values())) > 1:
+            differing.append((name, values))
+    if not differing:
+        return
+    verdicts.append(
+        Verdict(
+            "settings-differ",
+            "warning",
+            "the primaries differ in "
+            + " and ".join(f"{name} ({_by_value(values)})" for name, values in differing),
+            "Keys land on primaries by hash slot, so the same cache behaves differently "
+            "from key to key (one primary evicts where another refuses writes). Set the "
+            "same maxmemory and maxmemory-policy on every node, replicas too (they take "
+            "over with their own): CONFIG SET on each, and in their configuration files.",
+            dict(differing),
         )
     )

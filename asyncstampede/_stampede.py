@@ -45,11 +45,12 @@ from redis.asyncio import Redis, RedisCluster
 
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import client_from_url, cluster_from_url
+from ._backends.redis.cluster import ClusterBackend
 from ._batch import checked_keys, get_many, refuse_batch_fn
 from ._cached import Cached, KeySpec
 from ._codec import Codec, Stored, Validator, codec_for, loaded
 from ._compute import compute_with, encode_stored, refuse_fn
-from ._doctor import Diagnosis, diagnose
+from ._doctor import ClusterDiagnosis, Diagnosis, diagnose, diagnose_cluster
 from ._envelope import DecodeError, decode
 from ._events import Coalesced, Corrupt, Hit, Hook
 from ._exceptions import BackendError
@@ -399,8 +400,15 @@ class Stampede:
         """Return a snapshot of this instance's counters and gauges."""
         return self._rt.statistics()
 
-    async def diagnose(self, *, interval: float = 3.0, sample: int = 1000) -> Diagnosis:
+    async def diagnose(
+        self, *, interval: float = 3.0, sample: int = 1000
+    ) -> Diagnosis | ClusterDiagnosis:
         """Judge this instance's Redis, as ``asyncstampede doctor`` does (it only reads).
+
+        Over a Redis Cluster, every primary is judged (each with its own key
+        sample and wake probe, all at once) and the cluster as a whole, as
+        ``asyncstampede doctor --cluster`` does; the topology is read afresh
+        from the first primary the instance serves that answers.
 
         Args:
             interval: Seconds over which ``INFO`` is read three times (the
@@ -409,12 +417,17 @@ class Stampede:
             sample: Keys of this instance's namespace to look at (0: none).
 
         Returns:
-            The figures and the verdicts, worst first (see `Diagnosis`).
+            The figures and the verdicts, worst first (see `Diagnosis`); over
+            a Redis Cluster, a `ClusterDiagnosis` (each primary's, and the
+            cluster's verdicts). Both have ``severity``, ``exit_status``,
+            ``verdicts`` and ``as_dict()``.
 
         Raises:
             RuntimeError: the instance is embedded (it has no Redis to judge).
             ClosedError: the instance is not entered or is closed.
-            BackendError: Redis cannot be reached, or refuses ``INFO``.
+            BackendError: Redis cannot be reached, or refuses ``INFO`` (over
+                a cluster: no primary answered for the topology; a primary
+                that cannot be read is a verdict in the record).
             TypeError: *interval* is not a number.
             ValueError: *interval* is out of range, or *sample* is negative.
 
@@ -424,7 +437,15 @@ class Stampede:
             raise RuntimeError(
                 "diagnose() judges a Redis: this Stampede is embedded (made without a client)"
             )
-        client = cast("RedisBackend", self._rt.backend).client
+        backend = self._rt.backend
+        if isinstance(backend, ClusterBackend):
+            return await diagnose_cluster(
+                [node.client for node in backend.nodes()],
+                interval=interval,
+                sample=sample,
+                namespace=self._namespace,
+            )
+        client = cast("RedisBackend", backend).client
         return await diagnose(client, interval=interval, sample=sample, namespace=self._namespace)
 
     @overload
