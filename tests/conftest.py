@@ -30,7 +30,7 @@ import redis.asyncio
 from _herd import Worker
 
 from asyncstampede import Stampede
-from asyncstampede.testing import RedisServer
+from asyncstampede.testing import RedisSentinelServers, RedisServer
 
 _counter = itertools.count()
 
@@ -197,3 +197,22 @@ def notifying_server_of_each_kind(request: pytest.FixtureRequest) -> Iterator[Re
     binary = _binary_of(request.param)
     with RedisServer("--notify-keyspace-events", "K$gx", binary=binary) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def sentinel_servers() -> Iterator[RedisSentinelServers]:
+    """A primary, a replica and three sentinels shared by a module's tests.
+
+    A test may fail it over (``failover()`` leaves it whole: the old primary
+    a replica of the new); one that kills or demotes a server takes
+    `own_sentinel_servers`.
+    """
+    with RedisSentinelServers() as servers:
+        yield servers
+
+
+@pytest.fixture
+def own_sentinel_servers() -> Iterator[RedisSentinelServers]:
+    """A Sentinel-managed primary of this test's own, for tests that kill or demote a server."""
+    with RedisSentinelServers() as servers:
+        yield servers

@@ -38,6 +38,7 @@ from .listener import RedisListener
 from .mux import Multiplexer
 from .route import Route, past_breaker
 from .scripts import COMMITTED, COMMITTED_MS, committed_ms, render
+from .sentinel import close_owned, primary_watch
 from .wire import link_factory, redis_py_problems
 
 __all__ = ["RedisBackend"]
@@ -139,6 +140,15 @@ class RedisBackend:
                     else lambda now, was: hooks.emit(TransportChange(self.address, now, was))
                 ),
             )
+        # A Sentinel service's primary: followed through failovers (None
+        # for one server). It moves the connections below when it moves.
+        self._primary = primary_watch(
+            client,
+            address=self.address,
+            problems=shared.child("sentinel"),
+            on_move=self._moved,
+            reply_timeout=min(timeout, 2.0),
+        )
         self._route = Route(
             client,
             Multiplexer(
@@ -148,6 +158,7 @@ class RedisBackend:
                 budget=budget,
                 problems=self.problems,
                 on_unavailable=self.breaker.failed,
+                on_lost=None if self._primary is None else self._primary.saw,
             ),
             address=self.address,
             namespace=namespace,
@@ -160,6 +171,21 @@ class RedisBackend:
         self._execute = self._route.execute
         self._db = int(kwargs.get("db") or 0)
         self._map = self._route.map
+
+    async def _moved(self) -> None:
+        """Replace our own connections: the primary moved (a Sentinel failover).
+
+        Then load the scripts there (a promoted replica has none: Redis
+        does not replicate SCRIPT LOAD), within one budget, as at start.
+        """
+        self._mux.reconnect("the primary moved")
+        if isinstance(self.listener, RedisListener):
+            self.listener.reconnect()
+        try:
+            with anyio.move_on_after(self._budget):
+                await self._route.load_scripts(self._scripts)
+        except BackendError:
+            pass  # loaded on first use instead (a NOSCRIPT, logged then)
 
     @property
     def wake(self) -> str:
@@ -234,6 +260,8 @@ class RedisBackend:
                 "wake='auto' wakes them at the commit",
             )
         async with anyio.create_task_group() as tg:
+            if self._primary is not None:
+                tg.start_soon(self._primary.run)
             # The listener's first attempt is awaited (so the first calls
             # find their waiters woken, not polling), but only for one
             # budget: a hung Redis must not hold the app's start-up for the
@@ -283,6 +311,8 @@ class RedisBackend:
         """
         past = past_breaker.set(True)
         try:
+            if self._primary is not None:
+                await self._primary.check()  # a wrong service name is named as such
             await self._check(names)
         finally:
             past_breaker.reset(past)
@@ -541,3 +571,4 @@ class RedisBackend:
             self.listener.retire()
         if self.owns_client:
             await self._client.aclose()
+            await close_owned(self._client)  # (from_url's Sentinel: its connections)

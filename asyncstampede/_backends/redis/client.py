@@ -7,6 +7,8 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from .sentinel import check_sentinel_client, is_sentinel_url, sentinel_client_from_url
+
 __all__ = ["check_client", "client_from_url"]
 
 
@@ -17,6 +19,7 @@ def check_client(redis: object) -> None:
         TypeError: *redis* is a URL, a synchronous client, a cluster client...
 
     """
+    check_sentinel_client(redis)  # a Sentinel itself, or its replicas' client
     if isinstance(redis, Redis):
         return
     if isinstance(redis, str):
@@ -30,12 +33,15 @@ def check_client(redis: object) -> None:
         )
     raise TypeError(
         f"Stampede() takes a redis.asyncio.Redis client, not {type(redis).__module__}."
-        f"{type(redis).__qualname__} (Redis Cluster and Sentinel are not supported yet)"
+        f"{type(redis).__qualname__} (Redis Cluster is not supported yet)"
     )
 
 
 def client_from_url(url: str, *, max_connections: int, socket_timeout: float) -> Redis:
     """Return a client for *url* with a pool of *max_connections* and retried commands.
+
+    A ``redis+sentinel://`` URL gives a client of the service's primary
+    (``Sentinel.master_for``) with the same pool settings (see ``sentinel``).
 
     A plain pool behind the backend's own semaphore (see ``RedisBackend``)
     rather than a ``BlockingConnectionPool``: same guarantee, but no
@@ -46,6 +52,7 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     Raises:
         TypeError: *url* is not a str, *max_connections* not an int, or
             *socket_timeout* not a number.
+        InvalidURLError: a ``redis+sentinel://`` URL is malformed.
         ValueError: *max_connections* is below 1, or *socket_timeout* is not
             a positive number of seconds (at most a day).
 
@@ -66,11 +73,13 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
         raise ValueError(
             f"socket_timeout must be a positive number of seconds, got {socket_timeout!r}"
         )
-    pool = ConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 2.0),
-        retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 2),
-    )
+    options = {
+        "max_connections": max_connections,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 2.0),
+        "retry": Retry(ExponentialBackoff(cap=0.25, base=0.01), 2),
+    }
+    if is_sentinel_url(url):
+        return sentinel_client_from_url(url, **options)
+    pool = ConnectionPool.from_url(url, **options)
     return Redis.from_pool(pool)
