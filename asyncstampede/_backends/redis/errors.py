@@ -48,6 +48,7 @@ __all__ = [
     "describe",
     "is_refusal",
     "map_error",
+    "readonly_reply",
     "server_text",
 ]
 
@@ -235,6 +236,9 @@ def map_error(
         return BackendRefusedError(message, address=address, command=command, hint=hint)
     name = type(exc).__name__
     detail = text if text.startswith(name) or isinstance(exc, ResponseError) else f"{name}: {text}"
+    said = readonly_reply(exc)
+    if said is not None and said is not exc:  # redis-py's Sentinel connection dropped on it
+        detail = f"{server_text(said)} ({detail})"
     message = f"Redis at {where} unavailable{' for' + what if what else ''}: {detail}"
     # A TLS port answers a plain-text client by resetting the connection (a
     # restart, by contrast, closes it: "Connection closed by server").
@@ -247,6 +251,18 @@ def map_error(
             "Stampede.check() says which)"
         )
     return BackendUnavailableError(message, address=address, command=command)
+
+
+def readonly_reply(exc: BaseException) -> BaseException | None:
+    """Return the ``READONLY`` reply *exc* is, or was raised from, or None."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ReadOnlyError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def is_connection_trouble(exc: BaseException) -> bool:

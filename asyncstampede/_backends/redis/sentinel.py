@@ -39,7 +39,7 @@ import anyio.abc
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import Sentinel as SyncSentinel
 
@@ -49,7 +49,7 @@ from ..._exceptions import (
     InvalidURLError,
 )
 from ..._problems import ProblemLog
-from .errors import describe, is_connection_trouble, map_error, server_text
+from .errors import describe, is_connection_trouble, map_error, readonly_reply, server_text
 from .wire import Link, LinkFactory, link_factory
 
 __all__ = [
@@ -82,6 +82,8 @@ CHANNEL: Final = b"+switch-master"  # "<service> <old ip> <old port> <new ip> <n
 _QUIET: Final = 30.0
 # After a READONLY, the sentinels are asked again at most this often.
 _READONLY_EVERY: Final = 1.0
+# While no sentinel's announcements can be heard, they are asked this often.
+_DEAF_LOOK: Final = 1.0
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -305,29 +307,13 @@ def primary_watch(
     )
 
 
-def readonly_in(exc: BaseException) -> bool:
-    """Whether *exc*, or what it was raised from, is a ``READONLY`` reply.
-
-    redis-py's Sentinel connections answer one by dropping the connection
-    and raising ``ConnectionError("The previous master is now a slave")``
-    from inside the ``except ReadOnlyError``: the reply is its context.
-    """
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, ReadOnlyError):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
 @final
 class PrimaryWatch:
     """Follows the primary of one Sentinel service; moves a backend's connections with it.
 
-    Started by the backend (`run`); `saw` is handed what ended its request
-    connection; `check` is part of ``Stampede.check()``.
+    Started by the backend (`run`); `saw` is handed the request path's
+    errors (what ended the request connection, what a command met);
+    `check` is part of ``Stampede.check()``.
     """
 
     def __init__(
@@ -370,17 +356,23 @@ class PrimaryWatch:
             self._tg = tg
             for index in range(len(self._sentinels)):
                 tg.start_soon(self._listen, index)
+            tg.start_soon(self._look_while_deaf)
             task_status.started()
 
     def saw(self, exc: BaseException) -> None:
-        """Hear what ended the request connection: a ``READONLY`` makes the sentinels be asked."""
-        if self._tg is None or not readonly_in(exc):
+        """Hear an error of the request path: a ``READONLY`` makes the sentinels be asked.
+
+        (redis-py's Sentinel connection drops itself on that reply and
+        raises ``ConnectionError`` from it: the reply is in its context.)
+        """
+        reply = readonly_reply(exc)
+        if self._tg is None or reply is None:
             return
         now = anyio.current_time()
         if now - self._readonly_at < _READONLY_EVERY:
             return  # asked a moment ago: its answer stands
         self._readonly_at = now
-        self._tg.start_soon(self._after_readonly, server_text(exc))
+        self._tg.start_soon(self._after_readonly, server_text(reply))
 
     async def check(self) -> None:
         """Ask every sentinel about the service; raise what would stop the primary being found.
@@ -399,10 +391,10 @@ class PrimaryWatch:
             where = _sentinel_address(client)
             try:
                 state = await _master_state(client, self._service, self._timeout)
-            except ResponseError as exc:
+            except (ResponseError, AuthenticationError, AuthorizationError) as exc:
                 text = server_text(exc)
                 if "no such master" not in text.lower():
-                    raise self._refused(where, text, None) from exc
+                    raise self._refused(where, text, _hint(exc)) from exc
                 known = await _services(client, self._timeout)
                 raise self._refused(
                     where,
@@ -434,12 +426,9 @@ class PrimaryWatch:
             try:
                 await _subscribe(link, self._timeout)
                 return
-            except ResponseError as exc:
+            except (ResponseError, AuthenticationError, AuthorizationError) as exc:
                 raise self._refused(
-                    _sentinel_address(client),
-                    server_text(exc),
-                    "grant the sentinels' user +subscribe and the channel &+switch-master",
-                    command="SUBSCRIBE",
+                    _sentinel_address(client), server_text(exc), _hint(exc), command="SUBSCRIBE"
                 ) from exc
             except (RedisError, OSError, TimeoutError):
                 continue  # unreachable: check() said whether any sentinel answers
@@ -465,7 +454,6 @@ class PrimaryWatch:
         client = self._sentinels[index]
         where = _sentinel_address(client)
         backoff = 0.05
-        ever = False
         while True:
             link = self._links[index]()
             heard = False
@@ -475,21 +463,17 @@ class PrimaryWatch:
                 self.subscribed += 1
                 # What was announced while nobody listened: asked once (the
                 # first time, it only sets what is known).
-                await self._compare(client, follow=ever)
-                ever = True
+                await self._compare(client)
                 backoff = 0.05
                 await self._hear(link, client)
             except anyio.get_cancelled_exc_class():
                 raise
-            except ResponseError as exc:  # SUBSCRIBE refused (a sentinel ACL)
+            except (ResponseError, AuthenticationError, AuthorizationError) as exc:
+                # Refused (a sentinel's ACL, or its password): said once in a
+                # while; meanwhile the sentinels are asked every second.
                 self._problems.report(
-                    self._refused(
-                        where,
-                        server_text(exc),
-                        "grant the sentinels' user +subscribe and the channel &+switch-master",
-                        command="SUBSCRIBE",
-                    ),
-                    "hearing of failovers (connections move only when they fail)",
+                    self._refused(where, server_text(exc), _hint(exc), command="SUBSCRIBE"),
+                    "hearing of failovers (the sentinels are asked every second instead)",
                 )
                 backoff = 30.0
             except Exception as exc:
@@ -536,24 +520,40 @@ class PrimaryWatch:
             return None
         return words[3], int(words[4])
 
-    async def _compare(self, client: Redis, *, follow: bool) -> None:
-        """Ask *client* which primary it names; follow it if that is news (a newer epoch)."""
+    async def _compare(self, client: Redis) -> None:
+        """Ask *client* which primary it names; follow it if that is news (a newer epoch).
+
+        The first answer only sets what is known (the connections were made
+        to the primary named then).
+        """
         try:
             state = await _master_state(client, self._service, self._timeout)
         except (RedisError, OSError, TimeoutError):
-            return  # check() reports what is wrong; the announcements still come
-        epoch = int(state.get("config-epoch", 0))
-        newer = epoch > self._epoch
-        self._epoch = max(self._epoch, epoch)
+            return  # check() reports what is wrong
         if not state.get("is_master") or state.get("is_sdown") or state.get("is_odown"):
-            return
+            return  # a failover under way: its announcement (or the next look) follows
+        epoch = int(state.get("config-epoch", 0))
         target = (str(state["ip"]), int(state["port"]))
-        if not follow:
-            if self._moved_to is None:
-                self._moved_to = target  # where the connections are made now
-            return
-        if newer:
+        newer, self._epoch = epoch > self._epoch, max(self._epoch, epoch)
+        if self._moved_to is None:
+            self._moved_to = target
+        elif newer and target != self._moved_to:
             await self._follow(client, target, f"sentinel {_sentinel_address(client)} names it")
+
+    async def _look_while_deaf(self) -> None:
+        """Ask the sentinels where the primary is every `_DEAF_LOOK` s while none is heard.
+
+        (Their announcements refused by an ACL, or none reachable: a
+        failover that leaves the old primary up would otherwise go unseen
+        until the sentinels demote it, ten seconds later by their timers.)
+        """
+        while True:
+            if not self.subscribed:  # (none yet, at the start: that sets what is known)
+                for client in list(self._manager.sentinels):
+                    await self._compare(client)
+                    if self._moved_to is not None:
+                        break  # one answer is enough
+            await anyio.sleep(_DEAF_LOOK)
 
     async def _follow(self, client: Redis, target: tuple[str, int], why: str) -> None:
         """Have the pool find *target* through the sentinels, then move our connections there."""
@@ -591,6 +591,7 @@ class PrimaryWatch:
 
     async def _after_readonly(self, text: str) -> None:
         """Ask the sentinels where the primary is, and move there: a write got ``READONLY``."""
+        known = self._moved_to or self._pool.master_address  # (before it is asked again)
         try:
             with anyio.fail_after(self._timeout):
                 found = await self._pool.get_master_address()  # type: ignore[no-untyped-call]
@@ -600,7 +601,7 @@ class PrimaryWatch:
             return
         target = (str(found[0]), int(found[1]))
         async with self._following:
-            if target == self._moved_to:
+            if target == (self._moved_to or known):
                 # Demoted by something else than the sentinels (the FAILOVER
                 # command, an operator's REPLICAOF), and they have not seen
                 # it yet: writes fail (calls fail open) until they name another.
@@ -633,6 +634,21 @@ async def _subscribe(link: Link, within: float) -> None:
     confirmed = await link.read(within=within)
     if not _is_reply(confirmed, b"subscribe"):
         raise ConnectionError(f"no subscription confirmed: {confirmed!r}")
+
+
+def _hint(exc: BaseException) -> str | None:
+    """Return what to change for a sentinel's refusal."""
+    text = server_text(exc).upper()
+    if isinstance(exc, AuthenticationError | AuthorizationError) or text.startswith(
+        ("NOAUTH", "WRONGPASS")
+    ):
+        return (
+            "give the sentinels' own login: ?sentinel_password=... (and sentinel_username=) "
+            "in the redis+sentinel:// URL, or Sentinel(..., sentinel_kwargs={'password': ...})"
+        )
+    if text.startswith("NOPERM"):
+        return "grant the sentinels' user +subscribe and the channel &+switch-master"
+    return None
 
 
 def _is_reply(message: Any, kind: bytes) -> bool:
