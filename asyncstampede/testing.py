@@ -597,6 +597,7 @@ class _SentinelProcess:
 
     def start(self, deadline: float) -> None:
         """Start on a free port and shorten its timers; raise RuntimeError if it never answers."""
+        said = ""
         for _attempt in range(5):
             self._dir = tempfile.TemporaryDirectory(prefix="asyncstampede-sentinel-")
             self.port = _free_port()
@@ -614,8 +615,10 @@ class _SentinelProcess:
             if self._answers(deadline):
                 self._shorten_timers()
                 return
+            said = Path(self._dir.name, "sentinel.log").read_text(errors="replace").strip()
             self.stop()
-        raise RuntimeError(f"{self._binary} --sentinel did not start on a free loopback port")
+        last = "\n".join(said.splitlines()[-5:])
+        raise RuntimeError(f"{self._binary} --sentinel did not start; its last words:\n{last}")
 
     def _answers(self, deadline: float) -> bool:
         while time.monotonic() < deadline:

@@ -26,9 +26,9 @@ from redis.asyncio.sentinel import Sentinel
 from asyncstampede import BackendRefusedError, InvalidURLError, Stampede
 from asyncstampede._backends.redis.backend import RedisBackend
 from asyncstampede._backends.redis.errors import describe
-from asyncstampede._backends.redis.sentinel import parse_sentinel_url
+from asyncstampede._backends.redis.sentinel import SENTINEL_ACL, parse_sentinel_url
 from asyncstampede._keys import make_names
-from asyncstampede.testing import RedisSentinelServers
+from asyncstampede.testing import RedisSentinelServers, RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -503,3 +503,53 @@ async def test_valkey_sentinels_are_followed_too(namespace: str) -> None:
             assert describe(backend.address) == f"sentinel:mymaster/0 (primary {new[0]}:{new[1]})"
             assert await _compute_once(cache, "before") == ({"calls": 1}, {"calls": 1})  # kept
             assert await _compute_once(cache, "after") == ({"calls": 1}, {"calls": 1})
+
+
+async def test_sentinels_with_a_login_of_their_own_and_the_least_acl(namespace: str) -> None:
+    """The URL's sentinel_username/password reach the sentinels; SENTINEL_ACL is all it needs."""
+    user = f"user cache on >pw {SENTINEL_ACL}"
+    with RedisSentinelServers(sentinel_config=user) as servers:
+        url = f"{servers.url}?sentinel_username=cache&sentinel_password=pw"
+        async with Stampede.from_url(url, namespace=namespace, check=True) as cache:
+            assert await _compute_once(cache, "a") == ({"calls": 1}, {"calls": 1})
+            backend = cache._rt.backend
+            assert isinstance(backend, RedisBackend)
+            watch = backend._primary
+            assert watch is not None
+            await until(lambda: watch.subscribed == len(servers.sentinels))
+        wrong = Stampede.from_url(url.replace("=pw", "=nope"), namespace=namespace)
+        with pytest.raises(BackendRefusedError, match="sentinel_password") as e:
+            async with wrong:
+                await wrong.check()
+        assert "nope" not in str(e.value)
+
+
+async def test_readonly_on_a_plain_client_fails_open_and_leaves_the_breaker_closed(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any client on a replica: hits are served, a miss fails open, READONLY is logged as said.
+
+    (The breaker used to open on it and flap: its probe, a read, is
+    answered by the replica.)
+    """
+    fast_sync = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
+    with RedisServer(*fast_sync) as server:
+        replica = RedisServer("--replicaof", "127.0.0.1", str(server.port))
+        primary = redis.Redis(port=server.port)
+        try:
+            async with Stampede.from_url(server.url, namespace=namespace) as writer:
+                await _compute_once(writer, "stored")
+            with replica:
+                # (WAIT: the value has reached the replica.)
+                assert await anyio.to_thread.run_sync(primary.wait, 1, 10_000) == 1
+                async with Stampede.from_url(replica.url, namespace=namespace) as cache:
+                    with caplog.at_level(logging.WARNING, "asyncstampede"):
+                        stored = await _compute_once(cache, "stored")
+                        missing = await _compute_once(cache, "missing")
+                    assert (stored, missing) == (({"calls": 1},) * 2, ({"calls": 1}, {"calls": 2}))
+                    stats = cache.statistics()
+                    assert (stats.breaker, stats.breaker_opens, stats.hits) == ("closed", 0, 2)
+                    said = " ".join(r.getMessage() for r in caplog.records)
+                    assert "READONLY You can't write against a read only replica" in said
+        finally:
+            primary.close()

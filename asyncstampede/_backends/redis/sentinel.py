@@ -53,6 +53,7 @@ from .errors import describe, is_connection_trouble, map_error, readonly_reply, 
 from .wire import Link, LinkFactory, link_factory
 
 __all__ = [
+    "SENTINEL_ACL",
     "PrimaryWatch",
     "SentinelURL",
     "close_owned",
@@ -76,6 +77,12 @@ _SENTINEL_LOGIN: Final = ("sentinel_username", "sentinel_password")
 _TLS_OPTIONS: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 _CERT_REQS: Final = ("none", "optional", "required")
 
+# What a client needs of the sentinels, as ACL rules for their user (a
+# sentinel of Redis 6.2 or later; redis-py's CLIENT SETINFO may be refused).
+SENTINEL_ACL: Final = (
+    "resetchannels &+switch-master -@all +hello +ping +auth "
+    "+sentinel|masters +sentinel|master +subscribe"
+)
 CHANNEL: Final = b"+switch-master"  # "<service> <old ip> <old port> <new ip> <new port>"
 # A subscribed sentinel connection silent this long is pinged; a ping
 # unanswered as long again ends it (it is made anew).
