@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import anyio
 from redis.asyncio import Redis
 
+from ._backends.redis.sentinel import close_owned, is_sentinel_url, sentinel_client_from_url
 from ._doctor import Diagnosis, check_interval, diagnose
 from ._exceptions import BackendError, BackendRefusedError
 from ._keys import validate_namespace
@@ -213,13 +214,18 @@ def _cannot(exc: Exception) -> tuple[int, str | None]:
 async def _diagnose(
     url: str, interval: float, sample: int, namespace: str | None, wake: bool
 ) -> Diagnosis:
-    client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    client = (
+        sentinel_client_from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        if is_sentinel_url(url)  # (the primary its sentinels name)
+        else Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    )
     try:
         return await diagnose(
             client, interval=interval, sample=sample, namespace=namespace, wake=wake
         )
     finally:
         await client.aclose()
+        await close_owned(client)
 
 
 _COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[31;1m"}

@@ -11,6 +11,7 @@ computes once and is woken by a push again.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from _herd import Worker
 from redis.asyncio.sentinel import Sentinel
 
 from asyncstampede import BackendRefusedError, InvalidURLError, Stampede
+from asyncstampede.__main__ import main
 from asyncstampede._backends.redis.backend import RedisBackend
 from asyncstampede._backends.redis.errors import describe
 from asyncstampede._backends.redis.sentinel import SENTINEL_ACL, parse_sentinel_url
@@ -553,3 +555,17 @@ async def test_readonly_on_a_plain_client_fails_open_and_leaves_the_breaker_clos
                     assert "READONLY You can't write against a read only replica" in said
         finally:
             primary.close()
+
+
+def test_the_doctor_reads_a_sentinel_url(
+    sentinel_servers: RedisSentinelServers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """asyncstampede doctor redis+sentinel://...: the primary's figures, named by the service."""
+    main(["doctor", sentinel_servers.url, "--json", "--interval", "0", "--sample", "0"])
+    said = json.loads(capsys.readouterr().out)
+    assert said["address"] == "sentinel:mymaster/0", said
+    assert said["figures"]["wake"]["transport"] == "tracking"
+    assert main(["doctor", "redis+sentinel://:hunter2@h:abc/x", "--interval", "0"]) == 3
+    error = capsys.readouterr().err
+    assert "bad port 'abc'" in error
+    assert "hunter2" not in error

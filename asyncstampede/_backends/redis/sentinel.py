@@ -19,10 +19,11 @@ one announces a new primary for the service it has the pool ask again
 and tells its backend to replace its own connections (``on_move``): the
 request connection's commands in flight are sent again on the pool, and
 every waiter looks at its lock again, on the new primary. A ``READONLY``
-reply (a demoted primary that stayed up, where the sentinels' own
-``CLIENT KILL`` did not reach our connection) does the same: redis-py
-drops the connection that got it, and the watch asks the sentinels and
-moves the rest.
+reply (a primary demoted behind the sentinels' backs, where nothing
+dropped our connections) makes redis-py drop the connection that got it;
+the watch then asks the sentinels, and moves the rest if they name
+another primary. Where no sentinel's announcements can be heard (an ACL
+refuses them, none is reachable) the sentinels are asked every second.
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ __all__ = [
     "SENTINEL_ACL",
     "PrimaryWatch",
     "SentinelURL",
+    "check_sentinel_client",
     "close_owned",
     "is_sentinel_url",
     "parse_sentinel_url",
     "primary_watch",
-    "check_sentinel_client",
     "sentinel_client_from_url",
 ]
 
@@ -379,7 +380,7 @@ class PrimaryWatch:
         if now - self._readonly_at < _READONLY_EVERY:
             return  # asked a moment ago: its answer stands
         self._readonly_at = now
-        self._tg.start_soon(self._after_readonly, server_text(reply))
+        self._tg.start_soon(_logged, self._after_readonly(server_text(reply)))
 
     async def check(self) -> None:
         """Ask every sentinel about the service; raise what would stop the primary being found.
@@ -556,10 +557,13 @@ class PrimaryWatch:
         """
         while True:
             if not self.subscribed:  # (none yet, at the start: that sets what is known)
-                for client in list(self._manager.sentinels):
-                    await self._compare(client)
-                    if self._moved_to is not None:
-                        break  # one answer is enough
+                try:
+                    for client in list(self._manager.sentinels):
+                        await self._compare(client)
+                        if self._moved_to is not None:
+                            break  # one answer is enough
+                except Exception:  # a bug: logged, and never the instance's end
+                    log.exception("asyncstampede: asking the sentinels failed")
             await anyio.sleep(_DEAF_LOOK)
 
     async def _follow(self, client: Redis, target: tuple[str, int], why: str) -> None:
@@ -641,6 +645,14 @@ async def _subscribe(link: Link, within: float) -> None:
     confirmed = await link.read(within=within)
     if not _is_reply(confirmed, b"subscribe"):
         raise ConnectionError(f"no subscription confirmed: {confirmed!r}")
+
+
+async def _logged(work: Awaitable[None]) -> None:
+    """Run *work*; a bug in it is logged, never the instance's end."""
+    try:
+        await work
+    except Exception:
+        log.exception("asyncstampede: following the primary failed")
 
 
 def _hint(exc: BaseException) -> str | None:
