@@ -325,7 +325,10 @@ class Stampede:
         One of each: ``PING``, a read, loading the scripts, a lock taken on
         a probe key of the namespace (``<namespace>:{asyncstampede:check}:l``,
         held for at most a second) and released, and the handshake of the
-        connections that watch locks. Embedded mode has nothing to check.
+        connections that watch locks. For a Sentinel-managed primary, first
+        that the sentinels monitor the service, name a primary that is up,
+        and let their announcements be heard. Embedded mode has nothing to
+        check.
 
         Raises:
             BackendRefusedError: Redis refused something (the message has its
