@@ -11,6 +11,7 @@ from ._exceptions import CircuitOpenError as CircuitOpenError
 from ._exceptions import ClosedError as ClosedError
 from ._exceptions import ComputeFailedError as ComputeFailedError
 from ._exceptions import ComputeTimeoutError as ComputeTimeoutError
+from ._exceptions import InvalidURLError as InvalidURLError
 from ._exceptions import MissingFromBatchError as MissingFromBatchError
 from ._exceptions import ReentrantCallError as ReentrantCallError
 from ._exceptions import SerializationError as SerializationError
@@ -34,6 +35,7 @@ __all__ = [
     "ComputeFailedError",
     "ComputeTimeoutError",
     "Freshness",
+    "InvalidURLError",
     "MissingFromBatchError",
     "NodeStatistics",
     "ReentrantCallError",

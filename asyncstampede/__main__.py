@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import anyio
 from redis.asyncio import Redis
 
+from ._backends.redis.sentinel import close_owned, is_sentinel_url, sentinel_client_from_url
 from ._doctor import (
     ClusterDiagnosis,
     ClusterNode,
@@ -250,9 +251,14 @@ async def _diagnose(
     """Judge the server at *url*, or its whole cluster; say whether a cluster was found unasked.
 
     *cluster*: True, the server is a Redis Cluster node (else it cannot be
-    judged); False, judge this node only; None, ask the server.
+    judged); False, judge this node only; None, ask the server. A
+    ``redis+sentinel://`` URL judges the primary its sentinels name.
     """
-    client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    client = (
+        sentinel_client_from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        if is_sentinel_url(url)  # (the primary its sentinels name)
+        else Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    )
     try:
         detected = False
         if cluster is None:
@@ -269,6 +275,7 @@ async def _diagnose(
         return found, detected
     finally:
         await client.aclose()
+        await close_owned(client)
 
 
 _COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[31;1m"}

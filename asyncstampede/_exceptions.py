@@ -19,6 +19,7 @@ __all__ = [
     "ClosedError",
     "ComputeFailedError",
     "ComputeTimeoutError",
+    "InvalidURLError",
     "MissingFromBatchError",
     "ReentrantCallError",
     "SerializationError",
@@ -31,6 +32,13 @@ __all__ = [
 
 class StampedeError(Exception):
     """Root of every error asyncstampede raises on its own account."""
+
+
+class InvalidURLError(StampedeError, ValueError):
+    """Raised when a Redis URL given to ``from_url`` is malformed; the message shows the right form.
+
+    The message never repeats a password the URL held.
+    """
 
 
 class SerializationError(StampedeError, TypeError):

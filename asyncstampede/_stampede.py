@@ -81,12 +81,13 @@ class Stampede:
 
     Args:
         redis: A ``redis.asyncio.Redis`` client created with
-            ``decode_responses=False``, or a ``redis.asyncio.RedisCluster``
-            for a Redis Cluster (only its nodes and connection settings are
-            used: asyncstampede reads the topology and talks to each
-            primary itself, see the deployment guide). ``None`` selects
-            embedded mode: an in-process store with the same API and
-            semantics.
+            ``decode_responses=False``, a Sentinel-managed primary's
+            (``redis.asyncio.sentinel.Sentinel(...).master_for(name)``), or
+            a ``redis.asyncio.RedisCluster`` for a Redis Cluster (only its
+            nodes and connection settings are used: asyncstampede reads the
+            topology and talks to each primary itself, see the operations
+            guide). ``None`` selects embedded mode: an in-process store with
+            the same API and semantics.
         namespace: Prefix of every Redis key this instance touches.
         lock_ttl: Seconds a compute lock lives unless extended. The holder
             extends it every third of that while its compute runs, so it is
@@ -171,7 +172,8 @@ class Stampede:
 
     Raises:
         TypeError: *redis* is not a ``redis.asyncio.Redis`` client (a URL, a
-            synchronous client, a cluster client...), or *fail_open* or
+            synchronous client, a cluster client, a ``Sentinel`` itself or a
+            client of its replicas...), or *fail_open* or
             *check* or *share_values* is not a bool.
         ValueError: a setting is out of range, or the client decodes responses.
 
@@ -262,8 +264,32 @@ class Stampede:
         free connection instead of failing, and a failed command is retried.
         The client is closed with the instance.
 
+        A Sentinel-managed primary is named by its sentinels and service:
+        ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``
+        (``rediss+sentinel://`` for TLS, to the sentinels and the servers
+        alike). The user and password are the servers' (the primary's and
+        its replicas'); a port left out is 26379. Query parameters:
+        ``sentinel_username`` and ``sentinel_password`` (the sentinels' own
+        login, where they have one) and, with ``rediss+sentinel://``,
+        ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and
+        ``ssl_cert_reqs`` (``none``, ``optional``, ``required``). Percent-encode
+        a ``@``, ``:``, ``/``, ``,``, ``?`` or ``#`` in a name or password.
+        The client is ``Sentinel(...).master_for(service_name)`` with the
+        pool limit, timeouts and retries above; the instance follows the
+        primary through failovers (see the operations guide, "Redis Sentinel").
+
+        Example:
+            ```python
+            Stampede.from_url("redis://10.0.0.5:6379/0", namespace="app")
+            Stampede.from_url(
+                "redis+sentinel://:secret@10.0.0.7:26379,10.0.0.8:26379/mymaster/0",
+                namespace="app",
+            )
+            ```
+
         Args:
-            url: A ``redis://``, ``rediss://`` or ``unix://`` URL; with
+            url: A ``redis://``, ``rediss://`` or ``unix://`` URL, or a
+                ``redis+sentinel://`` or ``rediss+sentinel://`` one; with
                 *cluster*, the URL of any node of the cluster.
             max_connections: Size of the connection pool (per primary, on a
                 Redis Cluster).
@@ -276,6 +302,9 @@ class Stampede:
         Raises:
             TypeError: *url* is not a str, *max_connections* is not an int, a
                 setting has the wrong type, or is not a setting of `Stampede`.
+            InvalidURLError: a ``redis+sentinel://`` URL is malformed (no
+                service name, a bad port...); the message shows the form, and
+                never the password.
             ValueError: *max_connections* is below 1, *socket_timeout* is not a
                 positive number, or a setting is out of range.
 
@@ -307,7 +336,10 @@ class Stampede:
         One of each: ``PING``, a read, loading the scripts, a lock taken on
         a probe key of the namespace (``<namespace>:{asyncstampede:check}:l``,
         held for at most a second) and released, and the handshake of the
-        connections that watch locks. Embedded mode has nothing to check.
+        connections that watch locks. For a Sentinel-managed primary, first
+        that the sentinels monitor the service, name a primary that is up,
+        and let their announcements be heard. Embedded mode has nothing to
+        check.
 
         Raises:
             BackendRefusedError: Redis refused something (the message has its

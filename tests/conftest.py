@@ -34,7 +34,7 @@ import redis.asyncio
 from _herd import Worker
 
 from asyncstampede import Stampede
-from asyncstampede.testing import RedisClusterServers, RedisServer
+from asyncstampede.testing import RedisClusterServers, RedisSentinelServers, RedisServer
 
 _counter = itertools.count()
 
@@ -230,4 +230,23 @@ def failover_cluster() -> Iterator[RedisClusterServers]:
     over in about 2 s.
     """
     with RedisClusterServers(3, 1, binary=_binary_of("redis-7"), node_timeout_ms=500) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def sentinel_servers() -> Iterator[RedisSentinelServers]:
+    """A primary, a replica and three sentinels shared by a module's tests.
+
+    A test may fail it over (``failover()`` leaves it whole: the old primary
+    a replica of the new); one that kills or demotes a server takes
+    `own_sentinel_servers`.
+    """
+    with RedisSentinelServers() as servers:
+        yield servers
+
+
+@pytest.fixture
+def own_sentinel_servers() -> Iterator[RedisSentinelServers]:
+    """A Sentinel-managed primary of this test's own, for tests that kill or demote a server."""
+    with RedisSentinelServers() as servers:
         yield servers

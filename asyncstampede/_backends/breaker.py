@@ -85,6 +85,7 @@ class Breaker:
         "_on_change",
         "_opened_at",
         "_reason",
+        "_soon",
         "_wake",
         "on_close",
         "opens",
@@ -116,6 +117,11 @@ class Breaker:
         self._opened_at = 0.0
         self._reason = ""
         self._wake = anyio.Event()
+        self._soon = anyio.Event()  # set by probe_soon: the pause before the next probe ends
+
+    def probe_soon(self) -> None:
+        """Have an open breaker probe now, not after its pause: the server to ask changed."""
+        self._soon.set()
 
     def skip(self, command: str) -> CircuitOpenError:
         """Count a command not sent, and return the error to raise for it."""
@@ -156,7 +162,9 @@ class Breaker:
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 continue
-            await anyio.sleep(pause * (0.75 + random.random() / 2))
+            with anyio.move_on_after(pause * (0.75 + random.random() / 2)):
+                await self._soon.wait()
+            self._soon = anyio.Event()
             self.state = "half-open"  # (not an event: the breaker is still open to callers)
             started = anyio.current_time()
             try:

@@ -39,6 +39,7 @@ from .listener import RedisListener
 from .mux import Multiplexer
 from .route import Route, past_breaker
 from .scripts import COMMITTED, COMMITTED_MS, committed_ms, render
+from .sentinel import close_owned, primary_watch
 from .wire import link_factory, redis_py_problems
 
 __all__ = ["ClusterNodeRole", "RedisBackend"]
@@ -160,6 +161,15 @@ class RedisBackend:
                 sharded=node is not None and node.publish == "SPUBLISH",
                 registry=None if node is None else node.registry,
             )
+        # A Sentinel service's primary: followed through failovers (None
+        # for one server). It moves the connections below when it moves.
+        self._primary = primary_watch(
+            client,
+            address=self.address,
+            problems=shared.child("sentinel"),
+            on_move=self._moved,
+            reply_timeout=min(timeout, 2.0),
+        )
         self._route = Route(
             client,
             Multiplexer(
@@ -169,12 +179,14 @@ class RedisBackend:
                 budget=budget,
                 problems=self.problems,
                 on_unavailable=self.breaker.failed,
+                on_lost=None if self._primary is None else self._primary.saw,
             ),
             address=self.address,
             namespace=namespace,
             problems=self.problems,
             breaker=self.breaker,
             budget=budget,
+            on_error=None if self._primary is None else self._primary.saw,
         )
         self._mux = self._route.mux
         self._send = self._route.send
@@ -186,6 +198,25 @@ class RedisBackend:
         self.listener.recheck_all()
         if self._node is not None:
             self._node.on_breaker_change()
+
+    async def _moved(self) -> None:
+        """Replace our own connections: the primary moved (a Sentinel failover).
+
+        Then load the scripts there (a promoted replica has none: Redis
+        does not replicate SCRIPT LOAD), within one budget, as at start.
+        """
+        self._mux.reconnect("the primary moved")
+        if isinstance(self.listener, RedisListener):
+            self.listener.reconnect()
+        self.breaker.probe_soon()  # open for the old primary, maybe: ask the new one now
+        past = past_breaker.set(True)  # (the breaker may still be open: the probe decides)
+        try:
+            with anyio.move_on_after(self._budget):
+                await self._route.load_scripts(self._scripts)
+        except BackendError:
+            pass  # loaded on first use instead (a NOSCRIPT, logged then)
+        finally:
+            past_breaker.reset(past)
 
     @property
     def wake(self) -> str:
@@ -260,6 +291,8 @@ class RedisBackend:
                 "wake='auto' wakes them at the commit",
             )
         async with anyio.create_task_group() as tg:
+            if self._primary is not None:
+                tg.start_soon(self._primary.run)
             # The listener's first attempt is awaited (so the first calls
             # find their waiters woken, not polling), but only for one
             # budget: a hung Redis must not hold the app's start-up for the
@@ -309,6 +342,8 @@ class RedisBackend:
         """
         past = past_breaker.set(True)
         try:
+            if self._primary is not None:
+                await self._primary.check()  # a wrong service name is named as such
             await self._check(names)
         finally:
             past_breaker.reset(past)
@@ -566,3 +601,4 @@ class RedisBackend:
             self.listener.retire()
         if self.owns_client:
             await self._client.aclose()
+            await close_owned(self._client)  # (from_url's Sentinel: its connections)

@@ -7,6 +7,8 @@ from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from .sentinel import check_sentinel_client, is_sentinel_url, sentinel_client_from_url
+
 __all__ = ["check_client", "client_from_url", "cluster_from_url"]
 
 
@@ -17,6 +19,7 @@ def check_client(redis: object) -> None:
         TypeError: *redis* is a URL, a synchronous client...
 
     """
+    check_sentinel_client(redis)  # a Sentinel itself, or its replicas' client
     if isinstance(redis, Redis | RedisCluster):
         return
     if isinstance(redis, str):
@@ -37,6 +40,9 @@ def check_client(redis: object) -> None:
 def client_from_url(url: str, *, max_connections: int, socket_timeout: float) -> Redis:
     """Return a client for *url* with a pool of *max_connections* and retried commands.
 
+    A ``redis+sentinel://`` URL gives a client of the service's primary
+    (``Sentinel.master_for``) with the same pool settings (see ``sentinel``).
+
     A plain pool behind the backend's own semaphore (see ``RedisBackend``)
     rather than a ``BlockingConnectionPool``: same guarantee, but no
     ``asyncio.Condition`` round on every command, which cost 5-10% of a
@@ -46,6 +52,7 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     Raises:
         TypeError: *url* is not a str, *max_connections* not an int, or
             *socket_timeout* not a number.
+        InvalidURLError: a ``redis+sentinel://`` URL is malformed.
         ValueError: *max_connections* is below 1, or *socket_timeout* is not
             a positive number of seconds (at most a day).
 
@@ -66,13 +73,15 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
         raise ValueError(
             f"socket_timeout must be a positive number of seconds, got {socket_timeout!r}"
         )
-    pool = ConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 2.0),
-        retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), 2),
-    )
+    options = {
+        "max_connections": max_connections,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 2.0),
+        "retry": Retry(ExponentialBackoff(cap=0.25, base=0.01), 2),
+    }
+    if is_sentinel_url(url):
+        return sentinel_client_from_url(url, **options)
+    pool = ConnectionPool.from_url(url, **options)
     return Redis.from_pool(pool)
 
 
@@ -84,9 +93,15 @@ def cluster_from_url(url: str, *, max_connections: int, socket_timeout: float) -
     with a pool of *max_connections* per primary.
 
     Raises:
-        TypeError, ValueError: as `client_from_url`.
+        TypeError, ValueError: as `client_from_url`, or *url* is a
+            ``redis+sentinel://`` one (Sentinel watches one primary, not a cluster).
 
     """
+    if isinstance(url, str) and is_sentinel_url(url):
+        raise ValueError(
+            "cluster=True takes the URL of a node of the cluster (redis:// or rediss://); "
+            "for Sentinel, give the redis+sentinel:// URL without cluster=True"
+        )
     client_from_url(url, max_connections=max_connections, socket_timeout=socket_timeout)
     return RedisCluster.from_url(
         url,

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+from collections.abc import Callable
 from typing import Any, Final
 
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AskError,
     AuthenticationError,
@@ -42,11 +44,14 @@ __all__ = [
     "BASE_ACL",
     "MINIMUM_ACL",
     "WAKE_ACL",
+    "PrimaryAddress",
     "Redirected",
     "is_connection_trouble",
     "address_of",
+    "describe",
     "is_refusal",
     "map_error",
+    "readonly_reply",
     "server_text",
 ]
 
@@ -111,9 +116,50 @@ class Redirected(BackendUnavailableError):
         self.ask = ask
 
 
+class PrimaryAddress(str):
+    """The address of a primary the sentinels name: one string, whichever server that is now.
+
+    The string (``sentinel:<service>/<db>``) is what metrics, log fields and
+    `BackendError.address` carry, so a failover starts no new series;
+    `described` adds the server the sentinels named last, for messages.
+    """
+
+    _current: Callable[[], object] | None
+
+    def __new__(cls, text: str, current: Callable[[], object] | None = None) -> PrimaryAddress:
+        self = super().__new__(cls, text)
+        self._current = current  # -> (host, port), or None before the first connection
+        return self
+
+    def described(self) -> str:
+        """Return the address with the primary now named: ``sentinel:app/0 (primary h:p)``."""
+        try:
+            now = self._current() if self._current is not None else None
+        except ReferenceError:  # the pool is gone
+            now = None
+        if isinstance(now, tuple) and len(now) == 2:
+            return f"{self} (primary {now[0]}:{now[1]})"
+        return f"{self} (primary not resolved yet)"
+
+
+def describe(address: str) -> str:
+    """Return *address* as messages show it (a Sentinel service with its primary now)."""
+    return address.described() if isinstance(address, PrimaryAddress) else address
+
+
 def address_of(connection_kwargs: dict[str, Any]) -> str:
-    """Return ``host:port/db`` (or the socket path) from a redis-py pool's connection kwargs."""
+    """Return ``host:port/db`` (or the socket path) from a redis-py pool's connection kwargs.
+
+    For a Sentinel-managed pool (whose connections find the primary by
+    asking the sentinels), a `PrimaryAddress` naming the service.
+    """
     db = connection_kwargs.get("db", 0) or 0
+    pool = connection_kwargs.get("connection_pool")  # (a weak proxy to the pool)
+    service = getattr(pool, "service_name", None)
+    if isinstance(service, str):
+        return PrimaryAddress(
+            f"sentinel:{service}/{db}", lambda: getattr(pool, "master_address", None)
+        )
     path = connection_kwargs.get("path")
     if path:
         return f"{path}/{db}"
@@ -211,6 +257,7 @@ def map_error(
         return exc
     text = server_text(exc)
     what = f" {command.upper()}" if command else ""
+    where = describe(address)
     if isinstance(exc, AskError):  # (MovedError is one: an ASK that stays)
         return Redirected(
             f"Redis at {address} answered{what}: {text} (its hash slot is served elsewhere)",
@@ -226,18 +273,39 @@ def map_error(
         # connection, whatever command was about to go out on it.
         if isinstance(exc, RedisConnectionError) or not what:
             what, command = " the connection", None
-        message = f"Redis at {address} refused{what}: {text}"
+        message = f"Redis at {where} refused{what}: {text}"
         if hint:
             message += f" ({hint})"
         return BackendRefusedError(message, address=address, command=command, hint=hint)
     name = type(exc).__name__
     detail = text if text.startswith(name) or isinstance(exc, ResponseError) else f"{name}: {text}"
-    message = f"Redis at {address} unavailable{' for' + what if what else ''}: {detail}"
+    said = readonly_reply(exc)
+    if said is not None and said is not exc:  # redis-py's Sentinel connection dropped on it
+        detail = f"{server_text(said)} ({detail})"
+    message = f"Redis at {where} unavailable{' for' + what if what else ''}: {detail}"
     # A TLS port answers a plain-text client by resetting the connection (a
     # restart, by contrast, closes it: "Connection closed by server").
     if isinstance(exc, RedisError) and "connection reset" in text.lower():
         message += " (if the server expects TLS, use a rediss:// URL)"
+    if isinstance(exc, MasterNotFoundError):
+        message += (
+            " (no sentinel names a primary for the service now: a failover under way, "
+            "no sentinel reachable, or a service name they do not monitor; "
+            "Stampede.check() says which)"
+        )
     return BackendUnavailableError(message, address=address, command=command)
+
+
+def readonly_reply(exc: BaseException) -> BaseException | None:
+    """Return the ``READONLY`` reply *exc* is, or was raised from, or None."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ReadOnlyError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def is_connection_trouble(exc: BaseException) -> bool:

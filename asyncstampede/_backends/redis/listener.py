@@ -99,6 +99,8 @@ class RedisListener(Listener):
         self._refusals: dict[str, BackendRefusedError] = {}  # transport -> its last refusal
         self._polling_since: float | None = None  # every transport refused since then
         self._polling_said: float | None = None  # the spell of polling last logged
+        self._moves = 0  # reconnect() calls: a transport opened across one is opened again
+        self._woken = anyio.Event()  # set by reconnect(): a pause before reconnecting ends
 
     @property
     def transport(self) -> str | None:
@@ -119,6 +121,18 @@ class RedisListener(Listener):
             super().recheck_all()
         else:
             self._registry.recheck_all()
+
+    def reconnect(self) -> None:
+        """Open the transport again now: the server it reached is not the one to use any more.
+
+        Every waiter looks at its lock again (on the new connections, or on
+        the request path meanwhile).
+        """
+        self._moves += 1
+        self._woken.set()
+        serving = self._serving
+        if serving is not None:
+            serving.stop()
 
     def forget(self, name: bytes) -> None:
         """See `Listener.forget`."""
@@ -180,11 +194,20 @@ class RedisListener(Listener):
             if lost is None:  # every transport refused: waiters poll meanwhile
                 self._say_polling()
                 self._announce(None)
-                await anyio.sleep(_REPROBE_AFTER)
+                await self._pause(_REPROBE_AFTER)
                 continue
             was_up = was_up or lost
-            await anyio.sleep(backoff * (0.5 + random.random()))
-            backoff = 0.05 if lost else min(backoff * 2, 2.0)
+            woken = await self._pause(backoff * (0.5 + random.random()))
+            backoff = 0.05 if lost or woken else min(backoff * 2, 2.0)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep *seconds*, or less if `reconnect` is called; return whether it was."""
+        with anyio.move_on_after(seconds):
+            await self._woken.wait()
+        woken = self._woken.is_set()
+        if woken:
+            self._woken = anyio.Event()
+        return woken
 
     async def _serve_first_allowed(
         self, was_up: bool, task_status: anyio.abc.TaskStatus[None] | None
@@ -198,12 +221,15 @@ class RedisListener(Listener):
         try:
             for kind in self._order:
                 transport = TRANSPORTS[kind](self._registry, self._config)
+                moves = self._moves
                 try:
                     try:
                         await transport.open()
                     except BackendRefusedError as exc:
                         self._refused(kind, exc)
                         continue
+                    if self._moves != moves:
+                        return True  # opened on the server we move away from: again
                     self._serving = transport
                     self._ever_up = True
                     self._polling_since = None

@@ -69,6 +69,10 @@ class NoReply(Exception):
     """No reply came before the command's deadline (it may still have run)."""
 
 
+class _Moved(Exception):
+    """The connection was replaced on purpose (`Multiplexer.reconnect`): not a failure."""
+
+
 class Lost(RedisError):
     """The connection was lost with the command in flight; *deadline* is still the command's.
 
@@ -79,6 +83,15 @@ class Lost(RedisError):
         super().__init__("the connection was lost with this command in flight")
         self.deadline = deadline
         self.closing = closing
+
+
+def _moved_in(exc: BaseException) -> bool:
+    """Whether *exc* is, or holds (a task group's), a `_Moved`."""
+    if isinstance(exc, _Moved):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_moved_in(inner) for inner in exc.exceptions)
+    return False
 
 
 class _Slot:
@@ -106,8 +119,15 @@ class Multiplexer:
         budget: float = 0.5,
         problems: ProblemLog | None = None,
         on_unavailable: Callable[[BackendError], None] | None = None,
+        on_lost: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._address = address
+        # Told what ended a connection that was up (a Sentinel client looks
+        # for READONLY in it: a demoted primary).
+        self._on_lost = on_lost
+        self._moves = 0  # reconnect() calls: a connection made across one is made again
+        self._moved: str | None = None  # why the session must end now (see reconnect)
+        self._woken = asyncio.Event()  # set by reconnect(): a pause before reconnecting ends
         # Told when Redis falls silent, or cannot be connected to again.
         self._on_unavailable = on_unavailable
         self._problems = problems if problems is not None else ProblemLog()
@@ -134,6 +154,17 @@ class Multiplexer:
     def connected(self) -> bool:
         """Whether commands go through this connection now."""
         return self._writer is not None
+
+    def reconnect(self, why: str) -> None:
+        """Replace the connection now: the server it reached is not the one to use any more.
+
+        Its commands in flight go to the pool, and the next connection is
+        made at once (one being made now is made again).
+        """
+        self._moves += 1
+        self._moved = why
+        self._wake_watchdog.set()
+        self._woken.set()
 
     async def execute(self, *args: Any, deadline: float | None = None) -> Any:
         """Send one command and return its reply, or `UNAVAILABLE`.
@@ -260,8 +291,10 @@ class Multiplexer:
         while True:
             link = self._new_link()
             connected = False
+            moves = self._moves
             try:
                 await link.connect(self._timeout)
+                self._moved_since(moves)
                 writer = link.writer()
                 if writer is None:
                     log.error("asyncstampede: cannot pipeline on this connection; using the pool")
@@ -278,7 +311,7 @@ class Multiplexer:
                     started = True
                     task_status.started()
                 backoff = 0.05
-                self._silent = None
+                self._silent = self._moved = None
                 self._wake_watchdog = asyncio.Event()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watchdog)
@@ -287,6 +320,11 @@ class Multiplexer:
                 closing = True
                 raise
             except Exception as exc:
+                if _moved_in(exc):  # replaced on purpose: connect again at once
+                    log.debug("asyncstampede request connection replaced: %r", exc)
+                    continue
+                if connected and self._on_lost is not None:
+                    self._on_lost(exc)
                 if not connected:
                     self.connect_errors += 1
                 if not is_connection_trouble(exc):
@@ -325,8 +363,18 @@ class Multiplexer:
             if not started:
                 started = True
                 task_status.started()
-            await anyio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
+            with anyio.move_on_after(backoff * (0.5 + random.random())):
+                await self._woken.wait()  # (a reconnect: the server to reach changed)
+            if self._woken.is_set():
+                self._woken = asyncio.Event()
+                backoff = 0.05
+            else:
+                backoff = min(backoff * 2, 2.0) if backoff < 2.0 else backoff
+
+    def _moved_since(self, moves: int) -> None:
+        """Raise `_Moved` if `reconnect` was called since *moves* were counted."""
+        if self._moves != moves:
+            raise _Moved("moved while connecting")
 
     async def _read_replies(self, link: Link) -> None:
         slots = self._slots
@@ -349,6 +397,8 @@ class Multiplexer:
         while True:
             with anyio.move_on_after(min(1.0, self._timeout / 2)):
                 await self._wake_watchdog.wait()
+            if self._moved is not None:
+                raise _Moved(self._moved)
             if self._silent is not None:
                 raise TimeoutError(self._silent)
             if self._slots and time.monotonic() - self._slots[0].sent > self._timeout:

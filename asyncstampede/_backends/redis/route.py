@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from contextvars import ContextVar
 from typing import Any, final
@@ -42,7 +42,7 @@ from ..._exceptions import (
 )
 from ..._problems import ProblemLog
 from ..breaker import Breaker
-from .errors import is_refusal, map_error, server_text
+from .errors import is_refusal, map_error, readonly_reply, server_text
 from .mux import UNAVAILABLE, Lost, Multiplexer, NoReply
 from .wire import pooled_command
 
@@ -61,9 +61,14 @@ def _is_outage(exc: BaseException) -> bool:
     """Whether *exc* says Redis itself failed: a connection, a socket timeout, a busy server.
 
     Not a deadline of ours (`_Late`), not a command that could not be
-    encoded, not a refusal (the caller has mapped those apart).
+    encoded, not a refusal (the caller has mapped those apart), and not
+    ``READONLY``: a demoted primary still serves reads at once (hits go on),
+    and only the write fails (its call fails open); a Sentinel client asks
+    the sentinels where the primary went (see ``sentinel``). Nor ``MOVED``
+    or ``ASK`` (redis-py's ``MovedError`` is an ``AskError``): the node is
+    fine, the slot is served elsewhere (see ``cluster``).
     """
-    if isinstance(exc, _Late | AskError):  # (MovedError is an AskError)
+    if isinstance(exc, _Late | AskError) or readonly_reply(exc) is not None:
         return False  # (MOVED, ASK: the node is fine, the slot is elsewhere)
     if isinstance(exc, ResponseError):
         return True  # mapped as unavailable: LOADING, BUSY, TRYAGAIN, MASTERDOWN...
@@ -84,8 +89,12 @@ class Route:
         problems: ProblemLog,
         breaker: Breaker,
         budget: float,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._client = client
+        # Told every redis-py error mapped here (a Sentinel client looks for
+        # READONLY: a demoted primary).
+        self._on_error = on_error
         self.mux = mux
         self.breaker = breaker
         self.budget = budget
@@ -121,6 +130,8 @@ class Route:
                 address=self.address,
                 command=command,
             )
+        if self._on_error is not None:
+            self._on_error(exc)
         error = map_error(exc, address=self.address, command=command, namespace=self._namespace)
         if isinstance(error, BackendUnavailableError) and _is_outage(exc):
             self.breaker.failed(error)

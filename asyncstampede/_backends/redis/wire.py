@@ -160,10 +160,18 @@ async def pooled_command(pool: ConnectionPool, *args: Any) -> Any:
     Talks to a pooled connection directly instead of through
     ``Redis.execute_command`` (whose retry and instrumentation layers cost
     about a tenth of a cache hit); the caller retries. A cancelled command
-    drops its connection (redis-py does that).
+    drops its connection (redis-py does that). A Sentinel-managed pool's
+    connection to a primary the sentinels no longer name is made again first.
     """
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
+        # A Sentinel-managed pool hands back a connection made before a
+        # failover as it is, still to the old primary (which takes writes
+        # until the sentinels demote it): made again, it asks the sentinels.
+        primary = getattr(pool, "master_address", None)
+        if primary is not None and (conn.host, conn.port) != primary:
+            await conn.disconnect()
+            await conn.connect()
         await conn.send_command(*args)
         return await conn.read_response()
     finally:
