@@ -26,6 +26,11 @@ from redis.crc import key_slot
 from asyncstampede.testing import RedisClusterServers
 
 pytestmark = pytest.mark.anyio
+# The fixture is synchronous and what a client does on uvloop is the
+# library's tests' business: the client checks here run on asyncio alone.
+asyncio_only = pytest.mark.parametrize(
+    "anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")]
+)
 
 needs_proc = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads processes from /proc"
@@ -116,6 +121,7 @@ def test_forms_on_each_kind(cluster_of_each_kind: RedisClusterServers) -> None:
         assert "cluster_known_nodes:3" in info
 
 
+@asyncio_only
 async def test_client_reads_and_writes_on_every_primary(
     cluster_of_each_kind: RedisClusterServers,
 ) -> None:
@@ -164,6 +170,7 @@ def test_forms_with_replicas_fails_over_and_recovers_on_each_kind(
     assert cluster.port_of_slot(0) == first
 
 
+@asyncio_only
 async def test_failover_moves_the_slots_and_a_client_follows(
     failover_cluster: RedisClusterServers,
 ) -> None:
@@ -190,6 +197,7 @@ async def test_failover_moves_the_slots_and_a_client_follows(
         assert cluster.command(new, "GET", keys[old]) == b"after"
 
 
+@asyncio_only
 async def test_kill_promotes_the_replica_and_a_client_follows(
     failover_cluster: RedisClusterServers,
 ) -> None:
@@ -225,6 +233,7 @@ async def test_kill_promotes_the_replica_and_a_client_follows(
         assert await fresh.get(key) == b"after"
 
 
+@asyncio_only
 async def test_restart_brings_a_killed_node_back(failover_cluster: RedisClusterServers) -> None:
     """A killed replica comes back on its port, rejoins from its config file and syncs again."""
     cluster = failover_cluster
