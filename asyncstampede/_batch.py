@@ -215,9 +215,14 @@ async def _read_and_hand_off(
     started = monotonic()  # the call's budget for Redis starts with its read
     try:
         found = await rt.backend.read_many([names[key] for key in mine], generations)
+        # (On a Redis Cluster, the keys of a primary that failed are its
+        # error: they fail as their own get_or_compute would, the rest go on.)
         payloads = found[: len(mine)]
-        if tags:
-            current = found[len(mine) :]
+        current = found[len(mine) :]
+        broken = next((g for g in current if isinstance(g, BackendError)), None)
+        if broken is not None:  # every key's value is judged by the tags: all fail
+            payloads, failure = [None] * len(mine), broken
+        elif tags:
             if any(g is None for g in current):  # never made, or evicted: validates nothing
                 current = list(await rt.backend.generations(generations, renew=False))
                 payloads = [None] * len(mine)
@@ -241,13 +246,19 @@ async def _read_and_hand_off(
                 stamp,
             )
         raise
+    then = (
+        "computing them without the cache"
+        if rt.settings.fail_open
+        else "raising (fail_open is off)"
+    )
     if failure is not None:  # one read failed: one failure, counted and logged once
-        then = (
-            "computing them without the cache"
-            if rt.settings.fail_open
-            else "raising (fail_open is off)"
-        )
         rt.failed(failure, f"reading {len(mine)} keys (MGET); {then}")
+    else:
+        # A Redis Cluster primary that failed: its keys' one failure, logged once.
+        for error in {id(p): p for p in payloads if isinstance(p, BackendError)}.values():
+            assert isinstance(error, BackendError)
+            count = sum(1 for p in payloads if p is error)
+            rt.failed(error, f"reading {count} of {len(mine)} keys (MGET); {then}")
     left = budget - (monotonic() - started)
     misses: list[tuple[Request, BackendError | Again]] = []
     for key, payload in zip(mine, payloads, strict=True):
@@ -256,6 +267,9 @@ async def _read_and_hand_off(
         )
         if failure is not None:
             misses.append((req, failure))
+            continue
+        if isinstance(payload, BackendError):
+            misses.append((req, payload))
             continue
         if payload is None:
             misses.append((req, LOOK))

@@ -10,6 +10,8 @@ not round trips, and are left out).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -464,3 +466,37 @@ async def test_a_slot_moved_while_its_key_is_computed_is_followed(
     assert [s.backend_errors for s in stats] == [0, 0]  # followed, not failed open
     assert stats[1].wakeups >= 1
     assert cluster.command(target, "EXISTS", names.value.decode()) == 1
+
+
+@pytest.mark.anyio
+async def test_a_batch_fails_only_the_keys_of_a_primary_that_fails(namespace: str) -> None:
+    """A primary paused under a batch read: its keys fail open, the others are served cached.
+
+    Each key fails as its own ``get_or_compute`` would: one primary's
+    silence does not send the batch's every key to ``batch_fn``.
+    """
+    with RedisClusterServers(3, 0, node_timeout_ms=5000) as cluster:
+        keys = _keys_on_every_primary(cluster, namespace, 4)
+        paused = cluster.port_of_slot(key_slot(make_names(namespace, keys[0]).value))
+        on_paused = {
+            key
+            for key in keys
+            if cluster.port_of_slot(key_slot(make_names(namespace, key).value)) == paused
+        }
+        asked: list[list[str]] = []
+
+        async def load_many(wanted: list[str]) -> dict[str, str]:
+            asked.append(sorted(wanted))
+            return {key: key for key in wanted}
+
+        async with Stampede.from_url(cluster.url, cluster=True, namespace=namespace) as cache:
+            assert await cache.get_many_or_compute(keys, load_many, 60) == {k: k for k in keys}
+            pid = cluster.pids[paused]
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                got = await cache.get_many_or_compute(keys, load_many, 60)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert got == {k: k for k in keys}
+            assert asked == [sorted(keys), sorted(on_paused)]
+            assert cache.statistics().backend_errors >= 1

@@ -148,13 +148,14 @@ class Backend(Protocol):
 
     async def read_many(
         self, names: Sequence[KeyNames], tags: Sequence[bytes] = ()
-    ) -> list[bytes | None]:
+    ) -> list[bytes | BackendError | None]:
         """Return the stored envelope (or None) of each of *names*, in their order, at once.
 
         Then, in the same round trip, the generation (or None) of each of
         *tags* (see ``_tags``). One round trip for all (one ``MGET`` on
         Redis). The names of one instance share no hash slot: on a Redis
-        Cluster this sends one ``MGET`` per slot, at once.
+        Cluster this sends one ``MGET`` per slot, at once, and the items of
+        a primary that failed are its error (raised only when all failed).
         """
         ...
 

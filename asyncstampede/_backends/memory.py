@@ -104,9 +104,10 @@ class MemoryBackend:
 
     async def read_many(
         self, names: Sequence[KeyNames], tags: Sequence[bytes] = ()
-    ) -> list[bytes | None]:
-        """See `Backend.read_many`."""
-        return [self._get(n.value) for n in names] + [self._generations.get(t) for t in tags]
+    ) -> list[bytes | BackendError | None]:
+        """See `Backend.read_many` (never an error in memory)."""
+        found: list[bytes | BackendError | None] = [self._get(n.value) for n in names]
+        return found + [self._generations.get(t) for t in tags]
 
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
         """See `Backend.commit`."""

@@ -479,9 +479,9 @@ class RedisBackend:
 
     async def read_many(
         self, names: Sequence[KeyNames], tags: Sequence[bytes] = ()
-    ) -> list[bytes | None]:
+    ) -> list[bytes | BackendError | None]:
         """See `Backend.read_many`: one ``MGET`` of every value name (see ``cluster`` for many)."""
-        return await self.mget([*(n.value for n in names), *tags])
+        return list(await self.mget([*(n.value for n in names), *tags]))
 
     async def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Return the value (or None) of each of *keys*, in their order: one ``MGET``."""

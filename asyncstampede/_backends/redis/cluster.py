@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, TypeVar, cast, final
 
 import anyio
 import anyio.abc
@@ -625,28 +625,47 @@ class ClusterBackend:
         self._freshest = (host, port)  # the next topology read asks it first
         self._ask_for_topology()
 
-    async def _mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """``MGET`` *keys* one slot at a time (a Cluster allows no other), concurrently."""
+    async def _mget(self, keys: Sequence[bytes]) -> list[bytes | BackendError | None]:
+        """``MGET`` *keys* one slot at a time (a Cluster allows no other), concurrently.
+
+        The keys of a slot whose primary failed get its error, the others
+        their values: one slow or failed primary fails only its own keys.
+
+        Raises:
+            BackendError: every slot's read failed (the first one's error).
+
+        """
         by_slot: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
             by_slot.setdefault(key_slot(key), []).append(i)
-        found: list[bytes | None] = [None] * len(keys)
+        found: list[bytes | BackendError | None] = [None] * len(keys)
+        failed: list[BackendError] = []
 
         async def one(indices: list[int]) -> None:
             part = [keys[i] for i in indices]
-            got = await self._on(part[0], lambda backend: backend.mget(part))
+            try:
+                got: list[bytes | None] = await self._on(
+                    part[0], lambda backend: backend.mget(part)
+                )
+            except BackendError as exc:
+                failed.append(exc)
+                for i in indices:
+                    found[i] = exc
+                return
             for i, value in zip(indices, got, strict=True):
                 found[i] = value
 
         if len(by_slot) == 1:
             await one(next(iter(by_slot.values())))
-            return found
-        try:
-            async with anyio.create_task_group() as tg:
-                for indices in by_slot.values():
-                    tg.start_soon(one, indices)
-        except BaseExceptionGroup as group:
-            raise _first(group) from None
+        else:
+            try:
+                async with anyio.create_task_group() as tg:
+                    for indices in by_slot.values():
+                        tg.start_soon(one, indices)
+            except BaseExceptionGroup as group:
+                raise _first(group) from None
+        if len(failed) == len(by_slot):
+            raise failed[0]
         return found
 
     # -- the Backend operations -----------------------------------------------------
@@ -676,8 +695,11 @@ class ClusterBackend:
 
     async def read_many(
         self, names: Sequence[KeyNames], tags: Sequence[bytes] = ()
-    ) -> list[bytes | None]:
-        """See `Backend.read_many`: one ``MGET`` per slot, the slots' at once."""
+    ) -> list[bytes | BackendError | None]:
+        """See `Backend.read_many`: one ``MGET`` per slot, the slots' at once.
+
+        A primary that fails fails its own keys (their items are its error).
+        """
         return await self._mget([*(n.value for n in names), *tags])
 
     async def commit(self, names: KeyNames, token: bytes, payload: bytes, ttl_ms: int) -> bool:
@@ -717,7 +739,10 @@ class ClusterBackend:
     ) -> tuple[bytes | None, list[bytes | None]]:
         """See `Backend.read_tagged`: the value and the tags' generations, one ``MGET`` per slot."""
         found = await self._mget([names.value, *tags])
-        return found[0], found[1:]
+        for item in found:
+            if isinstance(item, BackendError):
+                raise item  # (one key's read: it fails as a whole)
+        return cast("bytes | None", found[0]), cast("list[bytes | None]", found[1:])
 
     async def generations(self, tags: list[bytes], *, renew: bool) -> list[bytes]:
         """See `Backend.generations`, each tag on its own slot's primary."""
