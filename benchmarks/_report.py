@@ -53,6 +53,7 @@ COLUMNS = {
         "wake",
         "wakeups_per_herd",
         "polls_per_herd",
+        "topology_per_herd",
         "herds_on_primaries",
         "errors",
     ],

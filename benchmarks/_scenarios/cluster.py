@@ -30,6 +30,13 @@ ONE_REDIS, CLUSTER = "asyncstampede", "asyncstampede-cluster"
 # any wait asyncstampede allows by default (wait_timeout 30 s), so only a
 # hung worker or server meets it.
 PATIENCE = 60.0
+# Commands a cluster's clients send on a clock rather than per request: each
+# process re-reads the topology (CLUSTER SLOTS) every 10 s, the first time on
+# a connection it opens for that (HELLO). A herd's count takes in whichever
+# fall into it: none in most herds, up to 2 per process (its first read and
+# that HELLO; processes started together read together at first). Rows give
+# them as ``topology_per_herd``.
+TOPOLOGY_COMMANDS = frozenset({"cluster|slots", "hello"})
 
 
 def run(url: str, options: Options) -> list[Row]:
@@ -135,6 +142,9 @@ class _Side:
         row["server"] = self.server
         row["server_version"] = self.version
         row["herds_on_primaries"] = str(len(self.runs))
+        row["topology_per_herd"] = sum(
+            n for name, n in row["commands_per_herd"].items() if name in TOPOLOGY_COMMANDS
+        )
         return row
 
     def failed_row(self) -> Row:
