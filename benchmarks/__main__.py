@@ -2,8 +2,10 @@
 
 Without ``--url`` it starts a throwaway Redis on a free loopback port (the
 same way the tests do, with keyspace notifications on for the keyspace wake
-transport's row) and stops it at the end. It prints markdown tables,
-and writes raw JSON and a PNG plot under ``benchmarks/results/``.
+transport's row) and stops it at the end. ``--cluster`` adds the cluster
+scenario, which starts a throwaway Redis Cluster of its own. It prints
+markdown tables, and writes raw JSON and a PNG plot under
+``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import ExitStack
 from ._base import ALL_STRATEGIES, ALL_TRANSPORTS, Options, Results
 from ._figure import plot
 from ._report import RESULTS, failures, machine, scenario_tables, table, write_json
-from ._scenarios import SCENARIOS
+from ._scenarios import DEFAULT_SCENARIOS, SCENARIOS
 from ._server import KEYSPACE_EVENTS, server_info, throwaway_server
 from ._targets import targets
 
@@ -27,7 +29,17 @@ def parse(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     add = parser.add_argument
     add("--url", help="a Redis to use instead of a throwaway one (loopback only)")
-    add("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS))
+    add(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated: " + ",".join(SCENARIOS) + " (default: all but cluster)",
+    )
+    add(
+        "--cluster",
+        action="store_true",
+        help="add the cluster scenario: the herd on one Redis and on a throwaway "
+        "3-primary Redis Cluster, side by side",
+    )
     add("--strategies", default=",".join(ALL_STRATEGIES))
     add(
         "--transports",
@@ -85,6 +97,9 @@ def parse(argv: list[str] | None = None) -> Options:
     args.durations = [int(x) for x in args.durations.split(",")]
     args.steady_rates = [float(x) for x in args.steady_rates.split(",") if x]
     options = Options(**vars(args))
+    if options.cluster and "cluster" not in _scenarios(options):
+        options.scenarios = ",".join([*_scenarios(options), "cluster"])
+    options.cluster = "cluster" in _scenarios(options)
     if options.quick:
         options.repeat, options.wakeups, options.hit_rounds = 1, 50, 1
         options.hit_seconds, options.churn_seconds, options.steady_seconds = 1.0, 3.0, 6.0

@@ -63,6 +63,7 @@ class Options:
     outage_cold_share: float = 0.1
     outage_compute_ms: int = 20
     outage_cap: float = 30.0
+    cluster: bool = False
     quick: bool = False
 
 

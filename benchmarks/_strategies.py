@@ -215,6 +215,20 @@ class AsyncStampede:
         await self.s.aclose()
 
 
+class AsyncStampedeCluster(AsyncStampede):
+    """asyncstampede on a Redis Cluster: ``Stampede.from_url(url, cluster=True)``.
+
+    *url* names one node; each key's work goes to the primary serving its
+    hash slot (the cluster scenario only).
+    """
+
+    name = "asyncstampede-cluster"
+
+    async def start(self, url: str, namespace: str) -> None:
+        self.s = Stampede.from_url(url, namespace=namespace, cluster=True)
+        await self.s.__aenter__()
+
+
 # The ``statistics()`` counters `AsyncStampede.counters` reports.
 COUNTERS = ("hits", "misses", "computes", "backend_errors", "reconnects", "connect_errors")
 
@@ -439,6 +453,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         AiocacheRedLock,
         AsyncStampede,
         Embedded,
+        AsyncStampedeCluster,
         AsyncStampedeSWR,
         AsyncStampedePlain,
         AsyncStampedeShared,

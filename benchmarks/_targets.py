@@ -11,6 +11,14 @@ import inspect
 from asyncstampede import Stampede
 
 from ._base import Results, Row
+from ._scenarios.cluster import TOPOLOGY_COMMANDS
+
+# The cluster herd's own server commands, as a multiple of one Redis's in the
+# same run at the same D and C. They are the same 19 on both (SPUBLISH for
+# PUBLISH); 1.15x is up to 2.85 more in a herd of 19, which passes a process
+# that took one path more or less by chance and fails one command more per
+# waiting process (3 in a herd of 4 processes).
+CLUSTER_COMMANDS_RATIO = 1.15
 
 
 def targets(results: Results) -> list[Row]:
@@ -80,6 +88,37 @@ def targets(results: Results) -> list[Row]:
             ", ".join(f"{r['refreshes_per_ttl']:.2f} at {r['read_rate']:g}/s" for r in sweep),
             bool(judged) and max(r["refreshes_per_ttl"] for r in judged) <= 1.25,
         )
+    cluster = [r for r in results.get("cluster", []) if "failed" not in r]
+    pairs = [
+        (one, many)
+        for one in cluster
+        if one["strategy"] == ours
+        for many in cluster
+        if many["strategy"] == f"{ours}-cluster"
+        and (many["compute_ms"], many["concurrency"]) == (one["compute_ms"], one["concurrency"])
+    ]
+    if pairs:
+        computes = sorted({many["computes_per_herd"] for _, many in pairs})
+        own = [_ratio(_commands(many), _commands(one)) for one, many in pairs]
+        topology = [_commands(many, TOPOLOGY_COMMANDS) for _, many in pairs]
+        whole = [
+            _ratio(many["server_per_request"], one["server_per_request"]) for one, many in pairs
+        ]
+        judge(
+            "cluster: exactly 1.00 computes per herd; the herd's server commands at most "
+            f"{CLUSTER_COMMANDS_RATIO:g}x one Redis's at every D and C (topology reads aside)",
+            "{} computes; {:.2f}x to {:.2f}x; topology reads {:.1f} to {:.1f} a herd "
+            "(server commands per request {:.2f}x to {:.2f}x with them)".format(
+                ", ".join(f"{c:.2f}" for c in computes),
+                min(own),
+                max(own),
+                min(topology),
+                max(topology),
+                min(whole),
+                max(whole),
+            ),
+            computes == [1.0] and max(own) <= CLUSTER_COMMANDS_RATIO,
+        )
     crash = [r for r in results.get("crash", []) if r["strategy"] == ours and "failed" not in r]
     if crash:
         lock_ttl = inspect.signature(Stampede).parameters["lock_ttl"].default
@@ -90,3 +129,21 @@ def targets(results: Results) -> list[Row]:
             after <= lock_ttl + 1.0,
         )
     return rows
+
+
+def _ratio(x: float, y: float) -> float:
+    """*x* / *y*; nothing against nothing is 1, something against nothing infinite."""
+    if y == 0:
+        return 1.0 if x == 0 else float("inf")
+    return x / y
+
+
+def _commands(row: Row, only: frozenset[str] | None = None) -> float:
+    """A herd row's server commands per herd: all but the topology reads, or those in *only*.
+
+    Topology reads (see `TOPOLOGY_COMMANDS`) come on a clock, not per request.
+    """
+    counts: dict[str, float] = row["commands_per_herd"]
+    if only is not None:
+        return sum(n for name, n in counts.items() if name in only)
+    return sum(n for name, n in counts.items() if name not in TOPOLOGY_COMMANDS)

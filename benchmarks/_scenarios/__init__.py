@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._base import Scenario
-from . import churn, crash, herd, hits, hooks, outage, steady, wake_transports, wakeup
+from . import churn, cluster, crash, herd, hits, hooks, outage, steady, wake_transports, wakeup
 
 SCENARIOS: dict[str, Scenario] = {
     "herd": herd.run,
@@ -15,6 +15,11 @@ SCENARIOS: dict[str, Scenario] = {
     "wakeup": wakeup.run,
     "wake-transports": wake_transports.run,
     "outage": outage.run,
+    "cluster": cluster.run,
 }
 
-__all__ = ["SCENARIOS"]
+# What a run without --scenarios runs: every scenario but those that start
+# more servers for asyncstampede alone (the cluster: --cluster adds it).
+DEFAULT_SCENARIOS = [name for name in SCENARIOS if name != "cluster"]
+
+__all__ = ["DEFAULT_SCENARIOS", "SCENARIOS"]

@@ -64,7 +64,7 @@ def herds(
                             check(strategy, reports)
                         runs.append((reports, counter.since(before)))
                         bar.update()
-                    rows.append(_row(strategy, d, c, options.processes, runs))
+                    rows.append(herd_row(strategy, d, c, options.processes, runs))
         except Exception as exc:
             rows.append(failed(strategy, exc))
     bar.close()
@@ -72,7 +72,8 @@ def herds(
     return rows
 
 
-def _row(strategy: str, d: int, c: int, p: int, runs: list[Run]) -> Row:
+def herd_row(strategy: str, d: int, c: int, p: int, runs: list[Run]) -> Row:
+    """One row of *strategy*'s herds at D = *d* ms, C = *c* callers in each of *p* processes."""
     reports = [r for rs, _ in runs for r in rs]
     latencies = [x * 1000 for r in reports for x in r["latencies"]]
     requests = p * c * len(runs)
