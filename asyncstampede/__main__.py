@@ -165,6 +165,11 @@ def _refusal(args: argparse.Namespace) -> str | None:
         parts = urlsplit(args.url)
     except ValueError as exc:  # (an IPv6 address without its bracket, say)
         return f"the URL cannot be read: {exc}"
+    if is_sentinel_url(args.url) and args.cluster is True:
+        return (
+            "--cluster takes the URL of a node of the cluster (redis:// or rediss://): "
+            "a redis+sentinel:// URL names one primary, which the doctor judges without --cluster"
+        )
     database = parts.path.strip("/")
     if (
         parts.scheme in ("redis", "rediss")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from _conditions import until
 from _herd import CommandLog, Worker
 from redis.crc import key_slot
 
-from asyncstampede import NodeStatistics, Stampede
+from asyncstampede import BackendRefusedError, NodeStatistics, Stampede
 from asyncstampede._keys import make_names
 from asyncstampede._settings import Wake
 from asyncstampede.testing import RedisClusterServers
@@ -256,19 +257,45 @@ async def test_keyspace_notifications_wake_waiters_on_every_primary(namespace: s
             assert a.statistics().wakeups + b.statistics().wakeups >= len(keys)
 
 
-def test_a_cluster_url_without_cluster_true_or_a_plain_server_with_it_says_what_to_do(
-    cluster: RedisClusterServers, redis_url: str
+@pytest.mark.anyio
+async def test_a_cluster_url_without_cluster_true_or_a_plain_server_with_it_says_what_to_do(
+    cluster: RedisClusterServers, redis_url: str, namespace: str
 ) -> None:
-    """cluster=True on a plain server fails at check with the fix; a cluster node alone works."""
+    """Each mix-up is refused with its fix, at check and on the request path.
 
-    async def main() -> None:
-        with pytest.raises(Exception, match="not a Redis Cluster"):
-            async with Stampede.from_url(redis_url, cluster=True, check=True):
-                pass
-
-    anyio.run(main)
+    cluster=True on a plain server: check() refuses (at start, and after
+    calls have failed open meanwhile). A cluster node given as one Redis:
+    a key another primary serves is refused (BackendRefusedError, logged at
+    ERROR) saying to pass cluster=True, not retried as an outage.
+    """
+    with pytest.raises(BackendRefusedError, match="not a Redis Cluster"):
+        async with Stampede.from_url(redis_url, cluster=True, check=True):
+            pass
+    async with Stampede.from_url(redis_url, cluster=True, namespace=namespace) as cache:
+        assert await cache.get_or_compute("k", _echo, 60, "k") == "k"  # failed open
+        with pytest.raises(BackendRefusedError, match="not a Redis Cluster"):
+            await cache.check()
+        with pytest.raises(BackendRefusedError, match="not a Redis Cluster"):
+            await cache.check()
+    here = int(cluster.url.rsplit(":", 1)[1].split("/")[0])
+    elsewhere = next(
+        key
+        for key in (f"k{i}" for i in range(1000))
+        if cluster.port_of_slot(key_slot(make_names(namespace, key).value)) != here
+    )
+    async with Stampede.from_url(cluster.url, namespace=namespace) as cache:
+        with pytest.raises(BackendRefusedError, match=r"pass cluster=True to Stampede\.from_url"):
+            await cache.set(elsewhere, "v", 60)
+        assert await cache.get_or_compute(elsewhere, _echo, 60, elsewhere) == elsewhere
+        assert cache.statistics().refused >= 1
     with pytest.raises(TypeError, match="cluster must be True or False"):
         Stampede.from_url(cluster.url, cluster="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="for Sentinel, give the redis"):
+        Stampede.from_url("redis+sentinel://127.0.0.1:26379/mymaster", cluster=True)
+
+
+async def _echo(key: str) -> str:
+    return key
 
 
 def _failover_during_a_herd(
@@ -406,9 +433,12 @@ async def test_a_slot_moved_while_its_key_is_computed_is_followed(
 ) -> None:
     """Resharding: the slot of a key being computed moves to another primary mid-compute.
 
-    The holder's commit meets ``MOVED`` and follows it (the lock moved with
-    the slot); the other instance's waiter, watching on the old primary,
-    looks again and is woken on the new one. One compute, both get it.
+    The lock leaves with the slot's keys (``MIGRATE``) while the slot is
+    still migrating: the other instance's waiter, told its lock changed,
+    looks again and meets ``ASK``, and waits for the move to end instead of
+    failing open. Then the holder's commit meets ``MOVED`` and follows it,
+    and the waiter, following it too, is woken on the new primary. One
+    compute, both get it, nothing failed open.
     """
     cluster = failover_cluster
     key = "moving"
@@ -427,6 +457,24 @@ async def test_a_slot_moved_while_its_key_is_computed_is_followed(
         await release.wait()
         return "value"
 
+    def asks() -> int:
+        info = cluster.command(source, "INFO", "errorstats").decode()
+        found = re.search(r"errorstat_ASK:count=(\d+)", info)
+        return int(found.group(1)) if found else 0
+
+    def migrate() -> None:
+        # As redis-cli --cluster reshard does, the slot's keys (the lock) first.
+        cluster.command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moving = cluster.command(source, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+        assert names.lock in moving
+        keys = [k.decode() for k in moving]
+        cluster.command(source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+
+    def finish() -> None:
+        for port in cluster.primaries():
+            cluster.command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
     a = Stampede.from_url(cluster.url, cluster=True, namespace=namespace, wait_timeout=20)
     b = Stampede.from_url(cluster.url, cluster=True, namespace=namespace, wait_timeout=20)
     got: list[str] = []
@@ -439,24 +487,11 @@ async def test_a_slot_moved_while_its_key_is_computed_is_followed(
         await until(lambda: a.statistics().computing == 1)
         tg.start_soon(ask, b)
         await until(lambda: b.statistics().waiting == 1)
-        # Move the slot, its keys (the lock) included, as redis-cli --cluster reshard does.
-        cluster.command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        moving = cluster.command(source, "CLUSTER", "GETKEYSINSLOT", slot, 100)
-        assert names.lock in moving
-        cluster.command(
-            source,
-            "MIGRATE",
-            "127.0.0.1",
-            target,
-            "",
-            0,
-            5000,
-            "KEYS",
-            *[k.decode() for k in moving],
-        )
-        for port in cluster.primaries():
-            cluster.command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        before = await anyio.to_thread.run_sync(asks)
+        await anyio.to_thread.run_sync(migrate)
+        # The waiter looked again and met ASK (the lock has left, the slot not yet).
+        await until(lambda: anyio.to_thread.run_sync(lambda: asks() > before))
+        await anyio.to_thread.run_sync(finish)
         assert cluster.port_of_slot(slot) == target
         release.set()
         await until(lambda: len(got) == 2)

@@ -188,6 +188,7 @@ class RedisBackend:
             budget=budget,
             on_error=None if self._primary is None else self._primary.saw,
         )
+        self._route.in_cluster = node is not None
         self._mux = self._route.mux
         self._send = self._route.send
         self._execute = self._route.execute

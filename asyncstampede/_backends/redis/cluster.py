@@ -235,10 +235,14 @@ class ClusterBackend:
         self.owns_client = False
         self._namespace = namespace
         first = self._startup[0]
-        self.address = f"{first[0]}:{first[1]} (Redis Cluster)"
+        # (What errors, logs and metrics name: the cluster, by the node it
+        # was given; each primary's own messages name that primary.)
+        self.address = f"{first[0]}:{first[1]}"
         self._shared = problems if problems is not None else ProblemLog()
         self._shared.context.setdefault("address", self.address)
         self.problems = self._shared.child("redis")
+        # Every change of topology is a line of its own, however soon after the last.
+        self._topology_log = ProblemLog(0.0, part="redis", context=self._shared.context)
         self._wake = wake
         self._budget = budget
         self._hooks = hooks
@@ -252,6 +256,7 @@ class ClusterBackend:
         self._wanted = anyio.Event()  # a topology read is asked for
         self._reading: anyio.Event | None = None  # set when the read under way ends
         self._said_topology = ""
+        self._topology_error: BackendError | None = None  # why the last read failed
         self._freshest: tuple[str, int] | None = None  # a primary a MOVED named
         # slot -> (when, the primary a MOVED named for it), until a topology
         # read begun after that has been served
@@ -311,9 +316,9 @@ class ClusterBackend:
     def overran(self, doing: str, budget: float) -> BackendError:
         """See `Backend.overran`."""
         return BackendUnavailableError(
-            f"Redis at {self.address} unavailable for {doing}: no reply within the "
-            f"{budget * 1000:.0f} ms left of the call's budget for Redis "
-            f"(redis_budget={self._budget})",
+            f"Redis Cluster at {self.address} unavailable for {doing}: no reply from the "
+            f"key's primary within the {budget * 1000:.0f} ms left of the call's budget for "
+            f"Redis (redis_budget={self._budget})",
             address=self.address,
             command=doing,
         )
@@ -355,8 +360,10 @@ class ClusterBackend:
             BackendRefusedError: a primary refused something asyncstampede needs.
 
         """
-        if not self._nodes:
-            await self._refresh()
+        await self._refresh(own=True)  # what the cluster says now, not what it said
+        unserved = sum(1 for node in self._owner if node is None)
+        if unserved:
+            raise self._unserved(f"{unserved} of {SLOTS} hash slots")
         for node in self.nodes():
             await node.backend.check(make_names(self._namespace or "asyncstampede", node.probe))
 
@@ -385,16 +392,33 @@ class ClusterBackend:
     def _ask_for_topology(self) -> None:
         self._wanted.set()
 
-    async def _refresh(self) -> None:
-        """Read the topology and serve it; one read at a time (others wait for it)."""
+    async def _refresh(self, *, own: bool = False) -> None:
+        """Read the topology and serve it; one read at a time (others wait for it).
+
+        *own*: wait for a read under way, then make one of this call's own
+        (whose failure it raises).
+
+        Raises:
+            BackendError: the topology could not be read (also kept, for the
+                errors of the calls whose slot has no primary meanwhile).
+
+        """
         reading = self._reading
         if reading is not None:
             await reading.wait()
+            if not own:
+                return
+            await self._refresh(own=True)
             return
         self._reading = anyio.Event()
         began = anyio.current_time()
         try:
-            ranges = await self._read_slots()
+            try:
+                ranges = await self._read_slots()
+            except BackendError as exc:
+                self._topology_error = exc
+                raise
+            self._topology_error = None
             await self._serve(ranges, began)
         finally:
             self._reading.set()
@@ -496,11 +520,12 @@ class ClusterBackend:
             else:
                 del self._moved[slot]
         changed = any(a is not b for a, b in zip(owner, self._owner, strict=True))
+        previous = {n.address for n in self._owner if n is not None}
         self._owner = owner
         for address in [a for a in self._nodes if a not in wanted and a not in kept]:
             self._retire(self._nodes.pop(address))
         if changed:
-            self._say_topology(wanted)
+            self._say_topology(wanted, previous)
             # Every waiter looks again, on the primary that serves its key now.
             self.listener.recheck_all()
         if fresh:
@@ -514,18 +539,25 @@ class ClusterBackend:
                 for node in fresh:
                     tg.start_soon(node.backend.prepare)
 
-    def _say_topology(self, wanted: dict[str, list[tuple[int, int]]]) -> None:
+    def _say_topology(self, wanted: dict[str, list[tuple[int, int]]], previous: set[str]) -> None:
+        """Log the topology served now, and what changed since the last (each change: a line)."""
         served = sum(last - first + 1 for slots in wanted.values() for first, last in slots)
         said = ", ".join(
             f"{address} ({sum(b - a + 1 for a, b in slots)} slots)"
             for address, slots in sorted(wanted.items())
         )
-        text = f"Redis at {self.address}: {len(wanted)} primaries: {said}"
+        text = f"Redis Cluster at {self.address}: {len(wanted)} primaries: {said}"
         if served < SLOTS:
             text += f"; {SLOTS - served} slots have no primary (their keys fail open)"
+        if previous:
+            came = sorted(set(wanted) - previous)
+            went = sorted(previous - set(wanted))
+            moves = [f"new primary {', '.join(came)}"] if came else []
+            moves += [f"{', '.join(went)} no longer a primary"] if went else []
+            text += "; changed: " + ("; ".join(moves) or "slots moved between primaries")
         if text != self._said_topology:
             level = logging.INFO if served == SLOTS else logging.WARNING
-            self.problems.say(level, text, kind="cluster topology")
+            self._topology_log.say(level, text, kind=text)
             self._said_topology = text
 
     def _start(self, host: str, port: int, slots: list[tuple[int, int]]) -> _Node:
@@ -589,23 +621,40 @@ class ClusterBackend:
 
         """
         slot = key_slot(name)
-        for attempt in range(_REDIRECTS):
+        moved = asked = 0
+        while True:
             node = self._owner[slot]
             if node is None:
                 self._ask_for_topology()
-                raise BackendUnavailableError(
-                    f"Redis at {self.address} unavailable: no primary serves hash "
-                    f"slot {slot} now (a failover under way?)",
-                    address=self.address,
-                )
+                raise self._unserved(f"hash slot {slot}")
             try:
                 return await work(node.backend)
             except Redirected as exc:
-                if exc.ask or attempt == _REDIRECTS - 1:
+                if exc.ask:
+                    # The slot is being migrated and this key has left: wait
+                    # for the move to end (a MOVED then, followed), within
+                    # the call's budget; redis-py waits out TRYAGAIN alike.
+                    await anyio.sleep(min(0.1, 0.005 * 2**asked))
+                    asked += 1
+                    continue
+                moved += 1
+                if moved == _REDIRECTS:
                     self._ask_for_topology()
                     raise
                 await self._follow(exc)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unserved(self, what: str) -> BackendUnavailableError:
+        """Return the error for work on *what*, which no primary serves now (saying why)."""
+        cause = self._topology_error
+        why = (
+            f"the topology cannot be read: {cause}"
+            if cause is not None
+            else "a failover or a slot migration under way?"
+        )
+        return BackendUnavailableError(
+            f"Redis Cluster at {self.address} unavailable: no primary serves {what} now ({why})",
+            address=self.address,
+        )
 
     async def _follow(self, moved: Redirected) -> None:
         """Send *moved*'s slot to the primary it names from now on; read the rest in the background.

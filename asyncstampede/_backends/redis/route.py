@@ -42,7 +42,7 @@ from ..._exceptions import (
 )
 from ..._problems import ProblemLog
 from ..breaker import Breaker
-from .errors import is_refusal, map_error, readonly_reply, server_text
+from .errors import Redirected, is_refusal, map_error, readonly_reply, server_text
 from .mux import UNAVAILABLE, Lost, Multiplexer, NoReply
 from .wire import pooled_command
 
@@ -105,6 +105,9 @@ class Route:
         # (a caller's first read outlasting the close) raises ClosedError
         # instead of opening a pooled connection that nothing would close.
         self.closed = False
+        # Serving one primary of a Redis Cluster (whose backend follows
+        # MOVED), not a server given as one Redis.
+        self.in_cluster = False
         pool = client.connection_pool
         # A plain ConnectionPool raises once max_connections are in use: keep
         # our own commands below that, so a burst waits instead of failing.
@@ -133,6 +136,15 @@ class Route:
         if self._on_error is not None:
             self._on_error(exc)
         error = map_error(exc, address=self.address, command=command, namespace=self._namespace)
+        if isinstance(error, Redirected) and not self.in_cluster:
+            # A Redis Cluster node, used as one Redis: most keys live elsewhere.
+            hint = (
+                "this server is a node of a Redis Cluster: pass cluster=True to "
+                "Stampede.from_url, or a redis.asyncio.RedisCluster to Stampede()"
+            )
+            return BackendRefusedError(
+                f"{error} ({hint})", address=self.address, command=command, hint=hint
+            )
         if isinstance(error, BackendUnavailableError) and _is_outage(exc):
             self.breaker.failed(error)
         return error
