@@ -523,7 +523,7 @@ class ClusterBackend:
         previous = {n.address for n in self._owner if n is not None}
         self._owner = owner
         for address in [a for a in self._nodes if a not in wanted and a not in kept]:
-            self._retire(self._nodes.pop(address))
+            self._retire(self._nodes[address], left=True)
         if changed:
             self._say_topology(wanted, previous)
             # Every waiter looks again, on the primary that serves its key now.
@@ -602,10 +602,17 @@ class ClusterBackend:
                 with anyio.CancelScope(shield=True):
                     await node.backend.aclose()
 
-    def _retire(self, node: _Node) -> None:
-        """Stop serving *node* (it left the cluster, or the instance closes)."""
+    def _retire(self, node: _Node, *, left: bool = False) -> None:
+        """Stop serving *node* (it *left* the cluster, or the instance closes)."""
         self._nodes.pop(node.address, None)
         self.retired.add(node.backend)
+        if left and node.backend.breaker.state != "closed":
+            # Its opening was logged: its end is too, as a closing would be.
+            self._topology_log.say(
+                logging.INFO,
+                f"circuit breaker closed: Redis at {node.address} is no longer a primary of "
+                f"the cluster at {self.address} (its slots are served by others)",
+            )
         if node.scope is not None:
             node.scope.cancel()  # (its task closes its connections)
 
