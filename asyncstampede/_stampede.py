@@ -303,10 +303,12 @@ class Stampede:
             TypeError: *url* is not a str, *max_connections* is not an int, a
                 setting has the wrong type, or is not a setting of `Stampede`.
             InvalidURLError: a ``redis+sentinel://`` URL is malformed (no
-                service name, a bad port...); the message shows the form, and
-                never the password.
+                service name, a bad port...), or *cluster* is given a URL a
+                cluster cannot take (a database other than 0, a socket path);
+                the message shows the form, and never the password.
             ValueError: *max_connections* is below 1, *socket_timeout* is not a
-                positive number, or a setting is out of range.
+                positive number, a setting is out of range, or *cluster* is
+                given a ``redis+sentinel://`` URL.
 
         """
         unknown = sorted(settings.keys() - StampedeSettings.__optional_keys__)

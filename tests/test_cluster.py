@@ -24,7 +24,7 @@ from _conditions import until
 from _herd import CommandLog, Worker
 from redis.crc import key_slot
 
-from asyncstampede import BackendRefusedError, NodeStatistics, Stampede
+from asyncstampede import BackendRefusedError, InvalidURLError, NodeStatistics, Stampede
 from asyncstampede._keys import make_names
 from asyncstampede._settings import Wake
 from asyncstampede.testing import RedisClusterServers
@@ -292,6 +292,9 @@ async def test_a_cluster_url_without_cluster_true_or_a_plain_server_with_it_says
         Stampede.from_url(cluster.url, cluster="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="for Sentinel, give the redis"):
         Stampede.from_url("redis+sentinel://127.0.0.1:26379/mymaster", cluster=True)
+    for url in ("redis://127.0.0.1:7000/1", "unix:///tmp/redis.sock"):
+        with pytest.raises(InvalidURLError, match="cluster=True takes the URL of a node"):
+            Stampede.from_url(url, cluster=True)
 
 
 async def _echo(key: str) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from ..._exceptions import InvalidURLError
 from .sentinel import check_sentinel_client, is_sentinel_url, sentinel_client_from_url
 
 __all__ = ["check_client", "client_from_url", "cluster_from_url"]
@@ -95,6 +97,8 @@ def cluster_from_url(url: str, *, max_connections: int, socket_timeout: float) -
     Raises:
         TypeError, ValueError: as `client_from_url`, or *url* is a
             ``redis+sentinel://`` one (Sentinel watches one primary, not a cluster).
+        InvalidURLError: a URL a cluster cannot take (a database other than
+            0, a socket path).
 
     """
     if isinstance(url, str) and is_sentinel_url(url):
@@ -103,9 +107,15 @@ def cluster_from_url(url: str, *, max_connections: int, socket_timeout: float) -
             "for Sentinel, give the redis+sentinel:// URL without cluster=True"
         )
     client_from_url(url, max_connections=max_connections, socket_timeout=socket_timeout)
-    return RedisCluster.from_url(
-        url,
-        max_connections=max_connections,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 2.0),
-    )
+    try:
+        return RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=min(socket_timeout, 2.0),
+        )
+    except (RedisClusterException, ValueError) as exc:  # (database 1, a socket path...)
+        raise InvalidURLError(
+            f"cluster=True takes the URL of a node of the cluster, "
+            f"redis://[user:password@]host:port[/0]: {exc}"
+        ) from None
