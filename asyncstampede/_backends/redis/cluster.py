@@ -629,6 +629,7 @@ class ClusterBackend:
         """
         slot = key_slot(name)
         moved = asked = 0
+        until = 0.0  # (set at the first ASK)
         while True:
             node = self._owner[slot]
             if node is None:
@@ -639,9 +640,14 @@ class ClusterBackend:
             except Redirected as exc:
                 if exc.ask:
                     # The slot is being migrated and this key has left: wait
-                    # for the move to end (a MOVED then, followed), within
-                    # the call's budget; redis-py waits out TRYAGAIN alike.
-                    await anyio.sleep(min(0.1, 0.005 * 2**asked))
+                    # for the move to end (a MOVED then, followed), one
+                    # budget at most (redis-py waits out TRYAGAIN alike).
+                    now = anyio.current_time()
+                    if not asked:
+                        until = now + self._budget
+                    elif now >= until:
+                        raise
+                    await anyio.sleep(min(0.1, 0.005 * 2**asked, max(0.0, until - now)))
                     asked += 1
                     continue
                 moved += 1
