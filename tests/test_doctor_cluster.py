@@ -316,6 +316,7 @@ def test_the_json_has_the_documented_shape(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
 async def test_an_application_over_a_cluster_gets_the_same_record(
     cluster: RedisClusterServers, namespace: str
 ) -> None:
