@@ -257,6 +257,17 @@ def _check_once_and_pushed(reports: list[dict[str, Any]]) -> None:
     assert all(v == values[0] for v in values)
 
 
+def _swap_behind_the_sentinels(new: tuple[str, int], old: tuple[str, int]) -> None:
+    """Promote the replica at *new* and demote the primary at *old*, telling no sentinel."""
+    admin_new, admin_old = redis.Redis(*new), redis.Redis(*old)
+    try:
+        admin_new.replicaof("NO", "ONE")
+        admin_old.replicaof(*new)
+    finally:
+        admin_new.close()
+        admin_old.close()
+
+
 def _tracked_on(port: int, pids: set[int]) -> bool:
     """Whether each of *pids* has its wake transport's tracking connection on *port*."""
     admin = redis.Redis(port=port, decode_responses=True)
@@ -408,13 +419,7 @@ async def test_a_primary_demoted_behind_the_sentinels_backs_answers_readonly(
             watch = backend._primary
             assert watch is not None
             assert await _compute_once(cache, "before") == ({"calls": 1}, {"calls": 1})
-            admin_new, admin_old = redis.Redis(*new), redis.Redis(*old)
-            try:
-                admin_new.replicaof("NO", "ONE")
-                admin_old.replicaof(*new)
-            finally:
-                admin_new.close()
-                admin_old.close()
+            _swap_behind_the_sentinels(new, old)
             with caplog.at_level(logging.WARNING, "asyncstampede"):
                 first, _ = await _compute_once(cache, "during")  # READONLY: computed
             assert first == {"calls": 1}
@@ -464,13 +469,7 @@ async def test_sentinels_that_refuse_their_announcements_are_asked_instead(
                 watch = backend._primary
                 assert watch is not None
                 assert await _compute_once(cache, "before") == ({"calls": 1}, {"calls": 1})
-                admin_new, admin_old = redis.Redis(*new), redis.Redis(*old)
-                try:
-                    admin_new.replicaof("NO", "ONE")
-                    admin_old.replicaof(*new)
-                finally:
-                    admin_new.close()
-                    admin_old.close()
+                _swap_behind_the_sentinels(new, old)
                 calls = 0
                 with (
                     caplog.at_level(logging.INFO, "asyncstampede.sentinel"),
