@@ -246,6 +246,8 @@ async def _read_and_hand_off(
                 stamp,
             )
         raise
+    if rt.hooked:
+        rt.timed("MGET", started, failure)
     then = (
         "computing them without the cache"
         if rt.settings.fail_open

@@ -34,6 +34,7 @@ __all__ = [
     "Hooks",
     "LockLost",
     "Miss",
+    "RedisCall",
     "StaleServed",
     "Takeover",
     "Timeout",
@@ -254,6 +255,34 @@ class BackendFailure:
 
 @final
 @dataclass(frozen=True, slots=True)
+class RedisCall:
+    """One step of Redis work off the hit path ended after ``seconds``.
+
+    Every step a call makes on Redis beyond a hit's read is one: the first
+    read of a call that found no fresh value, a batch's ``MGET``, the lock
+    attempt (and each look after a wake-up), the commit, a release, a
+    write (`Stampede.set`), an invalidation; background work (a commit
+    owed since an outage, a refresh's) too. A hit's read is timed in
+    `Hit` instead (so hits build no second record). A step the open
+    circuit breaker kept from Redis is not one (it sent nothing).
+
+    ``operation``: ``"GET"`` or ``"MGET"`` (reads), ``"LOCK"``,
+    ``"EXTEND"`` (a long compute's lock), ``"COMMIT"``, ``"RELEASE"``,
+    ``"RESTAMP"`` (a fail-safe's), ``"WRITE_IF_ABSENT"``, ``"SET"``,
+    ``"INVALIDATE"``.
+    ``outcome``: ``"ok"``; ``"error"`` (Redis refused it, or the
+    connection failed); ``"timeout"`` (the call's ``redis_budget`` ran out).
+    A script's step is its one round trip, whatever it does inside.
+    """
+
+    namespace: str
+    operation: str
+    seconds: float
+    outcome: Literal["ok", "error", "timeout"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class TransportChange:
     """The wake transport changed: ``transport`` is the new one (``"poll"``: none).
 
@@ -286,6 +315,7 @@ Event: TypeAlias = (
     | Timeout
     | Corrupt
     | BackendFailure
+    | RedisCall
     | BreakerChange
     | TransportChange
 )

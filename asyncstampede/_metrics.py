@@ -28,6 +28,7 @@ __all__ = [
     "KIND",
     "METRICS",
     "NAMESPACE",
+    "OPERATION",
     "OUTCOME",
     "REASON",
     "REFUSED",
@@ -36,6 +37,7 @@ __all__ = [
     "SEEDS",
     "FirstSight",
     "Metric",
+    "buckets",
     "every_nth",
     "label",
     "prometheus_name",
@@ -44,6 +46,7 @@ __all__ = [
 # Attribute names (OpenTelemetry); `label` gives the Prometheus label.
 NAMESPACE = "asyncstampede.namespace"
 OUTCOME = "asyncstampede.outcome"
+OPERATION = "asyncstampede.operation"
 REASON = "asyncstampede.reason"
 KIND = "asyncstampede.kind"
 REFUSED = "asyncstampede.refused"
@@ -53,9 +56,10 @@ TRANSPORT = "asyncstampede.transport"
 ERROR_TYPE = "error.type"  # OpenTelemetry's semantic convention for a failure's class
 KEY = "asyncstampede.key"  # spans only, and only when asked for (``keys=True``)
 
-# Histogram bucket bounds, seconds. A hit is one Redis round trip (tens of
-# microseconds on a loopback to a few milliseconds across a zone); computes
-# and waits last as long as the application's own work.
+# Histogram bucket bounds, seconds. A hit, and each step of Redis work, is
+# one Redis round trip (tens of microseconds on a loopback to a few
+# milliseconds across a zone); computes and waits last as long as the
+# application's own work.
 HIT_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
@@ -127,6 +131,14 @@ METRICS: dict[str, Metric] = {
             "s",
             "Seconds a resolution waited for another holder of its lock, by how the wait ended.",
             (NAMESPACE, OUTCOME),
+        ),
+        Metric(
+            "asyncstampede.redis.duration",
+            "histogram",
+            "s",
+            "Seconds each step of Redis work off the hit path took (a miss's read, the lock, "
+            "the commit...), by step and how it ended; a hit's read is hit.duration.",
+            (NAMESPACE, OPERATION, OUTCOME),
         ),
         _c(
             "asyncstampede.wakeups",
@@ -202,6 +214,14 @@ METRICS: dict[str, Metric] = {
         ),
     )
 }
+
+
+def buckets(metric: Metric) -> tuple[float, ...]:
+    """Return the bucket bounds of a histogram: a round trip's, or a compute's (seconds)."""
+    return HIT_BUCKETS if metric.name in _ROUND_TRIPS else COMPUTE_BUCKETS
+
+
+_ROUND_TRIPS = frozenset({"asyncstampede.hit.duration", "asyncstampede.redis.duration"})
 
 
 def label(attribute: str) -> str:

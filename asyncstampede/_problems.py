@@ -29,8 +29,10 @@ class ProblemLog:
     logger (`child`: ``asyncstampede.redis``, ``asyncstampede.wake``,
     ``asyncstampede.breaker``...). Every record carries, as ``extra``
     fields, the instance's ``namespace`` and the server's ``address`` (where
-    known), the ``part``, and ``key_hash`` (the first 12 hex digits of the
-    key's SHA-256, never the key) when about one key.
+    known), the ``part``, ``key_hash`` (the first 12 hex digits of the
+    key's SHA-256, never the key) when about one key, and ``transport``
+    (the wake transport it is about: ``tracking``... or ``poll``) on every
+    ``asyncstampede.wake`` record.
     """
 
     def __init__(
@@ -52,12 +54,14 @@ class ProblemLog:
         """Return the log of *part* (``asyncstampede.<part>``), sharing context and limits."""
         return ProblemLog(self._interval, part=part, context=self.context, last=self._last)
 
-    def report(self, exc: BackendError, doing: str, *, key: str | None = None) -> None:
+    def report(
+        self, exc: BackendError, doing: str, *, key: str | None = None, **fields: str | None
+    ) -> None:
         """Log *exc*, met while *doing* something (a short phrase), unless logged lately.
 
         ``{key}`` in *doing* is replaced by *key*; messages that differ only
         by their key are one kind, so an outage over many keys logs one line
-        per interval, not one per key.
+        per interval, not one per key. *fields*: more ``extra`` fields, as for `say`.
         """
         level = logging.ERROR if isinstance(exc, BackendRefusedError) else logging.WARNING
         self.say(
@@ -65,6 +69,7 @@ class ProblemLog:
             f"{doing.replace('{key}', repr(key))}: {exc}",
             kind=f"{doing}: {exc}",
             key=key,
+            **fields,
         )
 
     def say(

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, Literal, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -19,7 +19,7 @@ from ._backends.redis.client import check_client
 from ._backends.redis.cluster import ClusterBackend
 from ._codec import Codec
 from ._envelope import DecodeError, Envelope, decode
-from ._events import BackendFailure, Corrupt, Hook, Hooks
+from ._events import BackendFailure, Corrupt, Hook, Hooks, RedisCall
 from ._exceptions import BackendError, BackendRefusedError, CircuitOpenError, ComputeFailedError
 from ._flight import Flight
 from ._freshness import Policy, fallback_usable, judge
@@ -34,6 +34,9 @@ __all__ = ["MISFIT", "Again", "Request", "Runtime", "failure_of", "now_ms", "val
 T = TypeVar("T")
 
 _OWED_MOST = 4096  # commits and releases owed since an outage, kept at most
+
+# `Runtime.redis`'s *doing*, as the step a `RedisCall` names (the rest are named as they are).
+_STEPS: Final = {"the lock": "LOCK"}
 
 
 def now_ms() -> int:
@@ -265,13 +268,37 @@ class Runtime:
             work.close()
             raise self.backend.overran(doing, 0.0)
         started = time.monotonic()
+        outcome: Literal["ok", "error", "timeout"] | None = None
         try:
             with anyio.move_on_after(left):
-                return await work
+                result = await work
+                outcome = "ok"
+                return result
+            outcome = "timeout"
+        except CircuitOpenError:
+            raise  # (nothing was sent)
+        except BackendError:
+            outcome = "error"
+            raise
         finally:
+            took = time.monotonic() - started
             if req is not None:
-                req.redis_left -= time.monotonic() - started
+                req.redis_left -= took
+            if self.hooked and outcome is not None:
+                self.hooks.emit(RedisCall(self.namespace, _STEPS.get(doing, doing), took, outcome))
         raise self.backend.overran(doing, left)
+
+    def timed(self, operation: str, started: float, failure: object = None) -> None:
+        """Tell the hooks of a read made outside `redis` (a first read), begun at *started*.
+
+        *failure*: what the read met instead of a reply, if anything (a
+        `CircuitOpenError` sent nothing, so it is not a step).
+        """
+        if not self.budgeted or isinstance(failure, CircuitOpenError):
+            return  # (embedded mode has no Redis)
+        outcome: Literal["ok", "error"] = "error" if isinstance(failure, BackendError) else "ok"
+        took = time.monotonic() - started
+        self.hooks.emit(RedisCall(self.namespace, operation, took, outcome))
 
     async def acquire(
         self,

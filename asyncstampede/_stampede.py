@@ -976,6 +976,8 @@ class Stampede:
                 first = Again(read=False, seen=payload)  # not to be served as it is
             else:
                 payload, first = b"", LOOK
+        if rt.hooked:
+            rt.timed("MGET" if tagged else "GET", started, first)
         left = self._settings.redis_budget - (monotonic() - started)
         try:
             handed = hand_off(

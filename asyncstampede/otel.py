@@ -35,8 +35,9 @@ redis-py's own OpenTelemetry instrumentation (``redis[otel]``) and
 ``opentelemetry-instrumentation-redis`` record per Redis command, at
 ``Redis.execute_command``; asyncstampede sends its commands on connections
 of its own below that layer, so they see none of them (but the rare
-``WATCH`` transaction of a commit where scripts are refused), and this
-hook records no per-command figure: nothing is counted twice.
+``WATCH`` transaction of a commit where scripts are refused). This hook
+times asyncstampede's own steps instead (``asyncstampede.redis.duration``,
+by step, and ``asyncstampede.hit.duration``): nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from ._events import (
     Hit,
     LockLost,
     Miss,
+    RedisCall,
     StaleServed,
     Takeover,
     Timeout,
@@ -193,11 +195,7 @@ class OpenTelemetryHook:
                     metric.name,
                     metric.unit,
                     metric.description,
-                    explicit_bucket_boundaries_advisory=(
-                        m.HIT_BUCKETS
-                        if metric.name == "asyncstampede.hit.duration"
-                        else m.COMPUTE_BUCKETS
-                    ),
+                    explicit_bucket_boundaries_advisory=m.buckets(metric),
                 )
         self._tracer = trace.get_tracer(_SCOPE, version, tracer_provider)
         self._spans = spans
@@ -267,6 +265,7 @@ class OpenTelemetryHook:
             ComputeStarted: self._compute_started,
             ComputeEnded: self._compute_ended,
             Waited: self._waited,
+            RedisCall: self._redis_call,
             Takeover: self._noted(t["asyncstampede.takeovers"], "asyncstampede.takeover"),
             LockLost: self._noted(t["asyncstampede.locks_lost"], "asyncstampede.lock_lost"),
             FailSafe: self._noted(t["asyncstampede.fail_safes"], "asyncstampede.fail_safe"),
@@ -365,6 +364,12 @@ class OpenTelemetryHook:
         if e.outcome == "failed":
             span.set_status(Status(StatusCode.ERROR, "Redis failed during the wait"))
         span.end(end_time=end)
+
+    def _redis_call(self, e: RedisCall) -> None:
+        attrs = self._a(
+            (m.NAMESPACE, e.namespace), (m.OPERATION, e.operation), (m.OUTCOME, e.outcome)
+        )
+        self._histograms["asyncstampede.redis.duration"].record(e.seconds, attrs)
 
     # -- the rest ---------------------------------------------------------
 

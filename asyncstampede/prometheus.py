@@ -51,6 +51,7 @@ from ._events import (
     Hit,
     LockLost,
     Miss,
+    RedisCall,
     StaleServed,
     Takeover,
     Timeout,
@@ -81,13 +82,8 @@ def _families(registry: CollectorRegistry | None) -> _Families:
                 name, metric.description, labels, registry=registry, multiprocess_mode="livesum"
             )
         else:
-            buckets = m.HIT_BUCKETS if metric.name == "asyncstampede.hit.duration" else None
             made[metric.name] = Histogram(
-                name,
-                metric.description,
-                labels,
-                registry=registry,
-                buckets=buckets or m.COMPUTE_BUCKETS,
+                name, metric.description, labels, registry=registry, buckets=m.buckets(metric)
             )
     if registry is not None:
         _REGISTERED[registry] = made
@@ -173,6 +169,11 @@ class PrometheusHook:
         def waited(e: Waited) -> None:
             child("asyncstampede.wait.duration", e.namespace, e.outcome).observe(e.seconds)
 
+        def redis_call(e: RedisCall) -> None:
+            child("asyncstampede.redis.duration", e.namespace, e.operation, e.outcome).observe(
+                e.seconds
+            )
+
         def breaker(e: BreakerChange) -> None:
             child("asyncstampede.breaker.changes", e.address, e.state).inc()
             if e.state == "open":
@@ -194,6 +195,7 @@ class PrometheusHook:
             Coalesced: counted("asyncstampede.coalesced"),
             ComputeEnded: compute_ended,
             Waited: waited,
+            RedisCall: redis_call,
             WakeUp: counted("asyncstampede.wakeups"),
             Takeover: counted("asyncstampede.takeovers"),
             LockLost: counted("asyncstampede.locks_lost"),

@@ -23,6 +23,7 @@ from asyncstampede.events import (
     Event,
     Hit,
     Miss,
+    RedisCall,
     StaleServed,
     TransportChange,
     Waited,
@@ -84,6 +85,17 @@ async def test_a_herd_over_two_instances_tells_each_step(redis_url: str, namespa
     assert isinstance(hit, Hit)
     assert hit.seconds is not None
     assert 0 < hit.seconds < 5
+    # Each step of Redis work off the hit path, timed: the holder read, took
+    # the lock and committed; the waiter read, asked for the lock, and
+    # never committed.
+    steps = [e for e in (*a_seen.events, *b_seen.events) if isinstance(e, RedisCall)]
+    assert all(e.namespace == namespace and e.outcome == "ok" for e in steps)
+    assert all(0 < e.seconds < 5 for e in steps)
+    a_steps = Counter(e.operation for e in a_seen.events if isinstance(e, RedisCall))
+    b_steps = Counter(e.operation for e in b_seen.events if isinstance(e, RedisCall))
+    assert (a_steps["GET"], a_steps["LOCK"], a_steps["COMMIT"]) == (1, 1, 1)
+    assert (b_steps["GET"], b_steps["COMMIT"]) == (1, 0)
+    assert b_steps["LOCK"] >= 1
     chosen = [e for e in a_seen.events if isinstance(e, TransportChange)]
     # Chosen at start, and gone when the instance closed.
     assert [(e.transport, e.previous) for e in chosen] == [("tracking", None), (None, "tracking")]
@@ -128,8 +140,10 @@ async def test_stale_served_and_early_refresh(redis_url: str, namespace: str) ->
     assert any(isinstance(e, StaleServed) and e.reason == "revalidate" for e in seen.events)
     assert kinds["EarlyRefresh"] == 1
     assert all(isinstance(e, EarlyRefresh | StaleServed | Hit | Miss | ComputeStarted |
-                          ComputeEnded | TransportChange | Coalesced | Waited | WakeUp)
+                          ComputeEnded | TransportChange | Coalesced | Waited | WakeUp |
+                          RedisCall)
                for e in seen.events)  # fmt: skip
+    assert all(e.outcome == "ok" for e in seen.events if isinstance(e, RedisCall))
 
 
 async def test_redis_down_is_a_backend_failure_event() -> None:
@@ -148,6 +162,10 @@ async def test_redis_down_is_a_backend_failure_event() -> None:
     assert failures
     assert not failures[0].refused
     assert "k2" in failures[0].doing
+    # The step that met the stopped server is timed with how it ended.
+    failed = [e for e in seen.events if isinstance(e, RedisCall) and e.outcome != "ok"]
+    assert failed
+    assert failed[0].operation == "GET"
 
 
 async def test_a_hook_that_raises_never_breaks_a_call(
@@ -196,6 +214,12 @@ async def test_logs_come_from_each_part_with_structured_fields(
     assert "secret-key" not in failure.__dict__["key_hash"]
     opened = next(r for r in records if r.name == "asyncstampede.breaker")
     assert opened.__dict__["part"] == "breaker"
+    # The wake transport's lines name the transport they are about.
+    wake = [r for r in records if r.name == "asyncstampede.wake"]
+    assert any("wake by tracking" in r.getMessage() for r in wake)
+    assert all(r.__dict__["transport"] == "tracking" for r in wake), [
+        (r.getMessage(), r.__dict__.get("transport")) for r in wake
+    ]
 
 
 async def test_a_hook_returning_a_coroutine_is_told_not_awaited(

@@ -32,6 +32,7 @@ from asyncstampede.events import (
     Hit,
     LockLost,
     Miss,
+    RedisCall,
     StaleServed,
     Takeover,
     Timeout,
@@ -111,6 +112,10 @@ async def test_a_herd_is_measured_and_traced(otel: Otel, redis_url: str, namespa
     assert otel.total("asyncstampede.hits") == sa.hits + sb.hits >= 1
     assert otel.total("asyncstampede.hit.duration") >= 1
     assert otel.total("asyncstampede.wait.duration") == 1 == sb.remote_waits
+    step = "asyncstampede.operation"
+    assert otel.total("asyncstampede.redis.duration", **{step: "COMMIT"}) == 1
+    assert otel.total("asyncstampede.redis.duration", **{step: "GET"}) == 2  # (the misses)
+    assert otel.total("asyncstampede.redis.duration", **{step: "LOCK"}) >= 2
     assert otel.total("asyncstampede.wakeups") == sa.wakeups + sb.wakeups >= 1
     assert otel.total("asyncstampede.wake.changes", **{"asyncstampede.transport": "tracking"}) == 2
     points = otel.points()
@@ -213,6 +218,7 @@ def test_every_kind_of_event_has_its_instrument(otel: Otel) -> None:
         Timeout("n", "k", "soft"),
         Corrupt("n", None, "undecodable"),
         BackendFailure("n", "storing 'k'", True, "NOPERM"),
+        RedisCall("n", "COMMIT", 0.002, "timeout"),
         BreakerChange("r:6379/0", "open", "closed", "silent"),
         BreakerChange("r:6379/0", "closed", "half-open", "answers", 4.0),
         BreakerChange("r:6379/0", "open", "closed", "silent"),
@@ -232,6 +238,8 @@ def test_every_kind_of_event_has_its_instrument(otel: Otel) -> None:
     assert otel.total("asyncstampede.hit.duration") == 1
     assert otel.total("asyncstampede.computes", **{"asyncstampede.outcome": "timeout"}) == 1
     assert otel.total("asyncstampede.backend_failures", **{"asyncstampede.refused": True}) == 1
+    step = {"asyncstampede.operation": "COMMIT", "asyncstampede.outcome": "timeout"}
+    assert otel.total("asyncstampede.redis.duration", **step) == 1
     assert otel.total("asyncstampede.breaker.changes", **{"asyncstampede.state": "open"}) == 2
     assert otel.total("asyncstampede.breaker.open") == 1
     assert otel.total("asyncstampede.wake.changes", **{"asyncstampede.transport": "poll"}) == 0

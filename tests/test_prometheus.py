@@ -24,6 +24,7 @@ from asyncstampede.events import (
     ComputeEnded,
     Corrupt,
     Hit,
+    RedisCall,
     StaleServed,
     Timeout,
     TransportChange,
@@ -91,6 +92,22 @@ async def test_the_exposition_carries_the_statistics(redis_url: str, namespace: 
     assert total(pa, "asyncstampede_computes_total", asyncstampede_outcome="ok") == 1
     assert total(pa, "asyncstampede_compute_duration_seconds_count") == 1
     assert total(pa, "asyncstampede_hit_duration_seconds_count") >= 1
+    for samples, commits in ((pa, 1), (pb, 0)):  # the Redis steps: only the holder commits
+        assert (
+            total(
+                samples,
+                "asyncstampede_redis_duration_seconds_count",
+                asyncstampede_operation="COMMIT",
+                asyncstampede_outcome="ok",
+            )
+            == commits
+        )
+        assert (
+            total(
+                samples, "asyncstampede_redis_duration_seconds_count", asyncstampede_operation="GET"
+            )
+            == 1
+        )
     assert {
         labels["asyncstampede_namespace"] for labels, _ in pb["asyncstampede_misses_total"]
     } == {namespace}
@@ -124,6 +141,7 @@ def test_every_metric_is_named_as_the_otel_exporter_would() -> None:
         Timeout("n", "k", "wait"),
         Corrupt("n", "k", "misfit"),
         BackendFailure("n", "looking up 'k'", False, "timeout"),
+        RedisCall("n", "LOCK", 0.001, "ok"),
         BreakerChange("r:6379/0", "open", "closed", "silent"),
         TransportChange("r:6379/0", "tracking", None),
         TransportChange("r:6379/0", "poll", "tracking"),

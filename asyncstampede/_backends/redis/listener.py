@@ -281,10 +281,14 @@ class RedisListener(Listener):
             self.refused += 1
             if self._config.forced:
                 self._problems.report(
-                    exc, f"wake={kind!r} (waiters poll meanwhile, a few looks per wait)"
+                    exc,
+                    f"wake={kind!r} (waiters poll meanwhile, a few looks per wait)",
+                    transport=kind,
                 )
         if remaining and self._polling_since is None:
-            self._problems.say(logging.INFO, f"waking waiters by {kind} is not possible: {exc}")
+            self._problems.say(
+                logging.INFO, f"waking waiters by {kind} is not possible: {exc}", transport=kind
+            )
 
     def _trouble(self, exc: Exception, up: bool) -> None:
         """Log a lost or failed connection (a bug loudly); the caller starts over."""
@@ -295,7 +299,9 @@ class RedisListener(Listener):
             return
         error = map_error(exc, address=self._address)
         if up or self.connect_errors == 1:
-            self._problems.report(error, "watching locks; reconnecting")
+            self._problems.report(
+                error, "watching locks; reconnecting", transport=self._announced or "poll"
+            )
         # An outage: Redis silent while a waiter needed it (its ping went
         # unanswered), or a Redis that worked cannot be connected to again.
         # (Before it ever worked, the request path says why, with its hints;
@@ -309,7 +315,9 @@ class RedisListener(Listener):
         # (INFO too when it ends a spell of polling, which was a WARNING.)
         back = self._announced == "poll"
         level = logging.DEBUG if kind == self._order[0] and not back else logging.INFO
-        self._problems.say(level, f"waiters on Redis at {self._address} wake by {kind}")
+        self._problems.say(
+            level, f"waiters on Redis at {self._address} wake by {kind}", transport=kind
+        )
         self._announce(kind)
 
     def retire(self) -> None:
@@ -342,6 +350,7 @@ class RedisListener(Listener):
             f"Redis at {self._address} allows no way to wake waiters, so they poll (a few "
             f"looks per wait, a value seen up to about as late again as it took to come). "
             f"Refused: {reasons}. To be woken at the commit, allow one of: {grants}",
+            transport="poll",
         )
 
 

@@ -199,6 +199,7 @@ class Keyspace(_Subscribing):
                 logging.WARNING,
                 f"wake='keyspace' trusts that notify-keyspace-events covers locks (K$g): "
                 f"it cannot be read ({exc})",
+                transport="keyspace",
             )
         else:
             flags = _config_value(reply)
