@@ -9,6 +9,17 @@ and each variant's figure is the median over the rounds of its hits/s as a
 ratio to the no-hook variant's in the same round, so the machine's drift
 cancels out. Keys as in the ``hits`` scenario's headline: coroutine i of
 process n reads its own hot key, every request one round trip.
+
+Throughput on a shared machine moves by a quarter from round to round, more
+than a hook costs; so each variant's client CPU per hit (its worker
+processes' CPU time over their hits: the event loop, the Redis client and
+the hooks, not the server) is measured too, and what a hook adds to it
+(its median, over the rounds, of the difference to the no-hook variant in
+the same round) is shown. That is still noisy by a few microseconds, more
+than a no-op hook costs; so each worker also times exactly what its
+instance runs per hit when it has hooks (the `Hit` record built and
+handed to the hooks, 50,000 times, best of 5: ``hook_us_per_hit``), and
+the target judges that against the no-hook variant's CPU per hit.
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ def run(url: str, options: Options) -> list[Row]:
     rps: dict[str, list[float]] = {n: [] for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
     p99: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}  # microseconds per hit
+    extra: dict[str, list[float]] = {n: [] for n in names}  # ... more than no hooks
     try:
         with ExitStack() as stack:
             pools: dict[str, list[Worker]] = {}
@@ -53,6 +66,11 @@ def run(url: str, options: Options) -> list[Row]:
                     worker_pool(VARIANTS[name], url, fresh_namespace(), options.processes)
                 )
                 _loop(pools[name], lambda n: f"hitsd hot-{n} 0.2 {c}")  # fill the keys
+            # (Timed before the rounds, one worker at a time: nothing else runs.)
+            hook_us = {
+                name: median([r["us"] for w in pools[name] for r in ask_all([w], "hookcost 50000")])
+                for name in names
+            }
             for r in range(options.hit_rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 this: dict[str, float] = {}
@@ -60,10 +78,12 @@ def run(url: str, options: Options) -> list[Row]:
                     figures = _loop(pools[name], lambda n: f"hitsd hot-{n} {seconds} {c}")
                     this[name] = figures["rps"]
                     p99[name].append(figures["p99_ms"])
+                    cpu[name].append(figures["cpu_us"])
                     bar.update()
                 for name in names:
                     rps[name].append(this[name])
                     ratios[name].append(this[name] / this["no hooks"])
+                    extra[name].append(cpu[name][-1] - cpu["no hooks"][-1])
     except Exception as exc:
         bar.close()
         return [failed("hooks", exc)]
@@ -75,6 +95,10 @@ def run(url: str, options: Options) -> list[Row]:
             "ratio_to_no_hooks": median(ratios[name]),
             "worst_round_ratio": min(ratios[name]),
             "p99_ms": max(p99[name]),
+            "cpu_us_per_hit": median(cpu[name]),
+            "extra_cpu_us_per_hit": median(extra[name]),
+            "hook_us_per_hit": hook_us[name],
+            "hook_share_of_hit": hook_us[name] / median(cpu["no hooks"]),
             "note": NOTES.get(name, ""),
         }
         for name in names
@@ -84,7 +108,9 @@ def run(url: str, options: Options) -> list[Row]:
 def _loop(workers: list[Worker], command: Callable[[int], str]) -> dict[str, float]:
     reports = ask_all(workers, command)
     seconds = max(r["seconds"] for r in reports)
+    hits = sum(r["requests"] for r in reports)
     return {
-        "rps": sum(r["requests"] for r in reports) / seconds,
+        "rps": hits / seconds,
         "p99_ms": max(r["p99"] for r in reports) * 1000,
+        "cpu_us": sum(r["cpu"] for r in reports) / hits * 1e6,
     }
