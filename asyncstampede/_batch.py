@@ -19,10 +19,14 @@ A batch is many resolutions of one key each, run by the same machinery as
    keys whose locks the first attempt got (and those that fail open) are
    known once every key has had its answer; ``batch_fn`` is then called
    once with all of them, and each key's slot hands its value to its own
-   lead, which commits it with the usual script (waking every waiter).
-   Keys that come to compute later (a takeover after a wait, a wait that
-   timed out, a background refresh) are gathered by loop turn into
-   further calls of ``batch_fn``.
+   lead, which commits it with the usual script (waking every waiter);
+   a call's commits, or its releases when it fails, leave in one write
+   (`Backend.gather`). Keys that come to compute later (a holder elsewhere
+   that failed and let go, a takeover after a wait, a wait that timed
+   out, a background refresh) go to further calls of ``batch_fn``, and
+   the keys that become the call's own together share one: such a call
+   waits while any waiting key's look at its lock is on its way (see
+   `_Batch`).
 
 Decoding happens in one place here (`_open`); encoding is the leads' own
 (``_compute.encode_value``).
@@ -42,6 +46,8 @@ import anyio
 import anyio.lowlevel
 
 from ._backends.base import Acquired, Held, Hit
+from ._backends.interest import Interest
+from ._backends.messages import Signal
 from ._codec import Codec, loaded
 from ._compute import cancelled_from_outside
 from ._envelope import Envelope
@@ -61,6 +67,7 @@ from ._read import LOOK, await_flight, read_interrupted
 from ._resolve import _value_handler, decide, resolve, serve
 from ._runtime import Again, Request, Runtime, value_of
 from ._tags import fingerprint, tag_names
+from ._wait import LAPSE_SLACK
 
 __all__ = ["BatchFn", "checked_keys", "get_many", "refuse_batch_fn"]
 
@@ -267,6 +274,7 @@ async def _read_and_hand_off(
         req = Request(
             key, names[key], flights[key], batch.fn_for(key), ttl_ms, policy, left, codec, stamp
         )
+        req.looks = batch  # how its wait for another holder fares (see _Batch)
         if failure is not None:
             misses.append((req, failure))
             continue
@@ -341,6 +349,7 @@ async def _drive_one(
     finally:
         if not told:
             batch.told(req, computes=False)
+        batch.forget(req.key)  # (a look cut short, or a lock of ours that never computed)
         listener.unregister(req.names.lock, interest)
 
 
@@ -404,8 +413,18 @@ class _Batch:
     Each key's compute function is `fn_for` (what its `Request` calls). The
     first group is the keys whose first look at the lock sent them to the
     compute; it calls ``batch_fn`` once every key of the call has had that
-    look (`told`). A key that comes to compute otherwise starts or joins a
-    later group, which takes the keys that come in the same loop turn.
+    look (`told`). A key that comes to compute otherwise (after waiting for
+    another holder) starts or joins a later group, which takes the keys
+    that come in the same loop turn, then waits while any key waiting for
+    another holder has a look at its lock on its way (`_runtime.Looks`):
+    that key may be about to become the call's too, as when the holder
+    lets all its locks go at once (its ``batch_fn`` failed). A lock that
+    became the key's own counts as a look until the key joins its group.
+    And when a waiting key takes over a lock that ran out, the others
+    whose locks ran out too look at once (`lapsed`), rather than each at
+    its own jittered timer, a few milliseconds apart: the holder died
+    holding them all. No timer is involved: the group goes as soon as no
+    look is on its way.
     """
 
     __slots__ = (
@@ -413,11 +432,14 @@ class _Batch:
         "_expected",
         "_first",
         "_fn",
+        "_idle",
         "_later",
+        "_looking",
         "_names",
         "_order",
         "_policy",
         "_rt",
+        "_waiting",
         "mine",
     )
 
@@ -439,6 +461,14 @@ class _Batch:
         self._expected = 0  # keys yet to tell whether they compute
         self._first = _Group()
         self._later: _Group | None = None  # a later group still taking keys
+        # Keys waiting for another holder: each one's interest, and when
+        # its holder's lock runs out as last seen.
+        self._waiting: dict[str, tuple[Interest, float]] = {}
+        # Keys whose look at their lock is on its way, or made the lock ours
+        # and has not joined a group yet; `_idle` is set while there is none.
+        self._looking: set[str] = set()
+        self._idle = anyio.Event()
+        self._idle.set()
 
     def expect(self, misses: int) -> None:
         """*misses* keys will each tell (`told`) whether they compute."""
@@ -454,6 +484,51 @@ class _Batch:
         self._expected -= 1
         if self._expected == 0 and first.keys:
             self._start(first, wait_a_turn=False)
+
+    # -- how the keys waiting for other holders fare (`_runtime.Looks`) ------------
+
+    def waits(self, key: str, interest: Interest, until: float) -> None:
+        """*key* waits on *interest* for a lock its holder has until *until*."""
+        self._waiting[key] = (interest, until)
+
+    def began(self, key: str) -> None:
+        """*key* looks at its lock: a later group holds its keys until the look is back."""
+        if not self._looking:
+            self._idle = anyio.Event()
+        self._looking.add(key)
+
+    def ended(self, key: str) -> None:
+        """*key*'s look is over: the lock is not ours, or the key joined a group."""
+        if key in self._looking:
+            self._looking.discard(key)
+            if not self._looking:
+                self._idle.set()
+
+    def lapsed(self, key: str) -> None:
+        """*key* took over a lock that ran out: the others whose locks ran out look now.
+
+        Their own timers, each with a jitter of its own (up to 2% of the
+        lock's TTL), would send them apart, each to a ``batch_fn`` call of
+        its own; looking now, while this key's group is held for their
+        looks, they join it. (A lock that has not run out after all is
+        found held: one look more for that key.)
+        """
+        now = anyio.current_time()
+        for other, (interest, until) in self._waiting.items():
+            if other != key and other not in self._looking and until - LAPSE_SLACK <= now:
+                self.began(other)
+                interest.push(Signal.RECHECK)
+
+    def left(self, key: str, *, ours: bool) -> None:
+        """*key* waits no more; *ours*: the lock is ours (its look ends in its group)."""
+        self._waiting.pop(key, None)
+        if not ours:
+            self.ended(key)
+
+    def forget(self, key: str) -> None:
+        """*key*'s resolution is over: nothing of it holds a group any more."""
+        self._waiting.pop(key, None)
+        self.ended(key)
 
     def fn_for(self, key: str) -> Callable[[], Awaitable[Any]]:
         """Return *key*'s compute function: its value out of a ``batch_fn`` call."""
@@ -473,6 +548,7 @@ class _Batch:
             # Taken once: a later compute of the key (a background refresh)
             # must not be handed this call's value again.
             first.claimed.add(key)
+            self.ended(key)
             return await first.value_of(key)
         group = self._later
         if group is None or group.started or key in group.members:
@@ -480,6 +556,7 @@ class _Batch:
             self._start(group, wait_a_turn=True)
         chain = computing.get()  # (run_compute put this key's compute last)
         group.add(key, chain[-1] if chain else self._computation(key))
+        self.ended(key)  # (a look that made the lock ours ends here, in its group)
         return await group.value_of(key)
 
     def _computation(self, key: str) -> Computation:
@@ -493,10 +570,28 @@ class _Batch:
         tg.start_soon(self._run, group, wait_a_turn)
 
     async def _run(self, group: _Group, wait_a_turn: bool) -> None:
-        """Call ``batch_fn`` once for *group*'s keys, under the hard timeout; settle it."""
+        """Call ``batch_fn`` once for *group*'s keys (a later group: once no look holds it)."""
         if wait_a_turn:
             await anyio.lowlevel.checkpoint()  # keys coming in this loop turn join
+            # Keys whose looks are on their way may be about to become ours
+            # too (a holder that failed lets all its locks go at once, locks
+            # that ran out together): they join this call rather than each
+            # start one of its own.
+            while self._looking:
+                await self._idle.wait()
         group.started = True
+        try:
+            await self._compute(group)
+        finally:
+            # Every key's lead now commits its value, or lets its lock go:
+            # in one write rather than the first at once and the others after
+            # every lead has run, so that a process waiting for these keys
+            # finds them all done at once (and gathers the ones it then
+            # computes into one call of its own).
+            self._rt.backend.gather()
+
+    async def _compute(self, group: _Group) -> None:
+        """Call ``batch_fn`` with *group*'s keys, under the hard timeout; settle the group."""
         computations = tuple(group.members.values())
         order = self._order
         keys = sorted(group.keys, key=order.__getitem__)  # in the call's order, whatever ran first

@@ -6,13 +6,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar, final
+from typing import Any, Final, Literal, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
 from redis.asyncio import Redis, RedisCluster
 
 from ._backends.base import Acquired, Backend, Held, Hit
+from ._backends.interest import Interest
 from ._backends.memory import MemoryBackend
 from ._backends.redis.backend import RedisBackend
 from ._backends.redis.client import check_client
@@ -29,7 +30,16 @@ from ._problems import ProblemLog
 from ._settings import Settings
 from ._stats import Counters, Statistics
 
-__all__ = ["MISFIT", "Again", "Request", "Runtime", "failure_of", "now_ms", "value_of"]
+__all__ = [
+    "MISFIT",
+    "Again",
+    "Looks",
+    "Request",
+    "Runtime",
+    "failure_of",
+    "now_ms",
+    "value_of",
+]
 
 T = TypeVar("T")
 
@@ -424,6 +434,30 @@ class Again:
     seen: bytes | None = None  # a stored payload not to be served (corrupt, too stale)
 
 
+class Looks(Protocol):
+    """Told how a key waiting for another holder fares (a batch gathers its keys by it).
+
+    See ``_batch._Batch``: keys that become the call's own at about the same
+    time (a holder that failed lets all its locks go; locks that ran out
+    together) go to one ``batch_fn`` call.
+    """
+
+    def waits(self, key: str, interest: Interest, until: float) -> None:
+        """*key* waits on *interest* for a lock its holder has until *until* (anyio time)."""
+
+    def began(self, key: str) -> None:
+        """*key*'s look at its lock (after a wake-up, or its timer) is on its way."""
+
+    def ended(self, key: str) -> None:
+        """*key*'s look is back without the lock."""
+
+    def lapsed(self, key: str) -> None:
+        """*key*'s look took over a lock that had run out (its holder died or stalled)."""
+
+    def left(self, key: str, *, ours: bool) -> None:
+        """*key* waits no more; *ours*: with the lock (its look ends once it computes)."""
+
+
 @final
 class Request:
     """Everything one resolution needs, passed down the request path."""
@@ -434,6 +468,7 @@ class Request:
         "flight",
         "fn",
         "key",
+        "looks",
         "names",
         "policy",
         "redis_left",
@@ -476,6 +511,8 @@ class Request:
         # The fingerprint of its tags' generations when the call began (0:
         # no tags): values are stamped with it, and only those are served.
         self.tags = tags
+        # Told how a wait for another holder fares (a batch's keys; see `Looks`).
+        self.looks: Looks | None = None
 
     def accepts(self, envelope: Envelope) -> bool:
         """Tell whether a value may be handed to this request's callers now (see `judge`)."""

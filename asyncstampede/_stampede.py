@@ -1040,9 +1040,11 @@ class Stampede:
         another process is computing is waited for, not computed again; a
         key already in flight in this process (a `get_or_compute` of it, or
         another batch) is joined. Keys that come to compute later (after
-        waiting out a holder that died, after ``wait_timeout`` with
-        ``on_wait_timeout="compute"``, a background refresh) are computed by
-        further calls of *batch_fn*, gathered per event-loop turn.
+        waiting for a holder that failed and let them go, or died, after
+        ``wait_timeout`` with ``on_wait_timeout="compute"``, a background
+        refresh) are computed by further calls of *batch_fn*, one for the
+        keys that become this call's together (say the 10 keys of another
+        process whose *batch_fn* failed).
 
         Each key fails as its own `get_or_compute` would: a key *batch_fn*
         leaves out of its mapping fails with `MissingFromBatchError`, and

@@ -24,7 +24,15 @@ from ._events import StaleServed, Takeover, Timeout, Waited, WakeUp
 from ._exceptions import BackendError
 from ._runtime import Request, Runtime, value_of
 
-__all__ = ["RESOLVED", "TIMED_OUT", "Served", "WaitOutcome", "takeover_delay", "wait"]
+__all__ = [
+    "LAPSE_SLACK",
+    "RESOLVED",
+    "TIMED_OUT",
+    "Served",
+    "WaitOutcome",
+    "takeover_delay",
+    "wait",
+]
 
 
 @final
@@ -57,6 +65,11 @@ WaitOutcome: TypeAlias = Served | Acquired | BackendError | _Marker
 # and a real change behind such noise is seen at most this much later.
 _IDLE_BACKOFF = 0.001
 _IDLE_BACKOFF_MAX = 0.25
+
+# A lock taken this close to its holder's expiry as last seen, or later, is
+# a takeover: it ran out (PTTL is in whole milliseconds, and the expiry was
+# reckoned when the reply came, not when Redis read it).
+LAPSE_SLACK: Final = 0.005
 
 # Where nothing can push a lock's changes (Redis refused client tracking, or
 # the watching connections are down), a waiter looks by itself: first after
@@ -95,6 +108,8 @@ async def wait(
         return outcome
     finally:
         rt.counters.waiting -= 1
+        if req.looks is not None:
+            req.looks.left(req.key, ours=isinstance(outcome, Acquired))
         if rt.hooked and outcome is not None:
             rt.hooks.emit(
                 Waited(rt.namespace, req.key, time.perf_counter() - started, _named(outcome))
@@ -126,6 +141,9 @@ async def _wait(
     timer = takeover_delay(held.pttl_ms)
     if not held.watched:
         timer = min(timer, _POLL_FIRST)
+    looks = req.looks
+    if looks is not None:
+        looks.waits(req.key, interest, expires)
     while True:
         if soft is not None and now() - started >= soft:
             stale = req.usable_stale()
@@ -176,9 +194,13 @@ async def _wait(
             continue
         # ABSENT: the listener read the value just after the change and
         # found none, so only the lock is in question.
+        if looks is not None:
+            looks.began(req.key)
         state = await rt.acquire(
             req, token, read=message is not Signal.ABSENT, seen=seen, recheck=True
         )
+        if looks is not None and not isinstance(state, Acquired):
+            looks.ended(req.key)  # (one that made the lock ours ends as its key computes)
         if isinstance(state, BackendError):
             return state
         if isinstance(state, Hit):
@@ -193,7 +215,7 @@ async def _wait(
         if isinstance(state, Acquired):
             # Whether the timer fired or Redis reported the expiry: a lock
             # taken once the last one ran out (not released) is a takeover.
-            if now() >= expires - 0.005:
+            if now() >= expires - LAPSE_SLACK:
                 counters.takeovers += 1
                 rt.problems.say(
                     logging.INFO,
@@ -204,6 +226,8 @@ async def _wait(
                 )
                 if rt.hooked:
                     rt.hooks.emit(Takeover(rt.namespace, req.key))
+                if looks is not None:
+                    looks.lapsed(req.key)
             interest.close()
             return state
         timer = takeover_delay(state.pttl_ms)
@@ -212,6 +236,8 @@ async def _wait(
             counters.polls += 1
             timer = min(timer, _POLL_FIRST * 2 ** min(polls, 30), poll_most)
         was, expires = expires, now() + state.pttl_ms / 1000
+        if looks is not None:
+            looks.waits(req.key, interest, expires)
         # Held by the same lock, its expiry where it was: nothing happened to
         # it (not an extension, not a takeover). Redis reports a key whose
         # tracking it dropped (a full tracking table) or one written in

@@ -604,3 +604,66 @@ def test_three_processes_with_overlapping_batches_compute_each_key_once(
     # 60 + 60 + 45 keys asked, 90 computed: the other 75 were waited for.
     assert sum(r["stats"]["remote_waits"] for r in reports.values()) == 75
     assert sum(r["stats"]["computes"] for r in reports.values()) == 90
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [10, 100])
+def test_keys_a_failed_holder_lets_go_are_computed_by_one_batch_call(
+    workers: list[Worker], redis_url: str, namespace: str, n: int
+) -> None:
+    """Another process's batch_fn fails for n keys waited for here: one batch_fn call for all.
+
+    The holder lets its n locks go together; the waiter is woken for each,
+    and the keys that become its own together go to one call, not one each.
+    """
+    keys = _keys(n)
+    holder = Worker(redis_url, namespace, "0", str(n), "1", "fail", script=BATCH_WORKER)
+    waiter = Worker(redis_url, namespace, "0", str(n), "1", script=BATCH_WORKER)
+    workers.extend([holder, waiter])
+    holder.expect("ready")
+    waiter.expect("ready")
+    holder.send("go")
+    holder.expect("settled")  # computing every key: it holds their locks
+    waiter.send("go")
+    waiter.expect("settled")  # waiting for every key
+    waiter.send("return")  # (its batch_fn returns as soon as it is called)
+    holder.send("return")  # the holder's batch_fn raises: its locks are let go
+    failed, report = holder.report(), waiter.report()
+    assert failed["batches"] == [keys]
+    assert len(failed["errors"]) == 1
+    assert "the database is down" in failed["errors"][0]
+    assert report["batches"] == [keys]  # one call with every key, in their order
+    assert report["errors"] == []
+    assert report["values"] == {k: {"key": k, "by": report["pid"]} for k in keys}
+    stats = report["stats"]
+    assert (stats["remote_waits"], stats["computes"], stats["takeovers"]) == (n, n, 0)
+
+
+@pytest.mark.slow
+def test_keys_whose_locks_ran_out_together_are_taken_over_by_one_batch_call(
+    workers: list[Worker], redis_url: str, namespace: str
+) -> None:
+    """A holder of 10 keys dies: the waiter takes them over at their expiry, in one call.
+
+    Each waiter's timer has its own jitter; the first takeover has the
+    others whose locks ran out too look at once, and they join its call.
+    """
+    keys = _keys(10)
+    holder = Worker(redis_url, namespace, "0", "10", "1", "return", "0.5", script=BATCH_WORKER)
+    waiter = Worker(redis_url, namespace, "0", "10", "1", script=BATCH_WORKER)
+    workers.extend([holder, waiter])
+    holder.expect("ready")
+    waiter.expect("ready")
+    holder.send("go")
+    holder.expect("settled")  # computing every key: it holds the 10 locks
+    waiter.send("go")
+    waiter.expect("settled")  # waiting for every key
+    holder.proc.kill()  # dies holding them: they run out within lock_ttl (0.5 s)
+    holder.proc.wait()
+    waiter.send("return")
+    report = waiter.report()
+    assert report["batches"] == [keys]
+    assert report["errors"] == []
+    assert report["values"] == {k: {"key": k, "by": report["pid"]} for k in keys}
+    stats = report["stats"]
+    assert (stats["remote_waits"], stats["takeovers"], stats["computes"]) == (10, 10, 10)

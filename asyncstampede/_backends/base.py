@@ -96,6 +96,14 @@ class Backend(Protocol):
         """
         ...
 
+    def gather(self) -> None:
+        """Send nothing more in this loop turn: what it asks for goes out together at its end.
+
+        For commands better seen together than soon: the commits or
+        releases of one ``batch_fn`` call's keys (see ``_batch``).
+        """
+        ...
+
     async def prepare(self) -> None:
         """Get ready for the first request (best effort, never raises)."""
         ...

@@ -66,6 +66,9 @@ class MemoryBackend:
         """Never needed: no operation in memory waits (see `Backend.overran`)."""
         return BackendUnavailableError(f"the embedded store took over {budget}s for {doing}")
 
+    def gather(self) -> None:
+        """Nothing is sent in memory: every change is seen at once (see `Backend.gather`)."""
+
     async def prepare(self) -> None:
         """Nothing to prepare in memory."""
 

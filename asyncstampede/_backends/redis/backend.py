@@ -256,6 +256,10 @@ class RedisBackend:
             command=doing,
         )
 
+    def gather(self) -> None:
+        """See `Backend.gather` (the request connection's, see `Multiplexer.gather`)."""
+        self._mux.gather()
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Run the listener, the request connection and the breaker's probe until cancelled.
 

@@ -323,6 +323,11 @@ class ClusterBackend:
             command=doing,
         )
 
+    def gather(self) -> None:
+        """See `Backend.gather`: on every primary's request connection."""
+        for node in self._nodes.values():
+            node.backend.gather()
+
     # -- life -----------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:

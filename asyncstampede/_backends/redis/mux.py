@@ -8,7 +8,9 @@ asked for while replies are on their way are gathered and written with one
 ``recv()``, and hands each to its caller in the order sent. Under
 concurrency that costs a fraction of the system calls and event-loop
 wake-ups of a pooled connection per command (the cost that dominates a
-cache hit in Python); a lone command is not held back at all.
+cache hit in Python); a lone command is not held back at all, unless its
+loop turn's commands are to go out together (`Multiplexer.gather`: a
+batch's commits or releases).
 
 Nothing here is essential: while the connection is down (or before it is
 up), `execute` answers `UNAVAILABLE` and the caller uses the pool.
@@ -205,8 +207,9 @@ class Multiplexer:
         self._slots.append(slot)
         if self._expiry is None or slot.deadline < self._expiry_at:
             self._arm(slot.deadline)
-        if idle and not self._buffer:
-            # Nothing in flight: nothing to wait for either, write it now.
+        if idle and not self._flush_scheduled:
+            # Nothing in flight: nothing to wait for either, write it now
+            # (unless this loop turn's commands go out together, `gather`).
             writer.writelines(packed)
         else:
             # Replies are on their way: gather what this loop turn asks for
@@ -221,6 +224,17 @@ class Multiplexer:
         if slot.error is not None:
             raise slot.error
         return slot.value
+
+    def gather(self) -> None:
+        """Write nothing more in this loop turn: what it asks for goes out in one write at its end.
+
+        For commands better seen together than soon (a batch's releases:
+        whoever waits for those locks elsewhere then finds them all free
+        at once), where the first would otherwise be written alone.
+        """
+        if self._writer is not None and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _arm(self, at: float) -> None:
         """Have `_expire` run at *at* (``time.monotonic()`` seconds)."""
