@@ -868,8 +868,10 @@ def _memory(
                 "maxmemory is 0: Redis grows until the host runs out of memory",
                 "Give a cache a bound and let it evict: CONFIG SET maxmemory <bytes> (below "
                 "the host's memory, leaving room for forks), with maxmemory-policy "
-                "allkeys-lru or allkeys-lfu.",
-                {"used_memory": used},
+                # (Nothing is evicted without a bound: whatever the policy, setting one
+                # starts evicting, so the keys without a TTL are exposed by the advice.)
+                "allkeys-lru or allkeys-lfu." + _allkeys_caveat(figures),
+                {"used_memory": used, "keys_without_ttl": figures["keys_without_ttl"]},
             )
         )
     if policy == "noeviction" and maxmemory:
@@ -882,8 +884,13 @@ def _memory(
                 + (": the server is full and refuses writes (OOM)" if full else ""),
                 "A full noeviction server refuses every write: no lock can be taken and "
                 "no value stored, so every process computes every time. For a cache: "
-                "CONFIG SET maxmemory-policy allkeys-lru (or allkeys-lfu for hot keys).",
-                {"memory_share": share, "oom_errors": figures["oom_errors"]},
+                "CONFIG SET maxmemory-policy allkeys-lru (or allkeys-lfu for hot keys)."
+                + _allkeys_caveat(figures),
+                {
+                    "memory_share": share,
+                    "oom_errors": figures["oom_errors"],
+                    "keys_without_ttl": figures["keys_without_ttl"],
+                },
             )
         )
     elif figures["oom_errors"] > 0:
@@ -937,18 +944,57 @@ def _memory(
         )
 
 
+def _allkeys_caveat(figures: dict[str, Any]) -> str:
+    """Return the caveat of advice that turns on an allkeys-* policy, where keys have no TTL.
+
+    Keys without a TTL are often data that must stay (sessions, queues,
+    settings), which noeviction and the volatile-* policies never evict and
+    allkeys-* does. The count is ``INFO``'s, over every database (maxmemory
+    is the server's); the key sample's, where one was taken, is added.
+    """
+    spare = figures["keys_without_ttl"]
+    if not spare:
+        return ""
+    sample = figures.get("sample") or {}
+    sampled = sample.get("sampled", 0) if not sample.get("refused") else 0
+    seen = f" ({sample.get('without_ttl', 0):,} of the {sampled:,} sampled)" if sampled else ""
+    one = spare == 1
+    return (
+        f" But {spare:,} key{'' if one else 's'} here ha{'s' if one else 've'} no TTL{seen}, "
+        "which an allkeys-* policy evicts like any cached value: if "
+        f"{'it is' if one else 'they are'} data that must stay, keep the cache on a Redis of "
+        "its own (maxmemory is per server, not per database), or use volatile-lru, which "
+        "evicts only keys with a TTL (asyncstampede's values have one; it frees nothing "
+        "while keys without one fill the memory)."
+    )
+
+
 def _traffic(verdicts: list[Verdict], figures: dict[str, Any], policy: str) -> None:
     evicted = figures["evicted_keys_per_s"]
     if evicted > 0:
+        # LFU keeps hot keys; under volatile-* its volatile form, which still
+        # spares the keys without a TTL (allkeys-lfu would start evicting them).
+        lfu = "volatile-lfu" if policy.startswith("volatile-") else "allkeys-lfu"
+        spare = figures["keys_without_ttl"]
         verdicts.append(
             Verdict(
                 "evictions",
                 "warning",
                 f"{evicted:,.1f} keys evicted per second during the interval (policy {policy})",
                 "Evictions during traffic turn hot keys into misses all at once (a "
-                "stampede when they are popular). Raise maxmemory, store smaller values "
-                "(compression), or use allkeys-lfu so hot keys stay.",
-                {"evicted_keys_per_s": evicted},
+                "stampede when they are popular). Raise maxmemory, or store smaller values "
+                "(compression)"
+                + ("." if policy.endswith("-lfu") else f", or use {lfu} so hot keys stay.")
+                + (
+                    f" {spare:,} key{'' if spare == 1 else 's'} here "
+                    f"ha{'s' if spare == 1 else 've'} no TTL, and {policy} evicts "
+                    f"{'it' if spare == 1 else 'them'} too: if they are data that must "
+                    "stay, keep the cache on a Redis of its own (maxmemory is per server, "
+                    "not per database)."
+                    if spare and policy.startswith("allkeys-")
+                    else ""
+                ),
+                {"evicted_keys_per_s": evicted, "keys_without_ttl": spare},
             )
         )
     hits, misses = figures["hits_per_s"], figures["misses_per_s"]
@@ -1106,8 +1152,9 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = Fal
                 "no-ttl",
                 "info",
                 f"none of the {sampled:,} sampled keys has a TTL",
-                "Cache entries without a TTL are never refreshed unless evicted; give each "
-                "a TTL (asyncstampede always does).",
+                "Cache entries without a TTL are never refreshed unless evicted: if these "
+                "are cache, give each a TTL (asyncstampede always does); if they are data "
+                "that must stay, leave them be, and keep the cache on a Redis of its own.",
                 {"sampled": sampled},
             )
         )

@@ -42,20 +42,30 @@ def _codes(report: dict) -> dict[str, str]:  # type: ignore[type-arg]
     return {v["code"]: v["severity"] for v in report["verdicts"]}
 
 
+def _verdict(report: dict[str, Any], code: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(v for v in report["verdicts"] if v["code"] == code)
+    return found
+
+
+def _fill(server: RedisServer, **ttl: int) -> None:
+    """Write 1,000-byte values (with *ttl*, e.g. ``ex=3600``) until the server refuses with OOM."""
+    client = redis.Redis(port=server.port)
+    refused = ""
+    for i in range(10_000):  # bounded: 10 MB would do, the tests' maxmemory is less
+        try:
+            client.set(f"k{i}", b"x" * 1000, **ttl)  # type: ignore[arg-type]
+        except redis.exceptions.ResponseError as exc:  # OOM: full
+            refused = str(exc)
+            break
+    client.close()
+    assert "maxmemory" in refused
+
+
 @pytest.fixture
 def full_noeviction() -> Iterator[RedisServer]:
+    """A noeviction server filled to OOM with keys without a TTL."""
     with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
-        client = redis.Redis(port=server.port)
-        refused = None
-        for i in range(10_000):  # bounded: 10 MB would do, 2 MB is the limit
-            try:
-                client.set(f"k{i}", b"x" * 1000)
-            except redis.exceptions.ResponseError as exc:  # OOM: full
-                refused = exc
-                break
-        client.close()
-        assert refused is not None
-        assert "maxmemory" in str(refused)
+        _fill(server)
         yield server
 
 
@@ -69,6 +79,47 @@ def test_a_full_noeviction_server_is_critical(
     assert report["config"]["maxmemory-policy"] == "noeviction"
     noeviction = next(v for v in report["verdicts"] if v["code"] == "noeviction")
     assert "allkeys-lru" in noeviction["advice"]
+
+
+def test_advice_to_evict_every_key_warns_of_the_keys_without_a_ttl(
+    full_noeviction: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """allkeys-* evicts keys without a TTL too (often data that must stay): advice says so.
+
+    noeviction and maxmemory-unset advise an allkeys-* policy: with keys
+    without a TTL here, the advice names them and the alternatives (a Redis
+    of its own, volatile-lru); where every key has a TTL it stands alone.
+    """
+    _, full = _doctor(full_noeviction.url, capsys, "--interval", "0")
+    without = full["figures"]["keys_without_ttl"]
+    assert without >= 1_000
+    advice = _verdict(full, "noeviction")["advice"]
+    assert "CONFIG SET maxmemory-policy allkeys-lru" in advice
+    sampled = full["figures"]["sample"]["sampled"]
+    assert f"But {without:,} keys here have no TTL ({sampled:,} of the {sampled:,} sampled)" in (
+        advice
+    )
+    assert "a Redis of its own" in advice
+    assert "volatile-lru" in advice
+    assert _verdict(full, "noeviction")["figures"]["keys_without_ttl"] == without
+    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
+        _fill(server, ex=3600)  # every key a TTL: allkeys-lru evicts nothing that must stay
+        _, cache = _doctor(server.url, capsys, "--interval", "0")
+    assert cache["figures"]["keys_without_ttl"] == 0
+    advice = _verdict(cache, "noeviction")["advice"]
+    assert "allkeys-lru" in advice
+    assert "no TTL" not in advice
+    assert "of its own" not in advice
+    with RedisServer() as server:  # maxmemory 0: a bound would start evictions
+        client = redis.Redis(port=server.port)
+        client.set("session:1", b"v")
+        client.set("cache:1", b"v", ex=60)
+        client.close()
+        _, unbounded = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+    advice = _verdict(unbounded, "maxmemory-unset")["advice"]
+    assert "allkeys-lru" in advice
+    assert "But 1 key here has no TTL, which an allkeys-* policy evicts" in advice
+    assert "a Redis of its own" in advice
 
 
 def test_a_healthy_cache_server_passes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,8 +163,20 @@ def test_volatile_lru_filled_by_keys_without_ttl_is_a_warning(
     assert (roomy_status, status) == (0, 1)
 
 
-def test_evictions_while_sampling_are_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
-    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru") as server:
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru"])
+def test_evictions_while_sampling_are_a_warning(
+    policy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its LFU advice keeps the policy's kind, and says what allkeys-* does to keys without a TTL.
+
+    Under allkeys-lru the writes have no TTL (and are evicted all the same);
+    under volatile-lru they have one, and one key without a TTL stays.
+    """
+    ttl = {"ex": 3600} if policy == "volatile-lru" else {}
+    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", policy) as server:
+        client = redis.Redis(port=server.port)
+        client.set("session:1", b"v")  # without a TTL
+        client.close()
         stop = threading.Event()
 
         def write() -> None:  # a bounded loopback write load, while the doctor samples
@@ -121,7 +184,7 @@ def test_evictions_while_sampling_are_a_warning(capsys: pytest.CaptureFixture[st
             for i in range(20_000):
                 if stop.is_set():
                     break
-                client.set(f"k{i}", b"x" * 2000)
+                client.set(f"k{i}", b"x" * 2000, **ttl)  # type: ignore[arg-type]
             client.close()
 
         writer = threading.Thread(target=write)
@@ -134,6 +197,15 @@ def test_evictions_while_sampling_are_a_warning(capsys: pytest.CaptureFixture[st
     assert status == 1
     assert _codes(report)["evictions"] == "warning"
     assert report["figures"]["evicted_keys_per_s"] > 0
+    advice = _verdict(report, "evictions")["advice"]
+    assert report["figures"]["keys_without_ttl"] >= 1
+    if policy == "volatile-lru":
+        assert "use volatile-lfu so hot keys stay" in advice
+        assert "allkeys" not in advice
+    else:
+        assert "use allkeys-lfu so hot keys stay" in advice
+        assert "no TTL, and allkeys-lru evicts them too" in advice
+        assert "a Redis of its own" in advice
 
 
 def test_a_user_refused_config_is_told_and_judged_from_info(

@@ -217,8 +217,10 @@ def _hint(exc: BaseException, text: str, namespace: str | None) -> str | None:
         return f"a script ran a command the ACL user lacks; grant: {MINIMUM_ACL}"
     if upper.startswith("OOM") or "maxmemory" in text:
         return (
-            "Redis is full and its maxmemory-policy is noeviction: raise maxmemory, "
-            "or use an evicting policy such as allkeys-lru for a cache"
+            "Redis is full and may evict nothing (maxmemory-policy noeviction, or a "
+            "volatile-* policy and no key with a TTL): raise maxmemory, or, if it holds only "
+            "cache, use an evicting policy such as allkeys-lru (it evicts keys without a TTL "
+            "too: keep data that must stay on a Redis of its own)"
         )
     if upper.startswith("WRONGTYPE"):
         return "another program stores other data under this namespace: give asyncstampede one"
