@@ -345,9 +345,9 @@ def _figure_lines(found: Diagnosis) -> list[str]:
         + f", policy {f['maxmemory_policy']}",
         f"  keys     {f['keys']:,} ({f['keys_without_ttl']:,} without a TTL)",
         f"  traffic  {traffic}",
-        f"  clients  {f['connected_clients']} connected (the doctor included)"
+        f"  clients  {f['connected_clients']:,} connected (the doctor included)"
         + (f" of maxclients {f['maxclients']:,}" if f.get("maxclients") else "")
-        + f", {f['blocked_clients']} blocked",
+        + f", {f['blocked_clients']:,} blocked",
     ]
     sample = f.get("sample")
     if sample:
@@ -407,16 +407,17 @@ def _cluster_table(
         if t.get(key) is not None
     ]
     count = len(found.nodes)
+    known = "?" if t["known_nodes"] is None else f"{t['known_nodes']:,}"
     head = [
         f"Redis Cluster at {found.address}"
         + (" (found by its INFO: cluster_enabled:1)" if detected else "")
-        + f", {count} primar{'y' if count == 1 else 'ies'} read over {abs(found.interval):g} s",
+        + f", {count:,} primar{'y' if count == 1 else 'ies'} read over {abs(found.interval):g} s",
         f"  state    {t['state'] or '?'} (says {found.address}); {t['slots_served']:,} of "
         f"16,384 slots served by a primary read here"
         + (f"; {', '.join(unserved)}" if unserved else ""),
-        f"  nodes    {t['known_nodes'] if t['known_nodes'] is not None else '?'} known; "
-        f"{sum(1 for r in replicas if r['online'])} working replica"
-        f"{'' if sum(1 for r in replicas if r['online']) == 1 else 's'} of {len(replicas)}"
+        f"  nodes    {known} known; "
+        f"{sum(1 for r in replicas if r['online']):,} working replica"
+        f"{'' if sum(1 for r in replicas if r['online']) == 1 else 's'} of {len(replicas):,}"
         + (f"; failed: {', '.join(t['failed_nodes'])}" if t["failed_nodes"] else "")
         + f" (topology from {t['source']})",
     ]
@@ -464,7 +465,7 @@ def _node_lines(node: ClusterNode) -> list[str]:
         for first, last in node.slots[:_RANGES_SHOWN]
     )
     if len(node.slots) > _RANGES_SHOWN:
-        ranges += f" and {len(node.slots) - _RANGES_SHOWN} more ranges"
+        ranges += f" and {len(node.slots) - _RANGES_SHOWN:,} more ranges"
     version = f" ({node.diagnosis.version})" if node.diagnosis is not None else ""
     replicas = (
         ", ".join(f"{r['address']} ({_replica_state(r)})" for r in node.replicas)

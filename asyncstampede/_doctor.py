@@ -930,7 +930,7 @@ def _memory(
             Verdict(
                 "volatile-without-ttl",
                 "warning" if pressed else "info",
-                f"maxmemory-policy is {policy} and {figures['keys_without_ttl']} keys have "
+                f"maxmemory-policy is {policy} and {figures['keys_without_ttl']:,} keys have "
                 "no TTL: they are never evicted"
                 + (", and memory is nearly full" if pressed else ""),
                 "Under a volatile-* policy only keys with a TTL can be evicted: the cache's "
@@ -1054,8 +1054,8 @@ def _clients(verdicts: list[Verdict], figures: dict[str, Any]) -> None:
         Verdict(
             "maxclients",
             "critical" if free <= 0 else "warning",
-            f"{others} other client{'' if others == 1 else 's'} connected of maxclients "
-            f"{most}: {max(free, 0)} free",
+            f"{others:,} other client{'' if others == 1 else 's'} connected of maxclients "
+            f"{most:,}: {max(free, 0):,} free",
             "A refused connection is an outage for the process that asked: its calls "
             f"fail open and compute. Each asyncstampede process needs {_SLOTS_NEEDED} "
             "connections at least (its request connection, one that watches locks, its "
@@ -1128,7 +1128,8 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = Fal
             Verdict(
                 "ttl-cluster",
                 "warning",
-                f"{busiest} of {with_ttl} sampled keys with a TTL expire within the same second",
+                f"{busiest:,} of {with_ttl:,} sampled keys with a TTL expire within the same "
+                "second",
                 "Keys written together with one TTL expire together: a wave of misses. Add "
                 "jitter to the TTL (asyncstampede: ttl_jitter=0.1 adds up to 10%).",
                 {"with_ttl": with_ttl, "ttl_busiest_second": busiest},
@@ -1606,7 +1607,7 @@ def judge_cluster(
             Verdict(
                 "failed-nodes",
                 "info",
-                f"the cluster still knows {len(failed)} failed "
+                f"the cluster still knows {len(failed):,} failed "
                 f"node{'' if len(failed) == 1 else 's'} serving no slot: {', '.join(failed)}",
                 "A primary replaced by its replica stays known as failed; started again, it "
                 "rejoins as a replica of the node that took over (empty, without persistence). "
@@ -1730,7 +1731,7 @@ def _replicated(verdicts: list[Verdict], nodes: list[ClusterNode], coverage: Any
         Verdict(
             "no-replica",
             "warning",
-            f"{len(alone)} primar{'y' if len(alone) == 1 else 'ies'} without a working "
+            f"{len(alone):,} primar{'y' if len(alone) == 1 else 'ies'} without a working "
             f"replica: " + ", ".join(f"{n.address} ({n.slot_count:,} slots)" for n in alone),
             "If a primary without a replica fails, nothing takes over its slots until it is "
             f"back (empty, without persistence); {consequence}. Give each primary a replica "

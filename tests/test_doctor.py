@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -161,6 +162,41 @@ def test_volatile_lru_filled_by_keys_without_ttl_is_a_warning(
     verdict = next(v for v in report["verdicts"] if v["code"] == "volatile-without-ttl")
     assert "a Redis of its own" in verdict["advice"]
     assert (roomy_status, status) == (0, 1)
+
+
+# A count of four digits or more written without its thousands separator.
+_BARE_NUMBER = re.compile(r"(?<![\d.,:/])\d{4,}(?!\d)")
+
+
+def test_counts_of_a_thousand_or_more_have_separators(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every count is written 1,500, never 1500: in titles, advice and figures alike."""
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.mset({f"forever{i}": b"v" for i in range(1500)})
+        pipe = client.pipeline(transaction=False)
+        for i in range(1200):
+            pipe.set(f"cached{i}", b"v", ex=300)  # one TTL, written together
+        pipe.execute()
+        client.close()
+        assert main(["doctor", server.url, "--interval", "0", "--sample", "5000"]) == 1
+        table = capsys.readouterr().out
+        _, report = _doctor(server.url, capsys, "--interval", "0", "--sample", "5000")
+    titles = {v["code"]: v["title"] for v in report["verdicts"]}
+    assert "volatile-lru and 1,500 keys have no TTL" in titles["volatile-without-ttl"]
+    assert re.match(r"[\d,]+ of 1,200 sampled keys with a TTL", titles["ttl-cluster"])
+    lines = table.splitlines()[1:]  # (the first names the server: host:port)
+    assert [line for line in lines if _BARE_NUMBER.search(line)] == []
+    # The clients' figures and maxclients' verdict, at counts no test server reaches.
+    crowd = {**_reading(0, 0, 0, clients=9500), "blocked_clients": 1200}
+    config = {"maxmemory": "1000000", "maxclients": "10000"}
+    found = judge("127.0.0.1:6379/0", crowd, crowd, 0, config, None)
+    crowded = next(v for v in found.verdicts if v.code == "maxclients")
+    assert crowded.title == "9,499 other clients connected of maxclients 10,000: 501 free"
+    table = _table(found, width=100)
+    assert "clients  9,500 connected (the doctor included) of maxclients 10,000, 1,200 blocked" in (
+        table
+    )
+    assert [line for line in table.splitlines()[1:] if _BARE_NUMBER.search(line)] == []
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru"])
