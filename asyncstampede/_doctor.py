@@ -913,16 +913,7 @@ def _memory(
             )
         )
     elif share is not None and share >= _HEADROOM:
-        verdicts.append(
-            Verdict(
-                "headroom",
-                "info",
-                f"memory is {share:.0%} of maxmemory: evictions decide what stays",
-                "Expected for a cache under an evicting policy; if hot keys get evicted "
-                "(see evictions), raise maxmemory or store smaller values.",
-                {"memory_share": share},
-            )
-        )
+        _headroom(verdicts, policy, share, figures)
     if policy.startswith("volatile-") and figures["keys_without_ttl"] > 0:
         # Without memory pressure nothing is evicted: worth knowing, not acting on.
         pressed = (share is not None and share >= _HEADROOM) or figures["oom_errors"] > 0
@@ -940,6 +931,65 @@ def _memory(
                 "server, not per database); if every key here is cache, give each a TTL, "
                 "or CONFIG SET maxmemory-policy allkeys-lru.",
                 {"keys": figures["keys"], "keys_without_ttl": figures["keys_without_ttl"]},
+            )
+        )
+
+
+def _headroom(verdicts: list[Verdict], policy: str, share: float, figures: dict[str, Any]) -> None:
+    """Memory past 90% of maxmemory under an evicting policy: what evictions can take."""
+    keys, spare = figures["keys"], figures["keys_without_ttl"]
+    volatile = policy.startswith("volatile-")
+    evictable = keys - spare if volatile else keys
+    hint = "if hot keys get evicted (see evictions), raise maxmemory or store smaller values."
+    if not evictable:
+        # Nothing the policy may take: once full, writes fail as under noeviction.
+        why = (
+            f"no key has a TTL, and {policy} evicts only keys with one"
+            if keys
+            else "there is no key to evict (the memory is Redis's own: buffers, scripts)"
+        )
+        verdicts.append(
+            Verdict(
+                "headroom",
+                "warning",
+                f"memory is {share:.0%} of maxmemory and nothing can be evicted: {why}",
+                "Once memory is full every write fails with OOM, as under noeviction: no "
+                "lock can be taken and no value stored, so every process computes every "
+                "time. Raise maxmemory or store less"
+                + (
+                    "; give the cache's keys a TTL (asyncstampede's values have one), and see "
+                    "volatile-without-ttl."
+                    if keys
+                    else "."
+                ),
+                {"memory_share": share, "keys": keys, "evictable": 0},
+            )
+        )
+    elif volatile:
+        verdicts.append(
+            Verdict(
+                "headroom",
+                "info",
+                f"memory is {share:.0%} of maxmemory: evictions decide which of the "
+                f"{evictable:,} keys with a TTL stay",
+                f"Expected for a cache under {policy}, which evicts only keys with a TTL"
+                + (
+                    f" (the {spare:,} without one stay whatever comes: see volatile-without-ttl)"
+                    if spare
+                    else ""
+                )
+                + f"; {hint}",
+                {"memory_share": share, "keys": keys, "evictable": evictable},
+            )
+        )
+    else:
+        verdicts.append(
+            Verdict(
+                "headroom",
+                "info",
+                f"memory is {share:.0%} of maxmemory: evictions decide what stays",
+                f"Expected for a cache under an evicting policy; {hint}",
+                {"memory_share": share, "keys": keys, "evictable": evictable},
             )
         )
 

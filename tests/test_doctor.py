@@ -164,6 +164,49 @@ def test_volatile_lru_filled_by_keys_without_ttl_is_a_warning(
     assert (roomy_status, status) == (0, 1)
 
 
+def test_headroom_says_what_the_policy_can_evict(capsys: pytest.CaptureFixture[str]) -> None:
+    """Memory past 90%: evictions decide only where the policy may evict some key.
+
+    volatile-lru with no key that has a TTL can evict nothing (a warning:
+    writes fail once full); with some, only those; allkeys-lru, any.
+    """
+    with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru") as server:
+        client = redis.Redis(port=server.port)
+        maxmemory = 4 * 1024 * 1024
+        written = 0
+        while client.info("memory")["used_memory"] < 0.93 * maxmemory:  # short of OOM
+            assert written < 10_000
+            client.mset({f"forever{written + i}": b"x" * 1000 for i in range(20)})
+            written += 20
+        _, none = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+        for i in range(0, written, 2):
+            client.expire(f"forever{i}", 3600)  # half of them a TTL
+        _, half = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        _, every = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+        client.close()
+    headroom = _verdict(none, "headroom")
+    assert headroom["severity"] == "warning"
+    assert headroom["title"].endswith(
+        "of maxmemory and nothing can be evicted: no key has a TTL, and volatile-lru evicts "
+        "only keys with one"
+    )
+    assert "evictions decide" not in headroom["title"]
+    assert "Expected" not in headroom["advice"]
+    assert "every write fails with OOM" in headroom["advice"]
+    assert headroom["figures"]["evictable"] == 0
+    headroom = _verdict(half, "headroom")
+    assert headroom["severity"] == "info"
+    with_ttl = half["figures"]["keys"] - half["figures"]["keys_without_ttl"]
+    assert with_ttl == written // 2
+    assert f"evictions decide which of the {with_ttl:,} keys with a TTL stay" in (headroom["title"])
+    assert "evicts only keys with a TTL" in headroom["advice"]
+    headroom = _verdict(every, "headroom")
+    assert headroom["severity"] == "info"
+    assert headroom["title"].endswith("of maxmemory: evictions decide what stays")
+    assert "Expected for a cache under an evicting policy" in headroom["advice"]
+
+
 # A count of four digits or more written without its thousands separator.
 _BARE_NUMBER = re.compile(r"(?<![\d.,:/])\d{4,}(?!\d)")
 
