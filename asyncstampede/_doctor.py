@@ -1120,14 +1120,14 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = Fal
     sampled = keys.get("sampled", 0)
     if keys.get("size_max", 0) >= _BIG:
         biggest = keys["biggest"][0]
-        kind = biggest.get("type", "string")
+        kind = biggest.get("type")  # (None where TYPE was refused: not guessed)
         ratios = [b["lz4_ratio"] for b in keys["biggest"] if b.get("lz4_ratio") is not None]
         verdicts.append(
             Verdict(
                 "big-values",
                 "warning",
                 f"values of {keys['size_max']:,} bytes in memory in the sample (the biggest: "
-                f"{_shown(biggest['key'])}, a {kind})",
+                f"{_shown(biggest['key'])}" + (f", a {kind})" if kind else ")"),
                 "A big value evicts many small ones and is slow to read (a miss on it is "
                 "costly, a herd on it more so). Store less per key, or compress: "
                 "asyncstampede's compress_threshold lz4-compresses values from 4 KiB"

@@ -357,6 +357,30 @@ def test_the_table_wraps_to_the_terminal_and_shortens_long_key_names(
     assert report["figures"]["sample"]["biggest"][0]["key"] == "app:\\xff" + "n" * 300
 
 
+def test_big_values_tell_only_what_was_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """Type and lz4 ratio for the values of 1 MiB or more among the three biggest, as documented.
+
+    Neither is guessed: a user refused TYPE gets neither, and the title names no type.
+    """
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.set("big", b"x" * (2 * 1024 * 1024), ex=3000)
+        client.rpush("biglist", *[b"y" * 1000] * 1100)  # over 1 MiB, not a string
+        client.set("small", b"z" * 1000, ex=3000)
+        client.close()
+        _, report = _doctor(server.url, capsys, "--interval", "0")
+        _, refused = _doctor(_app_user(server, ["+@all", "-type"]), capsys, "--interval", "0")
+    biggest = {b["key"]: b for b in report["figures"]["sample"]["biggest"]}
+    assert biggest["big"]["type"] == "string"
+    assert biggest["big"]["lz4_ratio"] < 0.1
+    assert biggest["biglist"]["type"] == "list"
+    assert "lz4_ratio" not in biggest["biglist"]
+    assert set(biggest["small"]) == {"key", "bytes"}  # under 1 MiB: neither read
+    assert _verdict(report, "big-values")["title"].endswith("(the biggest: 'big', a string)")
+    assert all(set(b) == {"key", "bytes"} for b in refused["figures"]["sample"]["biggest"])
+    assert _verdict(refused, "big-values")["title"].endswith("(the biggest: 'big')")
+
+
 def test_a_server_without_room_for_a_process_is_told_and_its_wake_probe_fails(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
