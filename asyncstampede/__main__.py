@@ -493,16 +493,23 @@ def _replica_state(replica: dict[str, Any]) -> str:
 def _sample_line(sample: dict[str, Any]) -> str:
     if sample.get("refused"):
         return f"refused: {sample['refused']}"
-    sampled = sample["sampled"]
+    sampled, gone = sample["sampled"], sample.get("gone", 0)
     cut = (
         "" if sample.get("complete", True) else f", stopped after about {sample['scanned']:,} keys"
     )
+    # Keys SCAN found that were gone (evicted, expired) by the time they were read.
+    went = f"{gone:,} more gone before they were read (evicted or expired)" if gone else ""
     if not sampled:
-        return "no keys matched" + (cut or "")
+        if gone:
+            return (
+                f"no keys left{cut}: the {gone:,} found were gone before they were read "
+                "(evicted or expired)"
+            )
+        return "no keys matched" + cut
     return (
-        f"{sampled:,} key{'' if sampled == 1 else 's'}{cut}: {sample.get('without_ttl', 0):,} "
-        f"without a TTL, sizes in memory p50 {sample.get('size_p50', 0):,} / max "
-        f"{sample.get('size_max', 0):,} bytes"
+        f"{sampled:,} key{'' if sampled == 1 else 's'}{cut}{f' ({went})' if went else ''}: "
+        f"{sample.get('without_ttl', 0):,} without a TTL, sizes in memory p50 "
+        f"{sample.get('size_p50', 0):,} / max {sample.get('size_max', 0):,} bytes"
     )
 
 

@@ -76,6 +76,7 @@ _CLUSTER: Final = 0.2  # this share of the sampled TTLs ending in one second: no
 _CLUSTER_TTL_MS: Final = 10_000  # only TTLs this long are judged (short ones end together anyway)
 _EMPTY_SAMPLE: Final[dict[str, Any]] = {
     "sampled": 0,
+    "gone": 0,
     "without_ttl": 0,
     "with_ttl": 0,
     "ttl_busiest_second": 0,
@@ -539,15 +540,16 @@ async def _sample(
             cursor, batch = await client.scan(cursor, match=match, count=_SCAN_COUNT)
         except ResponseError as exc:  # SCAN refused (an ACL): no sample, the rest stands
             return {**_EMPTY_SAMPLE, "refused": server_text(exc)}
-        names.extend(n if isinstance(n, bytes) else str(n).encode() for n in batch)
+        found = (n if isinstance(n, bytes) else str(n).encode() for n in batch)
+        # asyncstampede's own locks (and commit markers, 0.5 s) and tag
+        # generations say nothing of the cache: they count for no key found.
+        names.extend(n for n in found if not n.endswith((b"}:l", b"}:g")))
         if cursor == 0 or len(names) >= sample:
             break
     # (SCAN's COUNT is a hint: about this many keys were looked at.) Cut short:
     # it ran out of SCAN calls before the keyspace ended or it had enough.
     scanned = {"scanned": scans * _SCAN_COUNT, "complete": cursor == 0 or len(names) >= sample}
-    # asyncstampede's own locks (and commit markers, 0.5 s) and tag generations say
-    # nothing of the cache.
-    names = [n for n in names if not n.endswith((b"}:l", b"}:g"))][:sample]
+    names = names[:sample]
     if not names:
         return {**_EMPTY_SAMPLE, **scanned}
     async with client.pipeline(transaction=False) as pipe:
@@ -561,7 +563,8 @@ async def _sample(
     refusals = [r for r in replies if isinstance(r, Exception)]
     if refusals:  # PTTL, MEMORY or OBJECT refused (an ACL): figures it cannot stand behind
         return {**_EMPTY_SAMPLE, **scanned, "refused": server_text(refusals[0])}
-    # A key gone since the SCAN (evicted, expired: PTTL -2) is not in the sample.
+    # A key gone since the SCAN (evicted, expired: PTTL -2) is not in the sample:
+    # it is counted as gone (many, under heavy eviction), never replaced.
     ttls = [r for r in replies[0::step] if isinstance(r, int) and r != -2]
     sizes = sorted(
         ((int(r), n) for r, n in zip(replies[1::step], names, strict=True) if isinstance(r, int)),
@@ -576,6 +579,7 @@ async def _sample(
     record: dict[str, Any] = {
         **scanned,
         "sampled": len(ttls),
+        "gone": len(names) - len(ttls),
         "without_ttl": sum(1 for t in ttls if t == -1),
         "ttl_busiest_second": busiest,
         "with_ttl": len(with_ttl),

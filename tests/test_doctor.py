@@ -539,7 +539,7 @@ DOCUMENTED_FIGURES = {
     "blocked_clients", "oom_errors", "sample", "wake",
 }  # fmt: skip
 DOCUMENTED_SAMPLE = {
-    "sampled", "without_ttl", "with_ttl", "ttl_busiest_second", "size_p50", "size_max",
+    "sampled", "gone", "without_ttl", "with_ttl", "ttl_busiest_second", "size_p50", "size_max",
     "biggest", "lz4_ratio", "refused", "scanned", "complete",
 }  # fmt: skip
 
@@ -722,6 +722,67 @@ def test_short_ttls_and_its_own_locks_are_no_ttl_cluster(
     assert report["figures"]["sample"]["sampled"] == 50  # the locks left out
     assert "ttl-cluster" not in _codes(report)
     assert status == 0, report["verdicts"]
+
+
+class _EvictingClient(redis.asyncio.Redis):
+    """A client after whose every SCAN half the keys found are gone, as under heavy eviction.
+
+    (Deleted, here: the doctor reads them as it reads evicted keys, PTTL -2.)
+    """
+
+    deleted = 0
+
+    async def scan(self, *args: Any, **kwargs: Any) -> Any:
+        cursor, names = await super().scan(*args, **kwargs)
+        if names[::2]:
+            self.deleted += await self.delete(*names[::2])
+        return cursor, names
+
+
+def test_keys_gone_between_scan_and_their_reading_are_counted_as_gone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """1,000 keys found, half evicted before PTTL: 500 sampled, 500 gone, the SCAN complete.
+
+    Never replaced by others (which heavy eviction would evict too), never
+    counted as sampled; complete is about the SCAN only (it reached the end,
+    or found as many keys as asked for).
+    """
+
+    async def run(port: int) -> Diagnosis:
+        client = _EvictingClient(port=port)
+        try:
+            found = await diagnose(client, interval=0, sample=1000, wake=False)
+        finally:
+            await client.aclose()
+        assert client.deleted == 500
+        return found
+
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.mset({f"k{i}": b"v" for i in range(1000)})
+        client.close()
+        found = anyio.run(run, server.port)
+    sample = found.figures["sample"]
+    assert (sample["sampled"], sample["gone"], sample["complete"]) == (500, 500, True)
+    assert sample["without_ttl"] == 500
+    assert "sample   500 keys (500 more gone before they were read (evicted or expired)): 500 " in (
+        _table(found, width=100)
+    )
+
+
+def test_the_sample_leaves_out_its_own_locks_before_it_has_enough(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A SCAN batch of asyncstampede's locks is not "enough": it scans on for cached values."""
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.mset({f"app:{{k{i}}}:l": b"marker" for i in range(5000)})  # locks
+        client.mset({f"app:{{k{i}}}:v": b"value" for i in range(200)})
+        client.close()
+        _, report = _doctor(server.url, capsys, "--interval", "0", "--sample", "150")
+    sample = report["figures"]["sample"]
+    assert (sample["sampled"], sample["gone"], sample["complete"]) == (150, 0, True)
 
 
 def test_a_user_refused_scan_gets_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
