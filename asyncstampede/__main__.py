@@ -332,12 +332,15 @@ def _figure_lines(found: Diagnosis) -> list[str]:
     elif not f.get("rates"):
         traffic = "no rates or traffic verdicts (--interval 0)"
     else:
+        # (Redis counts no command it refused in its ops: writes refused with OOM
+        # are said beside ops/s, as not in it, not as if they were.)
+        refused = f.get("oom_errors")
         traffic = (
             f"{f['ops_per_s']:,.0f} ops/s (first half {f['ops_per_s_first_half']:,.0f}, "
-            f"second {f['ops_per_s_second_half']:,.0f}), hits {f['hits_per_s']:,.1f}/s, "
-            f"misses {f['misses_per_s']:,.1f}/s, evicted {f['evicted_keys_per_s']:,.1f}/s, "
-            f"expired {f['expired_keys_per_s']:,.1f}/s"
-            + (f", {f['oom_errors']:,} writes refused (OOM)" if f.get("oom_errors") else "")
+            f"second {f['ops_per_s_second_half']:,.0f})"
+            + (f", not counting {refused:,} writes refused (OOM)" if refused else "")
+            + f", hits {f['hits_per_s']:,.1f}/s, misses {f['misses_per_s']:,.1f}/s, evicted "
+            f"{f['evicted_keys_per_s']:,.1f}/s, expired {f['expired_keys_per_s']:,.1f}/s"
         )
     lines = [
         f"  memory   {f['used_memory']:,} bytes used"

@@ -836,6 +836,41 @@ def test_writes_refused_under_an_evicting_policy_are_critical(
     assert status == 2
 
 
+def test_writes_refused_are_said_apart_from_ops(full_noeviction: RedisServer) -> None:
+    """Redis counts no refused command in its ops: "0 ops/s" beside "N writes refused" says so."""
+    stop = threading.Event()
+
+    def write() -> None:  # a bounded loopback write load, every write refused (OOM)
+        client = redis.Redis(port=full_noeviction.port)
+        for i in range(50_000):
+            if stop.is_set():
+                break
+            with contextlib.suppress(redis.exceptions.ResponseError):
+                client.set(f"w{i}", b"x" * 100)
+        client.close()
+
+    async def run() -> Diagnosis:
+        client = redis.asyncio.Redis(port=full_noeviction.port)
+        try:
+            return await diagnose(client, interval=0.5, sample=0, wake=False)
+        finally:
+            await client.aclose()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        found = anyio.run(run)
+    finally:
+        stop.set()
+        writer.join()
+    refused = found.figures["oom_errors"]
+    assert refused > 0
+    traffic = " ".join(_table(found, width=100).split())
+    ops = f"{found.figures['ops_per_s']:,.0f} ops/s"
+    assert f"{ops} (first half " in traffic
+    assert f"), not counting {refused:,} writes refused (OOM), hits " in traffic
+
+
 def test_a_restart_during_the_interval_is_a_verdict_not_a_failure(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
