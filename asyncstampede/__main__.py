@@ -25,9 +25,10 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
 from ._backends.redis.sentinel import close_owned, is_sentinel_url, sentinel_client_from_url
+from ._backends.redis.wire import quiet_handshake
 from ._doctor import (
     ClusterDiagnosis,
     ClusterNode,
@@ -259,10 +260,17 @@ async def _diagnose(
     judged); False, judge this node only; None, ask the server. A
     ``redis+sentinel://`` URL judges the primary its sentinels name.
     """
+    # (No handshake the server would refuse: an error the doctor caused would be
+    # counted in the very errorstats a health check watches. See quiet_handshake.)
     client = (
         sentinel_client_from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
         if is_sentinel_url(url)  # (the primary its sentinels name)
-        else Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        else Redis.from_url(
+            url,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            **quiet_handshake(ConnectionPool),
+        )
     )
     try:
         detected = False

@@ -1419,8 +1419,9 @@ async def _topology(client: Redis) -> tuple[str, list[_Shard], dict[str, str]]:
     """Read the topology from *client*'s server: its source, the shards, its ``CLUSTER INFO``.
 
     ``CLUSTER SHARDS`` (Redis 7.0 and later) names every node with its
-    health; where it is missing (6.2) or refused, ``CLUSTER SLOTS`` names
-    the primaries and the replicas it counts healthy.
+    health; where it is missing (6.2, known by its ``INFO``: not sent) or
+    refused, ``CLUSTER SLOTS`` names the primaries and the replicas it
+    counts healthy.
 
     Raises:
         BackendError: the server cannot be reached, is no cluster node, or
@@ -1429,17 +1430,26 @@ async def _topology(client: Redis) -> tuple[str, list[_Shard], dict[str, str]]:
     """
     address = address_of(client.connection_pool.connection_kwargs)
     asked = str(client.connection_pool.connection_kwargs.get("host", "localhost"))
-    doing = "CLUSTER SHARDS"
+    doing = "INFO"
     try:
         try:
-            shards = _shards(await _command(client, "CLUSTER", "SHARDS"), asked)
-            source = "CLUSTER SHARDS"
-        except ResponseError as exc:
-            if "cluster support" in str(exc):
-                raise
-            doing = "CLUSTER SLOTS"  # (6.2, or an ACL that allows only what asyncstampede needs)
+            # CLUSTER SHARDS came with 7.0: a 6.2 node is not sent it (it would
+            # count the refusal in its errorstats, which a health check may watch).
+            major = _major(await client.info("server"))  # (0: it does not say)
+            shards_known = not 0 < major < 7
+        except ResponseError:  # (INFO refused: the primaries' readings will say so)
+            shards_known = True
+        shards: list[_Shard] | None = None
+        if shards_known:
+            doing = source = "CLUSTER SHARDS"
+            try:
+                shards = _shards(await _command(client, "CLUSTER", "SHARDS"), asked)
+            except ResponseError as exc:
+                if "cluster support" in str(exc):
+                    raise
+        if shards is None:  # (6.2, or an ACL that allows only what asyncstampede needs)
+            doing = source = "CLUSTER SLOTS"
             shards = _slots(await _command(client, "CLUSTER", "SLOTS"), asked)
-            source = "CLUSTER SLOTS"
         doing = "CLUSTER INFO"
         info = await _cluster_info_of(client)
     except RedisError as exc:

@@ -904,6 +904,53 @@ def test_bad_arguments_with_json_print_json(capsys: pytest.CaptureFixture[str]) 
     assert "interval" in said["error"]
 
 
+def _errorstats(server: RedisServer) -> dict[str, str]:
+    """The server's INFO errorstats, read on a bare socket (no client handshake of its own)."""
+    reply = server.command("INFO", "errorstats").decode()
+    return dict(
+        line.strip().split(":", 1) for line in reply.splitlines() if line.startswith("errorstat_")
+    )
+
+
+def test_neither_the_doctor_nor_a_session_adds_to_the_servers_errors(
+    server_of_each_kind: RedisServer, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing asyncstampede sends is refused: INFO errorstats stay as they were.
+
+    redis-py's handshake sends CLIENT SETINFO (Redis 7.0 and 6.2 refuse it)
+    and CLIENT MAINT_NOTIFICATIONS (Redis 7.0, 6.2 and Valkey 9 refuse it),
+    and SET NX GET is a syntax error before 7.0: an alert on the server's
+    error rate would fire for each doctor run and each process started.
+    """
+    server = server_of_each_kind
+
+    async def session() -> None:
+        computes = 0
+
+        async def compute() -> str:
+            nonlocal computes
+            computes += 1
+            await anyio.sleep(0.05)
+            return "v"
+
+        async with Stampede.from_url(server.url, namespace=namespace) as cache:
+            await cache.check()  # every kind of command asyncstampede sends, once
+            async with anyio.create_task_group() as tg:  # a herd: one computes, four wake
+                for _ in range(5):
+                    tg.start_soon(lambda: cache.get_or_compute("herd", compute, ttl=60))
+            for i in range(5):
+                await cache.get_or_compute(f"k{i}", compute, ttl=60)
+                await cache.get_or_compute(f"k{i}", compute, ttl=60)  # a hit
+        assert computes == 6
+
+    before = _errorstats(server)
+    anyio.run(session)
+    after_session = _errorstats(server)
+    main(["doctor", server.url, "--interval", "0.2", "--namespace", namespace])
+    capsys.readouterr()
+    assert (after_session, _errorstats(server)) == (before, before)
+
+
 def test_no_wake_skips_the_probe(capsys: pytest.CaptureFixture[str]) -> None:
     """--no-wake: a monitoring user's rights are not judged as the application's."""
     with RedisServer() as server:

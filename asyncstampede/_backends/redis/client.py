@@ -10,6 +10,7 @@ from redis.retry import Retry
 
 from ..._exceptions import InvalidURLError
 from .sentinel import check_sentinel_client, is_sentinel_url, sentinel_client_from_url
+from .wire import quiet_handshake
 
 __all__ = ["check_client", "client_from_url", "cluster_from_url"]
 
@@ -49,7 +50,8 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     rather than a ``BlockingConnectionPool``: same guarantee, but no
     ``asyncio.Condition`` round on every command, which cost 5-10% of a
     cache hit. A failed command is retried (every command and script
-    asyncstampede sends is safe to run twice).
+    asyncstampede sends is safe to run twice). Its connections send no
+    handshake a supported server refuses (see `quiet_handshake`).
 
     Raises:
         TypeError: *url* is not a str, *max_connections* not an int, or
@@ -83,7 +85,7 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     }
     if is_sentinel_url(url):
         return sentinel_client_from_url(url, **options)
-    pool = ConnectionPool.from_url(url, **options)
+    pool = ConnectionPool.from_url(url, **options, **quiet_handshake(ConnectionPool))
     return Redis.from_pool(pool)
 
 

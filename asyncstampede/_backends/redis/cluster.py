@@ -51,7 +51,7 @@ from ..base import Acquired, Held, Hit
 from ..interest import UNTRACKED, Listener
 from .backend import ClusterNodeRole, RedisBackend
 from .errors import Redirected, map_error
-from .wire import pooled_command
+from .wire import pooled_command, quiet_handshake
 
 __all__ = ["ClusterBackend", "ClusterListener", "node_connection_kwargs"]
 
@@ -73,7 +73,10 @@ def node_connection_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
     *kwargs* are a ``RedisCluster``'s ``connection_kwargs`` (or a URL's):
     passwords, TLS, timeouts, protocol... The cluster client's own plumbing
-    (its response callbacks, its pool size, its host and port) is left out.
+    (its response callbacks, its pool size, its host and port, its pools'
+    maintenance handlers) is left out; the pools made with them are
+    asyncstampede's own, whose connections send no handshake a supported
+    server refuses (see `quiet_handshake`).
     """
     kwargs = dict(kwargs)
     connection_class = kwargs.pop("connection_class", None)
@@ -94,8 +97,10 @@ def node_connection_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         if k in accepted
         and k not in ("host", "port", "db", "self", "kwargs", "args")
         and k not in ("response_callbacks", "retry", "redis_connect_func")
+        and k not in ("maint_notifications_pool_handler", "oss_cluster_maint_notifications_handler")
     }
     kept["connection_class"] = connection_class
+    kept.update(quiet_handshake(ConnectionPool, connection_class))
     return kept
 
 

@@ -58,10 +58,12 @@ __all__ = [
 log = logging.getLogger("asyncstampede.redis")
 
 # What asyncstampede sends, as ACL rules (``<namespace>`` is the instance's).
-# redis-py adds HELLO and CLIENT SETINFO on each connection (SETINFO errors
-# are ignored), and SELECT for a DB other than 0. The scripts run GET, SET,
-# DEL, PEXPIRE and PTTL, which ACLs check like any command; their PUBLISH is
-# a pcall (refused, it is skipped). Then each wake transport needs its own.
+# redis-py adds HELLO on each connection (asyncstampede's own connections skip
+# its CLIENT SETINFO: see wire.quiet_handshake), and SELECT for a DB other than
+# 0; HELLO also tells asyncstampede the server's version at start. The scripts
+# run GET, SET, DEL, PEXPIRE and PTTL, which ACLs check like any command; their
+# PUBLISH is a pcall (refused, it is skipped). Then each wake transport needs
+# its own.
 BASE_ACL: Final = (
     "resetchannels -@all +hello +ping +select +get +mget +set +del +pexpire +pttl "
     "+evalsha +script|load +watch +multi +exec ~<namespace>:*"

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, unquote
 import anyio
 import anyio.abc
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.retry import Retry
@@ -51,7 +51,7 @@ from ..._exceptions import (
 )
 from ..._problems import ProblemLog
 from .errors import describe, is_connection_trouble, map_error, readonly_reply, server_text
-from .wire import Link, LinkFactory, link_factory
+from .wire import Link, LinkFactory, link_factory, quiet_handshake
 
 __all__ = [
     "SENTINEL_ACL",
@@ -79,7 +79,7 @@ _TLS_OPTIONS: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_
 _CERT_REQS: Final = ("none", "optional", "required")
 
 # What a client needs of the sentinels, as ACL rules for their user (a
-# sentinel of Redis 6.2 or later; redis-py's CLIENT SETINFO may be refused).
+# sentinel of Redis 6.2 or later).
 SENTINEL_ACL: Final = (
     "resetchannels &+switch-master -@all +hello +ping +auth "
     "+sentinel|masters +sentinel|master +subscribe"
@@ -235,7 +235,9 @@ def sentinel_client_from_url(url: str, **pool: Any) -> Redis:
     ``retry``): the primary's connections get all of it; the sentinels get
     the timeouts (the connect timeout as their reply timeout too: a
     sentinel answers at once or is skipped for the next) and no retries
-    (redis-py asks the next sentinel instead).
+    (redis-py asks the next sentinel instead). Both are asyncstampede's
+    own connections: no handshake a supported server refuses (see
+    `quiet_handshake`).
 
     Raises:
         InvalidURLError: the URL is malformed.
@@ -251,6 +253,7 @@ def sentinel_client_from_url(url: str, **pool: Any) -> Redis:
         "socket_timeout": connect_timeout,
         "socket_connect_timeout": connect_timeout,
         "retry": Retry(NoBackoff(), 0),
+        **quiet_handshake(Redis),
         **tls,
     }
     if "sentinel_username" in options:
@@ -264,7 +267,7 @@ def sentinel_client_from_url(url: str, **pool: Any) -> Redis:
         username=parsed.username,
         password=parsed.password,
         **tls,
-        **pool,
+        **{**quiet_handshake(SentinelConnectionPool, SentinelManagedConnection), **pool},
     )
     return client
 
