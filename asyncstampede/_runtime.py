@@ -117,7 +117,7 @@ class Runtime:
 
         """
         problems = ProblemLog(context={"namespace": settings.namespace})
-        emitter = Hooks(hooks)
+        emitter = Hooks(hooks, context=problems.context)
         if redis is None:
             memory = MemoryBackend(max_entries=settings.max_entries)
             return cls(settings, memory, memory, problems, emitter)

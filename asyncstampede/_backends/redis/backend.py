@@ -130,6 +130,7 @@ class RedisBackend:
             # whose holder cannot commit. Closed: they look again. (On a
             # Cluster node, the cluster looks for a new primary too.)
             on_change=self._breaker_changed,
+            context=shared.context,
         )
         self._node = node
         # What the breaker's probe reads: a key of the namespace (which an

@@ -55,7 +55,6 @@ from .wire import pooled_command
 
 __all__ = ["ClusterBackend", "ClusterListener", "node_connection_kwargs"]
 
-log = logging.getLogger("asyncstampede.redis")
 
 SLOTS: Final = 16384
 # Topology reads: this often while every primary answers (seconds)...
@@ -596,7 +595,9 @@ class ClusterBackend:
             try:
                 await node.backend.run(task_status=_Started(node.ready))
             except Exception:  # a bug: the other primaries must go on
-                log.exception("asyncstampede: serving the primary at %s failed", node.address)
+                self.problems.say(
+                    logging.ERROR, f"serving the primary at {node.address} failed", exc_info=True
+                )
             finally:
                 node.ready.set()
                 with anyio.CancelScope(shield=True):

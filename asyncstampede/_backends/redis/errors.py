@@ -17,7 +17,6 @@ logs them.
 
 from __future__ import annotations
 
-import logging
 import re
 import ssl
 from collections.abc import Callable
@@ -55,7 +54,6 @@ __all__ = [
     "server_text",
 ]
 
-log = logging.getLogger("asyncstampede.redis")
 
 # What asyncstampede sends, as ACL rules (``<namespace>`` is the instance's).
 # redis-py adds HELLO and CLIENT SETINFO on each connection (SETINFO errors

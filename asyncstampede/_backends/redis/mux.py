@@ -56,7 +56,6 @@ from .wire import Link, LinkFactory
 
 __all__ = ["UNAVAILABLE", "Lost", "Multiplexer", "NoReply"]
 
-log = logging.getLogger("asyncstampede.redis")
 
 UNAVAILABLE: Final = object()  # no connection now: read some other way
 # Unsent bytes past which a caller waits for the socket to drain first.
@@ -297,7 +296,9 @@ class Multiplexer:
                 self._moved_since(moves)
                 writer = link.writer()
                 if writer is None:
-                    log.error("asyncstampede: cannot pipeline on this connection; using the pool")
+                    self._problems.say(
+                        logging.ERROR, "cannot pipeline on this connection; using the pool"
+                    )
                     if not started:
                         task_status.started()
                     await anyio.sleep_forever()
@@ -321,14 +322,16 @@ class Multiplexer:
                 raise
             except Exception as exc:
                 if _moved_in(exc):  # replaced on purpose: connect again at once
-                    log.debug("asyncstampede request connection replaced: %r", exc)
+                    self._problems.say(logging.DEBUG, f"request connection replaced: {exc!r}")
                     continue
                 if connected and self._on_lost is not None:
                     self._on_lost(exc)
                 if not connected:
                     self.connect_errors += 1
                 if not is_connection_trouble(exc):
-                    log.exception("asyncstampede request connection failed; using the pool")
+                    self._problems.say(
+                        logging.ERROR, "request connection failed; using the pool", exc_info=True
+                    )
                 else:
                     error = map_error(exc, address=self._address)
                     if isinstance(error, BackendRefusedError):
@@ -338,7 +341,7 @@ class Multiplexer:
                     elif was_up:
                         self._problems.report(error, "request connection lost; using the pool")
                     else:
-                        log.debug("asyncstampede request connection not up: %s", error)
+                        self._problems.say(logging.DEBUG, f"request connection not up: {error}")
                     # A Redis that worked and cannot be reached now: an
                     # outage. (Before it ever worked, the request path says
                     # why, with its hints.)

@@ -493,7 +493,9 @@ class PrimaryWatch:
                 backoff = 30.0
             except Exception as exc:
                 if not is_connection_trouble(exc):
-                    log.exception("asyncstampede: listening to sentinel %s failed", where)
+                    self._problems.say(
+                        logging.ERROR, f"listening to sentinel {where} failed", exc_info=True
+                    )
                 else:
                     level = logging.INFO if heard else logging.DEBUG
                     self._problems.say(
@@ -570,7 +572,7 @@ class PrimaryWatch:
                         if self._moved_to is not None:
                             break  # one answer is enough
                 except Exception:  # a bug: logged, and never the instance's end
-                    log.exception("asyncstampede: asking the sentinels failed")
+                    self._problems.say(logging.ERROR, "asking the sentinels failed", exc_info=True)
             await anyio.sleep(_DEAF_LOOK)
 
     async def _follow(self, client: Redis, target: tuple[str, int], why: str) -> None:
