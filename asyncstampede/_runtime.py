@@ -286,7 +286,7 @@ class Runtime:
                 req.redis_left -= took
             if self.hooked and outcome is not None:
                 self.hooks.emit(RedisCall(self.namespace, _STEPS.get(doing, doing), took, outcome))
-        raise self.backend.overran(doing, left)
+        raise self.backend.overran(doing, left, took - left)
 
     def timed(self, operation: str, started: float, failure: object = None) -> None:
         """Tell the hooks of a read made outside `redis` (a first read), begun at *started*.

@@ -50,7 +50,7 @@ from ..._stats import NodeStatistics
 from ..base import Acquired, Held, Hit
 from ..interest import UNTRACKED, Listener
 from .backend import ClusterNodeRole, RedisBackend
-from .errors import Redirected, map_error
+from .errors import Redirected, blocked_loop, map_error
 from .wire import pooled_command
 
 __all__ = ["ClusterBackend", "ClusterListener", "node_connection_kwargs"]
@@ -312,12 +312,12 @@ class ClusterBackend:
         """Of those, the ones a server refused."""
         return self.retired.refused + sum(n.backend.refused_connections for n in self.nodes())
 
-    def overran(self, doing: str, budget: float) -> BackendError:
+    def overran(self, doing: str, budget: float, late: float = 0.0) -> BackendError:
         """See `Backend.overran`."""
         return BackendUnavailableError(
             f"Redis Cluster at {self.address} unavailable for {doing}: no reply from the "
             f"key's primary within the {budget * 1000:.0f} ms left of the call's budget for "
-            f"Redis (redis_budget={self._budget})",
+            f"Redis (redis_budget={self._budget}){blocked_loop(late)}",
             address=self.address,
             command=doing,
         )

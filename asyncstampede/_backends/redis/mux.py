@@ -51,7 +51,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ..._problems import ProblemLog
-from .errors import is_connection_trouble, map_error
+from .errors import blocked_loop, is_connection_trouble, map_error
 from .wire import Link, LinkFactory
 
 __all__ = ["UNAVAILABLE", "Lost", "Multiplexer", "NoReply"]
@@ -60,8 +60,6 @@ __all__ = ["UNAVAILABLE", "Lost", "Multiplexer", "NoReply"]
 UNAVAILABLE: Final = object()  # no connection now: read some other way
 # Unsent bytes past which a caller waits for the socket to drain first.
 _HIGH_WATER = 4 * 1024 * 1024
-# A timer run this much later than set says the loop was busy (seconds).
-_BUSY = 0.05
 
 
 class NoReply(Exception):
@@ -239,7 +237,10 @@ class Multiplexer:
         now = time.monotonic()
         # Run late: this process's loop was busy (blocked), and the replies
         # may be waiting unread. Its silence proves nothing about Redis.
-        busy = now - self._expiry_at > _BUSY
+        # (Said in each failed command's error, so the log blames the blocking
+        # call, not Redis: a sync hook or compute that sleeps, heavy CPU work.)
+        blocked = blocked_loop(now - self._expiry_at)
+        busy = bool(blocked)
         soonest = None
         silent = 0.0  # the longest silence an expired command saw: no reply at all since it went
         for slot in self._slots:
@@ -247,7 +248,7 @@ class Multiplexer:
                 continue  # failed already: only its reply is awaited, to be dropped
             if slot.deadline <= now:
                 waited = now - slot.sent
-                slot.error = NoReply(f"no reply within {waited:.3f}s")
+                slot.error = NoReply(f"no reply within {waited:.3f}s{blocked}")
                 slot.done.set()
                 if slot.heard == self.replies:
                     silent = max(silent, waited)
