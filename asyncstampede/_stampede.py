@@ -738,6 +738,28 @@ class Stampede:
         typed = rt.load(envelope.value, codec, key)
         return None if typed is MISFIT else typed
 
+    @overload
+    async def set(
+        self,
+        key: str,
+        value: Stored,
+        ttl: float | timedelta,
+        *,
+        model: None = None,
+        tags: Iterable[str] = (),
+    ) -> None: ...
+
+    @overload
+    async def set(
+        self,
+        key: str,
+        value: M,
+        ttl: float | timedelta,
+        *,
+        model: type[M] | Codec[M] | Validator[M],
+        tags: Iterable[str] = (),
+    ) -> None: ...
+
     async def set(
         self,
         key: str,
