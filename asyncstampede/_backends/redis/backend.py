@@ -34,7 +34,7 @@ from ..base import ACQUIRED, Acquired, Held, Hit
 from ..breaker import Breaker
 from ..interest import SUBSCRIBED, UNTRACKED, Listener
 from . import scripts as _scripts
-from .errors import address_of
+from .errors import address_of, blocked_loop
 from .listener import RedisListener
 from .mux import Multiplexer
 from .route import Route, past_breaker
@@ -130,6 +130,7 @@ class RedisBackend:
             # whose holder cannot commit. Closed: they look again. (On a
             # Cluster node, the cluster looks for a new primary too.)
             on_change=self._breaker_changed,
+            context=shared.context,
         )
         self._node = node
         # What the breaker's probe reads: a key of the namespace (which an
@@ -241,7 +242,7 @@ class RedisBackend:
         """Failed attempts to (re)connect those connections."""
         return self.listener.connect_errors + self._mux.connect_errors
 
-    def overran(self, doing: str, budget: float) -> BackendError:
+    def overran(self, doing: str, budget: float, late: float = 0.0) -> BackendError:
         """Return the error for Redis work of a call that ran out of its budget (see `Backend`).
 
         It does not open the circuit breaker by itself: a silent Redis is
@@ -251,7 +252,7 @@ class RedisBackend:
         return BackendUnavailableError(
             f"Redis at {self.address} unavailable for {doing}: no reply within the "
             f"{budget * 1000:.0f} ms left of the call's budget for Redis "
-            f"(redis_budget={self._budget})",
+            f"(redis_budget={self._budget}){blocked_loop(late)}",
             address=self.address,
             command=doing,
         )

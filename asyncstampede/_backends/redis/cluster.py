@@ -50,12 +50,11 @@ from ..._stats import NodeStatistics
 from ..base import Acquired, Held, Hit
 from ..interest import UNTRACKED, Listener
 from .backend import ClusterNodeRole, RedisBackend
-from .errors import Redirected, map_error
+from .errors import Redirected, blocked_loop, map_error
 from .wire import pooled_command, quiet_handshake
 
 __all__ = ["ClusterBackend", "ClusterListener", "node_connection_kwargs"]
 
-log = logging.getLogger("asyncstampede.redis")
 
 SLOTS: Final = 16384
 # Topology reads: this often while every primary answers (seconds)...
@@ -318,12 +317,12 @@ class ClusterBackend:
         """Of those, the ones a server refused."""
         return self.retired.refused + sum(n.backend.refused_connections for n in self.nodes())
 
-    def overran(self, doing: str, budget: float) -> BackendError:
+    def overran(self, doing: str, budget: float, late: float = 0.0) -> BackendError:
         """See `Backend.overran`."""
         return BackendUnavailableError(
             f"Redis Cluster at {self.address} unavailable for {doing}: no reply from the "
             f"key's primary within the {budget * 1000:.0f} ms left of the call's budget for "
-            f"Redis (redis_budget={self._budget})",
+            f"Redis (redis_budget={self._budget}){blocked_loop(late)}",
             address=self.address,
             command=doing,
         )
@@ -601,7 +600,9 @@ class ClusterBackend:
             try:
                 await node.backend.run(task_status=_Started(node.ready))
             except Exception:  # a bug: the other primaries must go on
-                log.exception("asyncstampede: serving the primary at %s failed", node.address)
+                self.problems.say(
+                    logging.ERROR, f"serving the primary at {node.address} failed", exc_info=True
+                )
             finally:
                 node.ready.set()
                 with anyio.CancelScope(shield=True):

@@ -17,7 +17,6 @@ logs them.
 
 from __future__ import annotations
 
-import logging
 import re
 import ssl
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 
 __all__ = [
+    "blocked_loop",
     "BASE_ACL",
     "MINIMUM_ACL",
     "WAKE_ACL",
@@ -55,7 +55,6 @@ __all__ = [
     "server_text",
 ]
 
-log = logging.getLogger("asyncstampede.redis")
 
 # What asyncstampede sends, as ACL rules (``<namespace>`` is the instance's).
 # redis-py adds HELLO on each connection (asyncstampede's own connections skip
@@ -317,3 +316,22 @@ def is_connection_trouble(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(is_connection_trouble(e) for e in exc.exceptions)
     return isinstance(exc, (RedisError, OSError, TimeoutError, BackendError))
+
+
+# A timer that runs this much later than set says the loop was blocked (seconds).
+_BLOCKED = 0.05
+
+
+def blocked_loop(late: float) -> str:
+    """Return what to add to a budget's overrun that the loop noticed *late* seconds late.
+
+    Nothing when it noticed in time; else that the event loop was blocked,
+    so the reply may have come in time and waited unread (a sync hook or
+    compute that sleeps, heavy CPU work): Redis may not be at fault.
+    """
+    if late <= _BLOCKED:
+        return ""
+    return (
+        f"; but this process's event loop noticed {late:.3f}s late (something in it blocked "
+        "the loop: the reply may have been there, unread, so Redis may not be at fault)"
+    )

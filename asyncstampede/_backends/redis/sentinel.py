@@ -63,6 +63,7 @@ __all__ = [
     "parse_sentinel_url",
     "primary_watch",
     "sentinel_client_from_url",
+    "shown_url",
 ]
 
 log = logging.getLogger("asyncstampede.sentinel")
@@ -128,7 +129,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     """
     scheme, _, rest = url.partition("://")
     tls = _SCHEMES[scheme.lower()]
-    shown = _shown(url)
+    shown = shown_url(url)
     if "#" in rest:
         raise _invalid(shown, "it has a fragment (#...): remove it, or percent-encode a # (%23)")
     rest, _, query = rest.partition("?")
@@ -209,8 +210,12 @@ def _options(query: str, shown: str, tls: bool) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _shown(url: str) -> str:
-    """Return *url* with its passwords (the server's, the sentinels') replaced by ``***``."""
+def shown_url(url: str) -> str:
+    """Return *url* with its passwords (the server's, the sentinels') replaced by ``***``.
+
+    (Any Redis URL: its user information's password, and ``password=`` or
+    ``sentinel_password=`` in its query.)
+    """
     scheme, _, rest = url.partition("://")
     rest, question, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
@@ -218,7 +223,9 @@ def _shown(url: str) -> str:
     if at and ":" in userinfo:
         userinfo = userinfo.partition(":")[0] + ":***"
     query = "&".join(
-        f"{part.partition('=')[0]}=***" if part.startswith("sentinel_password") else part
+        f"{part.partition('=')[0]}=***"
+        if part.startswith(("sentinel_password=", "password="))
+        else part
         for part in query.split("&")
     )
     return f"{scheme}://{userinfo}{at}{hosts}{slash}{path}{question}{query}"
@@ -489,7 +496,9 @@ class PrimaryWatch:
                 backoff = 30.0
             except Exception as exc:
                 if not is_connection_trouble(exc):
-                    log.exception("asyncstampede: listening to sentinel %s failed", where)
+                    self._problems.say(
+                        logging.ERROR, f"listening to sentinel {where} failed", exc_info=True
+                    )
                 else:
                     level = logging.INFO if heard else logging.DEBUG
                     self._problems.say(
@@ -566,7 +575,7 @@ class PrimaryWatch:
                         if self._moved_to is not None:
                             break  # one answer is enough
                 except Exception:  # a bug: logged, and never the instance's end
-                    log.exception("asyncstampede: asking the sentinels failed")
+                    self._problems.say(logging.ERROR, "asking the sentinels failed", exc_info=True)
             await anyio.sleep(_DEAF_LOOK)
 
     async def _follow(self, client: Redis, target: tuple[str, int], why: str) -> None:
