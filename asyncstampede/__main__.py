@@ -25,9 +25,10 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
 from ._backends.redis.sentinel import close_owned, is_sentinel_url, sentinel_client_from_url
+from ._backends.redis.wire import quiet_handshake
 from ._doctor import (
     ClusterDiagnosis,
     ClusterNode,
@@ -259,10 +260,17 @@ async def _diagnose(
     judged); False, judge this node only; None, ask the server. A
     ``redis+sentinel://`` URL judges the primary its sentinels name.
     """
+    # (No handshake the server would refuse: an error the doctor caused would be
+    # counted in the very errorstats a health check watches. See quiet_handshake.)
     client = (
         sentinel_client_from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
         if is_sentinel_url(url)  # (the primary its sentinels name)
-        else Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        else Redis.from_url(
+            url,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            **quiet_handshake(ConnectionPool),
+        )
     )
     try:
         detected = False
@@ -332,12 +340,15 @@ def _figure_lines(found: Diagnosis) -> list[str]:
     elif not f.get("rates"):
         traffic = "no rates or traffic verdicts (--interval 0)"
     else:
+        # (Redis counts no command it refused in its ops: writes refused with OOM
+        # are said beside ops/s, as not in it, not as if they were.)
+        refused = f.get("oom_errors")
         traffic = (
             f"{f['ops_per_s']:,.0f} ops/s (first half {f['ops_per_s_first_half']:,.0f}, "
-            f"second {f['ops_per_s_second_half']:,.0f}), hits {f['hits_per_s']:,.1f}/s, "
-            f"misses {f['misses_per_s']:,.1f}/s, evicted {f['evicted_keys_per_s']:,.1f}/s, "
-            f"expired {f['expired_keys_per_s']:,.1f}/s"
-            + (f", {f['oom_errors']:,} writes refused (OOM)" if f.get("oom_errors") else "")
+            f"second {f['ops_per_s_second_half']:,.0f})"
+            + (f", not counting {refused:,} writes refused (OOM)" if refused else "")
+            + f", hits {f['hits_per_s']:,.1f}/s, misses {f['misses_per_s']:,.1f}/s, evicted "
+            f"{f['evicted_keys_per_s']:,.1f}/s, expired {f['expired_keys_per_s']:,.1f}/s"
         )
     lines = [
         f"  memory   {f['used_memory']:,} bytes used"
@@ -345,9 +356,9 @@ def _figure_lines(found: Diagnosis) -> list[str]:
         + f", policy {f['maxmemory_policy']}",
         f"  keys     {f['keys']:,} ({f['keys_without_ttl']:,} without a TTL)",
         f"  traffic  {traffic}",
-        f"  clients  {f['connected_clients']} connected (the doctor included)"
+        f"  clients  {f['connected_clients']:,} connected (the doctor included)"
         + (f" of maxclients {f['maxclients']:,}" if f.get("maxclients") else "")
-        + f", {f['blocked_clients']} blocked",
+        + f", {f['blocked_clients']:,} blocked",
     ]
     sample = f.get("sample")
     if sample:
@@ -407,16 +418,17 @@ def _cluster_table(
         if t.get(key) is not None
     ]
     count = len(found.nodes)
+    known = "?" if t["known_nodes"] is None else f"{t['known_nodes']:,}"
     head = [
         f"Redis Cluster at {found.address}"
         + (" (found by its INFO: cluster_enabled:1)" if detected else "")
-        + f", {count} primar{'y' if count == 1 else 'ies'} read over {abs(found.interval):g} s",
+        + f", {count:,} primar{'y' if count == 1 else 'ies'} read over {abs(found.interval):g} s",
         f"  state    {t['state'] or '?'} (says {found.address}); {t['slots_served']:,} of "
         f"16,384 slots served by a primary read here"
         + (f"; {', '.join(unserved)}" if unserved else ""),
-        f"  nodes    {t['known_nodes'] if t['known_nodes'] is not None else '?'} known; "
-        f"{sum(1 for r in replicas if r['online'])} working replica"
-        f"{'' if sum(1 for r in replicas if r['online']) == 1 else 's'} of {len(replicas)}"
+        f"  nodes    {known} known; "
+        f"{sum(1 for r in replicas if r['online']):,} working replica"
+        f"{'' if sum(1 for r in replicas if r['online']) == 1 else 's'} of {len(replicas):,}"
         + (f"; failed: {', '.join(t['failed_nodes'])}" if t["failed_nodes"] else "")
         + f" (topology from {t['source']})",
     ]
@@ -464,7 +476,7 @@ def _node_lines(node: ClusterNode) -> list[str]:
         for first, last in node.slots[:_RANGES_SHOWN]
     )
     if len(node.slots) > _RANGES_SHOWN:
-        ranges += f" and {len(node.slots) - _RANGES_SHOWN} more ranges"
+        ranges += f" and {len(node.slots) - _RANGES_SHOWN:,} more ranges"
     version = f" ({node.diagnosis.version})" if node.diagnosis is not None else ""
     replicas = (
         ", ".join(f"{r['address']} ({_replica_state(r)})" for r in node.replicas)
@@ -492,16 +504,23 @@ def _replica_state(replica: dict[str, Any]) -> str:
 def _sample_line(sample: dict[str, Any]) -> str:
     if sample.get("refused"):
         return f"refused: {sample['refused']}"
-    sampled = sample["sampled"]
+    sampled, gone = sample["sampled"], sample.get("gone", 0)
     cut = (
         "" if sample.get("complete", True) else f", stopped after about {sample['scanned']:,} keys"
     )
+    # Keys SCAN found that were gone (evicted, expired) by the time they were read.
+    went = f"{gone:,} more gone before they were read (evicted or expired)" if gone else ""
     if not sampled:
-        return "no keys matched" + (cut or "")
+        if gone:
+            return (
+                f"no keys left{cut}: the {gone:,} found were gone before they were read "
+                "(evicted or expired)"
+            )
+        return "no keys matched" + cut
     return (
-        f"{sampled:,} key{'' if sampled == 1 else 's'}{cut}: {sample.get('without_ttl', 0):,} "
-        f"without a TTL, sizes in memory p50 {sample.get('size_p50', 0):,} / max "
-        f"{sample.get('size_max', 0):,} bytes"
+        f"{sampled:,} key{'' if sampled == 1 else 's'}{cut}{f' ({went})' if went else ''}: "
+        f"{sample.get('without_ttl', 0):,} without a TTL, sizes in memory p50 "
+        f"{sample.get('size_p50', 0):,} / max {sample.get('size_max', 0):,} bytes"
     )
 
 

@@ -84,14 +84,22 @@ class Validator(Protocol[T_co]):
 class _Adapted:
     """A `Codec` over a pydantic ``TypeAdapter``: JSON form out, validated type back."""
 
-    __slots__ = ("_adapter", "_name")
+    __slots__ = ("_adapter", "_by_alias", "_name")
 
     def __init__(self, adapter: TypeAdapter[Any], name: str) -> None:
         self._adapter = adapter
         self._name = name
+        # Field names or aliases in the JSON form: names (pydantic's default)
+        # until a value is found to read back only from its aliases (a model
+        # with alias_generator=to_camel that validates by alias alone).
+        self._by_alias = False
 
     def dump(self, value: object, /) -> object:
         """Return *value*'s JSON form, if *value* comes back from it as itself.
+
+        The JSON form names fields as the model reads them back: by name,
+        or by alias for a model that validates by alias only (as FastAPI's
+        camelCase models do).
 
         Raises:
             SerializationError: *value* is not of the model, cannot be put in
@@ -104,16 +112,17 @@ class _Adapted:
         from pydantic_core import PydanticSerializationError
 
         try:
-            stored = self._adapter.dump_python(value, mode="json", warnings="error")
+            stored = self._dump(value, self._by_alias)
         except (PydanticSerializationError, ValueError) as exc:  # (UnicodeDecodeError too)
             hint = (
                 "; for bytes, give the model ser_json_bytes='base64' and "
                 "val_json_bytes='base64' in its config (pydantic's ConfigDict)"
                 if isinstance(exc, UnicodeDecodeError)
-                else f"; return a {self._name} from the compute, or pass the model it returns"
+                else f"; store a value of type {self._name}, or name the model the value is of"
             )
             raise SerializationError(
-                f"cannot store a {type(value).__name__} as model={self._name}: {exc}{hint}"
+                f"cannot store a value of type {type(value).__name__} as model={self._name}: "
+                f"{exc}{hint}"
             ) from exc
         # Read back once per store (never per hit): what is stored must be
         # what was computed, where the type can tell (it defines ==).
@@ -121,19 +130,43 @@ class _Adapted:
             try:
                 back = self._adapter.validate_python(stored)
             except ValidationError as exc:
-                raise SerializationError(
-                    f"a {type(value).__name__} stored as model={self._name} cannot be read "
-                    f"back as one: {exc}"
-                ) from exc
+                other = self._read_back_other_way(value)
+                if other is None:
+                    raise SerializationError(
+                        f"a value of type {type(value).__name__} stored as model={self._name} "
+                        "cannot be "
+                        f"read back as one, by field names or by aliases: {exc}; if its "
+                        "fields have aliases, let the model validate by name as well "
+                        "(ConfigDict(populate_by_name=True)), or pass an "
+                        "asyncstampede.Codec of your own"
+                    ) from exc
+                stored, back = other
             if back != value:
                 raise SerializationError(
-                    f"a {type(value).__name__} does not come back equal from its JSON form "
+                    f"a value of type {type(value).__name__} does not come back equal from its "
+                    "JSON form "
                     f"(model={self._name}): a field is masked (SecretStr), excluded from "
                     "dumps, or changed by its serializer, so what would be stored is not "
                     "what was computed; give it a JSON form that holds everything, or pass "
                     "an asyncstampede.Codec of your own"
                 )
         return stored
+
+    def _dump(self, value: object, by_alias: bool) -> Any:
+        return self._adapter.dump_python(value, mode="json", warnings="error", by_alias=by_alias)
+
+    def _read_back_other_way(self, value: object) -> tuple[Any, Any] | None:
+        """Dump *value* the other way (aliases for names, or back); keep it if that reads back."""
+        from pydantic import ValidationError
+        from pydantic_core import PydanticSerializationError
+
+        try:
+            stored = self._dump(value, not self._by_alias)
+            back = self._adapter.validate_python(stored)
+        except (ValidationError, PydanticSerializationError, ValueError):
+            return None
+        self._by_alias = not self._by_alias  # (the model's one way: kept for its next stores)
+        return stored, back
 
     def load(self, stored: Any, /) -> object:
         # (pydantic's ValidationError is a ValueError: a misfit is a miss.)
@@ -175,6 +208,12 @@ def _adapted(model: Any) -> Codec[Any]:
     except (PydanticSchemaGenerationError, PydanticUserError, TypeError) as exc:
         # (PydanticUserError: e.g. typing.TypedDict before Python 3.12, which
         # pydantic asks to be typing_extensions.TypedDict.)
+        if "typing_extensions" in str(exc):
+            raise TypeError(
+                f"model={name!s} is a typing.TypedDict, which pydantic validates only from "
+                "Python 3.12 on: define it with typing_extensions.TypedDict instead "
+                f"(from typing_extensions import TypedDict) ({exc})"
+            ) from exc
         raise TypeError(
             f"model={name!s} is not a type pydantic can validate ({exc}); pass a class "
             "(a pydantic BaseModel, a dataclass, a TypedDict), a type such as list[User], "
@@ -195,6 +234,11 @@ def cannot_store(value: object, error: Exception) -> str:
         )
         if "datetime" in str(error):
             hint += "; a datetime would come back as a str: store value.isoformat()"
+        if "recursion limit" in str(error).lower():
+            hint = (
+                "it nests deeper than JSON encoding allows (254 levels): store a flatter "
+                "form of it, or bytes of an encoding of your own"
+            )
     return f"cannot store a value of type {kind}: {error}; {hint}"
 
 
@@ -202,13 +246,13 @@ def _hint(value: object) -> str | None:
     kind = type(value).__name__
     if hasattr(type(value), "model_dump"):
         return (
-            f"a pydantic {kind} would come back as a dict: pass model={kind} to get a {kind} "
+            f"a pydantic {kind} would come back as a dict: pass model={kind} to get the {kind} "
             "back (pip install 'asyncstampede[pydantic]'), or return value.model_dump(mode="
             "'json') to store its JSON form"
         )
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return (
-            f"a dataclass {kind} would come back as a dict: pass model={kind} to get a {kind} "
+            f"a dataclass {kind} would come back as a dict: pass model={kind} to get the {kind} "
             "back (pip install 'asyncstampede[pydantic]'), or return dataclasses.asdict(value) "
             "to store its JSON form"
         )

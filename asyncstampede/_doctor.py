@@ -76,6 +76,7 @@ _CLUSTER: Final = 0.2  # this share of the sampled TTLs ending in one second: no
 _CLUSTER_TTL_MS: Final = 10_000  # only TTLs this long are judged (short ones end together anyway)
 _EMPTY_SAMPLE: Final[dict[str, Any]] = {
     "sampled": 0,
+    "gone": 0,
     "without_ttl": 0,
     "with_ttl": 0,
     "ttl_busiest_second": 0,
@@ -539,15 +540,16 @@ async def _sample(
             cursor, batch = await client.scan(cursor, match=match, count=_SCAN_COUNT)
         except ResponseError as exc:  # SCAN refused (an ACL): no sample, the rest stands
             return {**_EMPTY_SAMPLE, "refused": server_text(exc)}
-        names.extend(n if isinstance(n, bytes) else str(n).encode() for n in batch)
+        found = (n if isinstance(n, bytes) else str(n).encode() for n in batch)
+        # asyncstampede's own locks (and commit markers, 0.5 s) and tag
+        # generations say nothing of the cache: they count for no key found.
+        names.extend(n for n in found if not n.endswith((b"}:l", b"}:g")))
         if cursor == 0 or len(names) >= sample:
             break
     # (SCAN's COUNT is a hint: about this many keys were looked at.) Cut short:
     # it ran out of SCAN calls before the keyspace ended or it had enough.
     scanned = {"scanned": scans * _SCAN_COUNT, "complete": cursor == 0 or len(names) >= sample}
-    # asyncstampede's own locks (and commit markers, 0.5 s) and tag generations say
-    # nothing of the cache.
-    names = [n for n in names if not n.endswith((b"}:l", b"}:g"))][:sample]
+    names = names[:sample]
     if not names:
         return {**_EMPTY_SAMPLE, **scanned}
     async with client.pipeline(transaction=False) as pipe:
@@ -561,7 +563,8 @@ async def _sample(
     refusals = [r for r in replies if isinstance(r, Exception)]
     if refusals:  # PTTL, MEMORY or OBJECT refused (an ACL): figures it cannot stand behind
         return {**_EMPTY_SAMPLE, **scanned, "refused": server_text(refusals[0])}
-    # A key gone since the SCAN (evicted, expired: PTTL -2) is not in the sample.
+    # A key gone since the SCAN (evicted, expired: PTTL -2) is not in the sample:
+    # it is counted as gone (many, under heavy eviction), never replaced.
     ttls = [r for r in replies[0::step] if isinstance(r, int) and r != -2]
     sizes = sorted(
         ((int(r), n) for r, n in zip(replies[1::step], names, strict=True) if isinstance(r, int)),
@@ -576,6 +579,7 @@ async def _sample(
     record: dict[str, Any] = {
         **scanned,
         "sampled": len(ttls),
+        "gone": len(names) - len(ttls),
         "without_ttl": sum(1 for t in ttls if t == -1),
         "ttl_busiest_second": busiest,
         "with_ttl": len(with_ttl),
@@ -868,8 +872,10 @@ def _memory(
                 "maxmemory is 0: Redis grows until the host runs out of memory",
                 "Give a cache a bound and let it evict: CONFIG SET maxmemory <bytes> (below "
                 "the host's memory, leaving room for forks), with maxmemory-policy "
-                "allkeys-lru or allkeys-lfu.",
-                {"used_memory": used},
+                # (Nothing is evicted without a bound: whatever the policy, setting one
+                # starts evicting, so the keys without a TTL are exposed by the advice.)
+                "allkeys-lru or allkeys-lfu." + _allkeys_caveat(figures),
+                {"used_memory": used, "keys_without_ttl": figures["keys_without_ttl"]},
             )
         )
     if policy == "noeviction" and maxmemory:
@@ -882,8 +888,13 @@ def _memory(
                 + (": the server is full and refuses writes (OOM)" if full else ""),
                 "A full noeviction server refuses every write: no lock can be taken and "
                 "no value stored, so every process computes every time. For a cache: "
-                "CONFIG SET maxmemory-policy allkeys-lru (or allkeys-lfu for hot keys).",
-                {"memory_share": share, "oom_errors": figures["oom_errors"]},
+                "CONFIG SET maxmemory-policy allkeys-lru (or allkeys-lfu for hot keys)."
+                + _allkeys_caveat(figures),
+                {
+                    "memory_share": share,
+                    "oom_errors": figures["oom_errors"],
+                    "keys_without_ttl": figures["keys_without_ttl"],
+                },
             )
         )
     elif figures["oom_errors"] > 0:
@@ -906,16 +917,7 @@ def _memory(
             )
         )
     elif share is not None and share >= _HEADROOM:
-        verdicts.append(
-            Verdict(
-                "headroom",
-                "info",
-                f"memory is {share:.0%} of maxmemory: evictions decide what stays",
-                "Expected for a cache under an evicting policy; if hot keys get evicted "
-                "(see evictions), raise maxmemory or store smaller values.",
-                {"memory_share": share},
-            )
-        )
+        _headroom(verdicts, policy, share, figures)
     if policy.startswith("volatile-") and figures["keys_without_ttl"] > 0:
         # Without memory pressure nothing is evicted: worth knowing, not acting on.
         pressed = (share is not None and share >= _HEADROOM) or figures["oom_errors"] > 0
@@ -923,7 +925,7 @@ def _memory(
             Verdict(
                 "volatile-without-ttl",
                 "warning" if pressed else "info",
-                f"maxmemory-policy is {policy} and {figures['keys_without_ttl']} keys have "
+                f"maxmemory-policy is {policy} and {figures['keys_without_ttl']:,} keys have "
                 "no TTL: they are never evicted"
                 + (", and memory is nearly full" if pressed else ""),
                 "Under a volatile-* policy only keys with a TTL can be evicted: the cache's "
@@ -937,18 +939,116 @@ def _memory(
         )
 
 
+def _headroom(verdicts: list[Verdict], policy: str, share: float, figures: dict[str, Any]) -> None:
+    """Memory past 90% of maxmemory under an evicting policy: what evictions can take."""
+    keys, spare = figures["keys"], figures["keys_without_ttl"]
+    volatile = policy.startswith("volatile-")
+    evictable = keys - spare if volatile else keys
+    hint = "if hot keys get evicted (see evictions), raise maxmemory or store smaller values."
+    if not evictable:
+        # Nothing the policy may take: once full, writes fail as under noeviction.
+        why = (
+            f"no key has a TTL, and {policy} evicts only keys with one"
+            if keys
+            else "there is no key to evict (the memory is Redis's own: buffers, scripts)"
+        )
+        verdicts.append(
+            Verdict(
+                "headroom",
+                "warning",
+                f"memory is {share:.0%} of maxmemory and nothing can be evicted: {why}",
+                "Once memory is full every write fails with OOM, as under noeviction: no "
+                "lock can be taken and no value stored, so every process computes every "
+                "time. Raise maxmemory or store less"
+                + (
+                    "; give the cache's keys a TTL (asyncstampede's values have one), and see "
+                    "volatile-without-ttl."
+                    if keys
+                    else "."
+                ),
+                {"memory_share": share, "keys": keys, "evictable": 0},
+            )
+        )
+    elif volatile:
+        verdicts.append(
+            Verdict(
+                "headroom",
+                "info",
+                f"memory is {share:.0%} of maxmemory: evictions decide which of the "
+                f"{evictable:,} keys with a TTL stay",
+                f"Expected for a cache under {policy}, which evicts only keys with a TTL"
+                + (
+                    f" (the {spare:,} without one stay whatever comes: see volatile-without-ttl)"
+                    if spare
+                    else ""
+                )
+                + f"; {hint}",
+                {"memory_share": share, "keys": keys, "evictable": evictable},
+            )
+        )
+    else:
+        verdicts.append(
+            Verdict(
+                "headroom",
+                "info",
+                f"memory is {share:.0%} of maxmemory: evictions decide what stays",
+                f"Expected for a cache under an evicting policy; {hint}",
+                {"memory_share": share, "keys": keys, "evictable": evictable},
+            )
+        )
+
+
+def _allkeys_caveat(figures: dict[str, Any]) -> str:
+    """Return the caveat of advice that turns on an allkeys-* policy, where keys have no TTL.
+
+    Keys without a TTL are often data that must stay (sessions, queues,
+    settings), which noeviction and the volatile-* policies never evict and
+    allkeys-* does. The count is ``INFO``'s, over every database (maxmemory
+    is the server's); the key sample's, where one was taken, is added.
+    """
+    spare = figures["keys_without_ttl"]
+    if not spare:
+        return ""
+    sample = figures.get("sample") or {}
+    sampled = sample.get("sampled", 0) if not sample.get("refused") else 0
+    seen = f" ({sample.get('without_ttl', 0):,} of the {sampled:,} sampled)" if sampled else ""
+    one = spare == 1
+    return (
+        f" But {spare:,} key{'' if one else 's'} here ha{'s' if one else 've'} no TTL{seen}, "
+        "which an allkeys-* policy evicts like any cached value: if "
+        f"{'it is' if one else 'they are'} data that must stay, keep the cache on a Redis of "
+        "its own (maxmemory is per server, not per database), or use volatile-lru, which "
+        "evicts only keys with a TTL (asyncstampede's values have one; it frees nothing "
+        "while keys without one fill the memory)."
+    )
+
+
 def _traffic(verdicts: list[Verdict], figures: dict[str, Any], policy: str) -> None:
     evicted = figures["evicted_keys_per_s"]
     if evicted > 0:
+        # LFU keeps hot keys; under volatile-* its volatile form, which still
+        # spares the keys without a TTL (allkeys-lfu would start evicting them).
+        lfu = "volatile-lfu" if policy.startswith("volatile-") else "allkeys-lfu"
+        spare = figures["keys_without_ttl"]
         verdicts.append(
             Verdict(
                 "evictions",
                 "warning",
                 f"{evicted:,.1f} keys evicted per second during the interval (policy {policy})",
                 "Evictions during traffic turn hot keys into misses all at once (a "
-                "stampede when they are popular). Raise maxmemory, store smaller values "
-                "(compression), or use allkeys-lfu so hot keys stay.",
-                {"evicted_keys_per_s": evicted},
+                "stampede when they are popular). Raise maxmemory, or store smaller values "
+                "(compression)"
+                + ("." if policy.endswith("-lfu") else f", or use {lfu} so hot keys stay.")
+                + (
+                    f" {spare:,} key{'' if spare == 1 else 's'} here "
+                    f"ha{'s' if spare == 1 else 've'} no TTL, and {policy} evicts "
+                    f"{'it' if spare == 1 else 'them'} too: if they are data that must "
+                    "stay, keep the cache on a Redis of its own (maxmemory is per server, "
+                    "not per database)."
+                    if spare and policy.startswith("allkeys-")
+                    else ""
+                ),
+                {"evicted_keys_per_s": evicted, "keys_without_ttl": spare},
             )
         )
     hits, misses = figures["hits_per_s"], figures["misses_per_s"]
@@ -1008,8 +1108,8 @@ def _clients(verdicts: list[Verdict], figures: dict[str, Any]) -> None:
         Verdict(
             "maxclients",
             "critical" if free <= 0 else "warning",
-            f"{others} other client{'' if others == 1 else 's'} connected of maxclients "
-            f"{most}: {max(free, 0)} free",
+            f"{others:,} other client{'' if others == 1 else 's'} connected of maxclients "
+            f"{most:,}: {max(free, 0):,} free",
             "A refused connection is an outage for the process that asked: its calls "
             f"fail open and compute. Each asyncstampede process needs {_SLOTS_NEEDED} "
             "connections at least (its request connection, one that watches locks, its "
@@ -1024,14 +1124,14 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = Fal
     sampled = keys.get("sampled", 0)
     if keys.get("size_max", 0) >= _BIG:
         biggest = keys["biggest"][0]
-        kind = biggest.get("type", "string")
+        kind = biggest.get("type")  # (None where TYPE was refused: not guessed)
         ratios = [b["lz4_ratio"] for b in keys["biggest"] if b.get("lz4_ratio") is not None]
         verdicts.append(
             Verdict(
                 "big-values",
                 "warning",
                 f"values of {keys['size_max']:,} bytes in memory in the sample (the biggest: "
-                f"{_shown(biggest['key'])}, a {kind})",
+                f"{_shown(biggest['key'])}" + (f", a {kind})" if kind else ")"),
                 "A big value evicts many small ones and is slow to read (a miss on it is "
                 "costly, a herd on it more so). Store less per key, or compress: "
                 "asyncstampede's compress_threshold lz4-compresses values from 4 KiB"
@@ -1082,7 +1182,8 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = Fal
             Verdict(
                 "ttl-cluster",
                 "warning",
-                f"{busiest} of {with_ttl} sampled keys with a TTL expire within the same second",
+                f"{busiest:,} of {with_ttl:,} sampled keys with a TTL expire within the same "
+                "second",
                 "Keys written together with one TTL expire together: a wave of misses. Add "
                 "jitter to the TTL (asyncstampede: ttl_jitter=0.1 adds up to 10%).",
                 {"with_ttl": with_ttl, "ttl_busiest_second": busiest},
@@ -1106,8 +1207,9 @@ def _keys(verdicts: list[Verdict], keys: dict[str, Any], *, evicting: bool = Fal
                 "no-ttl",
                 "info",
                 f"none of the {sampled:,} sampled keys has a TTL",
-                "Cache entries without a TTL are never refreshed unless evicted; give each "
-                "a TTL (asyncstampede always does).",
+                "Cache entries without a TTL are never refreshed unless evicted: if these "
+                "are cache, give each a TTL (asyncstampede always does); if they are data "
+                "that must stay, leave them be, and keep the cache on a Redis of its own.",
                 {"sampled": sampled},
             )
         )
@@ -1317,8 +1419,9 @@ async def _topology(client: Redis) -> tuple[str, list[_Shard], dict[str, str]]:
     """Read the topology from *client*'s server: its source, the shards, its ``CLUSTER INFO``.
 
     ``CLUSTER SHARDS`` (Redis 7.0 and later) names every node with its
-    health; where it is missing (6.2) or refused, ``CLUSTER SLOTS`` names
-    the primaries and the replicas it counts healthy.
+    health; where it is missing (6.2, known by its ``INFO``: not sent) or
+    refused, ``CLUSTER SLOTS`` names the primaries and the replicas it
+    counts healthy.
 
     Raises:
         BackendError: the server cannot be reached, is no cluster node, or
@@ -1327,17 +1430,26 @@ async def _topology(client: Redis) -> tuple[str, list[_Shard], dict[str, str]]:
     """
     address = address_of(client.connection_pool.connection_kwargs)
     asked = str(client.connection_pool.connection_kwargs.get("host", "localhost"))
-    doing = "CLUSTER SHARDS"
+    doing = "INFO"
     try:
         try:
-            shards = _shards(await _command(client, "CLUSTER", "SHARDS"), asked)
-            source = "CLUSTER SHARDS"
-        except ResponseError as exc:
-            if "cluster support" in str(exc):
-                raise
-            doing = "CLUSTER SLOTS"  # (6.2, or an ACL that allows only what asyncstampede needs)
+            # CLUSTER SHARDS came with 7.0: a 6.2 node is not sent it (it would
+            # count the refusal in its errorstats, which a health check may watch).
+            major = _major(await client.info("server"))  # (0: it does not say)
+            shards_known = not 0 < major < 7
+        except ResponseError:  # (INFO refused: the primaries' readings will say so)
+            shards_known = True
+        shards: list[_Shard] | None = None
+        if shards_known:
+            doing = source = "CLUSTER SHARDS"
+            try:
+                shards = _shards(await _command(client, "CLUSTER", "SHARDS"), asked)
+            except ResponseError as exc:
+                if "cluster support" in str(exc):
+                    raise
+        if shards is None:  # (6.2, or an ACL that allows only what asyncstampede needs)
+            doing = source = "CLUSTER SLOTS"
             shards = _slots(await _command(client, "CLUSTER", "SLOTS"), asked)
-            source = "CLUSTER SLOTS"
         doing = "CLUSTER INFO"
         info = await _cluster_info_of(client)
     except RedisError as exc:
@@ -1559,7 +1671,7 @@ def judge_cluster(
             Verdict(
                 "failed-nodes",
                 "info",
-                f"the cluster still knows {len(failed)} failed "
+                f"the cluster still knows {len(failed):,} failed "
                 f"node{'' if len(failed) == 1 else 's'} serving no slot: {', '.join(failed)}",
                 "A primary replaced by its replica stays known as failed; started again, it "
                 "rejoins as a replica of the node that took over (empty, without persistence). "
@@ -1683,7 +1795,7 @@ def _replicated(verdicts: list[Verdict], nodes: list[ClusterNode], coverage: Any
         Verdict(
             "no-replica",
             "warning",
-            f"{len(alone)} primar{'y' if len(alone) == 1 else 'ies'} without a working "
+            f"{len(alone):,} primar{'y' if len(alone) == 1 else 'ies'} without a working "
             f"replica: " + ", ".join(f"{n.address} ({n.slot_count:,} slots)" for n in alone),
             "If a primary without a replica fails, nothing takes over its slots until it is "
             f"back (empty, without persistence); {consequence}. Give each primary a replica "

@@ -329,10 +329,12 @@ Hook: TypeAlias = Callable[[Event], object]
 class Hooks:
     """Calls each hook with each event; a hook that raises is logged, never propagated."""
 
-    __slots__ = ("_hooks", "_said")
+    __slots__ = ("_context", "_hooks", "_said")
 
-    def __init__(self, hooks: Sequence[Hook] = ()) -> None:
-        """Check *hooks*.
+    def __init__(
+        self, hooks: Sequence[Hook] = (), *, context: dict[str, str] | None = None
+    ) -> None:
+        """Check *hooks*; *context*: the instance's log fields (namespace, server address).
 
         Raises:
             TypeError: *hooks* is not a list (or tuple) of callables, or one
@@ -359,6 +361,7 @@ class Hooks:
                 )
         self._hooks = tuple(hooks)
         self._said: dict[int, float] = {}  # hook index -> when its last failure was logged
+        self._context = context if context is not None else {}
 
     def __bool__(self) -> bool:
         return bool(self._hooks)
@@ -367,7 +370,9 @@ class Hooks:
         """Call every hook with *event*."""
         for i, hook in enumerate(self._hooks):
             try:
-                _refuse_coroutine(hook, hook(event))
+                returned = hook(event)
+                if returned is not None:
+                    _refuse_coroutine(hook, returned)
             except Exception:
                 now = time.monotonic()
                 if now - self._said.get(i, -1e9) >= 10.0:
@@ -376,6 +381,7 @@ class Hooks:
                         "asyncstampede: hook %r failed on %s; the call goes on",
                         hook,
                         type(event).__name__,
+                        extra={**self._context, "part": "hooks"},
                     )
 
 

@@ -35,7 +35,7 @@ class StampedeError(Exception):
 
 
 class InvalidURLError(StampedeError, ValueError):
-    """Raised when a Redis URL given to ``from_url`` is malformed; the message shows the right form.
+    """Raised when a Redis URL given to ``from_url`` is malformed; the message shows the forms.
 
     The message never repeats a password the URL held.
     """

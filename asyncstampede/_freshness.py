@@ -152,16 +152,32 @@ class Policy:
 
         Raises:
             TypeError: a setting is not a number (or None where allowed).
-            ValueError: a setting is negative, NaN, or too large.
+            ValueError: a setting is negative, NaN, or too large; ``ttl_jitter``
+                is over 1; ``soft_timeout`` is not shorter than ``hard_timeout``
+                (it could never pass).
 
         """
+        soft = None if soft_timeout is None else positive("soft_timeout", soft_timeout)
+        hard = None if hard_timeout is None else positive("hard_timeout", hard_timeout)
+        if soft is not None and hard is not None and soft >= hard:
+            raise ValueError(
+                f"soft_timeout ({soft!r} s) must be shorter than hard_timeout ({hard!r} s): "
+                "the soft timeout serves the stale value while the compute goes on, the hard "
+                "one ends the compute, so a soft one as long could never pass"
+            )
+        jitter = non_negative("ttl_jitter", ttl_jitter, "a fraction of the TTL")
+        if jitter > 1:
+            raise ValueError(
+                f"ttl_jitter is the fraction of the TTL added at random, from 0 to 1 (0.1 adds "
+                f"up to 10%), not {ttl_jitter!r}"
+            )
         return cls(
             beta=non_negative("beta", beta, "a factor"),
             swr_ms=round(non_negative("stale_while_revalidate", stale_while_revalidate) * 1000),
             sie_ms=round(non_negative("stale_if_error", stale_if_error) * 1000),
-            soft_timeout=None if soft_timeout is None else positive("soft_timeout", soft_timeout),
-            hard_timeout=None if hard_timeout is None else positive("hard_timeout", hard_timeout),
-            ttl_jitter=non_negative("ttl_jitter", ttl_jitter, "a fraction of the TTL"),
+            soft_timeout=soft,
+            hard_timeout=hard,
+            ttl_jitter=jitter,
             negative_ms=0
             if negative_ttl is None
             else round(positive("negative_ttl", negative_ttl) * 1000),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 from collections.abc import Callable
 from typing import final
@@ -25,7 +26,6 @@ import anyio.lowlevel
 
 from ._exceptions import ClosedError, ReentrantCallError, WrongEventLoopError
 from ._flight import computing
-from ._problems import log
 from ._runtime import Runtime
 
 __all__ = ["Lifecycle"]
@@ -188,9 +188,10 @@ class Lifecycle:
             if rt.tg is None:
                 raise  # it never ran: whoever started it gets the error
             self._failure = exc
-            log.error(
-                "asyncstampede: the Stampede's background work failed; the instance is "
-                "closed (calls raise ClosedError, aclose() raises this error)",
+            rt.problems.say(
+                logging.ERROR,
+                "the Stampede's background work failed; the instance is closed (calls "
+                "raise ClosedError, aclose() raises this error)",
                 exc_info=exc,
             )
         finally:

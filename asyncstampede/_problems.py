@@ -29,7 +29,8 @@ class ProblemLog:
     logger (`child`: ``asyncstampede.redis``, ``asyncstampede.wake``,
     ``asyncstampede.breaker``...). Every record carries, as ``extra``
     fields, the instance's ``namespace`` and the server's ``address`` (where
-    known), the ``part``, ``key_hash`` (the first 12 hex digits of the
+    known), the ``part`` (``request`` for the request path's own logger),
+    ``key_hash`` (the first 12 hex digits of the
     key's SHA-256, never the key) when about one key, and ``transport``
     (the wake transport it is about: ``tracking``... or ``poll``) on every
     ``asyncstampede.wake`` record.
@@ -55,21 +56,30 @@ class ProblemLog:
         return ProblemLog(self._interval, part=part, context=self.context, last=self._last)
 
     def report(
-        self, exc: BackendError, doing: str, *, key: str | None = None, **fields: str | None
+        self,
+        exc: BackendError,
+        doing: str,
+        *,
+        key: str | None = None,
+        passing: int = logging.WARNING,
+        transport: str | None = None,
     ) -> None:
         """Log *exc*, met while *doing* something (a short phrase), unless logged lately.
 
         ``{key}`` in *doing* is replaced by *key*; messages that differ only
         by their key are one kind, so an outage over many keys logs one line
-        per interval, not one per key. *fields*: more ``extra`` fields, as for `say`.
+        per interval, not one per key. A refusal is logged at ERROR, Redis
+        unavailable at *passing* (WARNING, or INFO where something else says
+        it: the breaker). *transport*: the wake transport it is about, an
+        ``extra`` field.
         """
-        level = logging.ERROR if isinstance(exc, BackendRefusedError) else logging.WARNING
+        level = logging.ERROR if isinstance(exc, BackendRefusedError) else passing
         self.say(
             level,
             f"{doing.replace('{key}', repr(key))}: {exc}",
             kind=f"{doing}: {exc}",
             key=key,
-            **fields,
+            transport=transport,
         )
 
     def say(
@@ -79,6 +89,7 @@ class ProblemLog:
         *,
         kind: str | None = None,
         key: str | None = None,
+        exc_info: bool | BaseException = False,
         **fields: str | None,
     ) -> None:
         """Log *message* (prefixed ``asyncstampede:``) unless its *kind* was logged lately.
@@ -86,7 +97,8 @@ class ProblemLog:
         The kind defaults to the message itself. Figures do not make a kind
         of their own ("no reply within 0.498s" and "... 0.501s" are one), so
         an outage logs each kind once per interval however its timings vary.
-        *fields* are more ``extra`` fields (``transport``...).
+        *fields* are more ``extra`` fields (``transport``...); *exc_info*
+        adds the exception being handled (a bug's traceback).
         """
         kind = _FIGURES.sub("#", message if kind is None else kind)
         now = time.monotonic()
@@ -98,10 +110,13 @@ class ProblemLog:
             self._last.clear()
         self._last[kind] = (now, 0)
         more = f" ({last[1]} more like it since)" if last is not None and last[1] else ""
-        extra = {**self.context, "part": self._part or "", **fields}
+        extra = {**self.context, "part": self._part or "request"}
+        extra.update((name, value) for name, value in fields.items() if value is not None)
         if key is not None:
             extra["key_hash"] = key_hash(key)
-        self._logger.log(level, "asyncstampede: %s%s", message, more, extra=extra)
+        self._logger.log(
+            level, "asyncstampede: %s%s", message, more, extra=extra, exc_info=exc_info
+        )
 
 
 def key_hash(key: str) -> str:

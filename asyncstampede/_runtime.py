@@ -127,7 +127,7 @@ class Runtime:
 
         """
         problems = ProblemLog(context={"namespace": settings.namespace})
-        emitter = Hooks(hooks)
+        emitter = Hooks(hooks, context=problems.context)
         if redis is None:
             memory = MemoryBackend(max_entries=settings.max_entries)
             return cls(settings, memory, memory, problems, emitter)
@@ -296,7 +296,7 @@ class Runtime:
                 req.redis_left -= took
             if self.hooked and outcome is not None:
                 self.hooks.emit(RedisCall(self.namespace, _STEPS.get(doing, doing), took, outcome))
-        raise self.backend.overran(doing, left)
+        raise self.backend.overran(doing, left, took - left)
 
     def timed(self, operation: str, started: float, failure: object = None) -> None:
         """Tell the hooks of a read made outside `redis` (a first read), begun at *started*.
@@ -371,7 +371,7 @@ class Runtime:
             if envelope.tags != req.tags:  # (a tagged value for an untagged call too)
                 self.untagged(envelope, req.tags)
                 return None
-            if req.codec is not None and not self.fits(envelope, req.codec):
+            if req.codec is not None and not self.fits(envelope, req.codec, req.key):
                 return None
         return envelope
 
@@ -398,28 +398,30 @@ class Runtime:
                 "the same tags",
             )
 
-    def fits(self, envelope: Envelope, codec: Codec[Any]) -> bool:
-        """Tell whether *codec* loads *envelope*'s value; count and log it when not."""
-        return envelope.failed or self.load(envelope.value, codec) is not MISFIT
+    def fits(self, envelope: Envelope, codec: Codec[Any], key: str) -> bool:
+        """Tell whether *codec* loads *envelope*'s value (*key*'s); count and log it when not."""
+        return envelope.failed or self.load(envelope.value, codec, key) is not MISFIT
 
-    def load(self, value: Any, codec: Codec[Any]) -> Any:
-        """Return *value* loaded by *codec*, or `MISFIT` (counted, logged) when it does not fit."""
+    def load(self, value: Any, codec: Codec[Any], key: str) -> Any:
+        """Return *value* (*key*'s) loaded by *codec*, or `MISFIT` (counted, logged) if not."""
         if value is None:
             return None
         try:
             return codec.load(value)
         except (ValueError, TypeError) as exc:
-            self._misfit(codec, exc)
+            self._misfit(codec, exc, key)
             return MISFIT
 
-    def _misfit(self, codec: Codec[Any], exc: Exception) -> None:
+    def _misfit(self, codec: Codec[Any], exc: Exception, key: str) -> None:
         self.counters.decode_errors += 1
         if self.hooked:
-            self.hooks.emit(Corrupt(self.namespace, None, "misfit"))
+            self.hooks.emit(Corrupt(self.namespace, key, "misfit"))
         self.problems.say(
             logging.WARNING,
-            f"a stored value does not fit {codec!r}, so it is computed anew: {exc}",
+            f"the stored value of {key!r} does not fit {codec!r}, so it is computed anew "
+            f"(stored before the type changed, or by a caller naming another model): {exc}",
             kind=f"misfit {codec!r}",
+            key=key,
         )
 
 

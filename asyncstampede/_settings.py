@@ -112,7 +112,7 @@ class Settings:
         positive("fail_safe_throttle", fail_safe_throttle)
         for name, n, least in (
             ("compress_threshold", compress_threshold, 0),
-            ("max_value_bytes", max_value_bytes, 0),
+            ("max_value_bytes", max_value_bytes, 1024),  # (below, every value is refused)
             ("max_entries", max_entries, 1),
         ):
             if isinstance(n, bool) or not isinstance(n, int):

@@ -102,7 +102,7 @@ class Stampede:
         compress_threshold: Payloads of at least this many bytes are lz4-compressed
             when that makes them smaller.
         max_value_bytes: Largest serialized value accepted, and largest declared
-            size accepted when decoding (bounds decompression).
+            size accepted when decoding (bounds decompression); at least 1024.
         max_entries: Capacity of the embedded store (LRU); unused with Redis.
         beta: XFetch strength (Vattani et al., VLDB 2015): a fresh value is
             refreshed early, in the background, with a probability that grows
@@ -115,10 +115,11 @@ class Stampede:
         fail_safe_throttle: After a failed compute, the stale value is served
             as fresh for this many seconds before the compute is tried again.
         soft_timeout: Seconds after which callers get the stale value (if any)
-            while the compute goes on and still fills the cache.
+            while the compute goes on and still fills the cache (shorter
+            than ``hard_timeout``, when both are set).
         hard_timeout: Seconds after which the compute is cancelled and
             `ComputeTimeoutError` raised (or a stale value served).
-        ttl_jitter: Fraction of the TTL added at random to each write.
+        ttl_jitter: Fraction of the TTL (0 to 1) added at random to each write.
         negative_ttl: Opt-in negative caching: a compute that returns ``None``
             is stored for this many seconds (instead of the TTL), and one that
             raises (with no stale value to serve) is remembered for as long:
@@ -302,8 +303,9 @@ class Stampede:
         Raises:
             TypeError: *url* is not a str, *max_connections* is not an int, a
                 setting has the wrong type, or is not a setting of `Stampede`.
-            InvalidURLError: a ``redis+sentinel://`` URL is malformed (no
-                service name, a bad port...), or *cluster* is given a URL a
+            InvalidURLError: *url* is malformed (an unknown scheme such as
+                ``http://``, a port that is not a number; a ``redis+sentinel://``
+                URL without a service name...), or *cluster* is given a URL a
                 cluster cannot take (a database other than 0, a socket path);
                 the message shows the form, and never the password.
             ValueError: *max_connections* is below 1, *socket_timeout* is not a
@@ -733,8 +735,30 @@ class Stampede:
             return None
         if codec is None:
             return envelope.value
-        typed = rt.load(envelope.value, codec)
+        typed = rt.load(envelope.value, codec, key)
         return None if typed is MISFIT else typed
+
+    @overload
+    async def set(
+        self,
+        key: str,
+        value: Stored,
+        ttl: float | timedelta,
+        *,
+        model: None = None,
+        tags: Iterable[str] = (),
+    ) -> None: ...
+
+    @overload
+    async def set(
+        self,
+        key: str,
+        value: M,
+        ttl: float | timedelta,
+        *,
+        model: type[M] | Codec[M] | Validator[M],
+        tags: Iterable[str] = (),
+    ) -> None: ...
 
     async def set(
         self,
@@ -963,7 +987,7 @@ class Stampede:
                                 rt.hooks.emit(Hit(rt.namespace, key, monotonic() - started))
                             rt.finish(key, flight, value=envelope.value)
                             return envelope.value
-                        typed = rt.load(envelope.value, codec)
+                        typed = rt.load(envelope.value, codec, key)
                         if typed is not MISFIT:
                             rt.counters.hits += 1
                             if rt.hooked:
@@ -971,7 +995,7 @@ class Stampede:
                             rt.finish(key, flight, value=envelope.value)
                             return typed
                         envelope = None
-                    elif codec is not None and not rt.fits(envelope, codec):
+                    elif codec is not None and not rt.fits(envelope, codec, key):
                         envelope = None
                 first = Again(read=False, seen=payload)  # not to be served as it is
             else:

@@ -73,7 +73,7 @@ def targets(results: Results) -> list[Row]:
     hooks = {r["strategy"]: r for r in results.get("hooks", []) if "failed" not in r}
     noop = hooks.get("no-op hook")
     if noop is not None and "hook_share_of_hit" in noop:
-        other_hooks = ", ".join(
+        beside = ", ".join(
             f"{name} {row['hook_us_per_hit']:.2f} µs"
             for name, row in hooks.items()
             if name not in ("no hooks", "no-op hook")
@@ -84,7 +84,7 @@ def targets(results: Results) -> list[Row]:
                 noop["hook_us_per_hit"],
                 hooks["no hooks"]["cpu_us_per_hit"],
                 noop["hook_share_of_hit"],
-                other_hooks,
+                beside,
             ),
             noop["hook_share_of_hit"] <= HOOK_SHARE,
         )

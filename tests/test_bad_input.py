@@ -11,7 +11,7 @@ import pytest
 import redis
 from _conditions import until
 
-from asyncstampede import SerializationError, Stampede, ValueTooLargeError
+from asyncstampede import InvalidURLError, SerializationError, Stampede, ValueTooLargeError
 from asyncstampede._keys import make_names
 
 pytestmark = pytest.mark.anyio
@@ -263,6 +263,10 @@ def test_embedded_mode_runs_under_trio() -> None:
         ({"max_connections": 2.5}, TypeError),
         ({"fail_open": "no"}, TypeError),
         ({"check": "yes"}, TypeError),
+        ({"ttl_jitter": 5}, ValueError),
+        ({"max_value_bytes": 0}, ValueError),
+        ({"soft_timeout": 5, "hard_timeout": 1}, ValueError),
+        ({"soft_timeout": 2, "hard_timeout": 2}, ValueError),
     ],
 )
 def test_from_url_refuses_bad_settings_at_once(
@@ -271,6 +275,27 @@ def test_from_url_refuses_bad_settings_at_once(
     """Settings that could only fail later (blamed on Redis) are refused when building."""
     with pytest.raises(error, match=next(iter(settings))):
         Stampede.from_url(redis_url, **settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "fault"),
+    [
+        ("http://127.0.0.1:6379/0", "schemes"),
+        ("redis://127.0.0.1:notaport/0", "notaport"),
+        ("redis://user:hunter2@127.0.0.1:port/0", "port"),
+        ("redis://127.0.0.1:6379/0?password=hunter2&db=x", "db"),
+    ],
+)
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_malformed_url_is_an_invalid_url_error_without_its_password(
+    url: str, fault: str, cluster: bool
+) -> None:
+    """redis-py's bare ValueError becomes InvalidURLError, with the forms and no password."""
+    with pytest.raises(InvalidURLError, match="The forms are redis://") as caught:
+        Stampede.from_url(url, cluster=cluster)
+    assert fault in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert isinstance(caught.value, ValueError)  # (what redis-py raised before: still caught)
 
 
 async def test_a_megabyte_key_is_cached_under_a_short_name(redis_url: str, namespace: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -42,20 +43,30 @@ def _codes(report: dict) -> dict[str, str]:  # type: ignore[type-arg]
     return {v["code"]: v["severity"] for v in report["verdicts"]}
 
 
+def _verdict(report: dict[str, Any], code: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(v for v in report["verdicts"] if v["code"] == code)
+    return found
+
+
+def _fill(server: RedisServer, **ttl: int) -> None:
+    """Write 1,000-byte values (with *ttl*, e.g. ``ex=3600``) until the server refuses with OOM."""
+    client = redis.Redis(port=server.port)
+    refused = ""
+    for i in range(10_000):  # bounded: 10 MB would do, the tests' maxmemory is less
+        try:
+            client.set(f"k{i}", b"x" * 1000, **ttl)  # type: ignore[arg-type]
+        except redis.exceptions.ResponseError as exc:  # OOM: full
+            refused = str(exc)
+            break
+    client.close()
+    assert "maxmemory" in refused
+
+
 @pytest.fixture
 def full_noeviction() -> Iterator[RedisServer]:
+    """A noeviction server filled to OOM with keys without a TTL."""
     with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
-        client = redis.Redis(port=server.port)
-        refused = None
-        for i in range(10_000):  # bounded: 10 MB would do, 2 MB is the limit
-            try:
-                client.set(f"k{i}", b"x" * 1000)
-            except redis.exceptions.ResponseError as exc:  # OOM: full
-                refused = exc
-                break
-        client.close()
-        assert refused is not None
-        assert "maxmemory" in str(refused)
+        _fill(server)
         yield server
 
 
@@ -69,6 +80,47 @@ def test_a_full_noeviction_server_is_critical(
     assert report["config"]["maxmemory-policy"] == "noeviction"
     noeviction = next(v for v in report["verdicts"] if v["code"] == "noeviction")
     assert "allkeys-lru" in noeviction["advice"]
+
+
+def test_advice_to_evict_every_key_warns_of_the_keys_without_a_ttl(
+    full_noeviction: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """allkeys-* evicts keys without a TTL too (often data that must stay): advice says so.
+
+    noeviction and maxmemory-unset advise an allkeys-* policy: with keys
+    without a TTL here, the advice names them and the alternatives (a Redis
+    of its own, volatile-lru); where every key has a TTL it stands alone.
+    """
+    _, full = _doctor(full_noeviction.url, capsys, "--interval", "0")
+    without = full["figures"]["keys_without_ttl"]
+    assert without >= 1_000
+    advice = _verdict(full, "noeviction")["advice"]
+    assert "CONFIG SET maxmemory-policy allkeys-lru" in advice
+    sampled = full["figures"]["sample"]["sampled"]
+    assert f"But {without:,} keys here have no TTL ({sampled:,} of the {sampled:,} sampled)" in (
+        advice
+    )
+    assert "a Redis of its own" in advice
+    assert "volatile-lru" in advice
+    assert _verdict(full, "noeviction")["figures"]["keys_without_ttl"] == without
+    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
+        _fill(server, ex=3600)  # every key a TTL: allkeys-lru evicts nothing that must stay
+        _, cache = _doctor(server.url, capsys, "--interval", "0")
+    assert cache["figures"]["keys_without_ttl"] == 0
+    advice = _verdict(cache, "noeviction")["advice"]
+    assert "allkeys-lru" in advice
+    assert "no TTL" not in advice
+    assert "of its own" not in advice
+    with RedisServer() as server:  # maxmemory 0: a bound would start evictions
+        client = redis.Redis(port=server.port)
+        client.set("session:1", b"v")
+        client.set("cache:1", b"v", ex=60)
+        client.close()
+        _, unbounded = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+    advice = _verdict(unbounded, "maxmemory-unset")["advice"]
+    assert "allkeys-lru" in advice
+    assert "But 1 key here has no TTL, which an allkeys-* policy evicts" in advice
+    assert "a Redis of its own" in advice
 
 
 def test_a_healthy_cache_server_passes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,8 +164,98 @@ def test_volatile_lru_filled_by_keys_without_ttl_is_a_warning(
     assert (roomy_status, status) == (0, 1)
 
 
-def test_evictions_while_sampling_are_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
-    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru") as server:
+def test_headroom_says_what_the_policy_can_evict(capsys: pytest.CaptureFixture[str]) -> None:
+    """Memory past 90%: evictions decide only where the policy may evict some key.
+
+    volatile-lru with no key that has a TTL can evict nothing (a warning:
+    writes fail once full); with some, only those; allkeys-lru, any.
+    """
+    with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru") as server:
+        client = redis.Redis(port=server.port)
+        maxmemory = 4 * 1024 * 1024
+        written = 0
+        while client.info("memory")["used_memory"] < 0.93 * maxmemory:  # short of OOM
+            assert written < 10_000
+            client.mset({f"forever{written + i}": b"x" * 1000 for i in range(20)})
+            written += 20
+        _, none = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+        for i in range(0, written, 2):
+            client.expire(f"forever{i}", 3600)  # half of them a TTL
+        _, half = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        _, every = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+        client.close()
+    headroom = _verdict(none, "headroom")
+    assert headroom["severity"] == "warning"
+    assert headroom["title"].endswith(
+        "of maxmemory and nothing can be evicted: no key has a TTL, and volatile-lru evicts "
+        "only keys with one"
+    )
+    assert "evictions decide" not in headroom["title"]
+    assert "Expected" not in headroom["advice"]
+    assert "every write fails with OOM" in headroom["advice"]
+    assert headroom["figures"]["evictable"] == 0
+    headroom = _verdict(half, "headroom")
+    assert headroom["severity"] == "info"
+    with_ttl = half["figures"]["keys"] - half["figures"]["keys_without_ttl"]
+    assert with_ttl == written // 2
+    assert f"evictions decide which of the {with_ttl:,} keys with a TTL stay" in (headroom["title"])
+    assert "evicts only keys with a TTL" in headroom["advice"]
+    headroom = _verdict(every, "headroom")
+    assert headroom["severity"] == "info"
+    assert headroom["title"].endswith("of maxmemory: evictions decide what stays")
+    assert "Expected for a cache under an evicting policy" in headroom["advice"]
+
+
+# A count of four digits or more written without its thousands separator.
+_BARE_NUMBER = re.compile(r"(?<![\d.,:/])\d{4,}(?!\d)")
+
+
+def test_counts_of_a_thousand_or_more_have_separators(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every count is written 1,500, never 1500: in titles, advice and figures alike."""
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.mset({f"forever{i}": b"v" for i in range(1500)})
+        pipe = client.pipeline(transaction=False)
+        for i in range(1200):
+            pipe.set(f"cached{i}", b"v", ex=300)  # one TTL, written together
+        pipe.execute()
+        client.close()
+        assert main(["doctor", server.url, "--interval", "0", "--sample", "5000"]) == 1
+        table = capsys.readouterr().out
+        _, report = _doctor(server.url, capsys, "--interval", "0", "--sample", "5000")
+    titles = {v["code"]: v["title"] for v in report["verdicts"]}
+    assert "volatile-lru and 1,500 keys have no TTL" in titles["volatile-without-ttl"]
+    assert re.match(r"[\d,]+ of 1,200 sampled keys with a TTL", titles["ttl-cluster"])
+    lines = table.splitlines()[1:]  # (the first names the server: host:port)
+    assert [line for line in lines if _BARE_NUMBER.search(line)] == []
+    # The clients' figures and maxclients' verdict, at counts no test server reaches.
+    crowd = {**_reading(0, 0, 0, clients=9500), "blocked_clients": 1200}
+    config = {"maxmemory": "1000000", "maxclients": "10000"}
+    found = judge("127.0.0.1:6379/0", crowd, crowd, 0, config, None)
+    crowded = next(v for v in found.verdicts if v.code == "maxclients")
+    assert crowded.title == "9,499 other clients connected of maxclients 10,000: 501 free"
+    table = _table(found, width=100)
+    assert "clients  9,500 connected (the doctor included) of maxclients 10,000, 1,200 blocked" in (
+        table
+    )
+    assert [line for line in table.splitlines()[1:] if _BARE_NUMBER.search(line)] == []
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru"])
+def test_evictions_while_sampling_are_a_warning(
+    policy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its LFU advice keeps the policy's kind, and says what allkeys-* does to keys without a TTL.
+
+    Under allkeys-lru the writes have no TTL (and are evicted all the same);
+    under volatile-lru they have one, and one key without a TTL stays.
+    """
+    ttl = {"ex": 3600} if policy == "volatile-lru" else {}
+    with RedisServer("--maxmemory", "2mb", "--maxmemory-policy", policy) as server:
+        client = redis.Redis(port=server.port)
+        client.set("session:1", b"v")  # without a TTL
+        client.close()
         stop = threading.Event()
 
         def write() -> None:  # a bounded loopback write load, while the doctor samples
@@ -121,7 +263,7 @@ def test_evictions_while_sampling_are_a_warning(capsys: pytest.CaptureFixture[st
             for i in range(20_000):
                 if stop.is_set():
                     break
-                client.set(f"k{i}", b"x" * 2000)
+                client.set(f"k{i}", b"x" * 2000, **ttl)  # type: ignore[arg-type]
             client.close()
 
         writer = threading.Thread(target=write)
@@ -134,6 +276,15 @@ def test_evictions_while_sampling_are_a_warning(capsys: pytest.CaptureFixture[st
     assert status == 1
     assert _codes(report)["evictions"] == "warning"
     assert report["figures"]["evicted_keys_per_s"] > 0
+    advice = _verdict(report, "evictions")["advice"]
+    assert report["figures"]["keys_without_ttl"] >= 1
+    if policy == "volatile-lru":
+        assert "use volatile-lfu so hot keys stay" in advice
+        assert "allkeys" not in advice
+    else:
+        assert "use allkeys-lfu so hot keys stay" in advice
+        assert "no TTL, and allkeys-lru evicts them too" in advice
+        assert "a Redis of its own" in advice
 
 
 def test_a_user_refused_config_is_told_and_judged_from_info(
@@ -204,6 +355,30 @@ def test_the_table_wraps_to_the_terminal_and_shortens_long_key_names(
     assert "under 1% of their size" in " ".join(table.split())  # 2 MiB of zeros: not "0%"
     assert "no rates or traffic verdicts (--interval 0)" in table
     assert report["figures"]["sample"]["biggest"][0]["key"] == "app:\\xff" + "n" * 300
+
+
+def test_big_values_tell_only_what_was_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """Type and lz4 ratio for the values of 1 MiB or more among the three biggest, as documented.
+
+    Neither is guessed: a user refused TYPE gets neither, and the title names no type.
+    """
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.set("big", b"x" * (2 * 1024 * 1024), ex=3000)
+        client.rpush("biglist", *[b"y" * 1000] * 1100)  # over 1 MiB, not a string
+        client.set("small", b"z" * 1000, ex=3000)
+        client.close()
+        _, report = _doctor(server.url, capsys, "--interval", "0")
+        _, refused = _doctor(_app_user(server, ["+@all", "-type"]), capsys, "--interval", "0")
+    biggest = {b["key"]: b for b in report["figures"]["sample"]["biggest"]}
+    assert biggest["big"]["type"] == "string"
+    assert biggest["big"]["lz4_ratio"] < 0.1
+    assert biggest["biglist"]["type"] == "list"
+    assert "lz4_ratio" not in biggest["biglist"]
+    assert set(biggest["small"]) == {"key", "bytes"}  # under 1 MiB: neither read
+    assert _verdict(report, "big-values")["title"].endswith("(the biggest: 'big', a string)")
+    assert all(set(b) == {"key", "bytes"} for b in refused["figures"]["sample"]["biggest"])
+    assert _verdict(refused, "big-values")["title"].endswith("(the biggest: 'big')")
 
 
 def test_a_server_without_room_for_a_process_is_told_and_its_wake_probe_fails(
@@ -364,7 +539,7 @@ DOCUMENTED_FIGURES = {
     "blocked_clients", "oom_errors", "sample", "wake",
 }  # fmt: skip
 DOCUMENTED_SAMPLE = {
-    "sampled", "without_ttl", "with_ttl", "ttl_busiest_second", "size_p50", "size_max",
+    "sampled", "gone", "without_ttl", "with_ttl", "ttl_busiest_second", "size_p50", "size_max",
     "biggest", "lz4_ratio", "refused", "scanned", "complete",
 }  # fmt: skip
 
@@ -549,6 +724,67 @@ def test_short_ttls_and_its_own_locks_are_no_ttl_cluster(
     assert status == 0, report["verdicts"]
 
 
+class _EvictingClient(redis.asyncio.Redis):
+    """A client after whose every SCAN half the keys found are gone, as under heavy eviction.
+
+    (Deleted, here: the doctor reads them as it reads evicted keys, PTTL -2.)
+    """
+
+    deleted = 0
+
+    async def scan(self, *args: Any, **kwargs: Any) -> Any:
+        cursor, names = await super().scan(*args, **kwargs)
+        if names[::2]:
+            self.deleted += await self.delete(*names[::2])
+        return cursor, names
+
+
+def test_keys_gone_between_scan_and_their_reading_are_counted_as_gone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """1,000 keys found, half evicted before PTTL: 500 sampled, 500 gone, the SCAN complete.
+
+    Never replaced by others (which heavy eviction would evict too), never
+    counted as sampled; complete is about the SCAN only (it reached the end,
+    or found as many keys as asked for).
+    """
+
+    async def run(port: int) -> Diagnosis:
+        client = _EvictingClient(port=port)
+        try:
+            found = await diagnose(client, interval=0, sample=1000, wake=False)
+        finally:
+            await client.aclose()
+        assert client.deleted == 500
+        return found
+
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.mset({f"k{i}": b"v" for i in range(1000)})
+        client.close()
+        found = anyio.run(run, server.port)
+    sample = found.figures["sample"]
+    assert (sample["sampled"], sample["gone"], sample["complete"]) == (500, 500, True)
+    assert sample["without_ttl"] == 500
+    assert "sample   500 keys (500 more gone before they were read (evicted or expired)): 500 " in (
+        _table(found, width=100)
+    )
+
+
+def test_the_sample_leaves_out_its_own_locks_before_it_has_enough(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A SCAN batch of asyncstampede's locks is not "enough": it scans on for cached values."""
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        client = redis.Redis(port=server.port)
+        client.mset({f"app:{{k{i}}}:l": b"marker" for i in range(5000)})  # locks
+        client.mset({f"app:{{k{i}}}:v": b"value" for i in range(200)})
+        client.close()
+        _, report = _doctor(server.url, capsys, "--interval", "0", "--sample", "150")
+    sample = report["figures"]["sample"]
+    assert (sample["sampled"], sample["gone"], sample["complete"]) == (150, 0, True)
+
+
 def test_a_user_refused_scan_gets_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
     with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
         url = _app_user(server, ["+@all", "-scan"])
@@ -600,6 +836,41 @@ def test_writes_refused_under_an_evicting_policy_are_critical(
     assert status == 2
 
 
+def test_writes_refused_are_said_apart_from_ops(full_noeviction: RedisServer) -> None:
+    """Redis counts no refused command in its ops: "0 ops/s" beside "N writes refused" says so."""
+    stop = threading.Event()
+
+    def write() -> None:  # a bounded loopback write load, every write refused (OOM)
+        client = redis.Redis(port=full_noeviction.port)
+        for i in range(50_000):
+            if stop.is_set():
+                break
+            with contextlib.suppress(redis.exceptions.ResponseError):
+                client.set(f"w{i}", b"x" * 100)
+        client.close()
+
+    async def run() -> Diagnosis:
+        client = redis.asyncio.Redis(port=full_noeviction.port)
+        try:
+            return await diagnose(client, interval=0.5, sample=0, wake=False)
+        finally:
+            await client.aclose()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        found = anyio.run(run)
+    finally:
+        stop.set()
+        writer.join()
+    refused = found.figures["oom_errors"]
+    assert refused > 0
+    traffic = " ".join(_table(found, width=100).split())
+    ops = f"{found.figures['ops_per_s']:,.0f} ops/s"
+    assert f"{ops} (first half " in traffic
+    assert f"), not counting {refused:,} writes refused (OOM), hits " in traffic
+
+
 def test_a_restart_during_the_interval_is_a_verdict_not_a_failure(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -631,6 +902,53 @@ def test_bad_arguments_with_json_print_json(capsys: pytest.CaptureFixture[str]) 
     said = json.loads(capsys.readouterr().out)
     assert said["exit_status"] == 3
     assert "interval" in said["error"]
+
+
+def _errorstats(server: RedisServer) -> dict[str, str]:
+    """The server's INFO errorstats, read on a bare socket (no client handshake of its own)."""
+    reply = server.command("INFO", "errorstats").decode()
+    return dict(
+        line.strip().split(":", 1) for line in reply.splitlines() if line.startswith("errorstat_")
+    )
+
+
+def test_neither_the_doctor_nor_a_session_adds_to_the_servers_errors(
+    server_of_each_kind: RedisServer, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing asyncstampede sends is refused: INFO errorstats stay as they were.
+
+    redis-py's handshake sends CLIENT SETINFO (Redis 7.0 and 6.2 refuse it)
+    and CLIENT MAINT_NOTIFICATIONS (Redis 7.0, 6.2 and Valkey 9 refuse it),
+    and SET NX GET is a syntax error before 7.0: an alert on the server's
+    error rate would fire for each doctor run and each process started.
+    """
+    server = server_of_each_kind
+
+    async def session() -> None:
+        computes = 0
+
+        async def compute() -> str:
+            nonlocal computes
+            computes += 1
+            await anyio.sleep(0.05)
+            return "v"
+
+        async with Stampede.from_url(server.url, namespace=namespace) as cache:
+            await cache.check()  # every kind of command asyncstampede sends, once
+            async with anyio.create_task_group() as tg:  # a herd: one computes, four wake
+                for _ in range(5):
+                    tg.start_soon(lambda: cache.get_or_compute("herd", compute, ttl=60))
+            for i in range(5):
+                await cache.get_or_compute(f"k{i}", compute, ttl=60)
+                await cache.get_or_compute(f"k{i}", compute, ttl=60)  # a hit
+        assert computes == 6
+
+    before = _errorstats(server)
+    anyio.run(session)
+    after_session = _errorstats(server)
+    main(["doctor", server.url, "--interval", "0.2", "--namespace", namespace])
+    capsys.readouterr()
+    assert (after_session, _errorstats(server)) == (before, before)
 
 
 def test_no_wake_skips_the_probe(capsys: pytest.CaptureFixture[str]) -> None:

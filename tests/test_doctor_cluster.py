@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+import anyio
 import pytest
 import redis
 from redis.crc import key_slot
@@ -270,6 +271,49 @@ def test_a_user_allowed_only_what_asyncstampede_needs_is_judged_from_cluster_slo
     assert report["topology"]["slots_served"] == SLOTS
     assert all(n["cluster_state"] is None and n["health"] is None for n in report["nodes"])
     assert "cluster-down" not in _codes(report["verdicts"])
+
+
+def _errorstats(port: int) -> dict[str, str]:
+    """A node's INFO errorstats, read on a bare socket (no client handshake of its own)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"INFO errorstats\r\n")
+        header, _, body = sock.recv(1 << 16).partition(b"\r\n")  # $<length>, the text
+        while len(body) < int(header[1:]) + 2:
+            body += sock.recv(1 << 16)
+    return dict(
+        line.strip().split(":", 1)
+        for line in body.decode().splitlines()
+        if line.startswith("errorstat_")
+    )
+
+
+@pytest.mark.parametrize("cluster", ["redis-7", "valkey-9", "redis-6.2"], indirect=True)
+def test_neither_the_doctor_nor_a_session_adds_to_the_primaries_errors(
+    cluster: RedisClusterServers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing asyncstampede sends a cluster is refused: every primary's errorstats stay.
+
+    (Its connections skip the handshake the older servers refuse; the
+    doctor reads a 6.2 topology with CLUSTER SLOTS without trying SHARDS.)
+    """
+
+    async def session() -> None:
+        async def compute() -> str:
+            return "v"
+
+        async with Stampede.from_url(cluster.url, namespace="quiet", cluster=True) as cache:
+            await cache.check()
+            for i in range(12):  # keys on every primary
+                await cache.get_or_compute(f"k{i}", compute, ttl=60)
+                await cache.get_or_compute(f"k{i}", compute, ttl=60)
+
+    ports = cluster.ports
+    before = {port: _errorstats(port) for port in ports}
+    anyio.run(session)
+    after_session = {port: _errorstats(port) for port in ports}
+    main(["doctor", cluster.url, "--interval", "0.2", "--namespace", "quiet"])
+    capsys.readouterr()
+    assert (after_session, {port: _errorstats(port) for port in ports}) == (before, before)
 
 
 # The --json shape the operations guide documents for a cluster.

@@ -184,7 +184,11 @@ async def test_a_hook_that_raises_never_breaks_a_call(
             for _ in range(3):
                 assert await cache.get_or_compute("k", value, 60) == "v"
             assert cache.statistics().hits == 2
-    assert any("hook" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
+    failed = [r for r in caplog.records if "hook" in r.getMessage() and "failed" in r.getMessage()]
+    assert failed
+    assert (failed[0].name, failed[0].__dict__["part"]) == ("asyncstampede.hooks", "hooks")
+    assert failed[0].__dict__["namespace"] == namespace
+    assert "address" in failed[0].__dict__
 
 
 async def test_logs_come_from_each_part_with_structured_fields(
@@ -214,12 +218,45 @@ async def test_logs_come_from_each_part_with_structured_fields(
     assert "secret-key" not in failure.__dict__["key_hash"]
     opened = next(r for r in records if r.name == "asyncstampede.breaker")
     assert opened.__dict__["part"] == "breaker"
+    # Every record has the instance's namespace and its part; the server's
+    # address where one is about it (the breaker's, the connections').
+    for record in records:
+        assert record.__dict__.get("namespace") == "logged", (record.name, record.getMessage())
+        assert record.__dict__.get("part") == (record.name.partition(".")[2] or "request")
+        assert record.getMessage().startswith("asyncstampede: ")
+        if record.name != "asyncstampede":
+            assert record.__dict__["address"] == f"127.0.0.1:{server.port}/0"
     # The wake transport's lines name the transport they are about.
     wake = [r for r in records if r.name == "asyncstampede.wake"]
     assert any("wake by tracking" in r.getMessage() for r in wake)
     assert all(r.__dict__["transport"] == "tracking" for r in wake), [
         (r.getMessage(), r.__dict__.get("transport")) for r in wake
     ]
+
+
+async def test_a_restart_logs_no_warning_on_the_wake_logger(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restarted Redis: the watching connection comes back, with INFO lines, no WARNING.
+
+    (A WARNING there means waiters poll for good, which operators alert on;
+    the outage itself is the breaker's to say, when a call meets it.)
+    """
+
+    async def value() -> str:
+        return "v"
+
+    with caplog.at_level(logging.DEBUG, "asyncstampede"), RedisServer() as server:
+        async with Stampede.from_url(server.url, namespace="restarted") as cache:
+            await until(lambda: cache.statistics().wake == "tracking")
+            await cache.get_or_compute("k", value, 60)
+            server.restart()
+            await until(lambda: cache.statistics().reconnects >= 1)
+            await until(lambda: cache.statistics().wake == "tracking")
+            assert await cache.get_or_compute("k2", value, 60) == "v"
+    wake = [r for r in caplog.records if r.name == "asyncstampede.wake"]
+    assert any("reconnecting" in r.getMessage() for r in wake)  # (said, at INFO)
+    assert [r.getMessage() for r in wake if r.levelno >= logging.WARNING] == []
 
 
 async def test_a_hook_returning_a_coroutine_is_told_not_awaited(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import functools
 import logging
 import math
@@ -17,7 +18,8 @@ import anyio
 import pytest
 import redis
 from _models import JOINED, Account, User, account, user
-from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter
+from pydantic.alias_generators import to_camel
 
 from asyncstampede import Codec, SerializationError, Stampede
 from asyncstampede._keys import make_names
@@ -142,8 +144,10 @@ async def test_a_stored_value_that_no_longer_fits_the_model_is_computed_once_ane
     assert got == [user(1)] * 3
     assert computes == 1
     assert cache.statistics().decode_errors == 1
-    assert any("does not fit" in r.getMessage() and "joined" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
+    (misfit,) = [r for r in caplog.records if "does not fit" in r.getMessage()]
+    assert "'user:1'" in misfit.getMessage()  # (the key it is about)
+    assert "joined" in misfit.getMessage()
+    assert len(misfit.__dict__["key_hash"]) == 12
     stored = sync_redis.get(make_names(namespace, "user:1").value)
     assert isinstance(stored, bytes)
     assert b"2024-05-17T09:30:15.25" in stored
@@ -158,8 +162,8 @@ class Point:
 @pytest.mark.parametrize(
     ("value", "words"),
     [
-        (Point(1.0, JOINED), "pass model=Point to get a Point back"),
-        (account(1), "pass model=Account to get a Account back"),
+        (Point(1.0, JOINED), "pass model=Point to get the Point back"),
+        (account(1), "pass model=Account to get the Account back"),
         ({"at": JOINED}, "store value.isoformat()"),
         ([Point(1.0, JOINED)], "pass model=<the type the compute returns>"),
         ({"x": math.nan}, "JSON has no NaN"),
@@ -305,6 +309,55 @@ async def test_set_refuses_a_value_the_model_cannot_read_back(any_cache: Stamped
         await any_cache.set("u", {"id": 1}, 60, model=User)
 
 
+class Camel(BaseModel):
+    """FastAPI's camelCase style: validated by alias only (no populate_by_name)."""
+
+    model_config = ConfigDict(alias_generator=to_camel)
+    user_name: str
+    joined_at: datetime.datetime
+
+
+class Aliased(BaseModel):
+    """One field with an alias of its own."""
+
+    user_name: str = Field(alias="userName")
+
+
+class Renamed(BaseModel):
+    """An alias for dumps only: its JSON form by name is the one that reads back."""
+
+    count: int = Field(serialization_alias="Count")
+
+
+class Unreadable(BaseModel):
+    """Read from one name, written under another: no JSON form of it reads back."""
+
+    count: int = Field(validation_alias="in", serialization_alias="out")
+
+
+async def test_models_with_aliases_round_trip(any_cache: Stampede) -> None:
+    """Aliased fields are stored the way the model reads them back, by alias or by name."""
+    camel = Camel.model_validate({"userName": "ada", "joinedAt": JOINED})
+    values = {"camel": camel, "aliased": Aliased(userName="bo"), "renamed": Renamed(count=3)}
+    for key, value in values.items():
+        model = type(value)
+
+        async def load(value: BaseModel = value) -> BaseModel:
+            return value
+
+        assert await any_cache.get_or_compute(key, load, 60, model=model) == value
+        assert await any_cache.get_or_compute(key, never, 60, model=model) == value
+        await any_cache.set(key, value, 60, model=model)
+        assert await any_cache.get(key, model=model) == value
+
+    async def unreadable() -> Unreadable:
+        return Unreadable(**{"in": 1})
+
+    refused = r"(?s)by field names or by aliases.*populate_by_name"
+    with pytest.raises(SerializationError, match=refused):
+        await any_cache.get_or_compute("unreadable", unreadable, 60, model=Unreadable)
+
+
 class RowDict(typing.TypedDict):
     """A typing.TypedDict: pydantic wants typing_extensions' before Python 3.12."""
 
@@ -323,3 +376,27 @@ async def test_a_typing_typeddict_works_or_is_refused_with_the_fix() -> None:
         else:
             with pytest.raises(TypeError, match="typing_extensions"):
                 await cache.get_or_compute("r", row, 60, model=RowDict)
+
+
+class Color(enum.StrEnum):
+    RED = "red"
+
+
+async def test_a_tuple_and_a_str_enum_come_back_as_json_keeps_them_or_as_their_model(
+    any_cache: Stampede,
+) -> None:
+    """Without a model, as documented: a list and a str; with one, the tuple and the member."""
+
+    async def pair() -> tuple[int, int]:
+        return (1, 2)
+
+    async def red() -> Color:
+        return Color.RED
+
+    got: object = await any_cache.get_or_compute("t", pair, 60)  # (typed a tuple: the gap)
+    assert got == [1, 2]
+    assert await any_cache.get_or_compute("t2", pair, 60, model=tuple[int, int]) == (1, 2)
+    plain = await any_cache.get_or_compute("c", red, 60)
+    assert type(plain) is str
+    assert plain == "red"
+    assert await any_cache.get_or_compute("c2", red, 60, model=Color) is Color.RED

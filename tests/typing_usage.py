@@ -111,3 +111,12 @@ async def decorated() -> None:
 @cache.cached(ttl=60)  # type: ignore[type-var]
 async def uncached_user(user_id: int) -> User:
     return User(user_id, datetime.datetime.now(datetime.UTC))
+
+
+async def reads_and_writes() -> None:
+    """get and set: the model types both ways; without one, only what JSON holds."""
+    user = User(1, datetime.datetime.now(datetime.UTC))
+    await cache.set("u", user, 60, model=User)
+    await cache.set("n", {"a": [1, 2]}, 60)
+    assert_type(await cache.get("u", model=User), User | None)
+    await cache.set("u", user, 60)  # type: ignore[call-overload]

@@ -89,10 +89,13 @@ class Backend(Protocol):
         """The circuit breaker in front of the store (None: nothing to break)."""
         ...
 
-    def overran(self, doing: str, budget: float) -> BackendError:
+    def overran(self, doing: str, budget: float, late: float = 0.0) -> BackendError:
         """Return the error for the store's work that ran past the call's budget.
 
-        *doing* names the work, *budget* the seconds it had.
+        *doing* names the work, *budget* the seconds it had; *late*: how
+        many seconds after the budget the event loop got round to noticing
+        (more than a few milliseconds: something blocked the loop, and the
+        reply may have been there unread).
         """
         ...
 

@@ -101,12 +101,16 @@ class Breaker:
         budget: float,
         hooks: Hooks | None = None,
         on_change: Callable[[], None] | None = None,
+        context: dict[str, str] | None = None,
     ) -> None:
         self._address = address
         self._budget = budget  # a probe's answer must come within this
         # Every change is logged, however soon after the last (each opening
         # is an outage, and a breaker that flaps must be seen to).
-        self._log = ProblemLog(interval=0.0, part="breaker", context={"address": address})
+        # (*context*: the instance's log fields, its namespace; the address is this server's.)
+        self._log = ProblemLog(
+            interval=0.0, part="breaker", context={**(context or {}), "address": address}
+        )
         self._hooks = hooks if hooks is not None else Hooks()
         self._on_change = on_change
         self.on_close: list[Callable[[], None]] = []  # called each time it closes

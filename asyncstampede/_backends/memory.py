@@ -62,7 +62,7 @@ class MemoryBackend:
     refused_connections = 0
     breaker = None  # nothing in memory fails or hangs
 
-    def overran(self, doing: str, budget: float) -> BackendError:
+    def overran(self, doing: str, budget: float, late: float = 0.0) -> BackendError:
         """Never needed: no operation in memory waits (see `Backend.overran`)."""
         return BackendUnavailableError(f"the embedded store took over {budget}s for {doing}")
 

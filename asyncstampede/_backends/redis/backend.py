@@ -34,7 +34,7 @@ from ..base import ACQUIRED, Acquired, Held, Hit
 from ..breaker import Breaker
 from ..interest import SUBSCRIBED, UNTRACKED, Listener
 from . import scripts as _scripts
-from .errors import address_of
+from .errors import address_of, blocked_loop
 from .listener import RedisListener
 from .mux import Multiplexer
 from .route import Route, past_breaker
@@ -130,6 +130,7 @@ class RedisBackend:
             # whose holder cannot commit. Closed: they look again. (On a
             # Cluster node, the cluster looks for a new primary too.)
             on_change=self._breaker_changed,
+            context=shared.context,
         )
         self._node = node
         # What the breaker's probe reads: a key of the namespace (which an
@@ -241,7 +242,7 @@ class RedisBackend:
         """Failed attempts to (re)connect those connections."""
         return self.listener.connect_errors + self._mux.connect_errors
 
-    def overran(self, doing: str, budget: float) -> BackendError:
+    def overran(self, doing: str, budget: float, late: float = 0.0) -> BackendError:
         """Return the error for Redis work of a call that ran out of its budget (see `Backend`).
 
         It does not open the circuit breaker by itself: a silent Redis is
@@ -251,7 +252,7 @@ class RedisBackend:
         return BackendUnavailableError(
             f"Redis at {self.address} unavailable for {doing}: no reply within the "
             f"{budget * 1000:.0f} ms left of the call's budget for Redis "
-            f"(redis_budget={self._budget})",
+            f"(redis_budget={self._budget}){blocked_loop(late)}",
             address=self.address,
             command=doing,
         )
@@ -315,7 +316,7 @@ class RedisBackend:
             task_status.started()
 
     async def prepare(self) -> None:
-        """Load every script once, so no request pays a NOSCRIPT round trip.
+        """Learn the server's version, and load every script once (no request pays a NOSCRIPT).
 
         Best effort, within what is left of one budget since entering began
         (`run`, which waits for the connections, shares it): if Redis is
@@ -325,6 +326,7 @@ class RedisBackend:
         left = self._budget - (anyio.current_time() - self._entered_at)
         try:
             with anyio.move_on_after(max(left, 0.0)):
+                await self._learn_version()
                 await self._route.load_scripts(self._scripts)
         except BackendRefusedError as exc:
             self.problems.report(exc, "loading the scripts at start")
@@ -451,11 +453,33 @@ class RedisBackend:
         reply = await self.listener.watch(lock, command)
         return await self._send(command, lock) if reply in _READ_YOURSELF else reply
 
+    async def _learn_version(self) -> None:
+        """Ask the server's version (``HELLO``), so that a Redis before 7.0 gets no ``SET NX GET``.
+
+        It would refuse it with a syntax error, which it counts in ``INFO
+        errorstats`` (an alert on Redis's error rate would fire at each
+        process's first lock). Where ``HELLO`` is refused (an ACL without
+        ``+hello``) or unanswered, the first lock attempt finds out instead.
+        """
+        try:
+            reply = await self._route.execute("HELLO")
+        except (BackendError, RedisError, OSError):
+            return
+        version = _hello_version(reply)
+        if version is not None and version[0] < 7 and self._set_nx_get:
+            self._set_nx_get = False
+            self.problems.say(
+                logging.INFO,
+                f"Redis at {self.address} is {'.'.join(map(str, version))}, older than 7.0 "
+                "(no SET NX GET): locks are taken by a script instead",
+            )
+
     async def _lock_or_holder(self, lock: bytes, token: bytes, lock_ms: int) -> Any:
         """Take *lock* if it is free, else return its holder's token: ``SET NX PX GET``.
 
-        Redis before 7.0 rejects ``NX`` with ``GET`` as a syntax error; from
-        the first such reply on, the same step runs as a script.
+        Redis before 7.0 rejects ``NX`` with ``GET`` as a syntax error: from
+        its version (`_learn_version`, at start), or else from the first
+        such reply on, the same step runs as a script.
         """
         if self._set_nx_get:
             try:
@@ -607,3 +631,19 @@ class RedisBackend:
         if self.owns_client:
             await self._client.aclose()
             await close_owned(self._client)  # (from_url's Sentinel: its connections)
+
+
+def _hello_version(reply: Any) -> tuple[int, ...] | None:
+    """Return the ``version`` of a ``HELLO`` reply (a RESP3 map, or RESP2's flat list), if any."""
+    if isinstance(reply, dict):
+        fields = dict(reply)
+    elif isinstance(reply, list | tuple):
+        fields = dict(zip(reply[0::2], reply[1::2], strict=False))
+    else:
+        return None
+    value = fields.get(b"version", fields.get("version"))
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    try:
+        return tuple(int(part) for part in text.split(".")[:2])
+    except ValueError:
+        return None

@@ -9,7 +9,8 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from ..._exceptions import InvalidURLError
-from .sentinel import check_sentinel_client, is_sentinel_url, sentinel_client_from_url
+from .sentinel import check_sentinel_client, is_sentinel_url, sentinel_client_from_url, shown_url
+from .wire import quiet_handshake
 
 __all__ = ["check_client", "client_from_url", "cluster_from_url"]
 
@@ -49,12 +50,14 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     rather than a ``BlockingConnectionPool``: same guarantee, but no
     ``asyncio.Condition`` round on every command, which cost 5-10% of a
     cache hit. A failed command is retried (every command and script
-    asyncstampede sends is safe to run twice).
+    asyncstampede sends is safe to run twice). Its connections send no
+    handshake a supported server refuses (see `quiet_handshake`).
 
     Raises:
         TypeError: *url* is not a str, *max_connections* not an int, or
             *socket_timeout* not a number.
-        InvalidURLError: a ``redis+sentinel://`` URL is malformed.
+        InvalidURLError: *url* is malformed (an unknown scheme, a port that
+            is not a number, a ``redis+sentinel://`` URL without a service...).
         ValueError: *max_connections* is below 1, or *socket_timeout* is not
             a positive number of seconds (at most a day).
 
@@ -83,7 +86,15 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     }
     if is_sentinel_url(url):
         return sentinel_client_from_url(url, **options)
-    pool = ConnectionPool.from_url(url, **options)
+    try:
+        pool = ConnectionPool.from_url(url, **options, **quiet_handshake(ConnectionPool))
+    except ValueError as exc:  # (redis-py's: an unknown scheme, a port that is no number...)
+        raise InvalidURLError(
+            f"bad Redis URL {shown_url(url)!r}: {str(exc).rstrip('.')}. The forms are "
+            "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS), "
+            "unix://[[user]:password@]/path/to/socket[?db=N], and "
+            "redis+sentinel://host:port[,host:port...]/service_name[/db]"
+        ) from None
     return Redis.from_pool(pool)
 
 

@@ -50,12 +50,11 @@ from ..._stats import NodeStatistics
 from ..base import Acquired, Held, Hit
 from ..interest import UNTRACKED, Listener
 from .backend import ClusterNodeRole, RedisBackend
-from .errors import Redirected, map_error
-from .wire import pooled_command
+from .errors import Redirected, blocked_loop, map_error
+from .wire import pooled_command, quiet_handshake
 
 __all__ = ["ClusterBackend", "ClusterListener", "node_connection_kwargs"]
 
-log = logging.getLogger("asyncstampede.redis")
 
 SLOTS: Final = 16384
 # Topology reads: this often while every primary answers (seconds)...
@@ -73,7 +72,10 @@ def node_connection_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
     *kwargs* are a ``RedisCluster``'s ``connection_kwargs`` (or a URL's):
     passwords, TLS, timeouts, protocol... The cluster client's own plumbing
-    (its response callbacks, its pool size, its host and port) is left out.
+    (its response callbacks, its pool size, its host and port, its pools'
+    maintenance handlers) is left out; the pools made with them are
+    asyncstampede's own, whose connections send no handshake a supported
+    server refuses (see `quiet_handshake`).
     """
     kwargs = dict(kwargs)
     connection_class = kwargs.pop("connection_class", None)
@@ -94,8 +96,10 @@ def node_connection_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         if k in accepted
         and k not in ("host", "port", "db", "self", "kwargs", "args")
         and k not in ("response_callbacks", "retry", "redis_connect_func")
+        and k not in ("maint_notifications_pool_handler", "oss_cluster_maint_notifications_handler")
     }
     kept["connection_class"] = connection_class
+    kept.update(quiet_handshake(ConnectionPool, connection_class))
     return kept
 
 
@@ -313,12 +317,12 @@ class ClusterBackend:
         """Of those, the ones a server refused."""
         return self.retired.refused + sum(n.backend.refused_connections for n in self.nodes())
 
-    def overran(self, doing: str, budget: float) -> BackendError:
+    def overran(self, doing: str, budget: float, late: float = 0.0) -> BackendError:
         """See `Backend.overran`."""
         return BackendUnavailableError(
             f"Redis Cluster at {self.address} unavailable for {doing}: no reply from the "
             f"key's primary within the {budget * 1000:.0f} ms left of the call's budget for "
-            f"Redis (redis_budget={self._budget})",
+            f"Redis (redis_budget={self._budget}){blocked_loop(late)}",
             address=self.address,
             command=doing,
         )
@@ -601,7 +605,9 @@ class ClusterBackend:
             try:
                 await node.backend.run(task_status=_Started(node.ready))
             except Exception:  # a bug: the other primaries must go on
-                log.exception("asyncstampede: serving the primary at %s failed", node.address)
+                self.problems.say(
+                    logging.ERROR, f"serving the primary at {node.address} failed", exc_info=True
+                )
             finally:
                 node.ready.set()
                 with anyio.CancelScope(shield=True):

@@ -17,7 +17,6 @@ logs them.
 
 from __future__ import annotations
 
-import logging
 import re
 import ssl
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 
 __all__ = [
+    "blocked_loop",
     "BASE_ACL",
     "MINIMUM_ACL",
     "WAKE_ACL",
@@ -55,13 +55,14 @@ __all__ = [
     "server_text",
 ]
 
-log = logging.getLogger("asyncstampede.redis")
 
 # What asyncstampede sends, as ACL rules (``<namespace>`` is the instance's).
-# redis-py adds HELLO and CLIENT SETINFO on each connection (SETINFO errors
-# are ignored), and SELECT for a DB other than 0. The scripts run GET, SET,
-# DEL, PEXPIRE and PTTL, which ACLs check like any command; their PUBLISH is
-# a pcall (refused, it is skipped). Then each wake transport needs its own.
+# redis-py adds HELLO on each connection (asyncstampede's own connections skip
+# its CLIENT SETINFO: see wire.quiet_handshake), and SELECT for a DB other than
+# 0; HELLO also tells asyncstampede the server's version at start. The scripts
+# run GET, SET, DEL, PEXPIRE and PTTL, which ACLs check like any command; their
+# PUBLISH is a pcall (refused, it is skipped). Then each wake transport needs
+# its own.
 BASE_ACL: Final = (
     "resetchannels -@all +hello +ping +select +get +mget +set +del +pexpire +pttl "
     "+evalsha +script|load +watch +multi +exec ~<namespace>:*"
@@ -217,8 +218,10 @@ def _hint(exc: BaseException, text: str, namespace: str | None) -> str | None:
         return f"a script ran a command the ACL user lacks; grant: {MINIMUM_ACL}"
     if upper.startswith("OOM") or "maxmemory" in text:
         return (
-            "Redis is full and its maxmemory-policy is noeviction: raise maxmemory, "
-            "or use an evicting policy such as allkeys-lru for a cache"
+            "Redis is full and may evict nothing (maxmemory-policy noeviction, or a "
+            "volatile-* policy and no key with a TTL): raise maxmemory, or, if it holds only "
+            "cache, use an evicting policy such as allkeys-lru (it evicts keys without a TTL "
+            "too: keep data that must stay on a Redis of its own)"
         )
     if upper.startswith("WRONGTYPE"):
         return "another program stores other data under this namespace: give asyncstampede one"
@@ -313,3 +316,22 @@ def is_connection_trouble(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(is_connection_trouble(e) for e in exc.exceptions)
     return isinstance(exc, (RedisError, OSError, TimeoutError, BackendError))
+
+
+# A timer that runs this much later than set says the loop was blocked (seconds).
+_BLOCKED = 0.05
+
+
+def blocked_loop(late: float) -> str:
+    """Return what to add to a budget's overrun that the loop noticed *late* seconds late.
+
+    Nothing when it noticed in time; else that the event loop was blocked,
+    so the reply may have come in time and waited unread (a sync hook or
+    compute that sleeps, heavy CPU work): Redis may not be at fault.
+    """
+    if late <= _BLOCKED:
+        return ""
+    return (
+        f"; but this process's event loop noticed {late:.3f}s late (something in it blocked "
+        "the loop: the reply may have been there, unread, so Redis may not be at fault)"
+    )

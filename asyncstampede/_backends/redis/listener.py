@@ -37,7 +37,6 @@ from .wire import Link
 
 __all__ = ["RedisListener"]
 
-log = logging.getLogger("asyncstampede.wake")
 
 # Where every transport was refused, probe them again this often: an ACL or
 # the server's configuration may have been fixed.
@@ -295,12 +294,22 @@ class RedisListener(Listener):
         if not up:
             self.connect_errors += 1
         if not is_connection_trouble(exc) and not isinstance(exc, BackendError):
-            log.exception("asyncstampede lock-change listener failed; reconnecting")
+            self._problems.say(
+                logging.ERROR,
+                "lock-change listener failed; reconnecting",
+                exc_info=True,
+                transport=self._announced or "poll",
+            )
             return
         error = map_error(exc, address=self._address)
         if up or self.connect_errors == 1:
+            # (INFO for Redis unavailable: the connection comes back by itself,
+            # and an outage is the breaker's WARNING; ERROR for a refusal.)
             self._problems.report(
-                error, "watching locks; reconnecting", transport=self._announced or "poll"
+                error,
+                "watching locks; reconnecting",
+                passing=logging.INFO,
+                transport=self._announced or "poll",
             )
         # An outage: Redis silent while a waiter needed it (its ping went
         # unanswered), or a Redis that worked cannot be connected to again.

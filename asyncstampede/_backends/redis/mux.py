@@ -53,18 +53,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..._exceptions import BackendError, BackendRefusedError, BackendUnavailableError
 from ..._problems import ProblemLog
-from .errors import is_connection_trouble, map_error
+from .errors import blocked_loop, is_connection_trouble, map_error
 from .wire import Link, LinkFactory
 
 __all__ = ["UNAVAILABLE", "Lost", "Multiplexer", "NoReply"]
 
-log = logging.getLogger("asyncstampede.redis")
 
 UNAVAILABLE: Final = object()  # no connection now: read some other way
 # Unsent bytes past which a caller waits for the socket to drain first.
 _HIGH_WATER = 4 * 1024 * 1024
-# A timer run this much later than set says the loop was busy (seconds).
-_BUSY = 0.05
 
 
 class NoReply(Exception):
@@ -254,7 +251,10 @@ class Multiplexer:
         now = time.monotonic()
         # Run late: this process's loop was busy (blocked), and the replies
         # may be waiting unread. Its silence proves nothing about Redis.
-        busy = now - self._expiry_at > _BUSY
+        # (Said in each failed command's error, so the log blames the blocking
+        # call, not Redis: a sync hook or compute that sleeps, heavy CPU work.)
+        blocked = blocked_loop(now - self._expiry_at)
+        busy = bool(blocked)
         soonest = None
         silent = 0.0  # the longest silence an expired command saw: no reply at all since it went
         for slot in self._slots:
@@ -262,7 +262,7 @@ class Multiplexer:
                 continue  # failed already: only its reply is awaited, to be dropped
             if slot.deadline <= now:
                 waited = now - slot.sent
-                slot.error = NoReply(f"no reply within {waited:.3f}s")
+                slot.error = NoReply(f"no reply within {waited:.3f}s{blocked}")
                 slot.done.set()
                 if slot.heard == self.replies:
                     silent = max(silent, waited)
@@ -311,7 +311,9 @@ class Multiplexer:
                 self._moved_since(moves)
                 writer = link.writer()
                 if writer is None:
-                    log.error("asyncstampede: cannot pipeline on this connection; using the pool")
+                    self._problems.say(
+                        logging.ERROR, "cannot pipeline on this connection; using the pool"
+                    )
                     if not started:
                         task_status.started()
                     await anyio.sleep_forever()
@@ -335,14 +337,16 @@ class Multiplexer:
                 raise
             except Exception as exc:
                 if _moved_in(exc):  # replaced on purpose: connect again at once
-                    log.debug("asyncstampede request connection replaced: %r", exc)
+                    self._problems.say(logging.DEBUG, f"request connection replaced: {exc!r}")
                     continue
                 if connected and self._on_lost is not None:
                     self._on_lost(exc)
                 if not connected:
                     self.connect_errors += 1
                 if not is_connection_trouble(exc):
-                    log.exception("asyncstampede request connection failed; using the pool")
+                    self._problems.say(
+                        logging.ERROR, "request connection failed; using the pool", exc_info=True
+                    )
                 else:
                     error = map_error(exc, address=self._address)
                     if isinstance(error, BackendRefusedError):
@@ -352,7 +356,7 @@ class Multiplexer:
                     elif was_up:
                         self._problems.report(error, "request connection lost; using the pool")
                     else:
-                        log.debug("asyncstampede request connection not up: %s", error)
+                        self._problems.say(logging.DEBUG, f"request connection not up: {error}")
                     # A Redis that worked and cannot be reached now: an
                     # outage. (Before it ever worked, the request path says
                     # why, with its hints.)

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, unquote
 import anyio
 import anyio.abc
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.retry import Retry
@@ -51,7 +51,7 @@ from ..._exceptions import (
 )
 from ..._problems import ProblemLog
 from .errors import describe, is_connection_trouble, map_error, readonly_reply, server_text
-from .wire import Link, LinkFactory, link_factory
+from .wire import Link, LinkFactory, link_factory, quiet_handshake
 
 __all__ = [
     "SENTINEL_ACL",
@@ -63,6 +63,7 @@ __all__ = [
     "parse_sentinel_url",
     "primary_watch",
     "sentinel_client_from_url",
+    "shown_url",
 ]
 
 log = logging.getLogger("asyncstampede.sentinel")
@@ -79,7 +80,7 @@ _TLS_OPTIONS: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_
 _CERT_REQS: Final = ("none", "optional", "required")
 
 # What a client needs of the sentinels, as ACL rules for their user (a
-# sentinel of Redis 6.2 or later; redis-py's CLIENT SETINFO may be refused).
+# sentinel of Redis 6.2 or later).
 SENTINEL_ACL: Final = (
     "resetchannels &+switch-master -@all +hello +ping +auth "
     "+sentinel|masters +sentinel|master +subscribe"
@@ -128,7 +129,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     """
     scheme, _, rest = url.partition("://")
     tls = _SCHEMES[scheme.lower()]
-    shown = _shown(url)
+    shown = shown_url(url)
     if "#" in rest:
         raise _invalid(shown, "it has a fragment (#...): remove it, or percent-encode a # (%23)")
     rest, _, query = rest.partition("?")
@@ -209,8 +210,12 @@ def _options(query: str, shown: str, tls: bool) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _shown(url: str) -> str:
-    """Return *url* with its passwords (the server's, the sentinels') replaced by ``***``."""
+def shown_url(url: str) -> str:
+    """Return *url* with its passwords (the server's, the sentinels') replaced by ``***``.
+
+    (Any Redis URL: its user information's password, and ``password=`` or
+    ``sentinel_password=`` in its query.)
+    """
     scheme, _, rest = url.partition("://")
     rest, question, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
@@ -218,7 +223,9 @@ def _shown(url: str) -> str:
     if at and ":" in userinfo:
         userinfo = userinfo.partition(":")[0] + ":***"
     query = "&".join(
-        f"{part.partition('=')[0]}=***" if part.startswith("sentinel_password") else part
+        f"{part.partition('=')[0]}=***"
+        if part.startswith(("sentinel_password=", "password="))
+        else part
         for part in query.split("&")
     )
     return f"{scheme}://{userinfo}{at}{hosts}{slash}{path}{question}{query}"
@@ -235,7 +242,9 @@ def sentinel_client_from_url(url: str, **pool: Any) -> Redis:
     ``retry``): the primary's connections get all of it; the sentinels get
     the timeouts (the connect timeout as their reply timeout too: a
     sentinel answers at once or is skipped for the next) and no retries
-    (redis-py asks the next sentinel instead).
+    (redis-py asks the next sentinel instead). Both are asyncstampede's
+    own connections: no handshake a supported server refuses (see
+    `quiet_handshake`).
 
     Raises:
         InvalidURLError: the URL is malformed.
@@ -251,6 +260,7 @@ def sentinel_client_from_url(url: str, **pool: Any) -> Redis:
         "socket_timeout": connect_timeout,
         "socket_connect_timeout": connect_timeout,
         "retry": Retry(NoBackoff(), 0),
+        **quiet_handshake(Redis),
         **tls,
     }
     if "sentinel_username" in options:
@@ -264,7 +274,7 @@ def sentinel_client_from_url(url: str, **pool: Any) -> Redis:
         username=parsed.username,
         password=parsed.password,
         **tls,
-        **pool,
+        **{**quiet_handshake(SentinelConnectionPool, SentinelManagedConnection), **pool},
     )
     return client
 
@@ -486,7 +496,9 @@ class PrimaryWatch:
                 backoff = 30.0
             except Exception as exc:
                 if not is_connection_trouble(exc):
-                    log.exception("asyncstampede: listening to sentinel %s failed", where)
+                    self._problems.say(
+                        logging.ERROR, f"listening to sentinel {where} failed", exc_info=True
+                    )
                 else:
                     level = logging.INFO if heard else logging.DEBUG
                     self._problems.say(
@@ -563,7 +575,7 @@ class PrimaryWatch:
                         if self._moved_to is not None:
                             break  # one answer is enough
                 except Exception:  # a bug: logged, and never the instance's end
-                    log.exception("asyncstampede: asking the sentinels failed")
+                    self._problems.say(logging.ERROR, "asking the sentinels failed", exc_info=True)
             await anyio.sleep(_DEAF_LOOK)
 
     async def _follow(self, client: Redis, target: tuple[str, int], why: str) -> None:

@@ -24,11 +24,23 @@ from typing import Any, final
 
 import anyio
 from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["Link", "LinkFactory", "link_factory", "pooled_command", "redis_py_problems"]
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # pragma: no cover - a redis-py without maintenance notifications
+    MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    "Link",
+    "LinkFactory",
+    "link_factory",
+    "pooled_command",
+    "quiet_handshake",
+    "redis_py_problems",
+]
 
 # Keyword arguments of AbstractConnection methods relied on here.
 _NEEDED: dict[str, tuple[str, ...]] = {
@@ -60,6 +72,49 @@ def redis_py_problems() -> tuple[str, ...]:
             if kw not in parameters
         ]
     return tuple(problems)
+
+
+def _named(klass: type) -> set[str]:
+    """Return the keyword arguments *klass* names (those of each ``__init__`` in its MRO)."""
+    named: set[str] = set()
+    for base in klass.__mro__:
+        init = base.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):  # pragma: no cover - C implementations
+            continue
+        named.update(p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+    return named
+
+
+def quiet_handshake(
+    given_to: type, connection_class: type[AbstractConnection] = Connection
+) -> dict[str, Any]:
+    """Return the settings that keep redis-py's connection set-up to what every server takes.
+
+    On each new connection redis-py sends ``CLIENT SETINFO`` (Redis 7.2 and
+    later know it) and, on RESP3 from redis-py 8.1, ``CLIENT
+    MAINT_NOTIFICATIONS`` (Redis Enterprise's and Redis 8's). Redis 6.2 to
+    7.0 (and Valkey, the second) refuse them; redis-py ignores the refusal,
+    but the server counts it (``INFO errorstats``: ``errorstat_ERR``, or
+    ``NOPERM`` for an ACL user without them), and an alert on Redis's error
+    rate would fire at every connection asyncstampede makes. Its own
+    connections go without both: no ``lib-name`` in ``CLIENT LIST``, and
+    no maintenance notifications (it follows ``MOVED`` and reconnects by
+    itself). A client the application passes keeps its own settings.
+
+    *given_to* is the class the settings go to (a pool class, ``Redis``,
+    or *connection_class* itself); its connections are *connection_class*'s.
+    Only what the installed redis-py takes is set.
+    """
+    settings: dict[str, Any] = {}
+    if "driver_info" in _named(connection_class):  # (a pool passes it on to them)
+        settings["driver_info"] = None  # (None: no CLIENT SETINFO; lib_name= is deprecated)
+    if MaintNotificationsConfig is not None and "maint_notifications_config" in _named(given_to):
+        settings["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+    return settings
 
 
 @final
@@ -149,8 +204,13 @@ def link_factory(pool: ConnectionPool, **overrides: Any) -> LinkFactory:
     kwargs = dict(pool.connection_kwargs)
     kwargs["retry"] = Retry(NoBackoff(), 0)
     kwargs["socket_timeout"] = None
-    kwargs.update(overrides)
     connection_class = pool.connection_class
+    # Connections of asyncstampede's own: no handshake a supported server
+    # refuses (see `quiet_handshake`), whatever the pool's own connections send.
+    for handler in ("maint_notifications_pool_handler", "oss_cluster_maint_notifications_handler"):
+        kwargs.pop(handler, None)
+    kwargs.update(quiet_handshake(connection_class, connection_class))
+    kwargs.update(overrides)
     return lambda: Link(connection_class(**kwargs))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,8 +15,6 @@ from ..errors import is_connection_trouble, map_error
 from ..wire import Link
 
 __all__ = ["Silent", "Transport", "WakeConfig"]
-
-log = logging.getLogger("asyncstampede.wake")
 
 
 class Silent(ConnectionError):

@@ -18,8 +18,6 @@ from .base import Transport, WakeConfig
 
 __all__ = ["Channel", "Keyspace", "keyspace_events_cover"]
 
-log = logging.getLogger("asyncstampede.wake")
-
 
 def keyspace_events_cover(flags: str) -> bool:
     """Whether ``notify-keyspace-events`` *flags* report what a lock's waiters need.
@@ -87,14 +85,23 @@ class _Subscribing(Transport):
                 async with self._send_lock:
                     await link.send(self.subscribe, *self.channels(name))
             except Exception as exc:
-                log.debug("subscribing connection failed: %r", exc)
+                self._config.problems.say(
+                    logging.DEBUG, f"subscribing connection failed: {exc!r}", transport=self.name
+                )
                 self.stop()
                 return UNTRACKED
         with anyio.move_on_after(self._config.reply_timeout):
             await confirmed.wait()
         if not confirmed.is_set():
             if self._link is link:
-                log.warning("asyncstampede subscribing connection stopped answering; reconnecting")
+                # (INFO: it passes by itself, waiters poll for the moment; an
+                # outage is the breaker's WARNING.)
+                self._config.problems.say(
+                    logging.INFO,
+                    "the subscribing connection stopped answering; reconnecting (waiters "
+                    "look by themselves meanwhile)",
+                    transport=self.name,
+                )
                 self.stop()
             return UNTRACKED
         return SUBSCRIBED if self._link is link else UNTRACKED

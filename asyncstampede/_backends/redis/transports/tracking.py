@@ -19,7 +19,6 @@ from .base import Transport, WakeConfig
 
 __all__ = ["INVALIDATIONS", "Tracking", "TrackingResp3"]
 
-log = logging.getLogger("asyncstampede.wake")
 
 INVALIDATIONS: Final = b"__redis__:invalidate"
 _REFUSED: Final = object()  # an error reply to a command on a reply connection
@@ -43,9 +42,12 @@ _PING_LOCK: Final = b""  # the lock of a pending PING: its reply is dropped
 class _Replies:
     """A connection whose replies come in the order the commands went out."""
 
-    def __init__(self, owner: Listener, config: WakeConfig, stop: Callable[[], None]) -> None:
+    def __init__(
+        self, owner: Listener, config: WakeConfig, stop: Callable[[], None], transport: str
+    ) -> None:
         self._owner = owner
         self._config = config
+        self._transport = transport  # (its name, for the log)
         self._stop = stop
         self.link: Link | None = None
         self._sent: deque[_Pending] = deque()
@@ -64,14 +66,23 @@ class _Replies:
                 self._sent.append(pending)
                 await link.send(command, name)
         except Exception as exc:
-            log.debug("tracking connection failed: %r", exc)
+            self._config.problems.say(
+                logging.DEBUG, f"tracking connection failed: {exc!r}", transport=self._transport
+            )
             pending.done.set()
             return UNTRACKED  # its reader fails too, and the listener reconnects
         with anyio.move_on_after(self._config.reply_timeout):
             await pending.done.wait()
         if not pending.done.is_set():
             # A half-open connection: nothing else would notice it.
-            log.warning("asyncstampede tracking connection stopped answering; reconnecting")
+            # (INFO: it passes by itself, waiters poll for the moment; an
+            # outage is the breaker's WARNING.)
+            self._config.problems.say(
+                logging.INFO,
+                "the tracking connection stopped answering; reconnecting (waiters look by "
+                "themselves meanwhile)",
+                transport=self._transport,
+            )
             self._stop()
         return pending.reply
 
@@ -148,7 +159,7 @@ class Tracking(Transport):
 
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
         super().__init__(owner, config)
-        self._replies = _Replies(owner, config, self.stop)
+        self._replies = _Replies(owner, config, self.stop, self.name)
         self._reader: Link | None = None
 
     async def open(self) -> None:
@@ -197,7 +208,7 @@ class TrackingResp3(Transport):
 
     def __init__(self, owner: Listener, config: WakeConfig) -> None:
         super().__init__(owner, config)
-        self._replies = _Replies(owner, config, self.stop)
+        self._replies = _Replies(owner, config, self.stop, self.name)
 
     async def open(self) -> None:
         link = await self._connect(3)
