@@ -94,7 +94,7 @@ def checked_keys(keys: object) -> list[str]:
     for i, key in enumerate(keys):
         if not isinstance(key, str):
             raise TypeError(
-                f"keys[{i}] is a {type(key).__name__}, not a str: cache keys are str "
+                f"keys[{i}] is of type {type(key).__name__}, not a str: cache keys are str "
                 "(format them, e.g. f'user:{user_id}')"
             )
         if not key:
@@ -632,8 +632,8 @@ class _Batch:
             group.settle(
                 None,
                 TypeError(
-                    f"batch_fn returned a {type(result).__name__}, not a mapping: return a "
-                    "dict of key to value for the keys it is given"
+                    f"batch_fn returned a value of type {type(result).__name__}, not a "
+                    "mapping: return a dict of key to value for the keys it is given"
                 ),
             )
         else:
@@ -647,8 +647,8 @@ async def _call(batch_fn: BatchFn, keys: list[str]) -> Any:
         if inspect.isgenerator(result):
             result.close()
         raise TypeError(
-            f"batch_fn returned a {type(result).__name__}, not an awaitable: pass an async "
-            "function taking the list of keys (for blocking code, an async function that "
-            "awaits anyio.to_thread.run_sync)"
+            f"batch_fn returned a value of type {type(result).__name__}, not an awaitable: "
+            "pass an async function taking the list of keys (for blocking code, an async "
+            "function that awaits anyio.to_thread.run_sync)"
         )
     return await result
