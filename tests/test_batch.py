@@ -326,7 +326,7 @@ async def test_a_closed_or_unentered_instance_refuses_a_batch() -> None:
         ("abc", TypeError, "not one str"),
         (b"abc", TypeError, "not one bytes"),
         (42, TypeError, "iterable of str"),
-        (["a", 1], TypeError, r"keys\[1\] is a int"),
+        (["a", 1], TypeError, r"keys\[1\] is of type int"),
         (["a", ""], ValueError, r"keys\[1\] is empty"),
         ([], ValueError, "keys is empty"),
     ],
