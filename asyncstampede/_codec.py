@@ -84,33 +84,44 @@ class Validator(Protocol[T_co]):
 class _Adapted:
     """A `Codec` over a pydantic ``TypeAdapter``: JSON form out, validated type back."""
 
-    __slots__ = ("_adapter", "_by_alias", "_name")
+    __slots__ = ("_adapter", "_by_alias", "_kind", "_name")
 
-    def __init__(self, adapter: TypeAdapter[Any], name: str) -> None:
+    def __init__(self, adapter: TypeAdapter[Any], name: str, kind: type | None = None) -> None:
         self._adapter = adapter
         self._name = name
-        # Field names or aliases in the JSON form: names (pydantic's default)
-        # until a value is found to read back only from its aliases (a model
-        # with alias_generator=to_camel that validates by alias alone).
-        self._by_alias = False
+        # The class a value must be an instance of (a pydantic model's, a
+        # dataclass's), where one is named: another class's value would be
+        # turned into it, or fail as if it lost data.
+        self._kind = kind
+        # Fields under their aliases in the JSON form, as FastAPI writes them
+        # and as a model validates by default; by name for a model that reads
+        # them back only so (an alias for dumps alone). Found per model on
+        # its first store whose read-back needs the other way.
+        self._by_alias = True
 
     def dump(self, value: object, /) -> object:
         """Return *value*'s JSON form, if *value* comes back from it as itself.
 
-        The JSON form names fields as the model reads them back: by name,
-        or by alias for a model that validates by alias only (as FastAPI's
-        camelCase models do).
+        The JSON form names fields as the model reads them back: by alias
+        (as FastAPI's camelCase models read them), or by name for a model
+        that reads names only.
 
         Raises:
             SerializationError: *value* is not of the model, cannot be put in
                 JSON (``bytes`` that are not UTF-8), or does not come back
                 equal (a ``SecretStr`` is dumped masked, an excluded field is
-                left out): what would be stored is not what was computed.
+                left out; aliases the model does not read back): what would
+                be stored is not what was computed.
 
         """
-        from pydantic import ValidationError
         from pydantic_core import PydanticSerializationError
 
+        kind = self._kind
+        if kind is not None and not isinstance(value, kind):
+            raise SerializationError(
+                f"cannot store a value of type {type(value).__name__} as model={self._name}: "
+                f"store a {self._name}, or name the model the value is of"
+            )
         try:
             stored = self._dump(value, self._by_alias)
         except (PydanticSerializationError, ValueError) as exc:  # (UnicodeDecodeError too)
@@ -126,47 +137,42 @@ class _Adapted:
             ) from exc
         # Read back once per store (never per hit): what is stored must be
         # what was computed, where the type can tell (it defines ==).
-        if type(value).__eq__ is not object.__eq__:
-            try:
-                back = self._adapter.validate_python(stored)
-            except ValidationError as exc:
-                other = self._read_back_other_way(value)
-                if other is None:
-                    raise SerializationError(
-                        f"a value of type {type(value).__name__} stored as model={self._name} "
-                        "cannot be "
-                        f"read back as one, by field names or by aliases: {exc}; if its "
-                        "fields have aliases, let the model validate by name as well "
-                        "(ConfigDict(populate_by_name=True)), or pass an "
-                        "asyncstampede.Codec of your own"
-                    ) from exc
-                stored, back = other
-            if back != value:
-                raise SerializationError(
-                    f"a value of type {type(value).__name__} does not come back equal from its "
-                    "JSON form "
-                    f"(model={self._name}): a field is masked (SecretStr), excluded from "
-                    "dumps, or changed by its serializer, so what would be stored is not "
-                    "what was computed; give it a JSON form that holds everything, or pass "
-                    "an asyncstampede.Codec of your own"
-                )
-        return stored
+        if type(value).__eq__ is object.__eq__:
+            return stored
+        problem = self._read_back(value, stored)
+        if problem is None:
+            return stored
+        # The other way (names for aliases, or back): a model that reads its
+        # fields back only so. Kept for the model's next stores if it works.
+        try:
+            other = self._dump(value, not self._by_alias)
+        except (PydanticSerializationError, ValueError):
+            other = None
+        if other is not None and self._read_back(value, other) is None:
+            self._by_alias = not self._by_alias
+            return other
+        raise SerializationError(
+            f"a value of type {type(value).__name__} stored as model={self._name} does not come "
+            f"back equal from its JSON form, by aliases or by field names ({problem}): a field "
+            "is masked (SecretStr), excluded from dumps, changed by its serializer, or read "
+            "back under another name than it is written (if its fields have aliases, let the "
+            "model validate by name as well: ConfigDict(populate_by_name=True)); so what would "
+            "be stored is not what was computed. Give it a JSON form that holds everything, "
+            "or pass an asyncstampede.Codec of your own"
+        )
 
     def _dump(self, value: object, by_alias: bool) -> Any:
         return self._adapter.dump_python(value, mode="json", warnings="error", by_alias=by_alias)
 
-    def _read_back_other_way(self, value: object) -> tuple[Any, Any] | None:
-        """Dump *value* the other way (aliases for names, or back); keep it if that reads back."""
+    def _read_back(self, value: object, stored: Any) -> str | None:
+        """Return why *stored* does not read back as *value* (None: it does)."""
         from pydantic import ValidationError
-        from pydantic_core import PydanticSerializationError
 
         try:
-            stored = self._dump(value, not self._by_alias)
             back = self._adapter.validate_python(stored)
-        except (ValidationError, PydanticSerializationError, ValueError):
-            return None
-        self._by_alias = not self._by_alias  # (the model's one way: kept for its next stores)
-        return stored, back
+        except ValidationError as exc:
+            return " ".join(str(exc).split())  # (one line: pydantic's has several)
+        return None if back == value else "it reads back as another value"
 
     def load(self, stored: Any, /) -> object:
         # (pydantic's ValidationError is a ValueError: a misfit is a miss.)
@@ -219,7 +225,10 @@ def _adapted(model: Any) -> Codec[Any]:
             "(a pydantic BaseModel, a dataclass, a TypedDict), a type such as list[User], "
             "or an asyncstampede.Codec"
         ) from exc
-    return _Adapted(adapter, name)
+    is_class = isinstance(model, type) and (
+        dataclasses.is_dataclass(model) or hasattr(model, "model_fields")
+    )
+    return _Adapted(adapter, name, model if is_class else None)
 
 
 def cannot_store(value: object, error: Exception) -> str:

@@ -952,12 +952,16 @@ def _headroom(verdicts: list[Verdict], policy: str, share: float, figures: dict[
             if keys
             else "there is no key to evict (the memory is Redis's own: buffers, scripts)"
         )
+        # Full, it refuses writes as a full noeviction server does: as critical.
+        full = share >= _FULL
         verdicts.append(
             Verdict(
                 "headroom",
-                "warning",
-                f"memory is {share:.0%} of maxmemory and nothing can be evicted: {why}",
-                "Once memory is full every write fails with OOM, as under noeviction: no "
+                "critical" if full else "warning",
+                f"memory is {share:.0%} of maxmemory and nothing can be evicted: {why}"
+                + ("; the server is full and refuses writes (OOM)" if full else ""),
+                "Once memory is full every write fails with OOM, as under a full "
+                "noeviction server: no "
                 "lock can be taken and no value stored, so every process computes every "
                 "time. Raise maxmemory or store less"
                 + (

@@ -264,7 +264,10 @@ class RedisCall:
     write (`Stampede.set`), an invalidation; background work (a commit
     owed since an outage, a refresh's) too. A hit's read is timed in
     `Hit` instead (so hits build no second record). A step the open
-    circuit breaker kept from Redis is not one (it sent nothing).
+    circuit breaker kept from Redis is not one (it sent nothing), nor is
+    what a wake transport sends on its own watching connections (the
+    lock's remaining TTL as a wait begins, a value fetched with a
+    wake-up): those are not a call's steps.
 
     ``operation``: ``"GET"`` or ``"MGET"`` (reads), ``"LOCK"``,
     ``"EXTEND"`` (a long compute's lock), ``"COMMIT"``, ``"RELEASE"``,

@@ -163,7 +163,8 @@ class Policy:
             raise ValueError(
                 f"soft_timeout ({soft!r} s) must be shorter than hard_timeout ({hard!r} s): "
                 "the soft timeout serves the stale value while the compute goes on, the hard "
-                "one ends the compute, so a soft one as long could never pass"
+                "one ends the compute, so a soft one as long could never pass (one of them may "
+                "be the instance's: a call turns either off with None, soft_timeout=None)"
             )
         jitter = non_negative("ttl_jitter", ttl_jitter, "a fraction of the TTL")
         if jitter > 1:

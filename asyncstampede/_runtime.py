@@ -288,7 +288,8 @@ class Runtime:
         except CircuitOpenError:
             raise  # (nothing was sent)
         except BackendError:
-            outcome = "error"
+            # (A command whose own deadline, the call's budget, passed: a timeout.)
+            outcome = "timeout" if time.monotonic() - started >= left else "error"
             raise
         finally:
             took = time.monotonic() - started
@@ -306,8 +307,10 @@ class Runtime:
         """
         if not self.budgeted or isinstance(failure, CircuitOpenError):
             return  # (embedded mode has no Redis)
-        outcome: Literal["ok", "error"] = "error" if isinstance(failure, BackendError) else "ok"
         took = time.monotonic() - started
+        outcome: Literal["ok", "error", "timeout"] = "ok"
+        if isinstance(failure, BackendError):  # (past the budget: its deadline passed)
+            outcome = "timeout" if took >= self.settings.redis_budget else "error"
         self.hooks.emit(RedisCall(self.namespace, operation, took, outcome))
 
     async def acquire(

@@ -284,6 +284,18 @@ def test_from_url_refuses_bad_settings_at_once(
         ("redis://127.0.0.1:notaport/0", "notaport"),
         ("redis://user:hunter2@127.0.0.1:port/0", "port"),
         ("redis://127.0.0.1:6379/0?password=hunter2&db=x", "db"),
+        # A password with an unencoded / ? or #: parsers cut it apart, and
+        # redis-py names a piece of it as the port.
+        ("redis://user:hunter2/xy@127.0.0.1:6379/0", "Port"),
+        ("redis://user:hunter2?xy@127.0.0.1:6379/0", "Port"),
+        ("redis://user:hunter2#xy@127.0.0.1:6379/0", "Port"),
+        ("redis//user:hunter2@127.0.0.1:6379", "schemes"),
+        # What the query sets is checked when building, not at the first connection.
+        ("rediss://:hunter2@127.0.0.1:6379/0?ssl_cert_reqs=bogus", "bogus"),
+        ("redis://:hunter2@127.0.0.1:6379/0?no_such_option=1", "no_such_option"),
+        # A path that is no database number (redis-py would quietly use 0).
+        ("redis://:hunter2@127.0.0.1:6379/abc", "is not a database number"),
+        ("redis://:hunter2@127.0.0.1:6379/0/extra", "is not a database number"),
     ],
 )
 @pytest.mark.parametrize("cluster", [False, True])
@@ -295,6 +307,7 @@ def test_a_malformed_url_is_an_invalid_url_error_without_its_password(
         Stampede.from_url(url, cluster=cluster)
     assert fault in str(caught.value)
     assert "hunter2" not in str(caught.value)
+    assert "xy@" not in str(caught.value)
     assert isinstance(caught.value, ValueError)  # (what redis-py raised before: still caught)
 
 

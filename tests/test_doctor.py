@@ -140,10 +140,11 @@ def test_a_healthy_cache_server_passes(capsys: pytest.CaptureFixture[str]) -> No
     assert _codes(report)["wake"] == "info"
 
 
-def test_volatile_lru_filled_by_keys_without_ttl_is_a_warning(
+def test_volatile_lru_filled_by_keys_without_ttl_is_info_then_critical(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Keys without a TTL nobody may evict: information, and a warning once they fill memory."""
+    """Keys without a TTL nobody may evict: information; once they fill memory, a warning,
+    and the full server that refuses writes is critical (exit 2), as a full noeviction one."""
     with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru") as server:
         client = redis.Redis(port=server.port)
         for i in range(50):
@@ -161,7 +162,8 @@ def test_volatile_lru_filled_by_keys_without_ttl_is_a_warning(
     assert _codes(report)["volatile-without-ttl"] == "warning"
     verdict = next(v for v in report["verdicts"] if v["code"] == "volatile-without-ttl")
     assert "a Redis of its own" in verdict["advice"]
-    assert (roomy_status, status) == (0, 1)
+    assert _codes(report)["headroom"] == "critical"
+    assert (roomy_status, status) == (0, 2)
 
 
 def test_headroom_says_what_the_policy_can_evict(capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,6 +207,31 @@ def test_headroom_says_what_the_policy_can_evict(capsys: pytest.CaptureFixture[s
     assert headroom["severity"] == "info"
     assert headroom["title"].endswith("of maxmemory: evictions decide what stays")
     assert "Expected for a cache under an evicting policy" in headroom["advice"]
+
+
+def test_a_full_server_that_can_evict_nothing_is_critical(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """volatile-lru, no key with a TTL, filled until writes fail (before the interval): exit 2.
+
+    It refuses writes as a full noeviction server does, and is judged so.
+    """
+    with RedisServer("--maxmemory", "3mb", "--maxmemory-policy", "volatile-lru") as server:
+        client = redis.Redis(port=server.port)
+        written = 0
+        while True:
+            try:
+                client.mset({f"forever{written + i}": b"x" * 1000 for i in range(20)})
+            except redis.exceptions.ResponseError:  # OOM: nothing can be evicted
+                break
+            written += 20
+            assert written < 10_000
+        client.close()
+        status, full = _doctor(server.url, capsys, "--interval", "0", "--sample", "0")
+    headroom = _verdict(full, "headroom")
+    assert (headroom["severity"], status) == ("critical", 2)
+    assert headroom["title"].endswith("the server is full and refuses writes (OOM)")
+    assert full["figures"]["oom_errors"] == 0  # (refused before the doctor's interval)
 
 
 # A count of four digits or more written without its thousands separator.

@@ -168,6 +168,26 @@ async def test_redis_down_is_a_backend_failure_event() -> None:
     assert failed[0].operation == "GET"
 
 
+async def test_a_step_past_the_budget_is_timed_as_a_timeout() -> None:
+    """A paused server: the first read runs out of redis_budget, and its step says timeout."""
+    seen = Recorder()
+
+    async def value() -> str:
+        return "v"
+
+    with RedisServer() as server:
+        async with Stampede.from_url(server.url, hooks=[seen], redis_budget=0.3) as cache:
+            await cache.get_or_compute("k", value, 60)
+            server.pause()
+            try:
+                assert await cache.get_or_compute("k2", value, 60) == "v"
+            finally:
+                server.resume()
+    steps = [e for e in seen.events if isinstance(e, RedisCall) and e.outcome != "ok"]
+    assert [(e.operation, e.outcome) for e in steps] == [("GET", "timeout")]
+    assert steps[0].seconds >= 0.3
+
+
 async def test_a_hook_that_raises_never_breaks_a_call(
     redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ..._exceptions import InvalidURLError
-from .sentinel import check_sentinel_client, is_sentinel_url, sentinel_client_from_url, shown_url
+from .sentinel import (
+    check_sentinel_client,
+    is_sentinel_url,
+    scrubbed,
+    sentinel_client_from_url,
+    shown_url,
+)
 from .wire import quiet_handshake
 
 __all__ = ["check_client", "client_from_url", "cluster_from_url"]
@@ -86,16 +94,43 @@ def client_from_url(url: str, *, max_connections: int, socket_timeout: float) ->
     }
     if is_sentinel_url(url):
         return sentinel_client_from_url(url, **options)
+    _check_database(url)
     try:
         pool = ConnectionPool.from_url(url, **options, **quiet_handshake(ConnectionPool))
-    except ValueError as exc:  # (redis-py's: an unknown scheme, a port that is no number...)
+        # A connection made (not connected) now: what its query sets is
+        # checked here, not at the first connection, where it would end the
+        # instance's start (ssl_cert_reqs=bogus, an unknown parameter).
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError, RedisError) as exc:  # (an unknown scheme, a bad port...)
         raise InvalidURLError(
-            f"bad Redis URL {shown_url(url)!r}: {str(exc).rstrip('.')}. The forms are "
-            "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS), "
-            "unix://[[user]:password@]/path/to/socket[?db=N], and "
-            "redis+sentinel://host:port[,host:port...]/service_name[/db]"
+            f"bad Redis URL {shown_url(url)!r}: {scrubbed(str(exc), url).rstrip('.')}. {_FORMS}"
         ) from None
     return Redis.from_pool(pool)
+
+
+_FORMS = (
+    "The forms are redis://[[user]:password@]host[:port][/db] (rediss:// for TLS), "
+    "unix://[[user]:password@]/path/to/socket[?db=N], and "
+    "redis+sentinel://host:port[,host:port...]/service_name[/db]"
+)
+
+
+def _check_database(url: str) -> None:
+    """Refuse a ``redis://`` path that is not a database number (redis-py would use 0).
+
+    Raises:
+        InvalidURLError: the path is not ``/<number>`` (``/abc``, ``/0/extra``).
+
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        return  # (unix:// takes the database in its query; a bad scheme is refused below)
+    path = rest.rpartition("@")[2].partition("?")[0].partition("#")[0].partition("/")[2]
+    if path and not re.fullmatch(r"\d+/?", path):
+        raise InvalidURLError(
+            f"bad Redis URL {shown_url(url)!r}: its path {'/' + path!r} is not a database "
+            f"number (redis://host:6379/0 is database 0). {_FORMS}"
+        )
 
 
 def cluster_from_url(url: str, *, max_connections: int, socket_timeout: float) -> RedisCluster:
@@ -128,5 +163,5 @@ def cluster_from_url(url: str, *, max_connections: int, socket_timeout: float) -
     except (RedisClusterException, ValueError) as exc:  # (database 1, a socket path...)
         raise InvalidURLError(
             f"cluster=True takes the URL of a node of the cluster, "
-            f"redis://[user:password@]host:port[/0]: {exc}"
+            f"redis://[user:password@]host:port[/0]: {scrubbed(str(exc), url)}"
         ) from None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, final
@@ -63,6 +64,7 @@ __all__ = [
     "parse_sentinel_url",
     "primary_watch",
     "sentinel_client_from_url",
+    "scrubbed",
     "shown_url",
 ]
 
@@ -213,22 +215,56 @@ def _options(query: str, shown: str, tls: bool) -> tuple[tuple[str, str], ...]:
 def shown_url(url: str) -> str:
     """Return *url* with its passwords (the server's, the sentinels') replaced by ``***``.
 
-    (Any Redis URL: its user information's password, and ``password=`` or
-    ``sentinel_password=`` in its query.)
+    (Any Redis URL, malformed ones included: its user information's password,
+    up to the last ``@`` whatever it holds (an unencoded ``/``, ``?`` or
+    ``#``), and ``password=`` or ``sentinel_password=`` in its query.)
     """
-    scheme, _, rest = url.partition("://")
-    rest, question, query = rest.partition("?")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.partition(":")[0] + ":***"
+    head, at, tail = url.rpartition("@")
+    if at:
+        begin = head.find("://")
+        begin = 0 if begin < 0 else begin + 3
+        user, colon, _ = head[begin:].partition(":")
+        if colon:
+            head = f"{head[:begin]}{user}:***"
+    else:
+        tail = url
+    rest, question, query = tail.partition("?")
     query = "&".join(
         f"{part.partition('=')[0]}=***"
         if part.startswith(("sentinel_password=", "password="))
         else part
         for part in query.split("&")
     )
-    return f"{scheme}://{userinfo}{at}{hosts}{slash}{path}{question}{query}"
+    return f"{head}{at}{rest}{question}{query}"
+
+
+def secrets_of(url: str) -> list[str]:
+    """Return the passwords *url* holds, and the pieces a parser may have cut them into.
+
+    For scrubbing them out of another library's message about *url*
+    (redis-py names the piece of a password it took for a port).
+    """
+    found: list[str] = []
+    head, at, tail = url.rpartition("@")
+    if at:
+        begin = head.find("://")
+        password = head[(0 if begin < 0 else begin + 3) :].partition(":")[2]
+        if password:
+            found.append(password)
+    found.extend(
+        part.partition("=")[2]
+        for part in (tail if at else url).partition("?")[2].split("&")
+        if part.startswith(("sentinel_password=", "password="))
+    )
+    pieces = [piece for secret in found for piece in re.split(r"[/?#@:&=]", secret)]
+    return sorted({*found, *(p for p in pieces if len(p) >= 3)}, key=len, reverse=True)
+
+
+def scrubbed(text: str, url: str) -> str:
+    """Return *text* (a message about *url*) with *url*'s passwords, and pieces, as ``***``."""
+    for secret in secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _invalid(shown: str, why: str) -> InvalidURLError:
