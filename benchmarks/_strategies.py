@@ -179,6 +179,7 @@ class AsyncStampede:
     """asyncstampede on Redis, default settings (XFetch on, beta 1)."""
 
     name = "asyncstampede"
+    hooks: tuple[Callable[[Any], object], ...] = ()  # (given to the instance; see hook_cost)
 
     async def start(self, url: str, namespace: str) -> None:
         self.s = Stampede.from_url(url, namespace=namespace)
@@ -390,8 +391,10 @@ class AsyncStampedeNoopHook(AsyncStampede):
 
     name = "asyncstampede-hook-noop"
 
+    hooks = (_noop,)
+
     async def start(self, url: str, namespace: str) -> None:
-        self.s = Stampede.from_url(url, namespace=namespace, hooks=[_noop])
+        self.s = Stampede.from_url(url, namespace=namespace, hooks=list(self.hooks))
         await self.s.__aenter__()
 
 
@@ -418,6 +421,7 @@ class AsyncStampedeOtel(AsyncStampede):
             TracerProvider(),
             hit_durations=self.hit_durations,
         )
+        self.hooks = (hook,)
         self.s = Stampede.from_url(url, namespace=namespace, hooks=[hook])
         await self.s.__aenter__()
 
@@ -440,6 +444,7 @@ class AsyncStampedePrometheus(AsyncStampede):
         from asyncstampede.prometheus import PrometheusHook
 
         hook = PrometheusHook(CollectorRegistry())
+        self.hooks = (hook,)
         self.s = Stampede.from_url(url, namespace=namespace, hooks=[hook])
         await self.s.__aenter__()
 
