@@ -212,30 +212,42 @@ def _options(query: str, shown: str, tls: bool) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+_PASSWORD_PARAMETERS: Final = ("sentinel_password=", "password=")
+
+
+def _at_password(url: str) -> tuple[str, str | None, str]:
+    """Split *url* around its user information's password: (before it, it, after it).
+
+    The password runs from the user's ``:`` to the last ``@``, whatever it
+    holds (an unencoded ``/``, ``?`` or ``#``), past ``://`` or, in a
+    malformed URL, from the start. None: no password (no ``@``, or no
+    ``:`` before it). The three parts always make *url* again.
+    """
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return "", None, url
+    begin = head.find("://")
+    begin = 0 if begin < 0 else begin + 3
+    user, colon, password = head[begin:].partition(":")
+    if not colon:
+        return head, None, at + tail
+    return f"{head[:begin]}{user}:", password, at + tail
+
+
 def shown_url(url: str) -> str:
     """Return *url* with its passwords (the server's, the sentinels') replaced by ``***``.
 
-    (Any Redis URL, malformed ones included: its user information's password,
-    up to the last ``@`` whatever it holds (an unencoded ``/``, ``?`` or
-    ``#``), and ``password=`` or ``sentinel_password=`` in its query.)
+    (Any Redis URL, malformed ones included: its user information's password
+    (see `_at_password`), and ``password=`` or ``sentinel_password=`` in its
+    query.)
     """
-    head, at, tail = url.rpartition("@")
-    if at:
-        begin = head.find("://")
-        begin = 0 if begin < 0 else begin + 3
-        user, colon, _ = head[begin:].partition(":")
-        if colon:
-            head = f"{head[:begin]}{user}:***"
-    else:
-        tail = url
-    rest, question, query = tail.partition("?")
+    before, password, after = _at_password(url)
+    rest, question, query = after.partition("?")
     query = "&".join(
-        f"{part.partition('=')[0]}=***"
-        if part.startswith(("sentinel_password=", "password="))
-        else part
+        f"{part.partition('=')[0]}=***" if part.startswith(_PASSWORD_PARAMETERS) else part
         for part in query.split("&")
     )
-    return f"{head}{at}{rest}{question}{query}"
+    return f"{before}{'' if password is None else '***'}{rest}{question}{query}"
 
 
 def secrets_of(url: str) -> list[str]:
@@ -244,17 +256,12 @@ def secrets_of(url: str) -> list[str]:
     For scrubbing them out of another library's message about *url*
     (redis-py names the piece of a password it took for a port).
     """
-    found: list[str] = []
-    head, at, tail = url.rpartition("@")
-    if at:
-        begin = head.find("://")
-        password = head[(0 if begin < 0 else begin + 3) :].partition(":")[2]
-        if password:
-            found.append(password)
+    _, password, after = _at_password(url)
+    found = [password] if password else []
     found.extend(
         part.partition("=")[2]
-        for part in (tail if at else url).partition("?")[2].split("&")
-        if part.startswith(("sentinel_password=", "password="))
+        for part in after.partition("?")[2].split("&")
+        if part.startswith(_PASSWORD_PARAMETERS)
     )
     pieces = [piece for secret in found for piece in re.split(r"[/?#@:&=]", secret)]
     return sorted({*found, *(p for p in pieces if len(p) >= 3)}, key=len, reverse=True)
