@@ -49,6 +49,15 @@ _OWED_MOST = 4096  # commits and releases owed since an outage, kept at most
 _STEPS: Final = {"the lock": "LOCK"}
 
 
+def _failed_step(took: float, budget: float) -> Literal["error", "timeout"]:
+    """How a step that failed after *took* seconds of its *budget* ended, for `RedisCall`.
+
+    Its commands' deadline is the call's budget: a failure at or past it is
+    the budget running out (a timeout), one before it Redis's own (an error).
+    """
+    return "timeout" if took >= budget else "error"
+
+
 def now_ms() -> int:
     """Wall-clock milliseconds: what envelopes are stamped with, across hosts."""
     return int(time.time() * 1000)
@@ -288,8 +297,7 @@ class Runtime:
         except CircuitOpenError:
             raise  # (nothing was sent)
         except BackendError:
-            # (A command whose own deadline, the call's budget, passed: a timeout.)
-            outcome = "timeout" if time.monotonic() - started >= left else "error"
+            outcome = _failed_step(time.monotonic() - started, left)
             raise
         finally:
             took = time.monotonic() - started
@@ -309,8 +317,8 @@ class Runtime:
             return  # (embedded mode has no Redis)
         took = time.monotonic() - started
         outcome: Literal["ok", "error", "timeout"] = "ok"
-        if isinstance(failure, BackendError):  # (past the budget: its deadline passed)
-            outcome = "timeout" if took >= self.settings.redis_budget else "error"
+        if isinstance(failure, BackendError):
+            outcome = _failed_step(took, self.settings.redis_budget)
         self.hooks.emit(RedisCall(self.namespace, operation, took, outcome))
 
     async def acquire(
